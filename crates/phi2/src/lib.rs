@@ -1,10 +1,25 @@
 //! `phi2`: Microsoft Phi-2 (and any Phi-architecture model) on candle-core.
+//!
+//! - [`Phi2::load`] reads HF safetensors (single or sharded, F32/F16/BF16), the legacy `phi-msft`
+//!   layout, or GGUF (F32/F16/BF16 and Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K).
+//! - [`Session::generate`] prefills, decodes with a KV cache and samples with [`Sampler`].
+//! - Every failure is an [`Error`] with a stable code; no input makes the engine panic.
 
+pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod generate;
 pub mod gguf;
+pub mod model;
+pub mod quant;
 pub mod safetensors;
 pub mod sampler;
+pub mod storage;
+pub mod weights;
 
+pub use config::Phi2Config;
 pub use dtype::{DType, TensorSource, TensorView};
 pub use error::{Error, Result};
+pub use generate::{FinishReason, GenerateOptions, Generation, Session};
+pub use model::{KvCache, ModelInfo, Phi2};
+pub use sampler::{Sampler, SamplingParams};

@@ -1,0 +1,240 @@
+//! The Phi-2 forward pass, the one model for every file format.
+//!
+//! Per block (HF `PhiDecoderLayer`): one LayerNorm feeding attention and MLP in parallel,
+//! `x = x + dense(attn(ln(x))) + fc2(gelu_new(fc1(ln(x))))`. Attention applies NeoX rotary to the
+//! first `rotary_dim` dims of each head, scales by 1/√head_dim and takes the softmax in f32 (phi-2
+//! overflows in f16 attention, so scores never leave f32). After the last block: final LayerNorm
+//! and lm_head, both with bias.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, D};
+
+use crate::config::Phi2Config;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::safetensors::SafetensorsModel;
+use crate::weights::{Layout, Phi2Weights, Qkv};
+
+/// What a loaded model reports about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// `"gguf"` or `"safetensors"`.
+    pub format: &'static str,
+    /// The dtype of the bulk of the matrices (`f32`, `q4_K`, ...).
+    pub dtype: DType,
+}
+
+/// A loaded model: config + weights. Immutable and shareable across threads; each generation
+/// keeps its own [`KvCache`].
+#[derive(Debug)]
+pub struct Phi2 {
+    pub config: Phi2Config,
+    pub info: ModelInfo,
+    weights: Phi2Weights,
+    /// `[context_length, rotary_dim / 2]` f32 tables for NeoX rotary.
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+/// Keys and values of every layer for the positions seen so far.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<candle_nn::kv_cache::KvCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens already in the cache (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.reset());
+        self.len = 0;
+    }
+}
+
+/// KV cache rows are reserved in chunks of this many positions (grown up to the context length).
+const KV_CHUNK: usize = 256;
+
+impl Phi2 {
+    /// Loads a `.gguf` file, a `.safetensors` file (config.json beside it), or a directory with
+    /// config.json and safetensors (one file or shards with `model.safetensors.index.json`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let device = Device::Cpu;
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let is_gguf = meta.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if is_gguf || (meta.is_file() && has_gguf_magic(path)) {
+            let g = GgufFile::open(path)?;
+            let config = Phi2Config::from_gguf(&g)?;
+            let weights = Phi2Weights::load(&g, Layout::Gguf, &config, &device)?;
+            return Self::from_parts(config, weights, "gguf", device);
+        }
+        let dir = if meta.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config = Phi2Config::from_hf_json(&config_path, &text)?;
+        let st = SafetensorsModel::open(path)?;
+        let layout = Layout::detect(&st)?;
+        let weights = Phi2Weights::load(&st, layout, &config, &device)?;
+        Self::from_parts(config, weights, "safetensors", device)
+    }
+
+    fn from_parts(config: Phi2Config, weights: Phi2Weights, format: &'static str, device: Device) -> Result<Self> {
+        // HF: inv_freq_i = theta^(-2i/rot), angle = pos · inv_freq_i.
+        let half = config.rotary_dim / 2;
+        let mut cos = Vec::with_capacity(config.context_length * half);
+        let mut sin = Vec::with_capacity(config.context_length * half);
+        for pos in 0..config.context_length {
+            for i in 0..half {
+                let inv_freq = 1.0 / (config.rope_theta as f64).powf((2 * i) as f64 / config.rotary_dim as f64);
+                let angle = (pos as f32) * (inv_freq as f32);
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (config.context_length, half), &device)?;
+        let sin = Tensor::from_vec(sin, (config.context_length, half), &device)?;
+        let info = ModelInfo { format, dtype: weights.dtype };
+        Ok(Phi2 { config, info, weights, cos, sin, device })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: (0..self.config.num_layers)
+                .map(|_| candle_nn::kv_cache::KvCache::new(1, KV_CHUNK.min(self.config.context_length)))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appending to the cache, and returns f32 logits:
+    /// `[tokens.len(), vocab]` when `all_logits`, else `[1, vocab]` for the last token only.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let cfg = &self.config;
+        let t = tokens.len();
+        if t == 0 {
+            return Err(Error::invalid("tokens", "at least one token is needed"));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(Error::invalid("tokens", format!("token id {bad} is out of range for vocabulary size {}", cfg.vocab_size)));
+        }
+        let pos = cache.len;
+        if pos + t > cfg.context_length {
+            return Err(Error::invalid(
+                "tokens",
+                format!("{} tokens after {pos} cached exceed the context length {}", t, cfg.context_length),
+            ));
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.weights.embed.forward(&ids)?; // [T, H]
+        let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        for (layer, kv) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = layer.norm.forward(&x)?;
+            let attn = self.attention(layer, &h, kv, &cos, &sin, mask.as_ref())?;
+            let mlp = layer.fc2.forward(&layer.fc1.forward(&h)?.gelu()?)?;
+            x = ((x + attn)? + mlp)?;
+        }
+        cache.len += t;
+        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
+        let x = self.weights.final_norm.forward(&x)?;
+        Ok(self.weights.lm_head.forward(&x)?)
+    }
+
+    /// h `[T, H]` → attention output after `dense`, `[T, H]`.
+    fn attention(
+        &self,
+        layer: &crate::weights::Phi2Layer,
+        h: &Tensor,
+        kv: &mut candle_nn::kv_cache::KvCache,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let cfg = &self.config;
+        let (t, hidden) = h.dims2()?;
+        let (nh, hd) = (cfg.num_heads, cfg.head_dim());
+        let (q, k, v) = match &layer.qkv {
+            Qkv::Fused(l) => {
+                let qkv = l.forward(h)?;
+                (qkv.narrow(1, 0, hidden)?, qkv.narrow(1, hidden, hidden)?, qkv.narrow(1, 2 * hidden, hidden)?)
+            }
+            Qkv::Split([lq, lk, lv]) => (lq.forward(h)?, lk.forward(h)?, lv.forward(h)?),
+        };
+        // [T, H] → [1, heads, T, head_dim]
+        let heads = |x: Tensor| x.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous();
+        let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
+        let (q, k) = (self.rotary(&q, cos, sin)?, self.rotary(&k, cos, sin)?);
+        let (k, v) = kv.append(&k, &v)?; // [1, heads, S, head_dim]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?; // [1, heads, T, S], f32
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v)?; // [1, heads, T, head_dim]
+        let y = y.transpose(1, 2)?.reshape((t, hidden))?;
+        layer.dense.forward(&y)
+    }
+
+    /// NeoX rotary on the first `rotary_dim` dims of each head; the rest pass through.
+    fn rotary(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let rot = self.config.rotary_dim;
+        let hd = self.config.head_dim();
+        if rot == 0 {
+            return Ok(x.clone());
+        }
+        let rotated = candle_nn::rotary_emb::rope(&x.narrow(D::Minus1, 0, rot)?.contiguous()?, cos, sin)?;
+        if rot == hd {
+            return Ok(rotated);
+        }
+        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, rot, hd - rot)?], D::Minus1)
+    }
+
+    /// Log-softmax rows `[T, vocab]` (f32) for the logits of every position of `tokens`, run
+    /// from an empty context: row i scores token i+1.
+    pub fn logprobs(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut cache = self.new_cache();
+        let logits = self.forward(tokens, &mut cache, true)?;
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        Ok(lp.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Additive mask `[T, pos + T]`: query i (at position pos + i) sees keys 0..=pos + i.
+fn causal_mask(t: usize, pos: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let s = pos + t;
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..s).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (t, s), device)
+}
+
+fn has_gguf_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn model_is_shareable_across_threads() {
+        fn is_send_sync<T: Send + Sync>() {}
+        is_send_sync::<super::Phi2>();
+    }
+}

@@ -1,0 +1,349 @@
+//! From named tensors in any supported file to the one set of Phi-2 weights.
+//!
+//! One name table per layout (HF `PhiForCausalLM`, legacy `phi-msft`, GGUF `phi2`) maps the
+//! file's names onto [`Phi2Weights`]; shapes are checked against [`Phi2Config`] here, once, so the
+//! model code never sees a tensor it cannot use. Float weights become candle tensors in their file
+//! dtype; quantized GGUF weights stay quantized (`QMatMul`).
+
+use std::sync::Arc;
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+use crate::config::Phi2Config;
+use crate::dtype::{DType, TensorSource, TensorView};
+use crate::error::{Error, Result};
+
+/// Which naming scheme a file uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// HF transformers `PhiForCausalLM` (`model.layers.N.self_attn.q_proj`, ...).
+    Hf,
+    /// Early microsoft/phi-2 revisions (`transformer.h.N.mixer.Wqkv`, ...).
+    Legacy,
+    /// llama.cpp's `phi2` GGUF (`blk.N.attn_qkv` or `blk.N.attn_q/k/v`, ...).
+    Gguf,
+}
+
+/// Where the q, k and v projections live in a file.
+enum QkvNames {
+    Fused(String),
+    Split([String; 3]),
+}
+
+/// A layer's tensor-name prefixes (`.weight` / `.bias` are appended).
+struct LayerNames {
+    norm: String,
+    qkv: QkvNames,
+    dense: String,
+    fc1: String,
+    fc2: String,
+}
+
+/// The model-level prefixes: embedding (full tensor name), final norm, lm_head.
+struct ModelNames {
+    embed: &'static str,
+    final_norm: &'static str,
+    lm_head: &'static str,
+}
+
+impl Layout {
+    fn model_names(self) -> ModelNames {
+        match self {
+            Layout::Hf => ModelNames { embed: "model.embed_tokens.weight", final_norm: "model.final_layernorm", lm_head: "lm_head" },
+            Layout::Legacy => ModelNames { embed: "transformer.embd.wte.weight", final_norm: "lm_head.ln", lm_head: "lm_head.linear" },
+            Layout::Gguf => ModelNames { embed: "token_embd.weight", final_norm: "output_norm", lm_head: "output" },
+        }
+    }
+
+    fn layer_names(self, i: usize, src: &dyn TensorSource) -> LayerNames {
+        match self {
+            Layout::Hf => {
+                let p = format!("model.layers.{i}");
+                LayerNames {
+                    norm: format!("{p}.input_layernorm"),
+                    qkv: QkvNames::Split(["q_proj", "k_proj", "v_proj"].map(|n| format!("{p}.self_attn.{n}"))),
+                    dense: format!("{p}.self_attn.dense"),
+                    fc1: format!("{p}.mlp.fc1"),
+                    fc2: format!("{p}.mlp.fc2"),
+                }
+            }
+            Layout::Legacy => {
+                let p = format!("transformer.h.{i}");
+                LayerNames {
+                    norm: format!("{p}.ln"),
+                    qkv: QkvNames::Fused(format!("{p}.mixer.Wqkv")),
+                    dense: format!("{p}.mixer.out_proj"),
+                    fc1: format!("{p}.mlp.fc1"),
+                    fc2: format!("{p}.mlp.fc2"),
+                }
+            }
+            Layout::Gguf => {
+                let p = format!("blk.{i}");
+                let fused = format!("{p}.attn_qkv");
+                // Both forms exist in published files: fused attn_qkv (llama.cpp's converter for
+                // phi2) and split attn_q/k/v (other converters).
+                let qkv = if src.tensor_names().iter().any(|n| *n == format!("{fused}.weight")) {
+                    QkvNames::Fused(fused)
+                } else {
+                    QkvNames::Split(["attn_q", "attn_k", "attn_v"].map(|n| format!("{p}.{n}")))
+                };
+                LayerNames {
+                    norm: format!("{p}.attn_norm"),
+                    qkv,
+                    dense: format!("{p}.attn_output"),
+                    fc1: format!("{p}.ffn_up"),
+                    fc2: format!("{p}.ffn_down"),
+                }
+            }
+        }
+    }
+
+    /// Guesses a safetensors file's layout from the embedding's name.
+    pub fn detect(src: &dyn TensorSource) -> Result<Layout> {
+        let names = src.tensor_names();
+        for layout in [Layout::Hf, Layout::Legacy, Layout::Gguf] {
+            if names.contains(&layout.model_names().embed) {
+                return Ok(layout);
+            }
+        }
+        Err(Error::MissingTensor {
+            path: src.path().to_path_buf(),
+            name: "token embedding".into(),
+            looked_for: "model.embed_tokens.weight (HF), transformer.embd.wte.weight (phi-msft), token_embd.weight (GGUF)".into(),
+        })
+    }
+}
+
+/// A weight matrix `[out, in]`, either a float tensor in its file dtype or a quantized ggml tensor.
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    /// F32, F16 or BF16; `[out, in]`.
+    Dense(Tensor),
+    /// Any ggml quantized type; `[out, in]`, kept quantized.
+    Quant(QMatMul),
+}
+
+/// `y = x Wᵀ + b`: x `[T, in]` f32 → y `[T, out]` f32.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Matrix,
+    /// `[out]` f32.
+    pub bias: Tensor,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.weight {
+            Matrix::Dense(w) if w.dtype() == candle_core::DType::F32 => x.matmul(&w.t()?)?,
+            // Activations are rounded to the weight dtype, as llama.cpp does for F16/BF16 weights;
+            // the product accumulates in f32 inside gemm.
+            Matrix::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(candle_core::DType::F32)?,
+            Matrix::Quant(q) => q.forward(x)?,
+        };
+        y.broadcast_add(&self.bias)
+    }
+}
+
+/// The token embedding `[vocab, hidden]`, in its file dtype.
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    Dense(Tensor),
+    Quant(Arc<QTensor>),
+}
+
+impl Embedding {
+    /// Rows for `ids` as f32 `[T, hidden]`. Ids must already be checked against the vocabulary.
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Embedding::Dense(w) => w.index_select(ids, 0)?.to_dtype(candle_core::DType::F32),
+            Embedding::Quant(q) => q.embedding(ids),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// `[hidden]` f32.
+    pub weight: Tensor,
+    /// `[hidden]` f32.
+    pub bias: Tensor,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// q, k and v projections: fused into one `[3·hidden, hidden]` matmul whenever the file's three
+/// parts share a dtype, three matmuls otherwise (mixed-precision K-quant files).
+#[derive(Debug, Clone)]
+pub enum Qkv {
+    Fused(Linear),
+    Split([Linear; 3]),
+}
+
+#[derive(Debug, Clone)]
+pub struct Phi2Layer {
+    pub norm: LayerNorm,
+    pub qkv: Qkv,
+    /// Attention output projection `[hidden, hidden]`.
+    pub dense: Linear,
+    /// MLP up projection `[intermediate, hidden]`.
+    pub fc1: Linear,
+    /// MLP down projection `[hidden, intermediate]`.
+    pub fc2: Linear,
+}
+
+/// Every weight of a Phi model, validated against its config.
+#[derive(Debug, Clone)]
+pub struct Phi2Weights {
+    /// `[vocab, hidden]`.
+    pub embed: Embedding,
+    pub layers: Vec<Phi2Layer>,
+    pub final_norm: LayerNorm,
+    /// `[vocab, hidden]` + bias `[vocab]`.
+    pub lm_head: Linear,
+    /// The most common matrix dtype, for `info`.
+    pub dtype: DType,
+}
+
+/// Loads tensors by name from one source, checking each against the shape the config implies.
+struct Loader<'a> {
+    src: &'a dyn TensorSource,
+    device: &'a Device,
+}
+
+impl<'a> Loader<'a> {
+    fn get(&self, name: &str) -> Result<TensorView<'a>> {
+        self.src.tensor(name)?.ok_or_else(|| Error::MissingTensor {
+            path: self.src.path().to_path_buf(),
+            name: name.to_string(),
+            looked_for: name.to_string(),
+        })
+    }
+
+    fn check_shape(&self, name: &str, t: &TensorView<'_>, expected: &[usize]) -> Result<()> {
+        if t.shape != expected {
+            return Err(Error::tensor(self.src.path(), name, format!("expected shape {expected:?}, found {:?}", t.shape)));
+        }
+        Ok(())
+    }
+
+    fn float_tensor(&self, name: &str, t: &TensorView<'_>) -> Result<Tensor> {
+        let dtype = match t.dtype {
+            DType::F32 => candle_core::DType::F32,
+            DType::F16 => candle_core::DType::F16,
+            DType::BF16 => candle_core::DType::BF16,
+            q => return Err(Error::tensor(self.src.path(), name, format!("expected a float dtype (f32, f16, bf16), found {q}"))),
+        };
+        Ok(Tensor::from_raw_buffer(t.data, dtype, t.shape, self.device)?)
+    }
+
+    /// A 1-D float vector of `len` elements, as f32.
+    fn vector(&self, name: &str, len: usize) -> Result<Tensor> {
+        let t = self.get(name)?;
+        self.check_shape(name, &t, &[len])?;
+        Ok(self.float_tensor(name, &t)?.to_dtype(candle_core::DType::F32)?)
+    }
+
+    fn matrix_from_bytes(&self, name: &str, dtype: DType, data: &[u8], shape: [usize; 2]) -> Result<Matrix> {
+        if dtype.is_quantized() {
+            let q = qtensor_from_ggml(dtype.to_ggml(), data, shape.to_vec(), self.device)
+                .map_err(|e| Error::tensor(self.src.path(), name, format!("cannot load {dtype} data: {e}")))?;
+            Ok(Matrix::Quant(QMatMul::from_qtensor(q)?))
+        } else {
+            let view = TensorView { dtype, shape: &shape, data };
+            Ok(Matrix::Dense(self.float_tensor(name, &view)?))
+        }
+    }
+
+    fn linear(&self, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
+        let wname = format!("{prefix}.weight");
+        let w = self.get(&wname)?;
+        self.check_shape(&wname, &w, &[out, inp])?;
+        let weight = self.matrix_from_bytes(&wname, w.dtype, w.data, [out, inp])?;
+        Ok(Linear { weight, bias: self.vector(&format!("{prefix}.bias"), out)? })
+    }
+
+    fn layer_norm(&self, prefix: &str, hidden: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: self.vector(&format!("{prefix}.weight"), hidden)?,
+            bias: self.vector(&format!("{prefix}.bias"), hidden)?,
+            eps: eps as f32,
+        })
+    }
+
+    fn qkv(&self, names: &QkvNames, hidden: usize) -> Result<Qkv> {
+        match names {
+            QkvNames::Fused(p) => Ok(Qkv::Fused(self.linear(p, 3 * hidden, hidden)?)),
+            QkvNames::Split(parts) => {
+                let views = parts
+                    .iter()
+                    .map(|p| {
+                        let name = format!("{p}.weight");
+                        let t = self.get(&name)?;
+                        self.check_shape(&name, &t, &[hidden, hidden])?;
+                        Ok(t)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                if views.iter().all(|v| v.dtype == views[0].dtype) {
+                    // Row-major [out, in] matrices (quantized rows included) stack along `out` by
+                    // concatenating their bytes: one matmul instead of three.
+                    let data: Vec<u8> = views.iter().flat_map(|v| v.data.iter().copied()).collect();
+                    let fused_name = format!("{}.weight (fused q, k, v)", parts[0]);
+                    let weight = self.matrix_from_bytes(&fused_name, views[0].dtype, &data, [3 * hidden, hidden])?;
+                    let biases =
+                        parts.iter().map(|p| self.vector(&format!("{p}.bias"), hidden)).collect::<Result<Vec<_>>>()?;
+                    Ok(Qkv::Fused(Linear { weight, bias: Tensor::cat(&biases, 0)? }))
+                } else {
+                    let [q, k, v] = parts;
+                    Ok(Qkv::Split([self.linear(q, hidden, hidden)?, self.linear(k, hidden, hidden)?, self.linear(v, hidden, hidden)?]))
+                }
+            }
+        }
+    }
+}
+
+impl Phi2Weights {
+    pub fn load(src: &dyn TensorSource, layout: Layout, cfg: &Phi2Config, device: &Device) -> Result<Self> {
+        let ld = Loader { src, device };
+        let (h, v, ff) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let names = layout.model_names();
+
+        let e = ld.get(names.embed)?;
+        ld.check_shape(names.embed, &e, &[v, h])?;
+        let embed = if e.dtype.is_quantized() {
+            let q = qtensor_from_ggml(e.dtype.to_ggml(), e.data, vec![v, h], device)
+                .map_err(|err| Error::tensor(src.path(), names.embed, format!("cannot load {} data: {err}", e.dtype)))?;
+            Embedding::Quant(Arc::new(q))
+        } else {
+            Embedding::Dense(ld.float_tensor(names.embed, &e)?)
+        };
+
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let n = layout.layer_names(i, src);
+                Ok(Phi2Layer {
+                    norm: ld.layer_norm(&n.norm, h, cfg.layer_norm_eps)?,
+                    qkv: ld.qkv(&n.qkv, h)?,
+                    dense: ld.linear(&n.dense, h, h)?,
+                    fc1: ld.linear(&n.fc1, ff, h)?,
+                    fc2: ld.linear(&n.fc2, h, ff)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        // The dtype most of the weights use (by tensor count of the first layer's fc1), for `info`.
+        let dtype = ld.get(&format!("{}.weight", layout.layer_names(0, src).fc1)).map(|t| t.dtype).unwrap_or(e.dtype);
+        Ok(Phi2Weights {
+            embed,
+            layers,
+            final_norm: ld.layer_norm(names.final_norm, h, cfg.layer_norm_eps)?,
+            lm_head: ld.linear(names.lm_head, v, h)?,
+            dtype,
+        })
+    }
+}

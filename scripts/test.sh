@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit + golden tests (engine vs HF transformers goldens, format parity,
+# malformed files, quant round trips), then the end-to-end tests that drive the `generate`
+# example against llama.cpp (node-llama-cpp) on freshly generated fixture models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== build (release)"
+cargo build --release --locked -p phi2 --examples -p phi2-fixtures
+
+echo "== fixtures"
+target/release/phi2-fixtures --out test/fixtures/gen >/dev/null
+
+echo "== cargo test"
+PHI2_FIXTURES=$PWD/test/fixtures/gen cargo test --release --locked --workspace
+
+echo "== end-to-end (node --test)"
+PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/engine/
