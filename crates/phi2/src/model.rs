@@ -110,7 +110,7 @@ impl Phi2 {
     pub fn new_cache(&self) -> KvCache {
         KvCache {
             layers: (0..self.config.num_layers)
-                .map(|_| candle_nn::kv_cache::KvCache::new(1, KV_CHUNK.min(self.config.context_length)))
+                .map(|_| candle_nn::kv_cache::KvCache::new(2, KV_CHUNK.min(self.config.context_length)))
                 .collect(),
             len: 0,
         }
@@ -199,7 +199,7 @@ impl Phi2 {
         if rot == hd {
             return Ok(rotated);
         }
-        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, rot, hd - rot)?], D::Minus1)
+        Tensor::cat(&[&rotated, &x.narrow(D::Minus1, rot, hd - rot)?], D::Minus1)?.contiguous()
     }
 
     /// Log-softmax rows `[T, vocab]` (f32) for the logits of every position of `tokens`, run

@@ -1,0 +1,121 @@
+//! The bytes behind a model file: a read-only memory map for files on disk, or an owned buffer
+//! for data that is already in memory (WASM, tests, downloads).
+
+use std::fs::File;
+use std::io;
+use std::ops::Deref;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Immutable model bytes. Readers ([`crate::gguf::GgufFile`], [`crate::safetensors::SafetensorsFile`])
+/// keep one of these alive and hand out tensor views that borrow from it.
+pub enum Bytes {
+    /// A read-only memory map of a file on disk.
+    Mapped(memmap2::Mmap),
+    /// Bytes owned in memory.
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    /// Memory-maps the regular file at `path` read-only. An empty file becomes `Owned(vec![])`,
+    /// because a zero-length mapping is an error on most platforms.
+    pub fn map(path: &Path) -> Result<Bytes> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            let kind = if meta.is_dir() { "a directory" } else { "not a regular file" };
+            let what = format!("expected a regular file, found {kind}");
+            return Err(Error::io(path, io::Error::new(io::ErrorKind::InvalidInput, what)));
+        }
+        if meta.len() == 0 {
+            return Ok(Bytes::Owned(Vec::new()));
+        }
+        // SAFETY: the map is read-only and we never hand out mutable access. Memory-mapping is
+        // only sound while no one modifies or truncates the file for as long as the map lives
+        // (a concurrent write would change bytes under live `&[u8]` borrows, a truncation would
+        // fault on access). Model files are treated as immutable inputs: callers must not edit
+        // or replace a file in place while a reader built from it is alive.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(Bytes::Mapped(mmap))
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes::Owned(v)
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Bytes::Mapped(_) => "Mapped",
+            Bytes::Owned(_) => "Owned",
+        };
+        write!(f, "Bytes::{kind}({} bytes)", self.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("phi2-storage-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn maps_file_contents() {
+        let dir = temp_dir("map");
+        let path = dir.join("a.bin");
+        std::fs::write(&path, b"hello").unwrap();
+        let bytes = Bytes::map(&path).unwrap();
+        assert!(matches!(bytes, Bytes::Mapped(_)));
+        assert_eq!(&*bytes, b"hello");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn empty_file_is_owned_and_empty() {
+        let dir = temp_dir("empty");
+        let path = dir.join("empty.bin");
+        std::fs::write(&path, b"").unwrap();
+        let bytes = Bytes::map(&path).unwrap();
+        assert!(matches!(bytes, Bytes::Owned(ref v) if v.is_empty()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_file_and_directory_are_io_errors_naming_the_path() {
+        let dir = temp_dir("errs");
+        let missing = dir.join("missing.bin");
+        let err = Bytes::map(&missing).unwrap_err();
+        assert_eq!(err.code(), "E_IO");
+        assert!(err.to_string().contains("missing.bin"), "{err}");
+        let err = Bytes::map(&dir).unwrap_err();
+        assert_eq!(err.code(), "E_IO");
+        assert!(err.to_string().contains("directory"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn owned_derefs_to_its_vec() {
+        let bytes = Bytes::from(vec![1u8, 2, 3]);
+        assert_eq!(&*bytes, &[1, 2, 3]);
+        assert_eq!(format!("{bytes:?}"), "Bytes::Owned(3 bytes)");
+    }
+}
