@@ -95,10 +95,14 @@ impl<'m> Session<'m> {
         if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(Error::invalid("prompt", format!("token id {bad} is out of range for vocabulary size {}", cfg.vocab_size)));
         }
-        if prompt.len() > cfg.context_length {
+        if prompt.len() >= cfg.context_length {
             return Err(Error::invalid(
                 "prompt",
-                format!("{} tokens exceed the context length {}", prompt.len(), cfg.context_length),
+                format!(
+                    "{} tokens leave no room to generate in the context length {}",
+                    prompt.len(),
+                    cfg.context_length
+                ),
             ));
         }
         let mut sampler = Sampler::new(opts.sampling.clone(), cfg.vocab_size, cfg.tokenizer_size)?;
@@ -133,7 +137,9 @@ impl<'m> Session<'m> {
             if !keep_going || cancel.load(Ordering::Relaxed) {
                 return Ok(finish(out, FinishReason::Cancelled));
             }
-            if self.history.len() >= cfg.context_length {
+            // Prompt + generated never exceed the context: `next` will sit at position
+            // history.len(), the last one there is.
+            if self.history.len() + 1 >= cfg.context_length {
                 return Ok(finish(out, FinishReason::ContextFull));
             }
             self.run(&[next])?;

@@ -1,0 +1,188 @@
+//! Generation behaviour: sampling determinism, padding ids, stop rules, cancellation, sessions.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::fixture;
+use phi2::{FinishReason, GenerateOptions, Phi2, SamplingParams, Session};
+
+const PROMPT: [u32; 11] = [464, 2068, 7586, 21831, 18045, 625, 198, 50284, 1169, 16931, 3290];
+
+fn model() -> Phi2 {
+    Phi2::load(&fixture("tiny-q8_0.gguf")).unwrap()
+}
+
+fn run(model: &Phi2, prompt: &[u32], opts: &GenerateOptions) -> phi2::Generation {
+    Session::new(model).generate(prompt, opts, &AtomicBool::new(false), |_| true).unwrap()
+}
+
+fn sampled(seed: u64) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: 12,
+        sampling: SamplingParams { do_sample: true, temperature: 1.0, top_p: 0.95, seed, ..Default::default() },
+        stop_on_eos: false,
+    }
+}
+
+#[test]
+fn same_seed_same_tokens_different_seed_different_tokens() {
+    let m = model();
+    let a = run(&m, &PROMPT, &sampled(7));
+    let b = run(&m, &PROMPT, &sampled(7));
+    let c = run(&m, &PROMPT, &sampled(8));
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.tokens.len(), 12);
+    assert_ne!(a.tokens, c.tokens);
+    assert_eq!(a.finish, FinishReason::Length);
+}
+
+#[test]
+fn do_sample_false_is_greedy_whatever_the_temperature() {
+    let m = model();
+    let greedy = run(&m, &PROMPT, &GenerateOptions { max_new_tokens: 6, ..Default::default() });
+    let mut opts = sampled(3);
+    opts.max_new_tokens = 6;
+    opts.sampling.do_sample = false;
+    opts.sampling.temperature = 1.7;
+    assert_eq!(run(&m, &PROMPT, &opts).tokens, greedy.tokens);
+}
+
+#[test]
+fn padding_rows_are_never_produced() {
+    let m = model();
+    assert_eq!(m.config.vocab_size, 51200);
+    assert_eq!(m.config.tokenizer_size, 50295);
+    // Push every padding id far above everything else: greedy and sampling must still skip them.
+    let bias: Vec<(u32, f32)> = (50295..51200).map(|id| (id, 1000.0)).collect();
+    for do_sample in [false, true] {
+        let mut opts = sampled(1);
+        opts.sampling.do_sample = do_sample;
+        opts.sampling.logit_bias = bias.clone();
+        let g = run(&m, &PROMPT, &opts);
+        assert!(g.tokens.iter().all(|&t| t < 50295), "{:?}", g.tokens);
+    }
+}
+
+#[test]
+fn stops_on_eos_and_keeps_it() {
+    let m = model();
+    let mut opts = GenerateOptions { max_new_tokens: 10, ..Default::default() };
+    opts.sampling.logit_bias = vec![(50256, 1000.0)];
+    let g = run(&m, &PROMPT, &opts);
+    assert_eq!(g.tokens, vec![50256]);
+    assert_eq!(g.finish, FinishReason::Eos);
+    opts.stop_on_eos = false;
+    opts.max_new_tokens = 3;
+    let g = run(&m, &PROMPT, &opts);
+    assert_eq!(g.tokens, vec![50256; 3]);
+    assert_eq!(g.finish, FinishReason::Length);
+}
+
+#[test]
+fn cancellation_flag_stops_within_one_token() {
+    let m = Arc::new(model());
+    let opts = GenerateOptions { max_new_tokens: 50, stop_on_eos: false, ..Default::default() };
+    // Set before the start: nothing is generated.
+    let cancel = AtomicBool::new(true);
+    let g = Session::new(&m).generate(&PROMPT, &opts, &cancel, |_| true).unwrap();
+    assert_eq!((g.tokens.len(), g.finish), (0, FinishReason::Cancelled));
+
+    // Set from another thread while generating: the loop sees it before the next forward pass.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let (m2, c2, opts2) = (m.clone(), cancel.clone(), opts.clone());
+    let worker = std::thread::spawn(move || {
+        let mut n = 0;
+        Session::new(&m2)
+            .generate(&PROMPT, &opts2, &c2, |_| {
+                n += 1;
+                tx.send(n).unwrap();
+                // Give the other thread time to set the flag before we go on.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                true
+            })
+            .unwrap()
+    });
+    assert_eq!(rx.recv().unwrap(), 1);
+    cancel.store(true, Ordering::Relaxed);
+    let g = worker.join().unwrap();
+    assert_eq!(g.finish, FinishReason::Cancelled);
+    // Normally 1; 2 only if this thread was descheduled for the whole 20 ms.
+    assert!(g.tokens.len() <= 2, "stopped after {} tokens", g.tokens.len());
+
+    // The token callback can stop too.
+    let g = Session::new(&m).generate(&PROMPT, &opts, &AtomicBool::new(false), |_| false).unwrap();
+    assert_eq!((g.tokens.len(), g.finish), (1, FinishReason::Cancelled));
+}
+
+#[test]
+fn context_is_never_exceeded() {
+    let m = Phi2::load(&fixture("odd-q8_0.gguf")).unwrap();
+    let ctx = m.config.context_length;
+    assert_eq!(ctx, 64);
+    let prompt: Vec<u32> = (0..60).map(|i| 1000 + i).collect();
+    let opts = GenerateOptions { max_new_tokens: 50, stop_on_eos: false, ..Default::default() };
+    let g = run(&m, &prompt, &opts);
+    assert_eq!(g.finish, FinishReason::ContextFull);
+    assert_eq!(prompt.len() + g.tokens.len(), ctx);
+    let full: Vec<u32> = (0..64).collect();
+    let err = Session::new(&m).generate(&full, &opts, &AtomicBool::new(false), |_| true).unwrap_err();
+    assert_eq!(err.code(), "E_INVALID_ARGUMENT");
+    assert!(err.to_string().contains("context length 64"), "{err}");
+}
+
+#[test]
+fn bad_prompts_are_typed_errors() {
+    let m = model();
+    let opts = GenerateOptions::default();
+    let never = AtomicBool::new(false);
+    let e = Session::new(&m).generate(&[], &opts, &never, |_| true).unwrap_err();
+    assert!(e.to_string().contains("prompt"), "{e}");
+    let e = Session::new(&m).generate(&[1, 51200], &opts, &never, |_| true).unwrap_err();
+    assert!(e.to_string().contains("51200"), "{e}");
+    let mut bad = GenerateOptions::default();
+    bad.sampling.top_p = f32::NAN;
+    bad.sampling.do_sample = true;
+    let e = Session::new(&m).generate(&PROMPT, &bad, &never, |_| true).unwrap_err();
+    assert!(e.to_string().contains("top_p"), "{e}");
+    assert!(m.logprobs(&[]).is_err());
+}
+
+#[test]
+fn a_session_reuses_its_cache_for_a_continued_conversation() {
+    let m = model();
+    let opts = GenerateOptions { max_new_tokens: 4, stop_on_eos: false, ..Default::default() };
+    let never = AtomicBool::new(false);
+    let mut s = Session::new(&m);
+    let first = s.generate(&PROMPT, &opts, &never, |_| true).unwrap();
+    assert_eq!(first.prompt_tokens_evaluated, PROMPT.len());
+    // Next turn: everything so far + 3 new tokens. Only the unseen tokens are evaluated.
+    let mut turn2: Vec<u32> = PROMPT.iter().chain(&first.tokens).copied().collect();
+    turn2.extend([198, 464, 2068]);
+    let cached = s.generate(&turn2, &opts, &never, |_| true).unwrap();
+    // The last generated token was sampled but never run through the model: it and the 3 new ones.
+    assert_eq!(cached.prompt_tokens_evaluated, 1 + 3);
+    let fresh = run(&m, &turn2, &opts);
+    assert_eq!(cached.tokens, fresh.tokens);
+    // A prompt that does not extend the history starts over.
+    let other = s.generate(&[1, 2, 3], &opts, &never, |_| true).unwrap();
+    assert_eq!(other.prompt_tokens_evaluated, 3);
+    assert_eq!(other.tokens, run(&m, &[1, 2, 3], &opts).tokens);
+}
+
+#[test]
+fn incremental_decoding_matches_one_batch_forward() {
+    // The KV-cache path (prefill + one token at a time) must equal scoring the whole sequence.
+    let m = Phi2::load(&fixture("odd-f32.gguf")).unwrap();
+    let g = run(&m, &PROMPT, &GenerateOptions { max_new_tokens: 6, stop_on_eos: false, ..Default::default() });
+    let all: Vec<u32> = PROMPT.iter().chain(&g.tokens).copied().collect();
+    let lp = m.logprobs(&all).unwrap();
+    let v = m.config.vocab_size;
+    for (i, &tok) in g.tokens.iter().enumerate() {
+        let row = &lp[(PROMPT.len() - 1 + i) * v..(PROMPT.len() + i) * v];
+        let best = (0..m.config.tokenizer_size).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        assert_eq!(best as u32, tok, "step {i}");
+    }
+}
