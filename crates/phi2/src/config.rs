@@ -91,7 +91,9 @@ impl Phi2Config {
                 num_heads: heads,
                 num_kv_heads: heads,
                 rotary_dim: need("rotary_dim", uint("rotary_dim")?)?,
-                rope_theta: 10000.0,
+                // phi-msft configs have no key for the rotary base (always 10000 there); honour
+                // `rope_theta` when a converter adds one.
+                rope_theta: float("rope_theta")?.unwrap_or(10000.0) as f32,
                 layer_norm_eps: float("layer_norm_epsilon")?.unwrap_or(1e-5),
                 context_length: uint("n_positions")?.unwrap_or(2048),
                 eos_token_id: Some(PHI2_EOS),
