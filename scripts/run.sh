@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --locked -q -p phi2 --example generate -p phi2-fixtures
+cargo build --release --locked -q -p phi2 -p phi2-fixtures --bin phi2-fixtures --example generate
 model=test/fixtures/gen/tiny-q8_0.gguf
 if [ "${1:-}" = "--model" ] && [ -n "${2:-}" ]; then model=$2; shift 2; fi
 if [ ! -f "$model" ] && [ ! -d "$model" ]; then

@@ -8,7 +8,7 @@ scripts/setup.sh
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "== build (release)"
-cargo build --release --locked -p phi2 --examples -p phi2-fixtures
+cargo build --release --locked -p phi2 -p phi2-fixtures --bins --examples
 
 echo "== fixtures"
 target/release/phi2-fixtures --out test/fixtures/gen >/dev/null
