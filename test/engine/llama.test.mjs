@@ -3,18 +3,18 @@
 // sequence, and greedy tokens wherever llama.cpp's top-1/top-2 margin is clear.
 //
 // Tolerances on max |Δ log-prob| over every position and all 51200 ids, and on the mean |Δ|:
-//   f32          6e-3 (llama.cpp's CPU GELU goes through an f16 lookup table; the engine matches
+//   f32          5e-3 (llama.cpp's CPU GELU goes through an f16 lookup table; the engine matches
 //                HF transformers to ~1e-5, see crates/phi2/tests/golden_hf.rs)
 //   f16          2e-2, bf16 0.15 (both engines round activations to the weight type)
 //   quantized    0.35 max, 0.06 mean (llama.cpp and candle both quantize activations to 8-bit
 //                blocks, with different rounding details; these random fixtures amplify it: each
 //                engine's own Q8_0-vs-F32 gap is ~0.3 here)
-// Greedy tokens must agree wherever llama.cpp's top-1/top-2 margin exceeds twice the tolerance.
+// Greedy tokens must agree wherever llama.cpp's top-1/top-2 margin exceeds twice the row's |Δ|.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
-import { fixtures, generate, readRows, maxAbsDiff, margin, run, root, PROMPT, scratch } from './helpers.mjs';
+import { fixtures, generate, readRows, maxAbsDiff, margin, run, root, PROMPT, VOCAB, scratch } from './helpers.mjs';
 
 const N = 8;
 const oracle = path.join(root, 'test/oracle/llama-logprobs.mjs');
@@ -27,7 +27,7 @@ function llama(model, tokens, maxNew, out) {
 }
 
 function tolerance(file) {
-  if (/-f32(-split)?\.gguf$/.test(file)) return { max: 6e-3, mean: 1e-3 };
+  if (/-f32(-split)?\.gguf$/.test(file)) return { max: 5e-3, mean: 1e-3 };
   if (/-f16\.gguf$/.test(file)) return { max: 2e-2, mean: 3e-3 };
   if (/-bf16\.gguf$/.test(file)) return { max: 0.15, mean: 0.02 };
   return { max: 0.35, mean: 0.06 };
@@ -58,25 +58,31 @@ for (const file of files) {
     const llamaTokens = llama(model, PROMPT, N, theirs);
     let ref = readRows(theirs);
 
-    // Greedy: equal up to the first step where llama.cpp's own margin is not clear.
-    const tol = tolerance(file);
-    let compared = 0;
-    for (let i = 0; i < N; i++) {
-      if (margin(ref, PROMPT.length - 1 + i) < 2 * tol.max) break;
-      assert.equal(ourTokens[i], llamaTokens[i], `greedy token ${i}: ours ${ourTokens[i]} vs llama.cpp ${llamaTokens[i]}`);
-      compared++;
-      if (ourTokens[i] !== llamaTokens[i]) break;
-    }
-
     // Log-probs on the same sequence (ours): rescore it with llama.cpp if the continuations differ.
     if (ourTokens.join() !== llamaTokens.join()) {
       llama(model, [...PROMPT, ...ourTokens], 0, theirs);
       ref = readRows(theirs);
     }
+    const tol = tolerance(file);
     const mine = readRows(ours);
     const d = maxAbsDiff(mine, ref);
     const mean = meanAbsDiff(mine, ref);
-    measured.push(`${file}: max |Δ logprob| ${d.toExponential(2)}, mean ${mean.toExponential(2)}, greedy compared ${compared}/${N}`);
+
+    // Greedy: where llama.cpp's top-1/top-2 margin on a row exceeds twice the largest |Δ| between
+    // the engines on that row, the argmax cannot differ; a divergence is only allowed elsewhere.
+    // (Up to the first divergence both sequences share their prefix, so the rows are comparable.)
+    let compared = 0;
+    for (let i = 0; i < ourTokens.length; i++) {
+      const r = PROMPT.length - 1 + i;
+      const rowD = maxAbsDiff(mine.subarray(r * VOCAB, (r + 1) * VOCAB), ref.subarray(r * VOCAB, (r + 1) * VOCAB));
+      const m = margin(ref, r);
+      if (ourTokens[i] !== llamaTokens[i]) {
+        assert.ok(m <= 2 * rowD, `greedy token ${i}: ours ${ourTokens[i]} vs llama.cpp ${llamaTokens[i]} with a clear margin ${m} > 2 × ${rowD}`);
+        break;
+      }
+      if (m > 2 * rowD) compared++;
+    }
+    measured.push(`${file}: max |Δ logprob| ${d.toExponential(2)}, mean ${mean.toExponential(2)}, greedy equal on ${compared}/${N} clear-margin steps before any divergence`);
     assert.ok(d <= tol.max, `max |Δ logprob| ${d} > ${tol.max}`);
     assert.ok(mean <= tol.mean, `mean |Δ logprob| ${mean} > ${tol.mean}`);
   });

@@ -33,9 +33,6 @@ pub struct Phi2 {
     pub config: Phi2Config,
     pub info: ModelInfo,
     weights: Phi2Weights,
-    /// `[context_length, rotary_dim / 2]` f32 tables for NeoX rotary.
-    cos: Tensor,
-    sin: Tensor,
     device: Device,
 }
 
@@ -89,22 +86,27 @@ impl Phi2 {
     }
 
     fn from_parts(config: Phi2Config, weights: Phi2Weights, format: &'static str, device: Device) -> Result<Self> {
-        // HF: inv_freq_i = theta^(-2i/rot), angle = pos · inv_freq_i.
-        let half = config.rotary_dim / 2;
-        let mut cos = Vec::with_capacity(config.context_length * half);
-        let mut sin = Vec::with_capacity(config.context_length * half);
-        for pos in 0..config.context_length {
-            for i in 0..half {
-                let inv_freq = 1.0 / (config.rope_theta as f64).powf((2 * i) as f64 / config.rotary_dim as f64);
-                let angle = (pos as f32) * (inv_freq as f32);
+        let info = ModelInfo { format, dtype: weights.dtype };
+        Ok(Phi2 { config, info, weights, device })
+    }
+
+    /// NeoX rotary tables `[t, rotary_dim / 2]` for positions `pos..pos + t`, as HF computes
+    /// them: inv_freq_i = theta^(-2i/rot), angle = pos · inv_freq_i (f32). Made per call (t·rot/2
+    /// values) rather than for the whole context, so a config's context length costs no memory.
+    fn rotary_tables(&self, pos: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let rot = self.config.rotary_dim;
+        let half = rot / 2;
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| (1.0 / (self.config.rope_theta as f64).powf((2 * i) as f64 / rot as f64)) as f32).collect();
+        let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+        for p in pos..pos + t {
+            for f in &inv_freq {
+                let angle = p as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
             }
         }
-        let cos = Tensor::from_vec(cos, (config.context_length, half), &device)?;
-        let sin = Tensor::from_vec(sin, (config.context_length, half), &device)?;
-        let info = ModelInfo { format, dtype: weights.dtype };
-        Ok(Phi2 { config, info, weights, cos, sin, device })
+        Ok((Tensor::from_vec(cos, (t, half), &self.device)?, Tensor::from_vec(sin, (t, half), &self.device)?))
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -137,8 +139,7 @@ impl Phi2 {
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.weights.embed.forward(&ids)?; // [T, H]
         let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
+        let (cos, sin) = self.rotary_tables(pos, t)?;
         for (layer, kv) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
             let h = layer.norm.forward(&x)?;
             let attn = self.attention(layer, &h, kv, &cos, &sin, mask.as_ref())?;
