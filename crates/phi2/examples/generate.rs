@@ -71,9 +71,9 @@ const USAGE: &str = "usage: generate --model PATH --tokens ID,ID,... --max-new-t
 [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--logprobs-out FILE]";
 
 fn run(args: Args) -> Result<(), String> {
-    let model = Phi2::load(&args.model).map_err(|e| e.to_string())?;
+    let model = std::sync::Arc::new(Phi2::load(&args.model).map_err(|e| e.to_string())?);
     let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling: args.sampling, stop_on_eos: true };
-    let mut session = Session::new(&model);
+    let mut session = Session::new(model.clone());
     let cancel = AtomicBool::new(false);
     let out = session.generate(&args.tokens, &opts, &cancel, |_| true).map_err(|e| e.to_string())?;
     if let Some(path) = &args.logprobs_out {

@@ -3,6 +3,7 @@
 //! sampler know nothing of them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Phi2};
@@ -56,16 +57,22 @@ pub struct Generation {
 
 /// A conversation with one model: its KV cache and the tokens that produced it. Reusing a session
 /// whose history is a prefix of the next prompt evaluates only the new tokens (chat turns).
-pub struct Session<'m> {
-    model: &'m Phi2,
+pub struct Session {
+    model: Arc<Phi2>,
     cache: KvCache,
     history: Vec<u32>,
     logits: Vec<f32>,
 }
 
-impl<'m> Session<'m> {
-    pub fn new(model: &'m Phi2) -> Self {
-        Session { model, cache: model.new_cache(), history: Vec::new(), logits: Vec::with_capacity(model.config.vocab_size) }
+impl Session {
+    pub fn new(model: Arc<Phi2>) -> Self {
+        let cache = model.new_cache();
+        let logits = Vec::with_capacity(model.config.vocab_size);
+        Session { model, cache, history: Vec::new(), logits }
+    }
+
+    pub fn model(&self) -> &Arc<Phi2> {
+        &self.model
     }
 
     /// Tokens the cache holds.
@@ -88,7 +95,8 @@ impl<'m> Session<'m> {
         cancel: &AtomicBool,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Generation> {
-        let cfg = &self.model.config;
+        let model = self.model.clone();
+        let cfg = &model.config;
         if prompt.is_empty() {
             return Err(Error::invalid("prompt", "at least one prompt token is needed"));
         }

@@ -10,12 +10,12 @@ use phi2::{FinishReason, GenerateOptions, Phi2, SamplingParams, Session};
 
 const PROMPT: [u32; 11] = [464, 2068, 7586, 21831, 18045, 625, 198, 50284, 1169, 16931, 3290];
 
-fn model() -> Phi2 {
-    Phi2::load(&fixture("tiny-q8_0.gguf")).unwrap()
+fn model() -> Arc<Phi2> {
+    Arc::new(Phi2::load(&fixture("tiny-q8_0.gguf")).unwrap())
 }
 
-fn run(model: &Phi2, prompt: &[u32], opts: &GenerateOptions) -> phi2::Generation {
-    Session::new(model).generate(prompt, opts, &AtomicBool::new(false), |_| true).unwrap()
+fn run(model: &Arc<Phi2>, prompt: &[u32], opts: &GenerateOptions) -> phi2::Generation {
+    Session::new(model.clone()).generate(prompt, opts, &AtomicBool::new(false), |_| true).unwrap()
 }
 
 fn sampled(seed: u64) -> GenerateOptions {
@@ -82,11 +82,11 @@ fn stops_on_eos_and_keeps_it() {
 
 #[test]
 fn cancellation_flag_stops_within_one_token() {
-    let m = Arc::new(model());
+    let m = model();
     let opts = GenerateOptions { max_new_tokens: 50, stop_on_eos: false, ..Default::default() };
     // Set before the start: nothing is generated.
     let cancel = AtomicBool::new(true);
-    let g = Session::new(&m).generate(&PROMPT, &opts, &cancel, |_| true).unwrap();
+    let g = Session::new(m.clone()).generate(&PROMPT, &opts, &cancel, |_| true).unwrap();
     assert_eq!((g.tokens.len(), g.finish), (0, FinishReason::Cancelled));
 
     // Set from another thread while generating: the loop sees it before the next forward pass.
@@ -95,7 +95,7 @@ fn cancellation_flag_stops_within_one_token() {
     let (m2, c2, opts2) = (m.clone(), cancel.clone(), opts.clone());
     let worker = std::thread::spawn(move || {
         let mut n = 0;
-        Session::new(&m2)
+        Session::new(m2)
             .generate(&PROMPT, &opts2, &c2, |_| {
                 n += 1;
                 tx.send(n).unwrap();
@@ -113,13 +113,13 @@ fn cancellation_flag_stops_within_one_token() {
     assert!(g.tokens.len() <= 2, "stopped after {} tokens", g.tokens.len());
 
     // The token callback can stop too.
-    let g = Session::new(&m).generate(&PROMPT, &opts, &AtomicBool::new(false), |_| false).unwrap();
+    let g = Session::new(m.clone()).generate(&PROMPT, &opts, &AtomicBool::new(false), |_| false).unwrap();
     assert_eq!((g.tokens.len(), g.finish), (1, FinishReason::Cancelled));
 }
 
 #[test]
 fn context_is_never_exceeded() {
-    let m = Phi2::load(&fixture("odd-q8_0.gguf")).unwrap();
+    let m = Arc::new(Phi2::load(&fixture("odd-q8_0.gguf")).unwrap());
     let ctx = m.config.context_length;
     assert_eq!(ctx, 64);
     let prompt: Vec<u32> = (0..60).map(|i| 1000 + i).collect();
@@ -128,7 +128,7 @@ fn context_is_never_exceeded() {
     assert_eq!(g.finish, FinishReason::ContextFull);
     assert_eq!(prompt.len() + g.tokens.len(), ctx);
     let full: Vec<u32> = (0..64).collect();
-    let err = Session::new(&m).generate(&full, &opts, &AtomicBool::new(false), |_| true).unwrap_err();
+    let err = Session::new(m.clone()).generate(&full, &opts, &AtomicBool::new(false), |_| true).unwrap_err();
     assert_eq!(err.code(), "E_INVALID_ARGUMENT");
     assert!(err.to_string().contains("context length 64"), "{err}");
 }
@@ -138,14 +138,14 @@ fn bad_prompts_are_typed_errors() {
     let m = model();
     let opts = GenerateOptions::default();
     let never = AtomicBool::new(false);
-    let e = Session::new(&m).generate(&[], &opts, &never, |_| true).unwrap_err();
+    let e = Session::new(m.clone()).generate(&[], &opts, &never, |_| true).unwrap_err();
     assert!(e.to_string().contains("prompt"), "{e}");
-    let e = Session::new(&m).generate(&[1, 51200], &opts, &never, |_| true).unwrap_err();
+    let e = Session::new(m.clone()).generate(&[1, 51200], &opts, &never, |_| true).unwrap_err();
     assert!(e.to_string().contains("51200"), "{e}");
     let mut bad = GenerateOptions::default();
     bad.sampling.top_p = f32::NAN;
     bad.sampling.do_sample = true;
-    let e = Session::new(&m).generate(&PROMPT, &bad, &never, |_| true).unwrap_err();
+    let e = Session::new(m.clone()).generate(&PROMPT, &bad, &never, |_| true).unwrap_err();
     assert!(e.to_string().contains("top_p"), "{e}");
     assert!(m.logprobs(&[]).is_err());
 }
@@ -155,7 +155,7 @@ fn a_session_reuses_its_cache_for_a_continued_conversation() {
     let m = model();
     let opts = GenerateOptions { max_new_tokens: 4, stop_on_eos: false, ..Default::default() };
     let never = AtomicBool::new(false);
-    let mut s = Session::new(&m);
+    let mut s = Session::new(m.clone());
     let first = s.generate(&PROMPT, &opts, &never, |_| true).unwrap();
     assert_eq!(first.prompt_tokens_evaluated, PROMPT.len());
     // Next turn: everything so far + 3 new tokens. Only the unseen tokens are evaluated.
@@ -175,7 +175,7 @@ fn a_session_reuses_its_cache_for_a_continued_conversation() {
 #[test]
 fn incremental_decoding_matches_one_batch_forward() {
     // The KV-cache path (prefill + one token at a time) must equal scoring the whole sequence.
-    let m = Phi2::load(&fixture("odd-f32.gguf")).unwrap();
+    let m = Arc::new(Phi2::load(&fixture("odd-f32.gguf")).unwrap());
     let g = run(&m, &PROMPT, &GenerateOptions { max_new_tokens: 6, stop_on_eos: false, ..Default::default() });
     let all: Vec<u32> = PROMPT.iter().chain(&g.tokens).copied().collect();
     let lp = m.logprobs(&all).unwrap();

@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use common::*;
 use phi2::{GenerateOptions, Phi2, Session};
@@ -15,9 +16,9 @@ fn logprobs_after(model: &Phi2, g: &Golden) -> Vec<f32> {
     model.logprobs(&all).unwrap()
 }
 
-fn greedy(model: &Phi2, prompt: &[u32], n: usize) -> Vec<u32> {
+fn greedy(model: &Arc<Phi2>, prompt: &[u32], n: usize) -> Vec<u32> {
     let opts = GenerateOptions { max_new_tokens: n, ..Default::default() };
-    Session::new(model).generate(prompt, &opts, &AtomicBool::new(false), |_| true).unwrap().tokens
+    Session::new(model.clone()).generate(prompt, &opts, &AtomicBool::new(false), |_| true).unwrap().tokens
 }
 
 #[test]
@@ -37,7 +38,7 @@ fn golden_fixture_bytes_are_the_ones_hf_saw() {
 fn f32_safetensors_matches_hf_transformers_within_1e4() {
     for m in MODELS {
         let g = hf_golden(m);
-        let model = Phi2::load(&fixture(m)).unwrap();
+        let model = Arc::new(Phi2::load(&fixture(m)).unwrap());
         let d = max_abs_diff(&logprobs_after(&model, &g), &g.logprobs);
         eprintln!("{m}: f32 safetensors vs HF max |Δ logprob| = {d:.2e}");
         assert!(d <= 1e-4, "{m}: max |Δ logprob| {d} > 1e-4");
