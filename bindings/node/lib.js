@@ -1,0 +1,65 @@
+// @x/phi2-native entry point: the napi-rs loader (index.js) picks the prebuilt addon for this
+// platform; this file moves the stable error code that the addon puts in front of every error
+// message ("E_IO: …") into `error.code`, so callers can branch on it (see native.d.ts).
+'use strict'
+
+const native = require('./index.js')
+
+const CODE = /^(E_[A-Z_]+): /
+
+function withCode(err) {
+  if (err instanceof Error) {
+    const m = CODE.exec(err.message)
+    if (m) {
+      err.code = m[1]
+      err.message = err.message.slice(m[0].length)
+    }
+  }
+  return err
+}
+
+function wrapFn(fn) {
+  return function (...args) {
+    let out
+    try {
+      out = fn.apply(this, args)
+    } catch (e) {
+      throw withCode(e)
+    }
+    return out && typeof out.then === 'function' ? out.catch((e) => { throw withCode(e) }) : out
+  }
+}
+
+function wrapClass(cls) {
+  for (const target of [cls, cls.prototype]) {
+    for (const name of Object.getOwnPropertyNames(target)) {
+      if (name === 'constructor' || name === 'prototype' || name === 'length' || name === 'name') continue
+      const d = Object.getOwnPropertyDescriptor(target, name)
+      if (!d.configurable) continue // napi-rs statics: wrapped by the facades below
+      if (typeof d.value === 'function') d.value = wrapFn(d.value)
+      else if (typeof d.get === 'function') d.get = wrapFn(d.get)
+      else continue
+      Object.defineProperty(target, name, d)
+    }
+  }
+  return cls
+}
+
+// napi-rs defines static methods as non-configurable, so `NativeModel.load` is re-exported from a
+// facade class; `instanceof NativeModel` still recognises the addon's instances.
+class NativeModel {
+  static load(path, threads) {
+    return wrapFn(native.NativeModel.load).call(native.NativeModel, path, threads)
+  }
+
+  static [Symbol.hasInstance](x) {
+    return x instanceof native.NativeModel
+  }
+}
+wrapClass(native.NativeModel)
+
+module.exports = {
+  NativeModel,
+  NativeSession: wrapClass(native.NativeSession),
+  NativeCancelToken: wrapClass(native.NativeCancelToken),
+}

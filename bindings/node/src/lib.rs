@@ -1,0 +1,438 @@
+//! Node-API addon over the `phi2` engine (napi-rs). The TypeScript SDK (`@x/phi2`) is its only
+//! consumer; the contract is `native.d.ts`.
+//!
+//! - Model loading, log-probs and generation run off the JS thread (libuv pool via `AsyncTask`).
+//! - Tokens stream back through a threadsafe function as they are produced.
+//! - Cancellation: a `NativeCancelToken` per call, polled by the engine before every token.
+//! - Errors cross as JS errors whose message starts with a stable code (`E_IO: …`); the package's
+//!   `lib.js` moves that prefix into `error.code`. A Rust panic is caught and becomes `E_INTERNAL`:
+//!   none ever unwinds into Node.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use phi2::gguf::GgufFile;
+use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
+
+/// A JS error carrying a stable code as the message prefix.
+fn coded(code: &str, msg: impl std::fmt::Display) -> Error {
+    Error::new(Status::GenericFailure, format!("{code}: {msg}"))
+}
+
+fn engine_err(e: phi2::Error) -> Error {
+    coded(e.code(), e)
+}
+
+/// Runs `f`, turning a panic into an `E_INTERNAL` error instead of unwinding into Node.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(coded("E_INTERNAL", format!("{what} failed unexpectedly: {msg} (please report this)")))
+        }
+    }
+}
+
+fn disposed(what: &str) -> Error {
+    coded("E_DISPOSED", format!("this {what} was disposed; load the model again"))
+}
+
+/// Holds the model until `dispose()`; in-flight work keeps its own `Arc` and finishes first.
+type ModelSlot = Arc<RwLock<Option<Arc<Phi2>>>>;
+
+fn take_model(slot: &ModelSlot) -> Result<Arc<Phi2>> {
+    slot.read().map_err(|_| coded("E_INTERNAL", "model lock poisoned"))?.clone().ok_or_else(|| disposed("model"))
+}
+
+#[napi(object)]
+pub struct NativeModelInfo {
+    pub architecture: String,
+    pub format: String,
+    pub dtype: String,
+    pub vocab_size: u32,
+    pub tokenizer_size: u32,
+    pub hidden_size: u32,
+    pub intermediate_size: u32,
+    pub num_layers: u32,
+    pub num_heads: u32,
+    pub head_dim: u32,
+    pub rotary_dim: u32,
+    pub rope_theta: f64,
+    pub layer_norm_eps: f64,
+    pub context_length: u32,
+    pub eos_token_id: Option<u32>,
+}
+
+#[napi(object)]
+pub struct NativeGgufVocab {
+    pub model: String,
+    pub pre: Option<String>,
+    pub tokens: Vec<String>,
+    pub token_types: Vec<i32>,
+    pub merges: Vec<String>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+#[napi(object)]
+pub struct NativeGenerateOptions {
+    pub max_new_tokens: u32,
+    pub do_sample: bool,
+    pub temperature: f64,
+    pub top_k: u32,
+    pub top_p: f64,
+    pub min_p: f64,
+    pub repetition_penalty: f64,
+    pub presence_penalty: f64,
+    pub frequency_penalty: f64,
+    pub logit_bias_ids: Vec<u32>,
+    pub logit_bias_values: Vec<f64>,
+    pub seed: f64,
+    pub stop_on_eos: bool,
+}
+
+#[napi(object)]
+pub struct NativeGenerateResult {
+    pub tokens: Vec<u32>,
+    pub finish_reason: String,
+    pub prompt_tokens: u32,
+    pub prompt_tokens_evaluated: u32,
+    pub prompt_ms: f64,
+    pub generate_ms: f64,
+}
+
+/// One per generate/logprobs call; `cancel()` stops native work before the next token.
+#[napi]
+pub struct NativeCancelToken {
+    flag: Arc<AtomicBool>,
+}
+
+#[napi]
+impl NativeCancelToken {
+    #[napi(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        NativeCancelToken { flag: Arc::new(AtomicBool::new(false)) }
+    }
+
+    #[napi]
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    #[napi(getter)]
+    pub fn cancelled(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+fn flag_of(cancel: Option<&NativeCancelToken>) -> Arc<AtomicBool> {
+    cancel.map(|c| c.flag.clone()).unwrap_or_default()
+}
+
+#[napi]
+pub struct NativeModel {
+    slot: ModelSlot,
+    path: PathBuf,
+}
+
+pub struct LoadTask {
+    path: PathBuf,
+}
+
+impl Task for LoadTask {
+    type Output = Phi2;
+    type JsValue = NativeModel;
+
+    fn compute(&mut self) -> Result<Phi2> {
+        guarded("loading the model", || Phi2::load(&self.path).map_err(engine_err))
+    }
+
+    fn resolve(&mut self, _env: Env, model: Phi2) -> Result<NativeModel> {
+        Ok(NativeModel { slot: Arc::new(RwLock::new(Some(Arc::new(model)))), path: self.path.clone() })
+    }
+}
+
+pub struct LogprobsTask {
+    model: Arc<Phi2>,
+    tokens: Vec<u32>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Task for LogprobsTask {
+    type Output = Vec<f32>;
+    type JsValue = Float32Array;
+
+    fn compute(&mut self) -> Result<Vec<f32>> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(coded("E_ABORTED", "cancelled before it started"));
+        }
+        guarded("computing log-probs", || self.model.logprobs(&self.tokens).map_err(engine_err))
+    }
+
+    fn resolve(&mut self, _env: Env, rows: Vec<f32>) -> Result<Float32Array> {
+        Ok(Float32Array::new(rows))
+    }
+}
+
+#[napi]
+impl NativeModel {
+    /// Loads off the JS thread. `threads` sets the process-wide compute pool on the first load only.
+    #[napi(ts_return_type = "Promise<NativeModel>")]
+    pub fn load(path: String, threads: Option<u32>) -> AsyncTask<LoadTask> {
+        if let Some(n) = threads.filter(|&n| n > 0) {
+            // candle sizes its CPU pool from this variable when it first starts a worker.
+            if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+                std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+            }
+        }
+        AsyncTask::new(LoadTask { path: PathBuf::from(path) })
+    }
+
+    #[napi(getter)]
+    pub fn info(&self) -> Result<NativeModelInfo> {
+        let m = take_model(&self.slot)?;
+        let c = &m.config;
+        Ok(NativeModelInfo {
+            architecture: "phi2".into(),
+            format: m.info.format.into(),
+            dtype: m.info.dtype.name().into(),
+            vocab_size: c.vocab_size as u32,
+            tokenizer_size: c.tokenizer_size as u32,
+            hidden_size: c.hidden_size as u32,
+            intermediate_size: c.intermediate_size as u32,
+            num_layers: c.num_layers as u32,
+            num_heads: c.num_heads as u32,
+            head_dim: c.head_dim() as u32,
+            rotary_dim: c.rotary_dim as u32,
+            rope_theta: c.rope_theta as f64,
+            layer_norm_eps: c.layer_norm_eps,
+            context_length: c.context_length as u32,
+            eos_token_id: c.eos_token_id,
+        })
+    }
+
+    /// The tokenizer stored in a GGUF file's metadata, or null for safetensors models.
+    #[napi]
+    pub fn gguf_vocab(&self) -> Result<Option<NativeGgufVocab>> {
+        let m = take_model(&self.slot)?;
+        if m.info.format != "gguf" {
+            return Ok(None);
+        }
+        guarded("reading the GGUF tokenizer", || {
+            let g = GgufFile::open(&self.path).map_err(engine_err)?;
+            let strings = |key: &str| -> Result<Vec<String>> {
+                Ok(g.get_str_array(key).map_err(engine_err)?.unwrap_or_default().into_iter().map(String::from).collect())
+            };
+            let tokens = strings("tokenizer.ggml.tokens")?;
+            if tokens.is_empty() {
+                return Ok(None);
+            }
+            let id = |key: &str| -> Result<Option<u32>> {
+                Ok(g.get_uint(key).map_err(engine_err)?.and_then(|v| u32::try_from(v).ok()))
+            };
+            Ok(Some(NativeGgufVocab {
+                model: g.get_str("tokenizer.ggml.model").map_err(engine_err)?.unwrap_or("gpt2").to_string(),
+                pre: g.get_str("tokenizer.ggml.pre").map_err(engine_err)?.map(String::from),
+                token_types: g
+                    .get_int_array("tokenizer.ggml.token_type")
+                    .map_err(engine_err)?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+                    .collect(),
+                merges: strings("tokenizer.ggml.merges")?,
+                tokens,
+                bos_token_id: id("tokenizer.ggml.bos_token_id")?,
+                eos_token_id: id("tokenizer.ggml.eos_token_id")?,
+            }))
+        })
+    }
+
+    #[napi]
+    pub fn create_session(&self) -> Result<NativeSession> {
+        let m = take_model(&self.slot)?;
+        Ok(NativeSession { model: self.slot.clone(), session: Arc::new(Mutex::new(Some(Session::new(m)))) })
+    }
+
+    /// log-softmax rows, tokens.length × vocabSize, row-major, run from an empty context.
+    #[napi(ts_return_type = "Promise<Float32Array>")]
+    pub fn logprobs(&self, tokens: Vec<u32>, cancel: Option<&NativeCancelToken>) -> Result<AsyncTask<LogprobsTask>> {
+        let model = take_model(&self.slot)?;
+        Ok(AsyncTask::new(LogprobsTask { model, tokens, cancel: flag_of(cancel) }))
+    }
+
+    /// Releases the weights once in-flight work finishes; later calls throw E_DISPOSED.
+    #[napi]
+    pub fn dispose(&self) {
+        if let Ok(mut slot) = self.slot.write() {
+            slot.take();
+        }
+    }
+
+    #[napi(getter)]
+    pub fn disposed(&self) -> bool {
+        self.slot.read().map(|s| s.is_none()).unwrap_or(true)
+    }
+}
+
+/// A conversation: its KV cache persists across `generate` calls. Calls on one session are
+/// serialised by its mutex; separate sessions run in parallel.
+#[napi]
+pub struct NativeSession {
+    model: ModelSlot,
+    session: Arc<Mutex<Option<Session>>>,
+}
+
+pub struct GenerateTask {
+    model: ModelSlot,
+    session: Arc<Mutex<Option<Session>>>,
+    tokens: Vec<u32>,
+    opts: GenerateOptions,
+    cancel: Arc<AtomicBool>,
+    on_token: Arc<ThreadsafeFunction<u32>>,
+}
+
+impl Task for GenerateTask {
+    type Output = NativeGenerateResult;
+    type JsValue = NativeGenerateResult;
+
+    fn compute(&mut self) -> Result<NativeGenerateResult> {
+        guarded("generating", || {
+            let mut guard = self.session.lock().unwrap_or_else(|p| p.into_inner());
+            // The model may have been disposed while this call waited in the queue.
+            take_model(&self.model)?;
+            let session = guard.as_mut().ok_or_else(|| disposed("session"))?;
+            let start = Instant::now();
+            let mut first_token_at = None;
+            let on_token = self.on_token.clone();
+            // Tokens queued to JS, and tokens whose JS callback has returned: the promise must not
+            // settle before every callback ran (async-work completion and the threadsafe function
+            // are separate queues on the JS thread, with no order between them).
+            let mut queued = 0usize;
+            let delivered = Arc::new(AtomicUsize::new(0));
+            let out = session
+                .generate(&self.tokens, &self.opts, &self.cancel, |id| {
+                    first_token_at.get_or_insert_with(Instant::now);
+                    let delivered = delivered.clone();
+                    // NonBlocking: the queue is unbounded, tokens are never dropped or reordered.
+                    let status = on_token.call_with_return_value(
+                        Ok(id),
+                        ThreadsafeFunctionCallMode::NonBlocking,
+                        move |_, _| {
+                            delivered.fetch_add(1, Ordering::AcqRel);
+                            Ok(())
+                        },
+                    );
+                    queued += (status == Status::Ok) as usize;
+                    status == Status::Ok
+                })
+                .map_err(engine_err)?;
+            let end = Instant::now();
+            // Bounded: if the JS side stops draining (environment teardown), give up waiting.
+            let mut last = (delivered.load(Ordering::Acquire), Instant::now());
+            while last.0 < queued && last.1.elapsed() < std::time::Duration::from_secs(10) {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                let now = delivered.load(Ordering::Acquire);
+                if now != last.0 {
+                    last = (now, Instant::now());
+                }
+            }
+            let first = first_token_at.unwrap_or(end);
+            Ok(NativeGenerateResult {
+                prompt_tokens: self.tokens.len() as u32,
+                prompt_tokens_evaluated: out.prompt_tokens_evaluated as u32,
+                prompt_ms: (first - start).as_secs_f64() * 1e3,
+                generate_ms: (end - first).as_secs_f64() * 1e3,
+                finish_reason: out.finish.as_str().into(),
+                tokens: out.tokens,
+            })
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, out: NativeGenerateResult) -> Result<NativeGenerateResult> {
+        Ok(out)
+    }
+}
+
+fn sampling_from(o: &NativeGenerateOptions) -> Result<GenerateOptions> {
+    if o.logit_bias_ids.len() != o.logit_bias_values.len() {
+        return Err(coded("E_INVALID_ARGUMENT", "logitBiasIds and logitBiasValues differ in length"));
+    }
+    if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed <= 9_007_199_254_740_992.0) {
+        return Err(coded("E_INVALID_ARGUMENT", format!("seed must be an integer in 0..=2^53, got {}", o.seed)));
+    }
+    Ok(GenerateOptions {
+        max_new_tokens: o.max_new_tokens as usize,
+        stop_on_eos: o.stop_on_eos,
+        sampling: SamplingParams {
+            do_sample: o.do_sample,
+            temperature: o.temperature as f32,
+            top_k: o.top_k as usize,
+            top_p: o.top_p as f32,
+            min_p: o.min_p as f32,
+            repetition_penalty: o.repetition_penalty as f32,
+            presence_penalty: o.presence_penalty as f32,
+            frequency_penalty: o.frequency_penalty as f32,
+            logit_bias: o.logit_bias_ids.iter().copied().zip(o.logit_bias_values.iter().map(|&v| v as f32)).collect(),
+            seed: o.seed as u64,
+        },
+    })
+}
+
+#[napi]
+impl NativeSession {
+    /// Generates after `tokens` (the whole conversation so far). `onToken(err, id)` is called for
+    /// each new token, in order, before the promise resolves.
+    #[napi(ts_return_type = "Promise<NativeGenerateResult>")]
+    pub fn generate(
+        &self,
+        tokens: Vec<u32>,
+        options: NativeGenerateOptions,
+        on_token: ThreadsafeFunction<u32>,
+        cancel: Option<&NativeCancelToken>,
+    ) -> Result<AsyncTask<GenerateTask>> {
+        take_model(&self.model)?;
+        Ok(AsyncTask::new(GenerateTask {
+            model: self.model.clone(),
+            session: self.session.clone(),
+            tokens,
+            opts: sampling_from(&options)?,
+            cancel: flag_of(cancel),
+            on_token: Arc::new(on_token),
+        }))
+    }
+
+    /// Forgets the KV cache.
+    #[napi]
+    pub fn reset(&self) {
+        if let Ok(mut s) = self.session.try_lock() {
+            if let Some(s) = s.as_mut() {
+                s.reset();
+            }
+        }
+    }
+
+    /// Frees the KV cache (after any generation in flight).
+    #[napi]
+    pub fn dispose(&self) {
+        let session = self.session.clone();
+        // Don't block the JS thread behind a running generation: drop it on a helper thread.
+        std::thread::spawn(move || {
+            if let Ok(mut s) = session.lock() {
+                s.take();
+            }
+        });
+    }
+}
