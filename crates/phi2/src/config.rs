@@ -219,7 +219,7 @@ impl Phi2Config {
         if self.num_layers > 4096 {
             return bad("num_layers", format!("{} layers is beyond any supported model", self.num_layers));
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad("num_heads", format!("{} does not divide hidden size {}", self.num_heads, self.hidden_size));
         }
         if self.num_kv_heads != self.num_heads {
@@ -228,7 +228,7 @@ impl Phi2Config {
                 format!("Phi-2 uses full multi-head attention; {} kv heads for {} heads is not supported", self.num_kv_heads, self.num_heads),
             );
         }
-        if self.rotary_dim > self.head_dim() || self.rotary_dim % 2 != 0 {
+        if self.rotary_dim > self.head_dim() || !self.rotary_dim.is_multiple_of(2) {
             return bad("rotary_dim", format!("expected an even number <= head_dim {}, found {}", self.head_dim(), self.rotary_dim));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {

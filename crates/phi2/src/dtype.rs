@@ -69,7 +69,7 @@ impl DType {
     /// element count overflows or the innermost dimension is not a whole number of blocks.
     pub fn byte_len(self, shape: &[usize]) -> Option<usize> {
         let inner = *shape.last().unwrap_or(&1);
-        if inner % self.block_size() != 0 {
+        if !inner.is_multiple_of(self.block_size()) {
             return None;
         }
         let elems = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;

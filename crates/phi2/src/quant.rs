@@ -16,7 +16,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// floats). Errors when the lengths disagree.
 pub fn dequantize(dtype: DType, data: &[u8], out: &mut [f32]) -> Result<()> {
     let (bs, ts) = (dtype.block_size(), dtype.type_size());
-    if data.len() % ts != 0 || data.len() / ts * bs != out.len() {
+    if !data.len().is_multiple_of(ts) || data.len() / ts * bs != out.len() {
         return Err(Error::invalid(
             "data",
             format!("{} bytes of {dtype} do not hold exactly {} values", data.len(), out.len()),
