@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit + golden tests (engine vs HF transformers goldens, format parity,
 # malformed files, quant round trips), then the end-to-end tests that drive the `generate`
-# example against llama.cpp (node-llama-cpp) on freshly generated fixture models.
+# example and the Node addon against llama.cpp (node-llama-cpp) on freshly generated fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,6 +12,9 @@ cargo build --release --locked -p phi2 -p phi2-fixtures --bins --examples
 
 echo "== fixtures"
 target/release/phi2-fixtures --out test/fixtures/gen >/dev/null
+
+echo "== native addon (napi-rs)"
+npm run build --silent -w @x/phi2-native
 
 echo "== cargo test"
 PHI2_FIXTURES=$PWD/test/fixtures/gen cargo test --release --locked --workspace

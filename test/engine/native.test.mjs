@@ -1,0 +1,96 @@
+// The Node-API addon (@x/phi2-native) directly: same tokens and log-probs as the engine's CLI,
+// streaming order, cancellation, concurrency, dispose, and coded errors.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fixtures, generate, readRows, maxAbsDiff, PROMPT, root, scratch } from './helpers.mjs';
+
+const require = createRequire(path.join(root, 'package.json'));
+const { NativeModel, NativeCancelToken } = require('@x/phi2-native');
+
+const greedy = { maxNewTokens: 8, doSample: false, temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1,
+  presencePenalty: 0, frequencyPenalty: 0, logitBiasIds: [], logitBiasValues: [], seed: 0, stopOnEos: true };
+const model = path.join(fixtures, 'kq-q4_K.gguf');
+
+test('tokens and log-probs equal the engine CLI on the same file', async () => {
+  const m = await NativeModel.load(model);
+  const streamed = [];
+  const r = await m.createSession().generate(PROMPT, greedy, (err, t) => { assert.equal(err, null); streamed.push(t); });
+  const lpFile = path.join(scratch, 'native-cli.f32');
+  const cli = generate(model, PROMPT, 8, [], lpFile);
+  assert.deepEqual(r.tokens, cli);
+  assert.deepEqual(streamed, r.tokens, 'every token streamed, in order, before the promise settled');
+  const lp = await m.logprobs([...PROMPT, ...r.tokens]);
+  assert.equal(maxAbsDiff(lp, readRows(lpFile)), 0);
+  m.dispose();
+});
+
+test('concurrent sessions on one model equal their sequential results', async () => {
+  const m = await NativeModel.load(model);
+  const opts = (seed) => ({ ...greedy, doSample: true, temperature: 0.9, topP: 0.95, seed, maxNewTokens: 12 });
+  const seq = [];
+  for (const seed of [1, 2, 3]) seq.push((await m.createSession().generate(PROMPT, opts(seed), () => {})).tokens);
+  const par = await Promise.all([1, 2, 3].map((seed) => m.createSession().generate(PROMPT, opts(seed), () => {})));
+  assert.deepEqual(par.map((r) => r.tokens), seq);
+  // Two calls on one session are queued, never interleaved.
+  const s = m.createSession();
+  const [a, b] = await Promise.all([s.generate(PROMPT, opts(1), () => {}), s.generate([1, 2, 3], opts(2), () => {})]);
+  assert.deepEqual(a.tokens, seq[0]);
+  assert.deepEqual(b.tokens, (await m.createSession().generate([1, 2, 3], opts(2), () => {})).tokens);
+  m.dispose();
+});
+
+test('a cancel token stops generation within one token of cancel()', async () => {
+  const m = await NativeModel.load(model);
+  const c = new NativeCancelToken();
+  let seen = 0;
+  let atCancel = -1;
+  const r = await m.createSession().generate(PROMPT, { ...greedy, maxNewTokens: 500, stopOnEos: false }, () => {
+    seen++;
+    if (seen === 3) { c.cancel(); atCancel = seen; }
+  }, c);
+  assert.equal(r.finishReason, 'abort');
+  assert.ok(r.tokens.length < 500);
+  assert.equal(seen, r.tokens.length);
+  assert.ok(c.cancelled && atCancel === 3);
+  const pre = new NativeCancelToken();
+  pre.cancel();
+  const r2 = await m.createSession().generate(PROMPT, greedy, () => assert.fail('no token expected'), pre);
+  assert.deepEqual([r2.finishReason, r2.tokens.length], ['abort', 0]);
+  await assert.rejects(m.logprobs(PROMPT, pre), { code: 'E_ABORTED' });
+  m.dispose();
+});
+
+test('dispose: in-flight work finishes, later calls fail with E_DISPOSED', async () => {
+  const m = await NativeModel.load(model);
+  const s = m.createSession();
+  const running = s.generate(PROMPT, { ...greedy, maxNewTokens: 30, stopOnEos: false }, () => {});
+  m.dispose();
+  assert.equal(m.disposed, true);
+  m.dispose(); // idempotent
+  const r = await running.catch((e) => e);
+  assert.ok(Array.isArray(r.tokens) || r.code === 'E_DISPOSED', String(r));
+  assert.throws(() => m.info, { code: 'E_DISPOSED' });
+  assert.throws(() => m.createSession(), { code: 'E_DISPOSED' });
+  await assert.rejects(async () => m.logprobs(PROMPT), { code: 'E_DISPOSED' });
+  await assert.rejects(async () => s.generate(PROMPT, greedy, () => {}), { code: 'E_DISPOSED' });
+});
+
+test('bad input is a coded error, never a crash', async () => {
+  await assert.rejects(NativeModel.load('/nonexistent/model.gguf'), { code: 'E_IO', message: /nonexistent/ });
+  await assert.rejects(NativeModel.load(path.join(root, 'package.json')), (e) => /^E_/.test(e.code));
+  const m = await NativeModel.load(model);
+  const s = m.createSession();
+  await assert.rejects(s.generate([1, 51200], greedy, () => {}), { code: 'E_INVALID_ARGUMENT', message: /51200/ });
+  await assert.rejects(s.generate([], greedy, () => {}), { code: 'E_INVALID_ARGUMENT', message: /prompt/ });
+  await assert.rejects(s.generate(PROMPT, { ...greedy, doSample: true, topP: 2 }, () => {}), { code: 'E_INVALID_ARGUMENT', message: /top_p/ });
+  assert.throws(() => s.generate(PROMPT, { ...greedy, seed: -1 }, () => {}), { code: 'E_INVALID_ARGUMENT', message: /seed/ });
+  assert.throws(() => s.generate(PROMPT, { ...greedy, logitBiasIds: [1] }, () => {}), { code: 'E_INVALID_ARGUMENT' });
+  assert.equal(m.ggufVocab().tokens.length, 51200);
+  const st = await NativeModel.load(path.join(fixtures, 'tiny'));
+  assert.equal(st.ggufVocab(), null);
+  assert.equal(st.info.format, 'safetensors');
+  m.dispose();
+  st.dispose();
+});
