@@ -21,3 +21,7 @@ PHI2_FIXTURES=$PWD/test/fixtures/gen cargo test --release --locked --workspace
 
 echo "== end-to-end (node --test)"
 PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/engine/
+
+echo "== @x/phi2 SDK + CLI (vitest)"
+npm run build --silent -w @x/phi2
+PHI2_FIXTURES=$PWD/test/fixtures/gen npm test --silent -w @x/phi2

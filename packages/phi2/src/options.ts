@@ -1,0 +1,265 @@
+/**
+ * Every option the SDK accepts, its TypeScript type (with JSDoc: default and range), and the zod
+ * schema that validates it. This is the only file that defines options.
+ *
+ * Validation failures throw {@link Phi2OptionsError} (`code: 'E_INVALID_OPTION'`) whose message and
+ * `path` name the field (e.g. `topP`, `logitBias.50256`, `stop.1`). Unknown keys are rejected too,
+ * so that a typo (`temprature`) never silently does nothing.
+ */
+import { z } from 'zod'
+import { Phi2OptionsError } from './errors.js'
+
+// ---------------------------------------------------------------------------------------------
+// Shared pieces
+
+/** Compute backends. Only `'cpu'` exists in this build; `'auto'` picks it. */
+export type Backend = 'auto' | 'cpu' | 'cuda' | 'wasm'
+
+/** Prompt formats from the Phi-2 model card (see `prompts.ts`). `'none'` sends the prompt as-is. */
+export type PromptFormat = 'qa' | 'chat' | 'code' | 'none'
+
+/** A load progress report: `phase` goes `'loading'` (0 then 1) → `'tokenizer'` (1) → `'ready'` (1). */
+export interface LoadProgress {
+  phase: 'loading' | 'tokenizer' | 'ready'
+  /** 0..1 within the phase. */
+  progress: number
+}
+
+const isAbortSignal = (v: unknown): v is AbortSignal =>
+  typeof v === 'object' &&
+  v !== null &&
+  typeof (v as AbortSignal).aborted === 'boolean' &&
+  typeof (v as AbortSignal).addEventListener === 'function'
+
+const signalSchema = z.custom<AbortSignal>(isAbortSignal, { message: 'expected an AbortSignal' })
+const int = (min: number, max: number) => z.number().int().min(min).max(max)
+
+// ---------------------------------------------------------------------------------------------
+// loadModel()
+
+/** Options of `loadModel(source, options)`. */
+export interface LoadOptions {
+  /**
+   * Compute threads. Default: the number of CPU cores. Range: integer 1..1024.
+   * The native compute pool is process-wide: only the first model loaded in a process sets it.
+   */
+  threads?: number
+  /**
+   * Context window in tokens (prompt + generated), at most the model's trained context (2048 for
+   * Phi-2). Default: the model's. Range: integer >= 2. Generation stops with `finishReason: 'length'`
+   * when it is full.
+   */
+  contextLength?: number
+  /**
+   * Compute backend. Default `'auto'` (= `'cpu'` in this build). `'cuda'` and `'wasm'` are not
+   * available in this build and fail with `E_BACKEND_UNAVAILABLE`.
+   */
+  backend?: Backend
+  /** Called with load progress; at least `{phase:'loading', progress:0}` and `{phase:'loading', progress:1}`. */
+  onProgress?: (progress: LoadProgress) => void
+  /** Aborts the load: the promise rejects with `Phi2AbortError` (the weights are released). */
+  signal?: AbortSignal
+}
+
+export const LoadOptionsSchema: z.ZodType<LoadOptions> = z.strictObject({
+  threads: int(1, 1024).optional(),
+  contextLength: int(2, 1 << 24).optional(),
+  backend: z.enum(['auto', 'cpu', 'cuda', 'wasm']).optional(),
+  onProgress: z
+    .custom<(p: LoadProgress) => void>((v) => typeof v === 'function', { message: 'expected a function' })
+    .optional(),
+  signal: signalSchema.optional(),
+})
+
+// ---------------------------------------------------------------------------------------------
+// generate() / stream() / chat.send()
+
+/** Sampling and stopping options shared by `generate`, `stream` and chat `send` / `sendStream`. */
+export interface SamplingOptions {
+  /**
+   * Maximum number of tokens to generate. Default 256. Range: integer 1..contextLength.
+   * Generation also stops (`finishReason: 'length'`) when the context window is full.
+   */
+  maxNewTokens?: number
+  /**
+   * Sample instead of taking the most likely token. Default `false`: greedy decoding, exactly
+   * like Hugging Face transformers' `do_sample=False` (and transformers.js). The sampling options
+   * below (`temperature`, `topK`, `topP`, `minP`, `seed`) only take effect when this is `true`.
+   */
+  doSample?: boolean
+  /** Softmax temperature when sampling. Default 0.7. Range: 0..100 (`0` = greedy). */
+  temperature?: number
+  /** Keep only the K most likely tokens when sampling. Default 50 (as HF). Range: integer >= 0 (`0` = off). */
+  topK?: number
+  /** Nucleus sampling: keep the smallest set of tokens with cumulative probability >= topP. Default 1 (off). Range: (0, 1]. */
+  topP?: number
+  /** Drop tokens whose probability is below `minP` × the top token's. Default 0 (off). Range: [0, 1). */
+  minP?: number
+  /** HF/CTRL repetition penalty on every token already in the context (prompt included). Default 1 (off). Range: (0, 100]. */
+  repetitionPenalty?: number
+  /** OpenAI-style presence penalty: subtracted once from every token already in the context. Default 0. Range: -100..100 (typically -2..2). */
+  presencePenalty?: number
+  /** OpenAI-style frequency penalty: subtracted per occurrence in the context. Default 0. Range: -100..100 (typically -2..2). */
+  frequencyPenalty?: number
+  /** RNG seed for sampling: the same seed, prompt and options give the same tokens. Default: random. Range: integer 0..2^53-1. */
+  seed?: number
+  /**
+   * Stop strings: generation stops as soon as the text contains one; the text is cut before it
+   * (`finishReason: 'stop'`). Default: the prompt format's stop list (see `prompts.ts`), else `[]`.
+   * Passing `stop` replaces the format's list (`[]` disables it). Range: up to 32 non-empty strings.
+   */
+  stop?: string[]
+  /**
+   * Added to the logits of these token ids before sampling / greedy choice: `{ 50256: -Infinity }`
+   * bans end-of-text, `{ 1169: 5 }` favours " the". Default `{}`. Keys: token ids 0..vocabSize-1;
+   * values: finite numbers or `-Infinity`.
+   */
+  logitBias?: Record<number, number>
+  /**
+   * Aborts the generation: `generate()` rejects with `Phi2AbortError` (`name: 'AbortError'`,
+   * `code: 'E_ABORTED'`), and a `stream()` loop throws it. Native work stops within one token.
+   */
+  signal?: AbortSignal
+}
+
+/** Options of `model.generate()` and `model.stream()`. */
+export interface GenerateOptions extends SamplingOptions {
+  /**
+   * Wraps a string prompt in a Phi-2 model-card format and uses that format's stop strings
+   * (unless `stop` is given): `'qa'` → `Instruct: {prompt}\nOutput:`, `'chat'` →
+   * `Alice: {prompt}\nBob:`, `'code'` → the prompt as-is. Default `'none'` (as-is, no stops).
+   * Only for string prompts.
+   */
+  format?: PromptFormat
+}
+
+/** Options of `chat.send()` / `chat.sendStream()`. */
+export type ChatSendOptions = SamplingOptions
+
+const samplingShape = {
+  maxNewTokens: int(1, 1 << 24).optional(),
+  doSample: z.boolean().optional(),
+  temperature: z.number().min(0).max(100).optional(),
+  topK: int(0, 1 << 24).optional(),
+  topP: z.number().gt(0).max(1).optional(),
+  minP: z.number().min(0).lt(1).optional(),
+  repetitionPenalty: z.number().gt(0).max(100).optional(),
+  presencePenalty: z.number().min(-100).max(100).optional(),
+  frequencyPenalty: z.number().min(-100).max(100).optional(),
+  seed: int(0, Number.MAX_SAFE_INTEGER).optional(),
+  stop: z.array(z.string().min(1, 'a stop string must not be empty')).max(32).optional(),
+  logitBias: z
+    .record(
+      z.string().regex(/^(0|[1-9][0-9]*)$/, 'logit bias keys must be token ids (non-negative integers)'),
+      z.union([z.number(), z.literal(-Infinity)]),
+    )
+    .optional(),
+  signal: signalSchema.optional(),
+}
+
+export const SamplingOptionsSchema: z.ZodType<SamplingOptions> = z.strictObject(samplingShape)
+
+export const GenerateOptionsSchema: z.ZodType<GenerateOptions> = z.strictObject({
+  ...samplingShape,
+  format: z.enum(['qa', 'chat', 'code', 'none']).optional(),
+})
+
+export const ChatSendOptionsSchema: z.ZodType<ChatSendOptions> = SamplingOptionsSchema
+
+// ---------------------------------------------------------------------------------------------
+// createChat()
+
+/** Options of `model.createChat()`. */
+export interface ChatOptions {
+  /** Name of the user's turns (Phi-2 card: `Alice`). Default `'Alice'`. Range: 1..64 characters, no newline or ':'. */
+  userName?: string
+  /** Name of the model's turns (Phi-2 card: `Bob`). Default `'Bob'`. Range: 1..64 characters, no newline or ':'. */
+  botName?: string
+  /** Text placed before the first turn (e.g. a description of the conversation). Default: none. */
+  system?: string
+  /**
+   * Default options of every `send` / `sendStream` (per-call options override them).
+   * Default stop strings: the chat format's (`\n{userName}:`, `\n{botName}:`, ...).
+   */
+  defaults?: Omit<ChatSendOptions, 'signal'>
+}
+
+const nameSchema = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[^\n\r:]+$/, 'a speaker name must not contain a newline or ":"')
+
+export const ChatOptionsSchema: z.ZodType<ChatOptions> = z.strictObject({
+  userName: nameSchema.optional(),
+  botName: nameSchema.optional(),
+  system: z.string().optional(),
+  defaults: z.strictObject({ ...samplingShape, signal: z.undefined().optional() }).optional(),
+})
+
+// ---------------------------------------------------------------------------------------------
+// logprobs()
+
+/** Options of `model.logprobs()`. */
+export interface LogprobsOptions {
+  /** Aborts the computation (rejects with `Phi2AbortError`). */
+  signal?: AbortSignal
+}
+
+export const LogprobsOptionsSchema: z.ZodType<LogprobsOptions> = z.strictObject({
+  signal: signalSchema.optional(),
+})
+
+// ---------------------------------------------------------------------------------------------
+// Defaults and validation helpers
+
+/** Default values of {@link SamplingOptions}. */
+export const DEFAULT_SAMPLING = Object.freeze({
+  maxNewTokens: 256,
+  doSample: false,
+  temperature: 0.7,
+  topK: 50,
+  topP: 1,
+  minP: 0,
+  repetitionPenalty: 1,
+  presencePenalty: 0,
+  frequencyPenalty: 0,
+})
+
+function describePath(path: readonly PropertyKey[]): string {
+  return path.map((p) => String(p)).join('.')
+}
+
+/**
+ * Validates `value` against `schema`; throws {@link Phi2OptionsError} naming the first bad field.
+ * `what` names the call in the message (e.g. `'generate'`).
+ */
+export function parseOptions<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const input = value === undefined || value === null ? {} : value
+  const r = schema.safeParse(input)
+  if (r.success) return r.data
+  const issue = r.error.issues[0]!
+  let path = describePath(issue.path)
+  let message: string
+  if (issue.code === 'unrecognized_keys') {
+    const key = issue.keys[0]!
+    path = path ? `${path}.${key}` : key
+    message = `Unknown ${what} option "${path}" (check the spelling; see the README's options table)`
+  } else if (path === '') {
+    message = `Invalid ${what} options: ${issue.message}`
+  } else {
+    message = `Invalid ${what} option "${path}": ${issue.message}`
+  }
+  const more = r.error.issues.length - 1
+  if (more > 0) message += ` (and ${more} more problem${more > 1 ? 's' : ''})`
+  return throwOptionsError(path, message, r.error)
+}
+
+function throwOptionsError(path: string, message: string, cause?: unknown): never {
+  throw new Phi2OptionsError(path, message, { cause })
+}
+
+/** Throws a {@link Phi2OptionsError} for `path`. */
+export function invalidOption(path: string, what: string, problem: string): never {
+  throwOptionsError(path, `Invalid ${what} option "${path}": ${problem}`)
+}
