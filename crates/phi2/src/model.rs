@@ -85,6 +85,15 @@ impl Phi2 {
         Self::from_parts(config, weights, "safetensors", device)
     }
 
+    /// Loads a GGUF model held in memory (browsers and WASM have no file system). `name` only
+    /// labels errors.
+    pub fn load_gguf_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        let g = GgufFile::from_bytes(Path::new(name), crate::storage::Bytes::from(bytes))?;
+        let config = Phi2Config::from_gguf(&g)?;
+        let weights = Phi2Weights::load(&g, Layout::Gguf, &config, &Device::Cpu)?;
+        Self::from_parts(config, weights, "gguf", Device::Cpu)
+    }
+
     fn from_parts(config: Phi2Config, weights: Phi2Weights, format: &'static str, device: Device) -> Result<Self> {
         let info = ModelInfo { format, dtype: weights.dtype };
         Ok(Phi2 { config, info, weights, device })

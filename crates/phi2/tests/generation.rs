@@ -186,3 +186,14 @@ fn incremental_decoding_matches_one_batch_forward() {
         assert_eq!(best as u32, tok, "step {i}");
     }
 }
+
+#[test]
+fn a_gguf_in_memory_loads_like_the_file() {
+    let path = fixture("tiny-q4_0.gguf");
+    let from_file = Arc::new(Phi2::load(&path).unwrap());
+    let from_bytes = Arc::new(Phi2::load_gguf_bytes("tiny-q4_0.gguf", std::fs::read(&path).unwrap()).unwrap());
+    let opts = GenerateOptions { max_new_tokens: 6, ..Default::default() };
+    assert_eq!(run(&from_file, &PROMPT, &opts).tokens, run(&from_bytes, &PROMPT, &opts).tokens);
+    let e = Phi2::load_gguf_bytes("upload.gguf", b"GGUF\x03\x00\x00\x00".to_vec()).unwrap_err();
+    assert!(e.to_string().contains("upload.gguf"), "{e}");
+}
