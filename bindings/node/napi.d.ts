@@ -38,6 +38,9 @@ export declare class NativeSession {
   /**
    * Generates after `tokens` (the whole conversation so far). `onToken(err, id)` is called for
    * each new token, in order, before the promise resolves.
+   *
+   * Each call runs on its own native thread rather than on libuv's small shared pool, so long
+   * generations never starve the process's file system and DNS work.
    */
   generate(tokens: Array<number>, options: NativeGenerateOptions, onToken: ((err: Error | null, arg: number) => any), cancel?: NativeCancelToken | undefined | null): Promise<NativeGenerateResult>
   /** Forgets the KV cache. */

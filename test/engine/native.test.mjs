@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { stat } from 'node:fs/promises';
 import { fixtures, generate, readRows, maxAbsDiff, PROMPT, root, scratch } from './helpers.mjs';
 
 const require = createRequire(path.join(root, 'package.json'));
@@ -93,4 +94,19 @@ test('bad input is a coded error, never a crash', async () => {
   assert.equal(st.info.format, 'safetensors');
   m.dispose();
   st.dispose();
+});
+
+test("generations run on their own threads: libuv's pool stays free for file system work", async () => {
+  const m = await NativeModel.load(model);
+  const long = { ...greedy, maxNewTokens: 200, stopOnEos: false };
+  let firstDone = Infinity;
+  // More generations than libuv has pool threads (4 by default).
+  const gens = Array.from({ length: 6 }, () =>
+    m.createSession().generate(PROMPT, long, () => {}).then(() => { firstDone = Math.min(firstDone, performance.now()); }));
+  await new Promise((r) => setTimeout(r, 20));
+  await stat(root);
+  const statDone = performance.now();
+  await Promise.all(gens);
+  assert.ok(statDone < firstDone, 'a file system call waited for a generation to finish');
+  m.dispose();
 });

@@ -1,7 +1,7 @@
 //! Node-API addon over the `phi2` engine (napi-rs). The TypeScript SDK (`@x/phi2`) is its only
 //! consumer; the contract is `native.d.ts`.
 //!
-//! - Model loading, log-probs and generation run off the JS thread (libuv pool via `AsyncTask`).
+//! - Model loading and log-probs run on libuv's pool (`AsyncTask`); each generation on its own thread.
 //! - Tokens stream back through a threadsafe function as they are produced.
 //! - Cancellation: a `NativeCancelToken` per call, polled by the engine before every token.
 //! - Errors cross as JS errors whose message starts with a stable code (`E_IO: …`); the package's
@@ -304,11 +304,9 @@ pub struct GenerateTask {
     on_token: Arc<ThreadsafeFunction<u32>>,
 }
 
-impl Task for GenerateTask {
-    type Output = NativeGenerateResult;
-    type JsValue = NativeGenerateResult;
-
-    fn compute(&mut self) -> Result<NativeGenerateResult> {
+impl GenerateTask {
+    /// Runs on the generation's own thread.
+    fn run(&mut self) -> Result<NativeGenerateResult> {
         guarded("generating", || {
             let mut guard = self.session.lock().unwrap_or_else(|p| p.into_inner());
             // The model may have been disposed while this call waited in the queue.
@@ -361,9 +359,6 @@ impl Task for GenerateTask {
         })
     }
 
-    fn resolve(&mut self, _env: Env, out: NativeGenerateResult) -> Result<NativeGenerateResult> {
-        Ok(out)
-    }
 }
 
 fn sampling_from(o: &NativeGenerateOptions) -> Result<GenerateOptions> {
@@ -395,23 +390,36 @@ fn sampling_from(o: &NativeGenerateOptions) -> Result<GenerateOptions> {
 impl NativeSession {
     /// Generates after `tokens` (the whole conversation so far). `onToken(err, id)` is called for
     /// each new token, in order, before the promise resolves.
+    ///
+    /// Each call runs on its own native thread rather than on libuv's small shared pool, so long
+    /// generations never starve the process's file system and DNS work.
     #[napi(ts_return_type = "Promise<NativeGenerateResult>")]
-    pub fn generate(
+    pub fn generate<'env>(
         &self,
+        env: &'env Env,
         tokens: Vec<u32>,
         options: NativeGenerateOptions,
         on_token: ThreadsafeFunction<u32>,
         cancel: Option<&NativeCancelToken>,
-    ) -> Result<AsyncTask<GenerateTask>> {
+    ) -> Result<Object<'env>> {
         take_model(&self.model)?;
-        Ok(AsyncTask::new(GenerateTask {
+        let mut task = GenerateTask {
             model: self.model.clone(),
             session: self.session.clone(),
             tokens,
             opts: sampling_from(&options)?,
             cancel: flag_of(cancel),
             on_token: Arc::new(on_token),
-        }))
+        };
+        let (deferred, promise) = env.create_deferred::<NativeGenerateResult, _>()?;
+        std::thread::Builder::new()
+            .name("phi2-generate".into())
+            .spawn(move || match task.run() {
+                Ok(out) => deferred.resolve(move |_| Ok(out)),
+                Err(e) => deferred.reject(e),
+            })
+            .map_err(|e| coded("E_INTERNAL", format!("cannot start a generation thread: {e}")))?;
+        Ok(promise)
     }
 
     /// Forgets the KV cache.
