@@ -25,3 +25,8 @@ PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/engin
 echo "== @x/phi2 SDK + CLI (vitest)"
 npm run build --silent -w @x/phi2
 PHI2_FIXTURES=$PWD/test/fixtures/gen npm test --silent -w @x/phi2
+
+echo "== wasm32 + SIMD128 engine (built with Debian rustc-web + build-std, run in Node)"
+scripts/setup-wasm.sh
+scripts/build-wasm.sh
+PHI2_FIXTURES=$PWD/test/fixtures/gen node --test test/wasm/

@@ -66,6 +66,7 @@ impl Phi2 {
     /// Loads a `.gguf` file, a `.safetensors` file (config.json beside it), or a directory with
     /// config.json and safetensors (one file or shards with `model.safetensors.index.json`).
     pub fn load(path: &Path) -> Result<Self> {
+        pin_cpu_kernels();
         let device = Device::Cpu;
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let is_gguf = meta.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
@@ -88,6 +89,7 @@ impl Phi2 {
     /// Loads a GGUF model held in memory (browsers and WASM have no file system). `name` only
     /// labels errors.
     pub fn load_gguf_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        pin_cpu_kernels();
         let g = GgufFile::from_bytes(Path::new(name), crate::storage::Bytes::from(bytes))?;
         let config = Phi2Config::from_gguf(&g)?;
         let weights = Phi2Weights::load(&g, Layout::Gguf, &config, &Device::Cpu)?;
@@ -224,6 +226,21 @@ impl Phi2 {
     pub fn device(&self) -> &Device {
         &self.device
     }
+}
+
+/// On x86 CPUs with AVX-512 VNNI, candle 0.11 routes Q8_0 matmuls through repacked kernels that
+/// round activations differently from every other path (AVX2, WASM SIMD128, ggml): measured on
+/// our fixtures, Q8_0 log-probs then move ~0.2 away from llama.cpp and from our own WASM build.
+/// Pinning candle's x86 level to AVX2 (its `MISTRALRS_FORCE_AVX2` switch, read once on first use)
+/// keeps one numerical behaviour on every machine, so the same seed gives the same tokens
+/// everywhere. A user who sets the variable keeps their choice.
+fn pin_cpu_kernels() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("MISTRALRS_FORCE_AVX2").is_none() && std::env::var_os("MISTRALRS_FORCE_AVXVNNI").is_none() {
+            std::env::set_var("MISTRALRS_FORCE_AVX2", "1");
+        }
+    });
 }
 
 /// Additive mask `[T, pos + T]`: query i (at position pos + i) sees keys 0..=pos + i.

@@ -1,0 +1,475 @@
+//! WebAssembly binding of the `phi2` engine (wasm32-unknown-unknown + SIMD128, wasm-bindgen).
+//!
+//! Same shape as the Node addon (`bindings/node/src/lib.rs`, contract `native.d.ts`), minus what
+//! a single-threaded wasm instance cannot do:
+//! - Everything is synchronous: `generate` runs on the calling thread (a Worker, later) and calls
+//!   `onToken(null, id)` for every token before it returns.
+//! - Models load from bytes (`Uint8Array`, Node `Buffer` or `ArrayBuffer`): there is no file system.
+//! - Cancellation: `WasmCancelToken.cancel()` from inside `onToken` (or `onToken` returning
+//!   `false`) stops before the next token. (Cancelling from another thread needs shared memory.)
+//! - Errors are JS `Error`s whose `code` property is the engine's stable code (`E_IO`, ...).
+//! - Panics abort in wasm (the instance traps), so inputs are validated before they reach code
+//!   that could panic; a re-entrant call (from `onToken`) is refused with `E_BUSY`.
+
+use std::cell::{Cell, RefCell};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use js_sys::{Array, ArrayBuffer, Float32Array, Function, Object, Reflect, Uint8Array};
+use phi2::gguf::GgufFile;
+use phi2::storage::Bytes;
+use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &str = r#"
+/** Same fields as the Node addon's `NativeModelInfo`. */
+export interface NativeModelInfo {
+  architecture: string; format: string; dtype: string; vocabSize: number; tokenizerSize: number;
+  hiddenSize: number; intermediateSize: number; numLayers: number; numHeads: number; headDim: number;
+  rotaryDim: number; ropeTheta: number; layerNormEps: number; contextLength: number; eosTokenId: number | null;
+}
+export interface NativeGgufVocab {
+  model: string; pre: string | null; tokens: string[]; tokenTypes: number[]; merges: string[];
+  bosTokenId: number | null; eosTokenId: number | null;
+}
+/** Missing keys take the engine defaults (greedy, maxNewTokens 128, stopOnEos true). */
+export interface NativeGenerateOptions {
+  maxNewTokens: number; doSample: boolean; temperature: number; topK: number; topP: number; minP: number;
+  repetitionPenalty: number; presencePenalty: number; frequencyPenalty: number;
+  logitBiasIds: number[]; logitBiasValues: number[]; seed: number; stopOnEos: boolean;
+}
+export interface NativeGenerateResult {
+  tokens: number[]; finishReason: 'eos' | 'length' | 'context' | 'abort'; promptTokens: number;
+  promptTokensEvaluated: number; promptMs: number; generateMs: number;
+}
+"#;
+
+/// A JS `Error` with `message` and a stable `code` property.
+fn coded(code: &str, msg: impl std::fmt::Display) -> JsValue {
+    let err = js_sys::Error::new(&msg.to_string());
+    let _ = Reflect::set(&err, &JsValue::from_str("code"), &JsValue::from_str(code));
+    err.into()
+}
+
+fn engine_err(e: phi2::Error) -> JsValue {
+    coded(e.code(), e)
+}
+
+fn disposed(what: &str) -> JsValue {
+    coded("E_DISPOSED", format!("this {what} was disposed; load the model again"))
+}
+
+fn invalid(msg: impl std::fmt::Display) -> JsValue {
+    coded("E_INVALID_ARGUMENT", msg)
+}
+
+fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
+    let _ = Reflect::set(obj, &JsValue::from_str(key), &value.into());
+}
+
+fn opt_u32(v: Option<u32>) -> JsValue {
+    v.map(JsValue::from).unwrap_or(JsValue::NULL)
+}
+
+#[wasm_bindgen(start)]
+fn start() {
+    #[cfg(feature = "panic-hook")]
+    console_error_panic_hook::set_once();
+}
+
+/// Installs a panic hook that prints Rust panic messages with `console.error` (only in builds
+/// with the `panic-hook` feature; otherwise a no-op). Returns whether it is available.
+#[wasm_bindgen(js_name = panicHook)]
+pub fn panic_hook() -> bool {
+    cfg!(feature = "panic-hook")
+}
+
+/// The tokenizer stored in a GGUF file's metadata.
+struct Vocab {
+    model: String,
+    pre: Option<String>,
+    tokens: Vec<String>,
+    token_types: Vec<i32>,
+    merges: Vec<String>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<u32>,
+}
+
+fn read_vocab(g: &GgufFile) -> phi2::Result<Option<Vocab>> {
+    let strings =
+        |key: &str| -> phi2::Result<Vec<String>> { Ok(g.get_str_array(key)?.unwrap_or_default().into_iter().map(String::from).collect()) };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let id = |key: &str| -> phi2::Result<Option<u32>> { Ok(g.get_uint(key)?.and_then(|v| u32::try_from(v).ok())) };
+    Ok(Some(Vocab {
+        model: g.get_str("tokenizer.ggml.model")?.unwrap_or("gpt2").to_string(),
+        pre: g.get_str("tokenizer.ggml.pre")?.map(String::from),
+        token_types: g
+            .get_int_array("tokenizer.ggml.token_type")?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+            .collect(),
+        merges: strings("tokenizer.ggml.merges")?,
+        tokens,
+        bos_token_id: id("tokenizer.ggml.bos_token_id")?,
+        eos_token_id: id("tokenizer.ggml.eos_token_id")?,
+    }))
+}
+
+fn bytes_view(bytes: &JsValue) -> Result<Uint8Array, JsValue> {
+    if bytes.is_instance_of::<Uint8Array>() {
+        Ok(bytes.clone().unchecked_into())
+    } else if bytes.is_instance_of::<ArrayBuffer>() {
+        Ok(Uint8Array::new(bytes))
+    } else {
+        Err(invalid("model bytes must be a Uint8Array, Buffer or ArrayBuffer"))
+    }
+}
+
+/// Shared by a model and its sessions: `dispose()` empties it for all of them.
+type ModelSlot = Rc<RefCell<Option<Arc<Phi2>>>>;
+
+fn take_model(slot: &ModelSlot) -> Result<Arc<Phi2>, JsValue> {
+    slot.borrow().clone().ok_or_else(|| disposed("model"))
+}
+
+/// One per generate call; `cancel()` stops generation before the next token.
+#[wasm_bindgen]
+pub struct WasmCancelToken {
+    flag: Cell<bool>,
+}
+
+#[wasm_bindgen]
+impl WasmCancelToken {
+    #[wasm_bindgen(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> WasmCancelToken {
+        WasmCancelToken { flag: Cell::new(false) }
+    }
+
+    pub fn cancel(&self) {
+        self.flag.set(true);
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn cancelled(&self) -> bool {
+        self.flag.get()
+    }
+}
+
+#[wasm_bindgen]
+pub struct WasmModel {
+    slot: ModelSlot,
+    /// Read at load time (the engine consumes the bytes); an error is reported by `ggufVocab()`.
+    vocab: Result<Option<Vocab>, (&'static str, String)>,
+}
+
+#[wasm_bindgen]
+impl WasmModel {
+    /// Loads a GGUF model from its bytes; `name` only labels errors. The bytes are copied into
+    /// wasm memory (the caller may drop its copy afterwards).
+    pub fn load(
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array | ArrayBuffer")] bytes: JsValue,
+        name: Option<String>,
+    ) -> Result<WasmModel, JsValue> {
+        let view = bytes_view(&bytes)?;
+        let name = name.unwrap_or_else(|| "model.gguf".into());
+        let len = view.length() as usize;
+        // The tokenizer lives in the GGUF metadata, which `load_gguf_bytes` does not keep: parse it
+        // from a first copy, free that, then hand a second copy to the engine (peak: one copy).
+        let vocab = {
+            let g = GgufFile::from_bytes(Path::new(&name), Bytes::from(copy_in(&view, len)?)).map_err(engine_err)?;
+            read_vocab(&g).map_err(|e| (e.code(), e.to_string()))
+        };
+        let model = Phi2::load_gguf_bytes(&name, copy_in(&view, len)?).map_err(engine_err)?;
+        Ok(WasmModel { slot: Rc::new(RefCell::new(Some(Arc::new(model)))), vocab })
+    }
+
+    #[wasm_bindgen(getter, unchecked_return_type = "NativeModelInfo")]
+    pub fn info(&self) -> Result<Object, JsValue> {
+        let m = take_model(&self.slot)?;
+        let c = &m.config;
+        let o = Object::new();
+        set(&o, "architecture", "phi2");
+        set(&o, "format", m.info.format);
+        set(&o, "dtype", m.info.dtype.name());
+        set(&o, "vocabSize", c.vocab_size as u32);
+        set(&o, "tokenizerSize", c.tokenizer_size as u32);
+        set(&o, "hiddenSize", c.hidden_size as u32);
+        set(&o, "intermediateSize", c.intermediate_size as u32);
+        set(&o, "numLayers", c.num_layers as u32);
+        set(&o, "numHeads", c.num_heads as u32);
+        set(&o, "headDim", c.head_dim() as u32);
+        set(&o, "rotaryDim", c.rotary_dim as u32);
+        set(&o, "ropeTheta", c.rope_theta as f64);
+        set(&o, "layerNormEps", c.layer_norm_eps);
+        set(&o, "contextLength", c.context_length as u32);
+        set(&o, "eosTokenId", opt_u32(c.eos_token_id));
+        Ok(o)
+    }
+
+    /// The tokenizer stored in the GGUF metadata (`{ model, pre, tokens, tokenTypes, merges,
+    /// bosTokenId, eosTokenId }`), or null when the file has none.
+    #[wasm_bindgen(js_name = ggufVocab, unchecked_return_type = "NativeGgufVocab | null")]
+    pub fn gguf_vocab(&self) -> Result<JsValue, JsValue> {
+        take_model(&self.slot)?;
+        let v = match &self.vocab {
+            Err((code, msg)) => return Err(coded(code, msg)),
+            Ok(None) => return Ok(JsValue::NULL),
+            Ok(Some(v)) => v,
+        };
+        let strings = |xs: &[String]| xs.iter().map(|s| JsValue::from_str(s)).collect::<Array>();
+        let o = Object::new();
+        set(&o, "model", v.model.as_str());
+        set(&o, "pre", v.pre.as_deref().map(JsValue::from_str).unwrap_or(JsValue::NULL));
+        set(&o, "tokens", strings(&v.tokens));
+        set(&o, "tokenTypes", v.token_types.iter().map(|&t| JsValue::from(t)).collect::<Array>());
+        set(&o, "merges", strings(&v.merges));
+        set(&o, "bosTokenId", opt_u32(v.bos_token_id));
+        set(&o, "eosTokenId", opt_u32(v.eos_token_id));
+        Ok(o.into())
+    }
+
+    #[wasm_bindgen(js_name = createSession)]
+    pub fn create_session(&self) -> Result<WasmSession, JsValue> {
+        let m = take_model(&self.slot)?;
+        Ok(WasmSession { model: self.slot.clone(), session: RefCell::new(Some(Session::new(m))) })
+    }
+
+    /// log-softmax rows, tokens.length × vocabSize, row-major, run from an empty context.
+    pub fn logprobs(
+        &self,
+        tokens: Vec<u32>,
+        #[wasm_bindgen(unchecked_param_type = "WasmCancelToken | null | undefined")] cancel: JsValue,
+    ) -> Result<Float32Array, JsValue> {
+        let model = take_model(&self.slot)?;
+        if cancelled(&cancel)? {
+            return Err(coded("E_ABORTED", "cancelled before it started"));
+        }
+        let rows = model.logprobs(&tokens).map_err(engine_err)?;
+        Ok(Float32Array::from(&rows[..]))
+    }
+
+    /// Releases the weights; later calls (on this model and its sessions) throw E_DISPOSED.
+    pub fn dispose(&self) {
+        if let Ok(mut slot) = self.slot.try_borrow_mut() {
+            slot.take();
+        }
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn disposed(&self) -> bool {
+        self.slot.try_borrow().map(|s| s.is_none()).unwrap_or(false)
+    }
+}
+
+/// Copies the JS bytes into a fresh wasm-side buffer, refusing (instead of trapping) when wasm
+/// memory cannot hold them.
+fn copy_in(view: &Uint8Array, len: usize) -> Result<Vec<u8>, JsValue> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| coded("E_OUT_OF_MEMORY", format!("cannot allocate {len} bytes for the model in wasm memory (4 GiB at most)")))?;
+    v.resize(len, 0);
+    view.copy_to(&mut v);
+    Ok(v)
+}
+
+/// Whether a cancel token (any object with a truthy `cancelled` property, normally a
+/// `WasmCancelToken`; null/undefined = none) has been cancelled. Read through JS rather than
+/// borrowed as `&WasmCancelToken` so that it may be optional. In a single-threaded instance JS only
+/// runs inside `onToken`, so polling it after every callback is as prompt as a shared flag.
+fn cancelled(cancel: &JsValue) -> Result<bool, JsValue> {
+    if cancel.is_undefined() || cancel.is_null() {
+        return Ok(false);
+    }
+    if !cancel.is_object() {
+        return Err(invalid("cancel must be a WasmCancelToken, null or undefined"));
+    }
+    Ok(Reflect::get(cancel, &JsValue::from_str("cancelled"))?.is_truthy())
+}
+
+/// A conversation: its KV cache persists across `generate` calls.
+#[wasm_bindgen]
+pub struct WasmSession {
+    model: ModelSlot,
+    session: RefCell<Option<Session>>,
+}
+
+fn get(o: &JsValue, key: &str) -> JsValue {
+    Reflect::get(o, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn opt_num(o: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {
+    let v = get(o, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.as_f64().map(Some).ok_or_else(|| invalid(format!("option {key} must be a number")))
+}
+
+fn opt_bool(o: &JsValue, key: &str) -> Result<Option<bool>, JsValue> {
+    let v = get(o, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.as_bool().map(Some).ok_or_else(|| invalid(format!("option {key} must be a boolean")))
+}
+
+fn opt_count(o: &JsValue, key: &str) -> Result<Option<usize>, JsValue> {
+    match opt_num(o, key)? {
+        None => Ok(None),
+        Some(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= u32::MAX as f64 => Ok(Some(n as usize)),
+        Some(n) => Err(invalid(format!("option {key} must be an integer in 0..=2^32-1, got {n}"))),
+    }
+}
+
+fn num_array(o: &JsValue, key: &str) -> Result<Vec<f64>, JsValue> {
+    let v = get(o, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(Vec::new());
+    }
+    if !(Array::is_array(&v) || v.is_instance_of::<Object>() && get(&v, "length").as_f64().is_some()) {
+        return Err(invalid(format!("option {key} must be an array of numbers")));
+    }
+    Array::from(&v)
+        .iter()
+        .map(|x| x.as_f64().ok_or_else(|| invalid(format!("option {key} must be an array of numbers"))))
+        .collect()
+}
+
+/// `NativeGenerateOptions` (camelCase keys); missing keys take the engine's defaults (greedy).
+fn options_from(o: &JsValue) -> Result<GenerateOptions, JsValue> {
+    let d = GenerateOptions::default();
+    if o.is_undefined() || o.is_null() {
+        return Ok(d);
+    }
+    if !o.is_object() {
+        return Err(invalid("options must be an object"));
+    }
+    let ds = SamplingParams::default();
+    let ids = num_array(o, "logitBiasIds")?;
+    let values = num_array(o, "logitBiasValues")?;
+    if ids.len() != values.len() {
+        return Err(invalid("logitBiasIds and logitBiasValues differ in length"));
+    }
+    let mut logit_bias = Vec::with_capacity(ids.len());
+    for (id, v) in ids.into_iter().zip(values) {
+        if !(id.is_finite() && id >= 0.0 && id.fract() == 0.0 && id <= u32::MAX as f64) {
+            return Err(invalid(format!("logitBiasIds must hold token ids, got {id}")));
+        }
+        logit_bias.push((id as u32, v as f32));
+    }
+    let seed = opt_num(o, "seed")?.unwrap_or(0.0);
+    if !(seed.is_finite() && seed >= 0.0 && seed.fract() == 0.0 && seed <= 9_007_199_254_740_992.0) {
+        return Err(invalid(format!("seed must be an integer in 0..=2^53, got {seed}")));
+    }
+    let f = |key: &str, default: f32| -> Result<f32, JsValue> { Ok(opt_num(o, key)?.map(|v| v as f32).unwrap_or(default)) };
+    Ok(GenerateOptions {
+        max_new_tokens: opt_count(o, "maxNewTokens")?.unwrap_or(d.max_new_tokens),
+        stop_on_eos: opt_bool(o, "stopOnEos")?.unwrap_or(d.stop_on_eos),
+        sampling: SamplingParams {
+            do_sample: opt_bool(o, "doSample")?.unwrap_or(ds.do_sample),
+            temperature: f("temperature", ds.temperature)?,
+            top_k: opt_count(o, "topK")?.unwrap_or(ds.top_k),
+            top_p: f("topP", ds.top_p)?,
+            min_p: f("minP", ds.min_p)?,
+            repetition_penalty: f("repetitionPenalty", ds.repetition_penalty)?,
+            presence_penalty: f("presencePenalty", ds.presence_penalty)?,
+            frequency_penalty: f("frequencyPenalty", ds.frequency_penalty)?,
+            logit_bias,
+            seed: seed as u64,
+        },
+    })
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+#[wasm_bindgen]
+impl WasmSession {
+    /// Generates after `tokens` (the whole conversation so far), synchronously. `onToken(null, id)`
+    /// is called for each new token, in order; returning `false` stops (finish reason "abort"),
+    /// and an exception thrown by it stops generation and is rethrown. Returns
+    /// `{ tokens, finishReason, promptTokens, promptTokensEvaluated, promptMs, generateMs }`.
+    #[wasm_bindgen(unchecked_return_type = "NativeGenerateResult")]
+    pub fn generate(
+        &self,
+        tokens: Vec<u32>,
+        #[wasm_bindgen(unchecked_param_type = "Partial<NativeGenerateOptions> | null | undefined")] options: JsValue,
+        #[wasm_bindgen(js_name = onToken, unchecked_param_type = "((err: null, id: number) => boolean | void) | null | undefined")]
+        on_token: Option<Function>,
+        #[wasm_bindgen(unchecked_param_type = "WasmCancelToken | null | undefined")] cancel: JsValue,
+    ) -> Result<Object, JsValue> {
+        take_model(&self.model)?;
+        let opts = options_from(&options)?;
+        let flag = AtomicBool::new(cancelled(&cancel)?);
+        let mut guard = self
+            .session
+            .try_borrow_mut()
+            .map_err(|_| coded("E_BUSY", "this session is already generating (called from onToken?)"))?;
+        let session = guard.as_mut().ok_or_else(|| disposed("session"))?;
+        let start = now_ms();
+        let mut first_token_at = None;
+        let mut thrown = None;
+        let out = session
+            .generate(&tokens, &opts, &flag, |id| {
+                first_token_at.get_or_insert_with(now_ms);
+                if let Some(f) = &on_token {
+                    match f.call2(&JsValue::NULL, &JsValue::NULL, &JsValue::from(id)) {
+                        Ok(r) if r.as_bool() == Some(false) => return false,
+                        Ok(_) => {}
+                        Err(e) => {
+                            thrown = Some(e);
+                            return false;
+                        }
+                    }
+                }
+                // The engine polls `flag` before the next forward pass.
+                match cancelled(&cancel) {
+                    Ok(c) => flag.store(c, Ordering::Relaxed),
+                    Err(e) => {
+                        thrown = Some(e);
+                        return false;
+                    }
+                }
+                true
+            })
+            .map_err(engine_err)?;
+        if let Some(e) = thrown {
+            return Err(e);
+        }
+        let end = now_ms();
+        let first = first_token_at.unwrap_or(end);
+        let o = Object::new();
+        set(&o, "tokens", out.tokens.iter().map(|&t| JsValue::from(t)).collect::<Array>());
+        set(&o, "finishReason", out.finish.as_str());
+        set(&o, "promptTokens", tokens.len() as u32);
+        set(&o, "promptTokensEvaluated", out.prompt_tokens_evaluated as u32);
+        set(&o, "promptMs", first - start);
+        set(&o, "generateMs", end - first);
+        Ok(o)
+    }
+
+    /// Forgets the KV cache.
+    pub fn reset(&self) {
+        if let Ok(mut s) = self.session.try_borrow_mut() {
+            if let Some(s) = s.as_mut() {
+                s.reset();
+            }
+        }
+    }
+
+    /// Frees the KV cache.
+    pub fn dispose(&self) {
+        if let Ok(mut s) = self.session.try_borrow_mut() {
+            s.take();
+        }
+    }
+}
