@@ -234,8 +234,11 @@ impl Phi2 {
 /// Pinning candle's x86 level to AVX2 (its `MISTRALRS_FORCE_AVX2` switch, read once on first use)
 /// keeps one numerical behaviour on every machine, so the same seed gives the same tokens
 /// everywhere. A user who sets the variable keeps their choice.
+/// (x86-64 only: elsewhere the variable means nothing, and wasm32 has no environment to set.)
 fn pin_cpu_kernels() {
+    #[cfg(target_arch = "x86_64")]
     static ONCE: std::sync::Once = std::sync::Once::new();
+    #[cfg(target_arch = "x86_64")]
     ONCE.call_once(|| {
         if std::env::var_os("MISTRALRS_FORCE_AVX2").is_none() && std::env::var_os("MISTRALRS_FORCE_AVXVNNI").is_none() {
             std::env::set_var("MISTRALRS_FORCE_AVX2", "1");
