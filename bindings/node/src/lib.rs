@@ -17,7 +17,7 @@ use std::time::Instant;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
-use phi2::gguf::GgufFile;
+use phi2::gguf::{GgufFile, GgufVocab};
 use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
 
 /// A JS error carrying a stable code as the message prefix.
@@ -232,30 +232,14 @@ impl NativeModel {
         }
         guarded("reading the GGUF tokenizer", || {
             let g = GgufFile::open(&self.path).map_err(engine_err)?;
-            let strings = |key: &str| -> Result<Vec<String>> {
-                Ok(g.get_str_array(key).map_err(engine_err)?.unwrap_or_default().into_iter().map(String::from).collect())
-            };
-            let tokens = strings("tokenizer.ggml.tokens")?;
-            if tokens.is_empty() {
-                return Ok(None);
-            }
-            let id = |key: &str| -> Result<Option<u32>> {
-                Ok(g.get_uint(key).map_err(engine_err)?.and_then(|v| u32::try_from(v).ok()))
-            };
-            Ok(Some(NativeGgufVocab {
-                model: g.get_str("tokenizer.ggml.model").map_err(engine_err)?.unwrap_or("gpt2").to_string(),
-                pre: g.get_str("tokenizer.ggml.pre").map_err(engine_err)?.map(String::from),
-                token_types: g
-                    .get_int_array("tokenizer.ggml.token_type")
-                    .map_err(engine_err)?
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
-                    .collect(),
-                merges: strings("tokenizer.ggml.merges")?,
-                tokens,
-                bos_token_id: id("tokenizer.ggml.bos_token_id")?,
-                eos_token_id: id("tokenizer.ggml.eos_token_id")?,
+            Ok(GgufVocab::read(&g).map_err(engine_err)?.map(|v| NativeGgufVocab {
+                model: v.model,
+                pre: v.pre,
+                tokens: v.tokens,
+                token_types: v.token_types,
+                merges: v.merges,
+                bos_token_id: v.bos_token_id,
+                eos_token_id: v.eos_token_id,
             }))
         })
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use js_sys::{Array, ArrayBuffer, Float32Array, Function, Object, Reflect, Uint8Array};
-use phi2::gguf::GgufFile;
+use phi2::gguf::{GgufFile, GgufVocab};
 use phi2::storage::Bytes;
 use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
 use wasm_bindgen::prelude::*;
@@ -87,41 +87,6 @@ pub fn panic_hook() -> bool {
     cfg!(feature = "panic-hook")
 }
 
-/// The tokenizer stored in a GGUF file's metadata.
-struct Vocab {
-    model: String,
-    pre: Option<String>,
-    tokens: Vec<String>,
-    token_types: Vec<i32>,
-    merges: Vec<String>,
-    bos_token_id: Option<u32>,
-    eos_token_id: Option<u32>,
-}
-
-fn read_vocab(g: &GgufFile) -> phi2::Result<Option<Vocab>> {
-    let strings =
-        |key: &str| -> phi2::Result<Vec<String>> { Ok(g.get_str_array(key)?.unwrap_or_default().into_iter().map(String::from).collect()) };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    if tokens.is_empty() {
-        return Ok(None);
-    }
-    let id = |key: &str| -> phi2::Result<Option<u32>> { Ok(g.get_uint(key)?.and_then(|v| u32::try_from(v).ok())) };
-    Ok(Some(Vocab {
-        model: g.get_str("tokenizer.ggml.model")?.unwrap_or("gpt2").to_string(),
-        pre: g.get_str("tokenizer.ggml.pre")?.map(String::from),
-        token_types: g
-            .get_int_array("tokenizer.ggml.token_type")?
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
-            .collect(),
-        merges: strings("tokenizer.ggml.merges")?,
-        tokens,
-        bos_token_id: id("tokenizer.ggml.bos_token_id")?,
-        eos_token_id: id("tokenizer.ggml.eos_token_id")?,
-    }))
-}
-
 fn bytes_view(bytes: &JsValue) -> Result<Uint8Array, JsValue> {
     if bytes.is_instance_of::<Uint8Array>() {
         Ok(bytes.clone().unchecked_into())
@@ -167,7 +132,7 @@ impl WasmCancelToken {
 pub struct WasmModel {
     slot: ModelSlot,
     /// Read at load time (the engine consumes the bytes); an error is reported by `ggufVocab()`.
-    vocab: Result<Option<Vocab>, (&'static str, String)>,
+    vocab: Result<Option<GgufVocab>, (&'static str, String)>,
 }
 
 #[wasm_bindgen]
@@ -185,7 +150,7 @@ impl WasmModel {
         // from a first copy, free that, then hand a second copy to the engine (peak: one copy).
         let vocab = {
             let g = GgufFile::from_bytes(Path::new(&name), Bytes::from(copy_in(&view, len)?)).map_err(engine_err)?;
-            read_vocab(&g).map_err(|e| (e.code(), e.to_string()))
+            GgufVocab::read(&g).map_err(|e| (e.code(), e.to_string()))
         };
         let model = Phi2::load_gguf_bytes(&name, copy_in(&view, len)?).map_err(engine_err)?;
         Ok(WasmModel { slot: Rc::new(RefCell::new(Some(Arc::new(model)))), vocab })

@@ -169,6 +169,50 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// The tokenizer a GGUF file carries in its `tokenizer.ggml.*` metadata (llama.cpp's layout).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufVocab {
+    /// `tokenizer.ggml.model` ("gpt2" for Phi-2).
+    pub model: String,
+    /// `tokenizer.ggml.pre` ("phi-2").
+    pub pre: Option<String>,
+    /// One string per id (byte-level BPE form).
+    pub tokens: Vec<String>,
+    /// 1 normal, 3 control, 4 user-defined, 5 unused (padding).
+    pub token_types: Vec<i32>,
+    pub merges: Vec<String>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+impl GgufVocab {
+    /// `Ok(None)` when the file has no token list.
+    pub fn read(g: &GgufFile) -> Result<Option<GgufVocab>> {
+        let strings = |key: &str| -> Result<Vec<String>> {
+            Ok(g.get_str_array(key)?.unwrap_or_default().into_iter().map(String::from).collect())
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        if tokens.is_empty() {
+            return Ok(None);
+        }
+        let id = |key: &str| -> Result<Option<u32>> { Ok(g.get_uint(key)?.and_then(|v| u32::try_from(v).ok())) };
+        Ok(Some(GgufVocab {
+            model: g.get_str("tokenizer.ggml.model")?.unwrap_or("gpt2").to_string(),
+            pre: g.get_str("tokenizer.ggml.pre")?.map(String::from),
+            token_types: g
+                .get_int_array("tokenizer.ggml.token_type")?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+                .collect(),
+            merges: strings("tokenizer.ggml.merges")?,
+            tokens,
+            bos_token_id: id("tokenizer.ggml.bos_token_id")?,
+            eos_token_id: id("tokenizer.ggml.eos_token_id")?,
+        }))
+    }
+}
+
 impl GgufFile {
     /// Memory-maps `path` and parses it.
     pub fn open(path: &Path) -> Result<Self> {
