@@ -11,6 +11,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod par;
 pub mod quant;
 pub mod safetensors;
 pub mod sampler;

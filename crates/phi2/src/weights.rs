@@ -134,6 +134,9 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = crate::par::matmul(x, &self.weight) {
+            return y?.broadcast_add(&self.bias);
+        }
         let y = match &self.weight {
             Matrix::Dense(w) if w.dtype() == candle_core::DType::F32 => x.matmul(&w.t()?)?,
             // Activations are rounded to the weight dtype, as llama.cpp does for F16/BF16 weights;
