@@ -23,6 +23,8 @@ use phi2::storage::Bytes;
 use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
 use wasm_bindgen::prelude::*;
 
+mod threads;
+
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &str = r#"
 /** Same fields as the Node addon's `NativeModelInfo`. */
