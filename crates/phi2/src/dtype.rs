@@ -164,6 +164,21 @@ pub struct TensorView<'a> {
     pub data: &'a [u8],
 }
 
+/// One tensor handed over by [`TensorSource::take`]: its bytes borrowed from a file (memory map)
+/// or owned, so that the caller frees them as soon as it has converted them.
+#[derive(Debug, Clone)]
+pub struct TensorData<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub data: std::borrow::Cow<'a, [u8]>,
+}
+
+impl<'a> From<TensorView<'a>> for TensorData<'a> {
+    fn from(v: TensorView<'a>) -> Self {
+        TensorData { dtype: v.dtype, shape: v.shape, data: std::borrow::Cow::Borrowed(v.data) }
+    }
+}
+
 /// Anything that hands out named tensors: a GGUF file, one safetensors file, or a sharded set.
 pub trait TensorSource {
     /// The file (or directory) errors should name.
@@ -173,4 +188,11 @@ pub trait TensorSource {
     fn tensor(&self, name: &str) -> crate::Result<Option<TensorView<'_>>>;
     /// Every tensor name, in file order.
     fn tensor_names(&self) -> Vec<&str>;
+    /// The tensor for building weights: like [`TensorSource::tensor`], but a source that owns
+    /// per-tensor buffers (the streamed GGUF loader) hands the buffer over, and a second `take`
+    /// of the same name then finds nothing. Borrows from the file by default. The weight loader
+    /// takes each tensor exactly once.
+    fn take(&self, name: &str) -> crate::Result<Option<TensorData<'_>>> {
+        Ok(self.tensor(name)?.map(TensorData::from))
+    }
 }

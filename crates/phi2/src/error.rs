@@ -30,6 +30,19 @@ pub enum Error {
     #[error("invalid argument `{name}`: {what}")]
     InvalidArgument { name: &'static str, what: String },
 
+    /// The model (or the engine's memory for it) cannot fit in the memory available, e.g. wasm32's
+    /// 4 GiB address space.
+    #[error("{}: model too large: {what}", path.display())]
+    ModelTooLarge { path: PathBuf, what: String },
+
+    /// An allocation the caller asked for was refused (reported instead of aborting).
+    #[error("out of memory: {what}")]
+    OutOfMemory { what: String },
+
+    /// The object is already doing something that must finish first (e.g. a step-wise generation).
+    #[error("busy: {what}")]
+    Busy { what: String },
+
     /// The computation backend (candle) failed. This is an internal error, never bad input.
     #[error("backend error: {0}")]
     Backend(#[from] candle_core::Error),
@@ -47,6 +60,9 @@ impl Error {
             Error::MissingTensor { .. } => "E_MISSING_TENSOR",
             Error::Config { .. } => "E_BAD_CONFIG",
             Error::InvalidArgument { .. } => "E_INVALID_ARGUMENT",
+            Error::ModelTooLarge { .. } => "E_MODEL_TOO_LARGE",
+            Error::OutOfMemory { .. } => "E_OUT_OF_MEMORY",
+            Error::Busy { .. } => "E_BUSY",
             Error::Backend(_) => "E_BACKEND",
         }
     }

@@ -57,18 +57,42 @@ pub struct Generation {
 
 /// A conversation with one model: its KV cache and the tokens that produced it. Reusing a session
 /// whose history is a prefix of the next prompt evaluates only the new tokens (chat turns).
+///
+/// Two ways to generate: [`Session::generate`] runs a whole generation with a callback, and
+/// [`Session::begin`] / [`Session::step`] / [`Session::end`] let the caller pull one token at a
+/// time (an event loop can run between tokens). `generate` is built on the step-wise calls.
 pub struct Session {
     model: Arc<Phi2>,
     cache: KvCache,
     history: Vec<u32>,
     logits: Vec<f32>,
+    run: Option<Run>,
+}
+
+/// A generation in progress (between [`Session::begin`] and [`Session::end`]).
+struct Run {
+    sampler: Sampler,
+    max_new_tokens: usize,
+    stop_on_eos: bool,
+    out: Vec<u32>,
+    prompt_tokens_evaluated: usize,
+    state: RunState,
+}
+
+enum RunState {
+    /// The next step runs these prompt tokens (those not already cached) and samples.
+    Prefill(Vec<u32>),
+    /// `step` returned this token and the generation may go on: the next step runs it.
+    Next(u32),
+    /// Finished (the last token returned was the final one, or a later step returned `None`).
+    Done(FinishReason),
 }
 
 impl Session {
     pub fn new(model: Arc<Phi2>) -> Self {
         let cache = model.new_cache();
         let logits = Vec::with_capacity(model.config.vocab_size);
-        Session { model, cache, history: Vec::new(), logits }
+        Session { model, cache, history: Vec::new(), logits, run: None }
     }
 
     pub fn model(&self) -> &Arc<Phi2> {
@@ -80,21 +104,26 @@ impl Session {
         &self.history
     }
 
+    /// Forgets the KV cache (and drops a step-wise generation in progress).
     pub fn reset(&mut self) {
         self.cache.clear();
         self.history.clear();
+        self.run = None;
     }
 
-    /// Generates after `prompt`. Calls `on_token(id)` for each new token; returning `false` stops
-    /// (finish reason `Cancelled`). `cancel` is polled before every forward pass, so setting it
-    /// from another thread stops the work within one token.
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        opts: &GenerateOptions,
-        cancel: &AtomicBool,
-        mut on_token: impl FnMut(u32) -> bool,
-    ) -> Result<Generation> {
+    /// Whether a step-wise generation was begun and not yet ended.
+    pub fn is_running(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// Starts a step-wise generation after `prompt` (the whole conversation so far). Validates
+    /// the prompt and options, and keeps the cached prefix this prompt shares with the session's
+    /// history (the rest of the cache is dropped). No forward pass runs until [`Session::step`].
+    /// `E_BUSY` when a generation is already in progress.
+    pub fn begin(&mut self, prompt: &[u32], opts: &GenerateOptions) -> Result<()> {
+        if self.run.is_some() {
+            return Err(Error::Busy { what: "a generation is in progress in this session; end() it first".into() });
+        }
         let model = self.model.clone();
         let cfg = &model.config;
         if prompt.is_empty() {
@@ -113,7 +142,7 @@ impl Session {
                 ),
             ));
         }
-        let mut sampler = Sampler::new(opts.sampling.clone(), cfg.vocab_size, cfg.tokenizer_size)?;
+        let sampler = Sampler::new(opts.sampling.clone(), cfg.vocab_size, cfg.tokenizer_size)?;
 
         // Keep the cached prefix shared with this prompt; at least the last prompt token is re-run
         // so that there are logits to sample from.
@@ -122,40 +151,113 @@ impl Session {
             self.reset();
             common = 0;
         }
-        let fresh = &prompt[common..];
-        let mut out = Vec::with_capacity(opts.max_new_tokens);
-        let finish = |tokens: Vec<u32>, finish| Generation { tokens, finish, prompt_tokens_evaluated: fresh.len() };
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(finish(out, FinishReason::Cancelled));
-        }
-        if opts.max_new_tokens == 0 {
-            return Ok(finish(out, FinishReason::Length));
-        }
-        self.run(fresh)?;
-        loop {
-            let next = sampler.sample(&mut self.logits, &self.history)?;
-            out.push(next);
-            let keep_going = on_token(next);
-            if opts.stop_on_eos && Some(next) == cfg.eos_token_id {
-                return Ok(finish(out, FinishReason::Eos));
+        let fresh = prompt[common..].to_vec();
+        let state = if opts.max_new_tokens == 0 { RunState::Done(FinishReason::Length) } else { RunState::Prefill(fresh.clone()) };
+        self.run = Some(Run {
+            sampler,
+            max_new_tokens: opts.max_new_tokens,
+            stop_on_eos: opts.stop_on_eos,
+            out: Vec::with_capacity(opts.max_new_tokens.min(cfg.context_length)),
+            prompt_tokens_evaluated: fresh.len(),
+            state,
+        });
+        Ok(())
+    }
+
+    /// One forward pass (the first step runs the prompt) and the next token, or `None` when the
+    /// generation is over (EOS or `max_new_tokens` reached by the previous token, or the context
+    /// is full). An error ends the generation and resets the session.
+    pub fn step(&mut self) -> Result<Option<u32>> {
+        let Some(run) = self.run.as_mut() else {
+            return Err(Error::invalid("session", "step() without begin(): no generation in progress"));
+        };
+        let feed = match &mut run.state {
+            RunState::Done(_) => return Ok(None),
+            RunState::Prefill(fresh) => std::mem::take(fresh),
+            RunState::Next(next) => {
+                // Prompt + generated never exceed the context: `next` will sit at position
+                // history.len(), the last one there is.
+                if self.history.len() + 1 >= self.model.config.context_length {
+                    run.state = RunState::Done(FinishReason::ContextFull);
+                    return Ok(None);
+                }
+                vec![*next]
             }
-            if out.len() >= opts.max_new_tokens {
-                return Ok(finish(out, FinishReason::Length));
+        };
+        match self.advance(&feed) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => {
+                self.reset();
+                Err(e)
             }
-            if !keep_going || cancel.load(Ordering::Relaxed) {
-                return Ok(finish(out, FinishReason::Cancelled));
-            }
-            // Prompt + generated never exceed the context: `next` will sit at position
-            // history.len(), the last one there is.
-            if self.history.len() + 1 >= cfg.context_length {
-                return Ok(finish(out, FinishReason::ContextFull));
-            }
-            self.run(&[next])?;
         }
     }
 
+    /// Runs `feed`, samples, records the token and whether it ends the generation.
+    fn advance(&mut self, feed: &[u32]) -> Result<u32> {
+        self.run_tokens(feed)?;
+        let eos = self.model.config.eos_token_id;
+        let Some(run) = self.run.as_mut() else {
+            return Err(Error::invalid("session", "no generation in progress"));
+        };
+        let next = run.sampler.sample(&mut self.logits, &self.history)?;
+        run.out.push(next);
+        run.state = if run.stop_on_eos && Some(next) == eos {
+            RunState::Done(FinishReason::Eos)
+        } else if run.out.len() >= run.max_new_tokens {
+            RunState::Done(FinishReason::Length)
+        } else {
+            RunState::Next(next)
+        };
+        Ok(next)
+    }
+
+    /// Ends the step-wise generation and returns it. Its finish reason is `Cancelled` ("abort")
+    /// when the generation could have gone on, i.e. unless the last token returned by
+    /// [`Session::step`] was final (EOS, `max_new_tokens`) or `step` returned `None`. The cache
+    /// keeps what was evaluated, so the next `begin` can reuse it.
+    pub fn end(&mut self) -> Result<Generation> {
+        let Some(run) = self.run.take() else {
+            return Err(Error::invalid("session", "end() without begin(): no generation in progress"));
+        };
+        let finish = match run.state {
+            RunState::Done(reason) => reason,
+            RunState::Prefill(_) | RunState::Next(_) => FinishReason::Cancelled,
+        };
+        Ok(Generation { tokens: run.out, finish, prompt_tokens_evaluated: run.prompt_tokens_evaluated })
+    }
+
+    /// Generates after `prompt`. Calls `on_token(id)` for each new token; returning `false` stops
+    /// (finish reason `Cancelled`). `cancel` is polled before every forward pass, so setting it
+    /// from another thread stops the work within one token.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        cancel: &AtomicBool,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Generation> {
+        self.begin(prompt, opts)?;
+        if cancel.load(Ordering::Relaxed) {
+            let g = self.end()?;
+            return Ok(Generation { finish: FinishReason::Cancelled, ..g });
+        }
+        {
+            while let Some(next) = self.step()? {
+                let keep_going = on_token(next);
+                if matches!(self.run.as_ref().map(|r| &r.state), Some(RunState::Done(_))) {
+                    break;
+                }
+                if !keep_going || cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+        self.end()
+    }
+
     /// Feeds tokens through the model, leaving the last position's logits in `self.logits`.
-    fn run(&mut self, tokens: &[u32]) -> Result<()> {
+    fn run_tokens(&mut self, tokens: &[u32]) -> Result<()> {
         let logits = self.model.forward(tokens, &mut self.cache, false)?;
         self.history.extend_from_slice(tokens);
         self.logits.clear();

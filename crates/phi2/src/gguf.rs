@@ -150,6 +150,8 @@ pub struct GgufTensorInfo {
 pub struct GgufFile {
     path: PathBuf,
     bytes: Bytes,
+    /// Parsed from a prefix by [`GgufFile::parse_header`]: `bytes` is empty.
+    header_only: bool,
     version: u32,
     metadata: BTreeMap<String, MetaValue>,
     tensors: Vec<GgufTensorInfo>,
@@ -167,6 +169,15 @@ impl std::fmt::Debug for GgufFile {
             .field("data_offset", &self.data_offset)
             .finish()
     }
+}
+
+/// What [`GgufFile::parse_header`] makes of a prefix.
+#[derive(Debug)]
+pub enum HeaderParse {
+    /// The header ends beyond the prefix: at least the file's first `at_least` bytes are needed.
+    NeedMore { at_least: usize },
+    /// The header, complete and valid.
+    Parsed(GgufFile),
 }
 
 /// The tokenizer a GGUF file carries in its `tokenizer.ggml.*` metadata (llama.cpp's layout).
@@ -221,16 +232,56 @@ impl GgufFile {
 
     /// Parses `bytes`; `path` only names the file in errors.
     pub fn from_bytes(path: &Path, bytes: Bytes) -> Result<Self> {
-        let parsed = Parser { path, bytes: &bytes, pos: 0 }.parse()?;
-        Ok(GgufFile {
+        let parsed = match (Parser { path, bytes: &bytes, file_len: bytes.len(), pos: 0 }.parse()) {
+            Ok(p) => p,
+            Err(Stop::Bad(e)) => return Err(e),
+            // Unreachable (the prefix is the whole file), but never a panic.
+            Err(Stop::NeedMore(n)) => {
+                return Err(Error::malformed(path, FORMAT, format!("truncated: {n} bytes needed, the file has {}", bytes.len())))
+            }
+        };
+        Ok(Self::from_parsed(path, bytes, parsed, false))
+    }
+
+    /// Parses the header (magic, version, metadata, tensor infos) from the first bytes `prefix`
+    /// of a GGUF file that is `file_len` bytes long, validating every count, length and tensor
+    /// range against `file_len` exactly as [`GgufFile::from_bytes`] does against the whole file.
+    ///
+    /// Returns [`HeaderParse::NeedMore`] when `prefix` ends before the header does (with the
+    /// prefix length the parse got stuck at: retrying with fewer bytes than that is pointless),
+    /// and an error as soon as the bytes present show that the header is invalid. The resulting
+    /// file is header-only: metadata and tensor infos, no tensor data ([`TensorSource::tensor`]
+    /// reports that the data is not held).
+    pub fn parse_header(path: &Path, prefix: &[u8], file_len: usize) -> Result<HeaderParse> {
+        let prefix = prefix.get(..file_len).unwrap_or(prefix);
+        match (Parser { path, bytes: prefix, file_len, pos: 0 }.parse()) {
+            Ok(parsed) => Ok(HeaderParse::Parsed(Self::from_parsed(path, Bytes::Owned(Vec::new()), parsed, true))),
+            Err(Stop::NeedMore(n)) => Ok(HeaderParse::NeedMore { at_least: n }),
+            Err(Stop::Bad(e)) => Err(e),
+        }
+    }
+
+    fn from_parsed(path: &Path, bytes: Bytes, parsed: Parsed, header_only: bool) -> Self {
+        GgufFile {
             path: path.to_path_buf(),
             bytes,
+            header_only,
             version: parsed.version,
             metadata: parsed.metadata,
             tensors: parsed.tensors,
             by_name: parsed.by_name,
             data_offset: parsed.data_offset,
-        })
+        }
+    }
+
+    /// Whether this came from [`GgufFile::parse_header`] (no tensor data held).
+    pub fn is_header_only(&self) -> bool {
+        self.header_only
+    }
+
+    /// The tensor info named `name`.
+    pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
+        self.by_name.get(name).and_then(|&i| self.tensors.get(i))
     }
 
     pub fn path(&self) -> &Path {
@@ -341,9 +392,12 @@ impl TensorSource for GgufFile {
     }
 
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
-        let Some(info) = self.by_name.get(name).and_then(|&i| self.tensors.get(i)) else {
+        let Some(info) = self.tensor_info(name) else {
             return Ok(None);
         };
+        if self.header_only {
+            return Err(Error::tensor(&self.path, name, "tensor data is not held (header parsed from a prefix of the file)"));
+        }
         let (Some(dtype), Some(len)) = (info.dtype, info.len) else {
             let supported: Vec<String> = DType::ALL.iter().map(|d| format!("{} ({})", d.name(), d.ggml_id())).collect();
             return Err(Error::tensor(
@@ -376,23 +430,49 @@ struct Parsed {
     data_offset: usize,
 }
 
-/// A bounds-checked little-endian cursor over the file bytes. `pos <= bytes.len()` always holds.
+/// Why [`Parser::parse`] stopped short of a header.
+enum Stop {
+    /// The prefix ends before the header does: the file's first `.0` bytes at least are needed.
+    NeedMore(usize),
+    /// The header is invalid (whatever bytes follow).
+    Bad(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Bad(e)
+    }
+}
+
+type PResult<T> = std::result::Result<T, Stop>;
+
+/// A bounds-checked little-endian cursor over a prefix `bytes` of a file of `file_len` bytes
+/// (the whole file when `bytes.len() == file_len`). Counts, lengths and offsets are validated
+/// against `file_len`; reading past the prefix but inside the file is [`Stop::NeedMore`].
+/// `pos <= bytes.len()` always holds.
 struct Parser<'a> {
     path: &'a Path,
     bytes: &'a [u8],
+    file_len: usize,
     pos: usize,
 }
 
 impl<'a> Parser<'a> {
-    fn err(&self, what: impl Into<String>) -> Error {
-        Error::malformed(self.path, FORMAT, what)
+    fn err(&self, what: impl Into<String>) -> Stop {
+        Stop::Bad(Error::malformed(self.path, FORMAT, what))
     }
 
+    /// Bytes of the *file* after `pos` (the prefix held may end sooner).
     fn remaining(&self) -> usize {
-        self.bytes.len().saturating_sub(self.pos)
+        self.file_len.saturating_sub(self.pos)
     }
 
-    fn truncated(&self, n: usize, what: &str) -> Error {
+    /// `n` bytes at `pos` are not in the prefix: more bytes are needed when the file has them,
+    /// otherwise the file is truncated.
+    fn truncated(&self, n: usize, what: &str) -> Stop {
+        if let Some(end) = self.pos.checked_add(n).filter(|&end| end <= self.file_len) {
+            return Stop::NeedMore(end);
+        }
         self.err(format!(
             "truncated: expected {n} bytes of {what} at byte offset {}, found only {} before the end of the file",
             self.pos,
@@ -401,7 +481,7 @@ impl<'a> Parser<'a> {
     }
 
     /// The next `n` bytes, or a truncation error saying what they were for.
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    fn take(&mut self, n: usize, what: &str) -> PResult<&'a [u8]> {
         let slice = self.pos.checked_add(n).and_then(|end| self.bytes.get(self.pos..end));
         let slice = slice.ok_or_else(|| self.truncated(n, what))?;
         self.pos += n;
@@ -409,24 +489,24 @@ impl<'a> Parser<'a> {
     }
 
     /// The next `N` bytes as an array (for `from_le_bytes`).
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+    fn array<const N: usize>(&mut self, what: &str) -> PResult<[u8; N]> {
         let chunk = self.bytes.get(self.pos..).and_then(|rest| rest.first_chunk::<N>());
         let chunk = *chunk.ok_or_else(|| self.truncated(N, what))?;
         self.pos += N;
         Ok(chunk)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32> {
+    fn u32(&mut self, what: &str) -> PResult<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64> {
+    fn u64(&mut self, what: &str) -> PResult<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
     /// Reads a u64 count of items that each occupy at least `min_item_bytes` and rejects it
     /// unless that many items fit in the rest of the file.
-    fn count(&mut self, min_item_bytes: usize, what: &str) -> Result<usize> {
+    fn count(&mut self, min_item_bytes: usize, what: &str) -> PResult<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
         let limit = self.remaining() / min_item_bytes;
@@ -441,7 +521,7 @@ impl<'a> Parser<'a> {
     }
 
     /// A gguf string: u64 byte length, then that many bytes of UTF-8.
-    fn string(&mut self, what: &str) -> Result<String> {
+    fn string(&mut self, what: &str) -> PResult<String> {
         let at = self.pos;
         let len = self.u64(what)?;
         let len = match usize::try_from(len) {
@@ -461,7 +541,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn unknown_type(&self, ty: u32, at: usize, what: &str) -> Error {
+    fn unknown_type(&self, ty: u32, at: usize, what: &str) -> Stop {
         self.err(format!("{what}: unknown value type {ty} at byte offset {at} (expected 0..=12)"))
     }
 
@@ -479,7 +559,7 @@ impl<'a> Parser<'a> {
     }
 
     /// One value of type `ty`; `depth` counts the arrays it is nested in.
-    fn value(&mut self, ty: u32, depth: usize, what: &str) -> Result<MetaValue> {
+    fn value(&mut self, ty: u32, depth: usize, what: &str) -> PResult<MetaValue> {
         let at = self.pos;
         Ok(match ty {
             0 => MetaValue::U8(u8::from_le_bytes(self.array(what)?)),
@@ -519,8 +599,8 @@ impl<'a> Parser<'a> {
         })
     }
 
-    fn parse(mut self) -> Result<Parsed> {
-        if self.bytes.is_empty() {
+    fn parse(mut self) -> PResult<Parsed> {
+        if self.file_len == 0 {
             return Err(self.err("the file is empty: expected a GGUF header starting with the magic `GGUF`"));
         }
         let magic: [u8; 4] = self.array("magic")?;
@@ -583,7 +663,7 @@ impl<'a> Parser<'a> {
 
     /// Reads the rest of one tensor info after its name; returns it with its data-relative
     /// offset (`offset` is filled in by [`Parser::place`]).
-    fn tensor_info(&mut self, name: String) -> Result<(GgufTensorInfo, u64)> {
+    fn tensor_info(&mut self, name: String) -> PResult<(GgufTensorInfo, u64)> {
         let what = format!("tensor `{name}`");
         let at = self.pos;
         let n_dims = self.u32(&format!("n_dims of {what}"))?;
@@ -633,9 +713,9 @@ impl<'a> Parser<'a> {
     }
 
     /// Checks a tensor's data-relative offset `rel` and returns its absolute offset.
-    fn place(&self, info: &GgufTensorInfo, rel: u64, data_offset: usize, alignment: usize) -> Result<usize> {
+    fn place(&self, info: &GgufTensorInfo, rel: u64, data_offset: usize, alignment: usize) -> PResult<usize> {
         let name = &info.name;
-        let file_len = self.bytes.len();
+        let file_len = self.file_len;
         if !rel.is_multiple_of(alignment as u64) {
             return Err(
                 self.err(format!("tensor `{name}`: data offset {rel} is not a multiple of the alignment {alignment}"))
@@ -1148,6 +1228,43 @@ mod tests {
             let info = g.tensor_infos().iter().find(|t| &t.name == name).unwrap();
             assert_eq!(info.offset as u64, candle.tensor_data_offset + candle.tensor_infos[name].offset);
         }
+    }
+
+    #[test]
+    fn header_parses_from_a_prefix_checked_against_the_declared_length() {
+        let bytes = build(3, &all_value_kinds(), &sample_tensors(), 32);
+        let full = parse(bytes.clone()).unwrap();
+        let path = Path::new(P);
+        let mut first_parsed = None;
+        for n in 0..=bytes.len() {
+            match GgufFile::parse_header(path, &bytes[..n], bytes.len()).unwrap() {
+                HeaderParse::NeedMore { at_least } => {
+                    assert!(first_parsed.is_none(), "prefix {n}: NeedMore after a parse");
+                    assert!(at_least > n && at_least <= bytes.len(), "prefix {n}: at_least {at_least}");
+                }
+                HeaderParse::Parsed(h) => {
+                    first_parsed.get_or_insert(n);
+                    assert!(h.is_header_only());
+                    assert_eq!((h.metadata(), h.tensor_infos(), h.data_offset()), (full.metadata(), full.tensor_infos(), full.data_offset()));
+                    let name = &full.tensor_infos()[0].name;
+                    assert_mentions(&h.tensor(name).unwrap_err().to_string(), &["not held"]);
+                }
+            }
+        }
+        // The header is complete before the data section starts.
+        assert!(first_parsed.unwrap() <= full.data_offset());
+
+        // Tensor ranges are checked against the declared length, not the prefix.
+        let header_end = full.data_offset();
+        let err = GgufFile::parse_header(path, &bytes[..header_end], bytes.len() - 1).unwrap_err();
+        assert_mentions(&err.to_string(), &["beyond the end of the file"]);
+        // Counts too: a kv_count that the declared length cannot hold fails from 24 bytes.
+        let mut w = W::default();
+        w.header(3, 0, 1_000_000);
+        let err = GgufFile::parse_header(path, &w.0, 1000).unwrap_err();
+        assert_mentions(&err.to_string(), &["kv_count 1000000"]);
+        // A prefix longer than the declared length is cut to it.
+        assert!(GgufFile::parse_header(path, &bytes, 10).is_err());
     }
 
     #[test]

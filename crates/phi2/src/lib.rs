@@ -16,11 +16,13 @@ pub mod quant;
 pub mod safetensors;
 pub mod sampler;
 pub mod storage;
+pub mod stream;
 pub mod weights;
 
 pub use config::Phi2Config;
-pub use dtype::{DType, TensorSource, TensorView};
+pub use dtype::{DType, TensorData, TensorSource, TensorView};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateOptions, Generation, Session};
 pub use model::{KvCache, ModelInfo, Phi2};
 pub use sampler::{Sampler, SamplingParams};
+pub use stream::GgufStreamLoader;

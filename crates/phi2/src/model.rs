@@ -87,16 +87,16 @@ impl Phi2 {
     }
 
     /// Loads a GGUF model held in memory (browsers and WASM have no file system). `name` only
-    /// labels errors.
+    /// labels errors. Goes through [`crate::stream::GgufStreamLoader`] (one push): `bytes` is
+    /// freed before the weights are built.
     pub fn load_gguf_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
-        pin_cpu_kernels();
-        let g = GgufFile::from_bytes(Path::new(name), crate::storage::Bytes::from(bytes))?;
-        let config = Phi2Config::from_gguf(&g)?;
-        let weights = Phi2Weights::load(&g, Layout::Gguf, &config, &Device::Cpu)?;
-        Self::from_parts(config, weights, "gguf", Device::Cpu)
+        let mut loader = crate::stream::GgufStreamLoader::new(name, bytes.len() as u64, false)?;
+        loader.push(&bytes)?;
+        drop(bytes);
+        Ok(loader.finish_parts()?.0)
     }
 
-    fn from_parts(config: Phi2Config, weights: Phi2Weights, format: &'static str, device: Device) -> Result<Self> {
+    pub(crate) fn from_parts(config: Phi2Config, weights: Phi2Weights, format: &'static str, device: Device) -> Result<Self> {
         let info = ModelInfo { format, dtype: weights.dtype };
         Ok(Phi2 { config, info, weights, device })
     }
@@ -235,7 +235,7 @@ impl Phi2 {
 /// keeps one numerical behaviour on every machine, so the same seed gives the same tokens
 /// everywhere. A user who sets the variable keeps their choice.
 /// (x86-64 only: elsewhere the variable means nothing, and wasm32 has no environment to set.)
-fn pin_cpu_kernels() {
+pub(crate) fn pin_cpu_kernels() {
     #[cfg(target_arch = "x86_64")]
     static ONCE: std::sync::Once = std::sync::Once::new();
     #[cfg(target_arch = "x86_64")]

@@ -11,7 +11,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use crate::config::Phi2Config;
-use crate::dtype::{DType, TensorSource, TensorView};
+use crate::dtype::{DType, TensorData, TensorSource};
 use crate::error::{Error, Result};
 
 /// Which naming scheme a file uses.
@@ -97,6 +97,31 @@ impl Layout {
                 }
             }
         }
+    }
+
+    /// Every tensor name [`Phi2Weights::load`] takes from `src` for `cfg`, in the order it takes
+    /// them (so a source can check names and dtypes, or hold only these, before any data).
+    pub fn required_tensors(self, cfg: &Phi2Config, src: &dyn TensorSource) -> Vec<String> {
+        let m = self.model_names();
+        let wb = |p: &str| [format!("{p}.weight"), format!("{p}.bias")];
+        let mut names = vec![m.embed.to_string()];
+        for i in 0..cfg.num_layers {
+            let n = self.layer_names(i, src);
+            names.extend(wb(&n.norm));
+            match &n.qkv {
+                QkvNames::Fused(p) => names.extend(wb(p)),
+                QkvNames::Split(parts) => {
+                    names.extend(parts.iter().map(|p| format!("{p}.weight")));
+                    names.extend(parts.iter().map(|p| format!("{p}.bias")));
+                }
+            }
+            for p in [&n.dense, &n.fc1, &n.fc2] {
+                names.extend(wb(p));
+            }
+        }
+        names.extend(wb(m.final_norm));
+        names.extend(wb(m.lm_head));
+        names
     }
 
     /// Guesses a safetensors file's layout from the embedding's name.
@@ -220,36 +245,38 @@ struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
-    fn get(&self, name: &str) -> Result<TensorView<'a>> {
-        self.src.tensor(name)?.ok_or_else(|| Error::MissingTensor {
+    /// Takes `name` from the source (each tensor is taken once: a streamed source hands over and
+    /// forgets its buffer, which is freed when the returned value is dropped after conversion).
+    fn get(&self, name: &str) -> Result<TensorData<'a>> {
+        self.src.take(name)?.ok_or_else(|| Error::MissingTensor {
             path: self.src.path().to_path_buf(),
             name: name.to_string(),
             looked_for: name.to_string(),
         })
     }
 
-    fn check_shape(&self, name: &str, t: &TensorView<'_>, expected: &[usize]) -> Result<()> {
-        if t.shape != expected {
-            return Err(Error::tensor(self.src.path(), name, format!("expected shape {expected:?}, found {:?}", t.shape)));
+    fn check_shape(&self, name: &str, shape: &[usize], expected: &[usize]) -> Result<()> {
+        if shape != expected {
+            return Err(Error::tensor(self.src.path(), name, format!("expected shape {expected:?}, found {shape:?}")));
         }
         Ok(())
     }
 
-    fn float_tensor(&self, name: &str, t: &TensorView<'_>) -> Result<Tensor> {
-        let dtype = match t.dtype {
+    fn float_tensor(&self, name: &str, dtype: DType, shape: &[usize], data: &[u8]) -> Result<Tensor> {
+        let dtype = match dtype {
             DType::F32 => candle_core::DType::F32,
             DType::F16 => candle_core::DType::F16,
             DType::BF16 => candle_core::DType::BF16,
             q => return Err(Error::tensor(self.src.path(), name, format!("expected a float dtype (f32, f16, bf16), found {q}"))),
         };
-        Ok(Tensor::from_raw_buffer(t.data, dtype, t.shape, self.device)?)
+        Ok(Tensor::from_raw_buffer(data, dtype, shape, self.device)?)
     }
 
     /// A 1-D float vector of `len` elements, as f32.
     fn vector(&self, name: &str, len: usize) -> Result<Tensor> {
         let t = self.get(name)?;
-        self.check_shape(name, &t, &[len])?;
-        Ok(self.float_tensor(name, &t)?.to_dtype(candle_core::DType::F32)?)
+        self.check_shape(name, t.shape, &[len])?;
+        Ok(self.float_tensor(name, t.dtype, t.shape, &t.data)?.to_dtype(candle_core::DType::F32)?)
     }
 
     fn matrix_from_bytes(&self, name: &str, dtype: DType, data: &[u8], shape: [usize; 2]) -> Result<Matrix> {
@@ -258,17 +285,22 @@ impl<'a> Loader<'a> {
                 .map_err(|e| Error::tensor(self.src.path(), name, format!("cannot load {dtype} data: {e}")))?;
             Ok(Matrix::Quant(QMatMul::from_qtensor(q)?))
         } else {
-            let view = TensorView { dtype, shape: &shape, data };
-            Ok(Matrix::Dense(self.float_tensor(name, &view)?))
+            Ok(Matrix::Dense(self.float_tensor(name, dtype, &shape, data)?))
         }
     }
 
-    fn linear(&self, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
+    /// `prefix.weight` (already taken: `w`) and `prefix.bias`; `w` is freed once converted.
+    fn linear_from(&self, prefix: &str, w: TensorData<'a>, out: usize, inp: usize) -> Result<Linear> {
         let wname = format!("{prefix}.weight");
-        let w = self.get(&wname)?;
-        self.check_shape(&wname, &w, &[out, inp])?;
-        let weight = self.matrix_from_bytes(&wname, w.dtype, w.data, [out, inp])?;
+        self.check_shape(&wname, w.shape, &[out, inp])?;
+        let weight = self.matrix_from_bytes(&wname, w.dtype, &w.data, [out, inp])?;
+        drop(w);
         Ok(Linear { weight, bias: self.vector(&format!("{prefix}.bias"), out)? })
+    }
+
+    fn linear(&self, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
+        let w = self.get(&format!("{prefix}.weight"))?;
+        self.linear_from(prefix, w, out, inp)
     }
 
     fn layer_norm(&self, prefix: &str, hidden: usize, eps: f64) -> Result<LayerNorm> {
@@ -288,22 +320,32 @@ impl<'a> Loader<'a> {
                     .map(|p| {
                         let name = format!("{p}.weight");
                         let t = self.get(&name)?;
-                        self.check_shape(&name, &t, &[hidden, hidden])?;
+                        self.check_shape(&name, t.shape, &[hidden, hidden])?;
                         Ok(t)
                     })
                     .collect::<Result<Vec<_>>>()?;
-                if views.iter().all(|v| v.dtype == views[0].dtype) {
+                let dtype = views[0].dtype;
+                if views.iter().all(|v| v.dtype == dtype) {
                     // Row-major [out, in] matrices (quantized rows included) stack along `out` by
                     // concatenating their bytes: one matmul instead of three.
-                    let data: Vec<u8> = views.iter().flat_map(|v| v.data.iter().copied()).collect();
+                    let mut data: Vec<u8> = Vec::with_capacity(views.iter().map(|v| v.data.len()).sum());
+                    for v in views {
+                        data.extend_from_slice(&v.data);
+                    }
                     let fused_name = format!("{}.weight (fused q, k, v)", parts[0]);
-                    let weight = self.matrix_from_bytes(&fused_name, views[0].dtype, &data, [3 * hidden, hidden])?;
+                    let weight = self.matrix_from_bytes(&fused_name, dtype, &data, [3 * hidden, hidden])?;
+                    drop(data);
                     let biases =
                         parts.iter().map(|p| self.vector(&format!("{p}.bias"), hidden)).collect::<Result<Vec<_>>>()?;
                     Ok(Qkv::Fused(Linear { weight, bias: Tensor::cat(&biases, 0)? }))
                 } else {
-                    let [q, k, v] = parts;
-                    Ok(Qkv::Split([self.linear(q, hidden, hidden)?, self.linear(k, hidden, hidden)?, self.linear(v, hidden, hidden)?]))
+                    let mut linears = Vec::with_capacity(3);
+                    for (p, w) in parts.iter().zip(views) {
+                        linears.push(self.linear_from(p, w, hidden, hidden)?);
+                    }
+                    let [q, k, v]: [Linear; 3] =
+                        linears.try_into().map_err(|_| Error::tensor(self.src.path(), &parts[0], "expected q, k and v"))?;
+                    Ok(Qkv::Split([q, k, v]))
                 }
             }
         }
@@ -317,30 +359,34 @@ impl Phi2Weights {
         let names = layout.model_names();
 
         let e = ld.get(names.embed)?;
-        ld.check_shape(names.embed, &e, &[v, h])?;
+        ld.check_shape(names.embed, e.shape, &[v, h])?;
+        let embed_dtype = e.dtype;
         let embed = if e.dtype.is_quantized() {
-            let q = qtensor_from_ggml(e.dtype.to_ggml(), e.data, vec![v, h], device)
+            let q = qtensor_from_ggml(e.dtype.to_ggml(), &e.data, vec![v, h], device)
                 .map_err(|err| Error::tensor(src.path(), names.embed, format!("cannot load {} data: {err}", e.dtype)))?;
             Embedding::Quant(Arc::new(q))
         } else {
-            Embedding::Dense(ld.float_tensor(names.embed, &e)?)
+            Embedding::Dense(ld.float_tensor(names.embed, e.dtype, e.shape, &e.data)?)
         };
+        drop(e);
 
+        // The dtype most of the weights use (that of the first layer's fc1), for `info`.
+        let mut dtype = embed_dtype;
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let n = layout.layer_names(i, src);
-                Ok(Phi2Layer {
-                    norm: ld.layer_norm(&n.norm, h, cfg.layer_norm_eps)?,
-                    qkv: ld.qkv(&n.qkv, h)?,
-                    dense: ld.linear(&n.dense, h, h)?,
-                    fc1: ld.linear(&n.fc1, ff, h)?,
-                    fc2: ld.linear(&n.fc2, h, ff)?,
-                })
+                let norm = ld.layer_norm(&n.norm, h, cfg.layer_norm_eps)?;
+                let qkv = ld.qkv(&n.qkv, h)?;
+                let dense = ld.linear(&n.dense, h, h)?;
+                let fc1_weight = ld.get(&format!("{}.weight", n.fc1))?;
+                if i == 0 {
+                    dtype = fc1_weight.dtype;
+                }
+                let fc1 = ld.linear_from(&n.fc1, fc1_weight, ff, h)?;
+                Ok(Phi2Layer { norm, qkv, dense, fc1, fc2: ld.linear(&n.fc2, h, ff)? })
             })
             .collect::<Result<Vec<_>>>()?;
 
-        // The dtype most of the weights use (by tensor count of the first layer's fc1), for `info`.
-        let dtype = ld.get(&format!("{}.weight", layout.layer_names(0, src).fc1)).map(|t| t.dtype).unwrap_or(e.dtype);
         Ok(Phi2Weights {
             embed,
             layers,
