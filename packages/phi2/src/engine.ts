@@ -1,9 +1,10 @@
 /**
  * The contract between the SDK and an inference engine. It mirrors the native addon's API
- * (bindings/node/native.d.ts) so that `native.ts` is the only file that knows about the addon;
- * every other module works against these interfaces (a WASM engine can implement them later).
- * Internal: not exported from the package.
+ * (bindings/node/native.d.ts): `node/native.ts` adapts the addon, `wasm/client.ts` implements it
+ * over messages to the wasm engine worker. Every other module works against these interfaces.
+ * Platform-neutral (no `node:` imports). Internal: not exported from the package.
  */
+import type { LoadProgress } from './options.js'
 
 export interface EngineModelInfo {
   architecture: string
@@ -83,9 +84,46 @@ export interface EngineModel {
   readonly disposed: boolean
 }
 
+/** Where the weights come from. `name` labels errors and `model.info.source`. */
+export type EngineSource =
+  | { kind: 'path'; path: string; name: string }
+  | { kind: 'url'; url: string; name: string }
+  | { kind: 'blob'; blob: Blob; name: string }
+  | { kind: 'bytes'; bytes: Uint8Array; name: string }
+
+export interface EngineLoadOptions {
+  /** Requested compute threads (null: the engine's default). */
+  threads?: number | null
+  signal?: AbortSignal
+  onProgress?: (p: LoadProgress) => void
+  /** Use the Cache API for URL sources where it exists (wasm engine). Default true. */
+  cache?: boolean
+}
+
+/** Which engine build runs and why (`model.info.runtime`). */
+export interface EngineRuntime {
+  backend: 'cpu' | 'wasm'
+  build: 'native' | 'wasm-simd' | 'wasm-simd-threads'
+  /** Compute threads in use. */
+  threads: number
+  /** Why this path runs, in words. */
+  reason: string
+}
+
+export interface EngineLoaded {
+  model: EngineModel
+  runtime: EngineRuntime
+  /** Bytes of the weights as read (null: let the caller measure, e.g. a directory on disk). */
+  fileSizeBytes: number | null
+  /** Whether the weights came from the Cache API. */
+  fromCache: boolean
+  /** sha256 of the file (lowercase hex) when the engine computed it, else null. */
+  sha256: string | null
+}
+
 export interface Engine {
   /** Backend name reported in `model.info.backend`. */
-  readonly backend: 'cpu'
-  load(path: string, threads?: number | null): Promise<EngineModel>
+  readonly backend: 'cpu' | 'wasm'
+  load(source: EngineSource, options: EngineLoadOptions): Promise<EngineLoaded>
   createCancelToken(): EngineCancelToken
 }

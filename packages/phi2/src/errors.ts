@@ -11,9 +11,14 @@
  *                           or the native addon could not be loaded.
  * - `E_PROMPT_TOO_LONG`     the prompt leaves no room to generate within the context length.
  * - `E_TOKENIZER`           the tokenizer could not be built (bad tokenizer.json / GGUF vocabulary).
+ * - `E_MODEL_TOO_LARGE`     {@link Phi2ModelLoadError}: the model cannot fit in wasm32 memory (checked before downloading).
+ * - `E_UNSUPPORTED_FORMAT`  {@link Phi2ModelLoadError}: the backend cannot read this kind of file (wasm: GGUF only).
+ * - `E_UNKNOWN_SIZE`        {@link Phi2ModelLoadError}: a URL's server sent no usable Content-Length.
+ * - `E_INTEGRITY`           a cached or downloaded file does not match its recorded sha256 / length.
+ * - `E_ENGINE_CRASHED`      {@link Phi2EngineCrashedError}: the engine worker failed (error, wasm trap, exit).
  * - Native codes, kept as-is ({@link Phi2ModelLoadError} when they come from loading):
  *   `E_IO`, `E_MALFORMED_FILE`, `E_BAD_TENSOR`, `E_MISSING_TENSOR`, `E_BAD_CONFIG`,
- *   `E_INVALID_ARGUMENT`, `E_BACKEND`, `E_INTERNAL`.
+ *   `E_INVALID_ARGUMENT`, `E_BACKEND`, `E_OUT_OF_MEMORY`, `E_BUSY`, `E_INTERNAL`.
  */
 
 export type Phi2ErrorCode =
@@ -30,6 +35,13 @@ export type Phi2ErrorCode =
   | 'E_BAD_CONFIG'
   | 'E_INVALID_ARGUMENT'
   | 'E_BACKEND'
+  | 'E_OUT_OF_MEMORY'
+  | 'E_BUSY'
+  | 'E_MODEL_TOO_LARGE'
+  | 'E_UNSUPPORTED_FORMAT'
+  | 'E_UNKNOWN_SIZE'
+  | 'E_INTEGRITY'
+  | 'E_ENGINE_CRASHED'
   | 'E_INTERNAL'
 
 /** Base class of every error thrown by `@x/phi2`. */
@@ -83,9 +95,17 @@ export class Phi2BackendUnavailableError extends Phi2Error {
   }
 }
 
+/** The engine worker died (uncaught error, wasm trap, unexpected exit): every pending call rejects with this. */
+export class Phi2EngineCrashedError extends Phi2Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('E_ENGINE_CRASHED', message, options)
+    this.name = 'Phi2EngineCrashedError'
+  }
+}
+
 /** Loading the model failed; `code` is the native code (`E_IO`, `E_MALFORMED_FILE`, `E_BAD_CONFIG`, ...). */
 export class Phi2ModelLoadError extends Phi2Error {
-  /** The path that was being loaded. */
+  /** The path / URL / name of what was being loaded. */
   readonly source: string
   constructor(code: Phi2ErrorCode, source: string, message: string, options?: { cause?: unknown }) {
     super(code, message, options)
@@ -104,6 +124,13 @@ const NATIVE_CODES = new Set<string>([
   'E_BACKEND',
   'E_DISPOSED',
   'E_ABORTED',
+  'E_OUT_OF_MEMORY',
+  'E_BUSY',
+  'E_MODEL_TOO_LARGE',
+  'E_UNSUPPORTED_FORMAT',
+  'E_UNKNOWN_SIZE',
+  'E_INTEGRITY',
+  'E_ENGINE_CRASHED',
   'E_INTERNAL',
 ])
 
@@ -113,6 +140,7 @@ const LOAD_HINTS: Partial<Record<string, string>> = {
   E_BAD_TENSOR: 'the weights do not match the Phi-2 architecture described by the config',
   E_MISSING_TENSOR: 'the weights are incomplete or not a Phi-2 (phi) model',
   E_BAD_CONFIG: 'config.json / GGUF metadata is missing a value or has an invalid one',
+  E_MODEL_TOO_LARGE: 'use a smaller quantization (Q4_0 / Q4_K / Q8_0 GGUF) or the native cpu backend',
 }
 
 function messageOf(err: unknown): string {
@@ -131,6 +159,7 @@ export function fromNativeError(err: unknown, context?: { loading?: string }): P
     return e
   }
   if (code === 'E_ABORTED') return new Phi2AbortError('The operation was aborted', { cause: err })
+  if (code === 'E_ENGINE_CRASHED') return new Phi2EngineCrashedError(messageOf(err), { cause: err })
   const msg = messageOf(err)
   if (context?.loading !== undefined) {
     const hint = LOAD_HINTS[code]

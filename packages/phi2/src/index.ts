@@ -1,5 +1,7 @@
 /**
- * @x/phi2 — Microsoft Phi-2 in Node.js over a Rust engine.
+ * @x/phi2 — Microsoft Phi-2 in Node.js over a Rust engine (native addon, or `backend: 'wasm'`).
+ * The browser entry (`browser.ts`, the package's `"browser"` export condition) has the same API
+ * minus the Node-only helpers (paths, bundled tokenizer), plus `defaultModelUrl()`.
  *
  * ```ts
  * import { loadModel } from '@x/phi2'
@@ -7,7 +9,10 @@
  * const { text } = await model.generate('What is a prime number?', { format: 'qa', maxNewTokens: 64 })
  * ```
  */
-export { loadModel, defaultModelPath, hasDefaultModel, Phi2Model, type ModelInfo } from './model.js'
+export { loadModel, defaultModelPath, hasDefaultModel } from './node/load.js'
+export { bundledTokenizer } from './node/files.js'
+export { Phi2Model, type ModelInfo, type ModelRuntime } from './model.js'
+export type { ModelSource } from './sources.js'
 export { Phi2Chat } from './chat.js'
 export type {
   FinishReason,
@@ -53,7 +58,6 @@ export {
   Phi2Tokenizer,
   PHI2_EOS_TOKEN_ID,
   Utf8StreamDecoder,
-  bundledTokenizer,
   phi2TokenizerJsonFromGpt2,
   tokenizerJsonFromGguf,
   type TokenizerJson,
@@ -64,6 +68,7 @@ export {
   Phi2AbortError,
   Phi2BackendUnavailableError,
   Phi2DisposedError,
+  Phi2EngineCrashedError,
   Phi2Error,
   Phi2ModelLoadError,
   Phi2OptionsError,

@@ -1,16 +1,13 @@
 /**
- * `loadModel()` and the `Phi2Model` it returns. Backend-agnostic: the engine comes from
- * `native.ts` (the only file that imports the addon).
+ * `Phi2Model` and the platform-neutral half of `loadModel()` (`loadWithEngine`): no `node:` imports.
+ * The entries (`index.ts` for Node, `browser.ts`) turn a source into an {@link EngineSource}, pick
+ * the engine and the tokenizer fallback, and call `loadWithEngine`.
  */
-import { existsSync, readdirSync, statSync } from 'node:fs'
-import { dirname, extname, join, resolve } from 'node:path'
 import { Phi2Chat, type ChatHost } from './chat.js'
-import type { Engine, EngineModel, EngineSession } from './engine.js'
+import type { Engine, EngineGgufVocab, EngineLoaded, EngineModel, EngineModelInfo, EngineRuntime, EngineSession, EngineSource } from './engine.js'
 import {
-  Phi2BackendUnavailableError,
   Phi2DisposedError,
   Phi2Error,
-  Phi2ModelLoadError,
   abortErrorFrom,
   fromNativeError,
 } from './errors.js'
@@ -25,28 +22,30 @@ import {
   makeStream,
   resolveGeneration,
 } from './generation.js'
-import { nativeEngine } from './native.js'
 import {
   type ChatOptions,
   ChatOptionsSchema,
   type GenerateOptions,
   GenerateOptionsSchema,
   type LoadOptions,
-  LoadOptionsSchema,
   type LogprobsOptions,
   LogprobsOptionsSchema,
   invalidOption,
   parseOptions,
 } from './options.js'
 import { formatPrompt } from './prompts.js'
-import {
-  type Phi2Tokenizer,
-  type TokenizerSource,
-  bundledTokenizer,
-  packageAsset,
-  tokenizerFromDirectory,
-  tokenizerFromGguf,
-} from './tokenizer.js'
+import { type Phi2Tokenizer, type TokenizerSource, tokenizerFromGguf } from './tokenizer.js'
+
+/** `model.info.runtime`: which engine build runs and why. */
+export interface ModelRuntime {
+  backend: 'cpu' | 'wasm'
+  /** `'native'` (addon), `'wasm-simd'` (single-threaded wasm), `'wasm-simd-threads'` (wasm with a thread pool). */
+  build: 'native' | 'wasm-simd' | 'wasm-simd-threads'
+  /** Compute threads in use. */
+  threads: number
+  /** Why this path runs, e.g. `'threads: 1 requested: single-threaded SIMD build'`. */
+  reason: string
+}
 
 /** What `model.info` reports. */
 export interface ModelInfo {
@@ -56,12 +55,21 @@ export interface ModelInfo {
   format: string
   /** Bulk weight type: `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q4_K`, `q5_K`, `q6_K`. */
   dtype: string
-  /** The compute backend in use (`'cpu'`). */
-  backend: 'cpu'
-  /** Absolute path of the loaded file or directory. */
+  /** The compute backend in use: `'cpu'` (native addon) or `'wasm'` (wasm engine in a Worker). */
+  backend: 'cpu' | 'wasm'
+  /** Which engine build runs, with how many threads, and why. */
+  runtime: ModelRuntime
+  /**
+   * What was loaded: the absolute path of a file or directory, a URL's href, a File's name, or
+   * `'blob'` / `'bytes'` for unnamed Blobs and byte buffers.
+   */
   source: string
   /** Total size of the weight files, bytes. */
   fileSizeBytes: number
+  /** wasm backend: whether the file came from the Cache API (false otherwise). */
+  fromCache: boolean
+  /** sha256 of the file (lowercase hex) when the engine computed it (wasm URL sources), else null. */
+  sha256: string | null
   /** Where the tokenizer came from: the model's `tokenizer.json`, the GGUF metadata, or the bundled Phi-2 tokenizer. */
   tokenizer: TokenizerSource
   /** Rows of the embedding / logits (51200 for Phi-2); `logprobs()` rows have this many floats. */
@@ -84,85 +92,52 @@ export interface ModelInfo {
   eosTokenId: number | null
 }
 
-function weightFilesSize(path: string, isDir: boolean): number {
-  if (!isDir) return statSync(path).size
-  let total = 0
-  for (const f of readdirSync(path)) {
-    if (/\.(safetensors|gguf|bin)$/.test(f)) total += statSync(join(path, f)).size
-  }
-  return total
+/** What the platform entry hands to {@link loadWithEngine}. */
+export interface LoadPlan {
+  engine: Engine
+  source: EngineSource
+  /** `model.info.source`. */
+  display: string
+  options: LoadOptions
+  /**
+   * The tokenizer when the GGUF metadata has none (or the model is not a GGUF): Node reads
+   * tokenizer.json / the bundled tokenizer; browsers throw a typed error.
+   */
+  fallbackTokenizer(info: EngineModelInfo): Phi2Tokenizer
+  /** Whether the model's own GGUF vocabulary may be used (false for directories / safetensors). */
+  useGgufVocab: boolean
+  /** Size of the weights when the engine does not report one (Node: sizes on disk). */
+  fileSize?: () => number
 }
 
-/**
- * Loads a Phi-2 model: a `.gguf` file, a `.safetensors` file (with `config.json` next to it), or
- * a Hugging Face model directory (`config.json` + one or more `*.safetensors` shards, ideally
- * `tokenizer.json`). Rejects with {@link Phi2ModelLoadError} (`E_IO`, `E_MALFORMED_FILE`,
- * `E_BAD_CONFIG`, ...), {@link Phi2OptionsError}, {@link Phi2BackendUnavailableError} or
- * {@link Phi2AbortError}.
- */
-export async function loadModel(source: string, options?: LoadOptions): Promise<Phi2Model> {
-  if (typeof source !== 'string' || source.length === 0) {
-    invalidOption('source', 'loadModel', 'must be a path to a .gguf / .safetensors file or a model directory')
-  }
-  const opts = parseOptions(LoadOptionsSchema, options, 'loadModel')
-  const backend = opts.backend ?? 'auto'
-  if (backend === 'cuda' || backend === 'wasm') {
-    throw new Phi2BackendUnavailableError(
-      backend,
-      `The '${backend}' backend is not available in this build of @x/phi2: use backend 'cpu' (or 'auto')`,
-    )
-  }
+/** The platform-neutral load: engine load (abortable, with progress) → tokenizer → `Phi2Model`. */
+export async function loadWithEngine(plan: LoadPlan): Promise<Phi2Model> {
+  const opts = plan.options
   const signal = opts.signal
   if (signal?.aborted) throw abortErrorFrom(signal)
-  const path = resolve(source)
-  let isDir: boolean
-  try {
-    isDir = statSync(path).isDirectory()
-  } catch (err) {
-    throw new Phi2ModelLoadError('E_IO', source, `Could not load model ${JSON.stringify(source)}: no such file or directory`, {
-      cause: err,
-    })
-  }
   const progress = opts.onProgress ?? (() => {})
   progress({ phase: 'loading', progress: 0 })
-  const engine = nativeEngine()
-
-  const loading = engine.load(path, opts.threads ?? null)
-  let native: EngineModel
-  if (signal) {
-    let onAbort: () => void = () => {}
-    const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => reject(abortErrorFrom(signal))
-      signal.addEventListener('abort', onAbort, { once: true })
+  let loaded: EngineLoaded
+  try {
+    loaded = await plan.engine.load(plan.source, {
+      threads: opts.threads ?? null,
+      ...(signal ? { signal } : {}),
+      onProgress: progress,
+      cache: opts.cache ?? true,
     })
-    try {
-      native = await Promise.race([loading, aborted])
-    } catch (err) {
-      loading.then(
-        (m) => m.dispose(),
-        () => {},
-      )
-      if (err instanceof Phi2Error) throw err
-      throw fromNativeError(err, { loading: source })
-    } finally {
-      signal.removeEventListener('abort', onAbort)
-    }
-  } else {
-    try {
-      native = await loading
-    } catch (err) {
-      throw fromNativeError(err, { loading: source })
-    }
+  } catch (err) {
+    throw fromNativeError(err, { loading: plan.display })
   }
+  const native = loaded.model
   try {
     progress({ phase: 'loading', progress: 1 })
     const info = native.info
     let tokenizer: Phi2Tokenizer | null = null
-    if (!isDir && extname(path).toLowerCase() === '.gguf') {
-      const vocab = native.ggufVocab()
+    if (plan.useGgufVocab) {
+      const vocab: EngineGgufVocab | null = native.ggufVocab()
       if (vocab) tokenizer = tokenizerFromGguf(vocab)
     }
-    tokenizer ??= tokenizerFromDirectory(isDir ? path : dirname(path)) ?? bundledTokenizer()
+    tokenizer ??= plan.fallbackTokenizer(info)
     progress({ phase: 'tokenizer', progress: 1 })
     let contextLength = info.contextLength
     if (opts.contextLength !== undefined) {
@@ -175,13 +150,17 @@ export async function loadModel(source: string, options?: LoadOptions): Promise<
       }
       contextLength = opts.contextLength
     }
-    const model = new Phi2Model(engine, native, tokenizer, {
+    const runtime: EngineRuntime = loaded.runtime
+    const model = new Phi2Model(plan.engine, native, tokenizer, {
       architecture: info.architecture,
       format: info.format,
       dtype: info.dtype,
-      backend: engine.backend,
-      source: path,
-      fileSizeBytes: weightFilesSize(path, isDir),
+      backend: plan.engine.backend,
+      runtime: { ...runtime },
+      source: plan.display,
+      fileSizeBytes: loaded.fileSizeBytes ?? plan.fileSize?.() ?? 0,
+      fromCache: loaded.fromCache,
+      sha256: loaded.sha256,
       tokenizer: tokenizer.source,
       vocabSize: info.vocabSize,
       tokenizerSize: info.tokenizerSize,
@@ -204,20 +183,10 @@ export async function loadModel(source: string, options?: LoadOptions): Promise<
     progress({ phase: 'ready', progress: 1 })
     return model
   } catch (err) {
-    if (!native.disposed) native.dispose()
+    if (!native.disposed) safeDispose(native)
     if (err instanceof Phi2Error) throw err
-    throw fromNativeError(err, { loading: source })
+    throw fromNativeError(err, { loading: plan.display })
   }
-}
-
-/** Path of the embedded default model: a tiny *random-weight* Phi-2-architecture GGUF (gibberish output). */
-export function defaultModelPath(): string {
-  return packageAsset('default.gguf', 'models')
-}
-
-/** Whether `defaultModelPath()` exists in this installation. */
-export function hasDefaultModel(): boolean {
-  return existsSync(defaultModelPath())
 }
 
 function safeDispose(x: { dispose(): void }): void {
@@ -227,6 +196,9 @@ function safeDispose(x: { dispose(): void }): void {
     // already disposed / model gone: nothing to release
   }
 }
+
+/** @internal the engine model behind a Phi2Model (tests reach the wasm engine's crash hook through it). */
+export const ENGINE_MODEL: unique symbol = Symbol.for('@x/phi2/engine-model') as never
 
 /** A loaded Phi-2 model. Create it with {@link loadModel}; release it with `dispose()` (or `await using`). */
 export class Phi2Model {
@@ -263,6 +235,11 @@ export class Phi2Model {
       createSession: () => this.#createSession(),
       chatClosed: (chat) => this.#chats.delete(chat),
     }
+  }
+
+  /** @internal */
+  get [ENGINE_MODEL](): EngineModel {
+    return this.#native
   }
 
   /** Whether `dispose()` was called. */

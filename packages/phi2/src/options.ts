@@ -12,17 +12,31 @@ import { Phi2OptionsError } from './errors.js'
 // ---------------------------------------------------------------------------------------------
 // Shared pieces
 
-/** Compute backends. Only `'cpu'` exists in this build; `'auto'` picks it. */
+/**
+ * Compute backends. `'cpu'`: the native addon (Node only). `'wasm'`: the wasm32+SIMD128 engine in a
+ * Worker (browsers, and Node). `'auto'`: `'cpu'` in Node, `'wasm'` in browsers. `'cuda'`: not in this build.
+ */
 export type Backend = 'auto' | 'cpu' | 'cuda' | 'wasm'
 
 /** Prompt formats from the Phi-2 model card (see `prompts.ts`). `'none'` sends the prompt as-is. */
 export type PromptFormat = 'qa' | 'chat' | 'code' | 'none'
 
-/** A load progress report: `phase` goes `'loading'` (0 then 1) → `'tokenizer'` (1) → `'ready'` (1). */
+/**
+ * A load progress report: `phase` goes `'download'` (wasm backend: bytes streamed into the engine,
+ * from a URL, the cache, a Blob, bytes or a file; `loadedBytes` grows monotonically to `totalBytes`)
+ * → `'loading'` (0 then 1) → `'tokenizer'` (1) → `'ready'` (1). `'cache-invalid'` (once, progress 0)
+ * when a cached copy failed its sha256 / length check and was deleted: the download starts over.
+ */
 export interface LoadProgress {
-  phase: 'loading' | 'tokenizer' | 'ready'
+  phase: 'download' | 'cache-invalid' | 'loading' | 'tokenizer' | 'ready'
   /** 0..1 within the phase. */
   progress: number
+  /** `'download'`: bytes received so far. */
+  loadedBytes?: number
+  /** `'download'`: size of the file. */
+  totalBytes?: number
+  /** `'download'`: whether the bytes come from the Cache API. */
+  fromCache?: boolean
 }
 
 const isAbortSignal = (v: unknown): v is AbortSignal =>
@@ -40,8 +54,10 @@ const int = (min: number, max: number) => z.number().int().min(min).max(max)
 /** Options of `loadModel(source, options)`. */
 export interface LoadOptions {
   /**
-   * Compute threads. Default: the number of CPU cores. Range: integer 1..1024.
-   * The native compute pool is process-wide: only the first model loaded in a process sets it.
+   * Compute threads. Default: the number of CPU cores (wasm: capped at 8). Range: integer 1..1024.
+   * cpu: the native compute pool is process-wide, only the first model loaded in a process sets it.
+   * wasm: > 1 runs the threaded build where SharedArrayBuffer is usable (Node; cross-origin
+   * isolated pages), else the single-threaded one (see `model.info.runtime.reason`).
    */
   threads?: number
   /**
@@ -51,10 +67,15 @@ export interface LoadOptions {
    */
   contextLength?: number
   /**
-   * Compute backend. Default `'auto'` (= `'cpu'` in this build). `'cuda'` and `'wasm'` are not
-   * available in this build and fail with `E_BACKEND_UNAVAILABLE`.
+   * Compute backend. Default `'auto'` (= `'cpu'` in Node, `'wasm'` in browsers). `'cuda'` is not
+   * available in this build (nor is `'cpu'` in browsers): `E_BACKEND_UNAVAILABLE`.
    */
   backend?: Backend
+  /**
+   * wasm backend, URL sources: keep the file in the Cache API (where `caches` exists, i.e. browsers)
+   * and load it from there next time (verified by sha256 and length). Default true.
+   */
+  cache?: boolean
   /** Called with load progress; at least `{phase:'loading', progress:0}` and `{phase:'loading', progress:1}`. */
   onProgress?: (progress: LoadProgress) => void
   /** Aborts the load: the promise rejects with `Phi2AbortError` (the weights are released). */
@@ -65,6 +86,7 @@ export const LoadOptionsSchema: z.ZodType<LoadOptions> = z.strictObject({
   threads: int(1, 1024).optional(),
   contextLength: int(2, 1 << 24).optional(),
   backend: z.enum(['auto', 'cpu', 'cuda', 'wasm']).optional(),
+  cache: z.boolean().optional(),
   onProgress: z
     .custom<(p: LoadProgress) => void>((v) => typeof v === 'function', { message: 'expected a function' })
     .optional(),

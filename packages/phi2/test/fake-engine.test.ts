@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest'
 import type { Engine, EngineCancelToken, EngineGenerateOptions, EngineModel, EngineSession } from '../src/engine.js'
 import { Phi2Model, type ModelInfo } from '../src/model.js'
-import { bundledTokenizer } from '../src/tokenizer.js'
+import { bundledTokenizer } from '../src/node/files.js'
 
 const tok = bundledTokenizer()
 
@@ -56,7 +56,11 @@ class FakeSession implements EngineSession {
 
 function fakeModel(script: () => number[], failAt?: number) {
   const sessions: FakeSession[] = []
-  const engine: Engine = { backend: 'cpu', load: async () => native, createCancelToken: () => new FakeCancel() }
+  const engine: Engine = {
+    backend: 'cpu',
+    load: async () => ({ model: native, runtime: { backend: 'cpu', build: 'native', threads: 1, reason: 'fake' }, fileSizeBytes: 0, fromCache: false, sha256: null }),
+    createCancelToken: () => new FakeCancel(),
+  }
   const native: EngineModel = {
     info: {} as EngineModel['info'],
     disposed: false,

@@ -16,7 +16,7 @@ function newest(dir: string): number {
 }
 
 export default function setup(): void {
-  const outputs = ['dist/index.js', 'dist/index.cjs', 'dist/index.d.ts', 'dist/cli.js', 'dist/phi2-tokenizer.json', 'models/default.gguf']
+  const outputs = ['dist/index.js', 'dist/index.cjs', 'dist/index.d.ts', 'dist/cli.js', 'dist/browser.js', 'dist/wasm-worker.js', 'dist/wasm-worker.node.js', 'dist/phi2-tokenizer.json', 'models/default.gguf']
   const built = outputs.every((f) => existsSync(join(pkg, f)))
   const sourcesTime = Math.max(newest(join(pkg, 'src')), newest(join(pkg, 'scripts')), statSync(join(pkg, 'package.json')).mtimeMs)
   const builtTime = built ? Math.min(...outputs.filter((f) => f.startsWith('dist/')).map((f) => statSync(join(pkg, f)).mtimeMs)) : 0

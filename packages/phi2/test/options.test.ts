@@ -154,11 +154,16 @@ describe('option validation', () => {
 
   it('reports unavailable backends and load failures with codes', async () => {
     const path = fixture('tiny-q8_0.gguf')
-    for (const backend of ['cuda', 'wasm'] as const) {
+    for (const backend of ['cuda'] as const) {
       const err = await loadModel(path, { backend }).catch((e: unknown) => e)
       expect(err).toBeInstanceOf(Phi2BackendUnavailableError)
       expect(err).toMatchObject({ code: 'E_BACKEND_UNAVAILABLE', backend })
       expect((err as Error).message).toMatch(/not available in this build.*'cpu'/)
+    }
+    // URLs / bytes need the wasm backend.
+    for (const source of ['http://127.0.0.1:9/x.gguf', new Uint8Array(8)] as const) {
+      const err = await loadModel(source as never, { backend: 'cpu' }).catch((e: unknown) => e)
+      expect(err).toMatchObject({ code: 'E_INVALID_OPTION', path: 'source' })
     }
     const phases: string[] = []
     const cpu = await loadModel(path, { backend: 'cpu', contextLength: 64, onProgress: (p) => phases.push(`${p.phase}:${p.progress}`) })

@@ -2,7 +2,7 @@
 // `npm install` the tarballs into an empty project (offline: zod and @huggingface/tokenizers come
 // from the npm cache), then use it through `import`, `require`, the `phi2` bin, and tsc.
 import { execFileSync, spawnSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -49,12 +49,69 @@ afterAll(() => rmSync(tmp, { recursive: true, force: true }))
 const EXPECTED_TOKENS = [11044, 44899, 13104, 2952, 25581] // greedy after "Hello" on the default model
 
 describe('installed package', () => {
-  it('ships dist, the bundled tokenizer and the default model', () => {
+  it('ships dist (Node and browser entries, workers, wasm builds), the bundled tokenizer and the default model', () => {
     const pkg = join(project, 'node_modules/@x/phi2')
     expect(readdirSync(join(pkg, 'dist')).sort()).toEqual(
-      ['cli.js', 'index.cjs', 'index.d.cts', 'index.d.ts', 'index.js', 'phi2-tokenizer.json'].sort(),
+      [
+        'browser.d.ts',
+        'browser.js',
+        'cli.js',
+        'index.cjs',
+        'index.d.cts',
+        'index.d.ts',
+        'index.js',
+        'phi2-tokenizer.json',
+        'wasm',
+        'wasm-worker.js',
+        'wasm-worker.node.js',
+      ].sort(),
     )
+    for (const flavour of ['st', 'mt']) {
+      const files = readdirSync(join(pkg, 'dist/wasm', flavour))
+      expect(files).toContain('phi2_wasm.js')
+      expect(files).toContain('phi2_wasm_bg.wasm')
+    }
     expect(readdirSync(join(pkg, 'models'))).toEqual(['default.gguf'])
+  })
+
+  it('resolves the "browser" export condition to dist/browser.js, with the browser API', async () => {
+    const pkg = join(project, 'node_modules/@x/phi2')
+    const manifest = JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8'))
+    expect(Object.keys(manifest.exports['.'])[0]).toBe('browser')
+    expect(manifest.exports['.'].browser).toEqual({ types: './dist/browser.d.ts', default: './dist/browser.js' })
+    // Resolve the way a bundler does (conditions browser + import), then check the module's API.
+    const out = run(
+      process.execPath,
+      [
+        '--conditions=browser',
+        '--input-type=module',
+        '-e',
+        `const m = await import('@x/phi2'); console.log(JSON.stringify({ keys: Object.keys(m).sort(), url: m.defaultModelUrl(), resolved: import.meta.resolve('@x/phi2') }))`,
+      ],
+      project,
+    )
+    const { keys, url, resolved } = JSON.parse(out) as { keys: string[]; url: string; resolved: string }
+    expect(resolved.endsWith('/node_modules/@x/phi2/dist/browser.js')).toBe(true)
+    for (const k of ['loadModel', 'defaultModelUrl', 'Phi2Model', 'Phi2Chat', 'GenerateOptionsSchema', 'LoadOptionsSchema', 'formatQA', 'Phi2Tokenizer', 'Phi2Error', 'Phi2ModelLoadError', 'Phi2EngineCrashedError']) {
+      expect(keys).toContain(k)
+    }
+    for (const k of ['defaultModelPath', 'hasDefaultModel', 'bundledTokenizer']) expect(keys).not.toContain(k)
+    expect(url.endsWith('/node_modules/@x/phi2/models/default.gguf')).toBe(true)
+    const browserJs = readFileSync(join(pkg, 'dist/browser.js'), 'utf8')
+    expect(browserJs).toContain(`new Worker(new URL("./wasm-worker.js", import.meta.url), { type: "module" })`)
+    expect(browserJs).not.toMatch(/["']node:/)
+    // In Node (no browser condition), backend 'cpu' is refused by the browser entry with a typed error.
+    const refused = run(
+      process.execPath,
+      [
+        '--conditions=browser',
+        '--input-type=module',
+        '-e',
+        `const m = await import('@x/phi2'); try { await m.loadModel('http://127.0.0.1:9/x.gguf', { backend: 'cpu' }) } catch (e) { console.log(e.code) }`,
+      ],
+      project,
+    )
+    expect(refused.trim()).toBe('E_BACKEND_UNAVAILABLE')
   })
 
   it('works through import (ESM)', () => {

@@ -2,7 +2,7 @@
 // strings (src/text.ts, internal) and the prompt formats.
 import { describe, expect, it } from 'vitest'
 import { CODE_STOP, QA_STOP, Utf8StreamDecoder, chatStop, formatChat, formatCode, formatPrompt, formatQA } from '@x/phi2'
-import { bundledTokenizer } from '../src/tokenizer.js'
+import { bundledTokenizer } from '../src/node/files.js'
 import { TextAssembler, type TextPiece } from '../src/text.js'
 
 const tok = bundledTokenizer()

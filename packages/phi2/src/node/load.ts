@@ -1,0 +1,155 @@
+/**
+ * Node's `loadModel()`: a path (native `cpu` backend, or `wasm`), or — with backend `'wasm'` — a
+ * URL, Blob or bytes like in browsers. Node only.
+ */
+import { existsSync, readdirSync, statSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
+import { basename, dirname, extname, join, resolve } from 'node:path'
+import { Worker } from 'node:worker_threads'
+import type { EngineSource } from '../engine.js'
+import { Phi2BackendUnavailableError, Phi2ModelLoadError, abortErrorFrom } from '../errors.js'
+import { type Phi2Model, loadWithEngine } from '../model.js'
+import { type LoadOptions, LoadOptionsSchema, invalidOption, parseOptions } from '../options.js'
+import { sourceFromValue, type ModelSource } from '../sources.js'
+import { type WasmEnvironment, type WorkerHandle, wasmEngine } from '../wasm/client.js'
+import { bundledTokenizer, packageAsset, tokenizerFromDirectory } from './files.js'
+import { nativeEngine } from './native.js'
+
+function weightFilesSize(path: string, isDir: boolean): number {
+  if (!isDir) return statSync(path).size
+  let total = 0
+  for (const f of readdirSync(path)) {
+    if (/\.(safetensors|gguf|bin)$/.test(f)) total += statSync(join(path, f)).size
+  }
+  return total
+}
+
+/** The wasm engine in Node: worker_threads running dist/wasm-worker.node.js (pkg or pkg-mt). */
+const nodeWasmEnv: WasmEnvironment = {
+  platform: 'node',
+  spawn(on) {
+    const w = new Worker(new URL('./wasm-worker.node.js', import.meta.url))
+    w.on('message', (m) => on.message(m))
+    w.on('messageerror', (e) => on.error(e))
+    w.on('error', (e) => on.error(e))
+    w.on('exit', (code) => on.exit(code))
+    const handle: WorkerHandle = {
+      post: (msg, transfer) => w.postMessage(msg, transfer as never),
+      terminate: () => void w.terminate(),
+      ref: () => w.ref(),
+      unref: () => w.unref(),
+    }
+    return handle
+  },
+  sharedMemory: () =>
+    typeof SharedArrayBuffer === 'function'
+      ? { usable: true, reason: 'Node.js: SharedArrayBuffer available' }
+      : { usable: false, reason: 'SharedArrayBuffer is not available in this Node.js' },
+  defaultThreads: () => availableParallelism(),
+}
+
+let wasmNode: ReturnType<typeof wasmEngine> | undefined
+
+/**
+ * Loads a Phi-2 model.
+ *
+ * - backend `'cpu'` / `'auto'` (native addon): a `.gguf` file, a `.safetensors` file (with
+ *   `config.json` next to it), or a Hugging Face model directory (`config.json` + `*.safetensors`
+ *   shards, ideally `tokenizer.json`).
+ * - backend `'wasm'` (the wasm engine in a worker thread): a `.gguf` path, an `http(s)://` URL (or
+ *   `URL`), a `Blob`, an `ArrayBuffer` or a `Uint8Array` (buffers are transferred to the worker:
+ *   they are detached afterwards; pass `bytes.slice()` to keep a copy).
+ *
+ * Rejects with {@link Phi2ModelLoadError} (`E_IO`, `E_MALFORMED_FILE`, `E_BAD_CONFIG`,
+ * `E_MODEL_TOO_LARGE`, ...), {@link Phi2OptionsError}, {@link Phi2BackendUnavailableError} or
+ * {@link Phi2AbortError}.
+ */
+export async function loadModel(source: ModelSource, options?: LoadOptions): Promise<Phi2Model> {
+  const opts = parseOptions(LoadOptionsSchema, options, 'loadModel')
+  const backend = opts.backend ?? 'auto'
+  if (backend === 'cuda') {
+    throw new Phi2BackendUnavailableError('cuda', `The 'cuda' backend is not available in this build of @x/phi2: use backend 'cpu' (or 'auto') or 'wasm'`)
+  }
+  if (opts.signal?.aborted) throw abortErrorFrom(opts.signal)
+  if (backend === 'wasm') return loadNodeWasm(source, opts)
+  if (typeof source !== 'string' || source.length === 0) {
+    invalidOption(
+      'source',
+      'loadModel',
+      typeof source === 'string' || source === undefined || source === null
+        ? 'must be a path to a .gguf / .safetensors file or a model directory'
+        : `must be a path for backend '${backend}' (URLs, Blobs and bytes need backend 'wasm')`,
+    )
+  }
+  if (/^https?:\/\//i.test(source)) {
+    invalidOption('source', 'loadModel', `is a URL: backend '${backend}' loads files from a path, use backend 'wasm' for URLs`)
+  }
+  const path = resolve(source)
+  let isDir: boolean
+  try {
+    isDir = statSync(path).isDirectory()
+  } catch (err) {
+    throw new Phi2ModelLoadError('E_IO', source, `Could not load model ${JSON.stringify(source)}: no such file or directory`, {
+      cause: err,
+    })
+  }
+  return loadWithEngine({
+    engine: nativeEngine(),
+    source: { kind: 'path', path, name: source },
+    display: path,
+    options: opts,
+    useGgufVocab: !isDir && extname(path).toLowerCase() === '.gguf',
+    fallbackTokenizer: () => tokenizerFromDirectory(isDir ? path : dirname(path)) ?? bundledTokenizer(),
+    fileSize: () => weightFilesSize(path, isDir),
+  })
+}
+
+async function loadNodeWasm(source: ModelSource, opts: LoadOptions): Promise<Phi2Model> {
+  let engineSource: EngineSource
+  let display: string
+  let dir: string | null = null
+  if (typeof source === 'string' && !/^https?:\/\//i.test(source) && !/^(blob|data):/i.test(source)) {
+    if (source.length === 0) invalidOption('source', 'loadModel', 'must not be empty')
+    const path = resolve(source)
+    let st
+    try {
+      st = statSync(path)
+    } catch (err) {
+      throw new Phi2ModelLoadError('E_IO', source, `Could not load model ${JSON.stringify(source)}: no such file or directory`, { cause: err })
+    }
+    if (st.isDirectory()) {
+      throw new Phi2ModelLoadError(
+        'E_UNSUPPORTED_FORMAT',
+        source,
+        `Could not load model ${JSON.stringify(source)}: the wasm backend reads GGUF files only, not a safetensors model directory (use backend 'cpu', or a GGUF of the model)`,
+      )
+    }
+    engineSource = { kind: 'path', path, name: basename(path) }
+    display = path
+    dir = dirname(path)
+  } else {
+    const s = sourceFromValue(source, undefined)
+    engineSource = s.source
+    display = s.display
+  }
+  wasmNode ??= wasmEngine(nodeWasmEnv)
+  return loadWithEngine({
+    engine: wasmNode,
+    source: engineSource,
+    display,
+    options: opts,
+    useGgufVocab: true,
+    // As on the cpu path: tokenizer.json next to the file, else the bundled Phi-2 tokenizer.
+    fallbackTokenizer: () => (dir !== null ? tokenizerFromDirectory(dir) : null) ?? bundledTokenizer(),
+  })
+}
+
+/** Path of the embedded default model: a tiny *random-weight* Phi-2-architecture GGUF (gibberish output). */
+export function defaultModelPath(): string {
+  return packageAsset('default.gguf', 'models')
+}
+
+/** Whether `defaultModelPath()` exists in this installation. */
+export function hasDefaultModel(): boolean {
+  return existsSync(defaultModelPath())
+}

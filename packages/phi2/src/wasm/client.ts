@@ -1,0 +1,425 @@
+/**
+ * The wasm engine on the calling thread: implements the {@link Engine} interface by messages to the
+ * engine worker (see `worker-core.ts`). Platform-neutral: the entry gives it a
+ * {@link WasmEnvironment} (how to spawn the worker script, whether SharedArrayBuffer is usable,
+ * the default thread count).
+ *
+ * One engine worker per loaded model. With pkg-mt the thread-pool workers are spawned HERE (the
+ * client), from the same script, each receiving `{ module, memory }` forwarded from the engine
+ * worker; they block in `Atomics.wait` inside their own worker, never on this thread.
+ *
+ * Failure model: a worker error, a wasm trap or an unexpected exit rejects every pending call with
+ * {@link Phi2EngineCrashedError} (`E_ENGINE_CRASHED`) and terminates the workers; later calls reject
+ * with it too. `dispose()` terminates the workers.
+ */
+import type {
+  Engine,
+  EngineCancelToken,
+  EngineGenerateOptions,
+  EngineGenerateResult,
+  EngineGgufVocab,
+  EngineLoadOptions,
+  EngineLoaded,
+  EngineModel,
+  EngineModelInfo,
+  EngineRuntime,
+  EngineSession,
+  EngineSource,
+} from '../engine.js'
+import { Phi2DisposedError, Phi2EngineCrashedError, Phi2Error, abortErrorFrom, fromNativeError } from '../errors.js'
+import { type FromWorker, type InitReply, type LoadReply, type Request, type ToWorker, fromWire } from './protocol.js'
+
+export interface WorkerHandle {
+  post(msg: ToWorker, transfer?: Transferable[]): void
+  terminate(): void
+  /** Node: keep the process alive while calls are pending (and only then). */
+  ref?(): void
+  unref?(): void
+}
+
+export interface WorkerEvents {
+  message(msg: FromWorker): void
+  error(err: unknown): void
+  exit(code: number): void
+}
+
+export interface WasmEnvironment {
+  platform: 'node' | 'browser'
+  /** Starts the worker script (`wasm-worker.js` / `wasm-worker.node.js`). */
+  spawn(on: WorkerEvents): WorkerHandle
+  sharedMemory(): { usable: boolean; reason: string }
+  defaultThreads(): number
+}
+
+/** The most threads the wasm engine uses by default. */
+export const WASM_DEFAULT_MAX_THREADS = 8
+const THREAD_START_TIMEOUT_MS = 60_000
+
+/** Internal test hook on the engine model: make the engine worker fail like a crash. */
+export const CRASH_ENGINE = Symbol.for('@x/phi2/crash-engine-worker')
+
+interface Pending {
+  resolve(v: unknown): void
+  reject(e: unknown): void
+  onToken?: (t: number) => void
+  onProgress?: (m: Extract<FromWorker, { kind: 'progress' }>) => void
+}
+
+function describe(err: unknown): string {
+  if (err && typeof err === 'object' && 'message' in err && typeof (err as Error).message === 'string') return (err as Error).message
+  return String(err)
+}
+
+/** One engine worker (+ its thread workers) and the calls in flight on it. */
+class Connection {
+  readonly #env: WasmEnvironment
+  readonly #engine: WorkerHandle
+  readonly #threads: WorkerHandle[] = []
+  readonly #pending = new Map<number, Pending>()
+  #nextId = 1
+  /** Set once: why every call fails from now on (crash or dispose). */
+  failure: Phi2Error | null = null
+  #threadEvents: ((m: FromWorker) => void) | null = null
+
+  constructor(env: WasmEnvironment) {
+    this.#env = env
+    this.#engine = env.spawn({
+      message: (m) => this.#onMessage(m),
+      error: (e) => this.crash(`the engine worker failed: ${describe(e)}`, e),
+      exit: (code) => this.crash(`the engine worker exited unexpectedly (code ${code})`),
+    })
+    this.#engine.unref?.()
+  }
+
+  #onMessage(m: FromWorker): void {
+    if (m.kind === 'thread-ready' || m.kind === 'thread-failed') return
+    const p = this.#pending.get(m.id)
+    if (!p) return
+    if (m.kind === 'token') p.onToken?.(m.token)
+    else if (m.kind === 'progress') p.onProgress?.(m)
+    else {
+      this.#settle(m.id)
+      if (m.ok) p.resolve(m.value)
+      else {
+        const err = fromNativeError(fromWire(m.error))
+        p.reject(err)
+        if (m.fatal) this.crash(m.error.message, err)
+      }
+    }
+  }
+
+  #settle(id: number): void {
+    this.#pending.delete(id)
+    if (this.#pending.size === 0) this.#engine.unref?.()
+  }
+
+  call<T>(req: Request, transfer?: Transferable[], hooks?: Omit<Pending, 'resolve' | 'reject'>): { id: number; promise: Promise<T> } {
+    const id = this.#nextId++
+    if (this.failure) return { id, promise: Promise.reject(this.failure) }
+    const promise = new Promise<T>((resolve, reject) => {
+      this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject, ...hooks })
+    })
+    if (this.#pending.size === 1) this.#engine.ref?.()
+    try {
+      this.#engine.post({ kind: 'call', id, req }, transfer)
+    } catch (err) {
+      const p = this.#pending.get(id)
+      this.#settle(id)
+      p?.reject(new Phi2Error('E_INVALID_ARGUMENT', `Could not send the request to the engine worker: ${describe(err)}`, { cause: err }))
+    }
+    return { id, promise }
+  }
+
+  post(msg: ToWorker): void {
+    if (!this.failure) this.#engine.post(msg)
+  }
+
+  /** Spawns `n` thread workers for pkg-mt and waits until each is about to run its pool loop. */
+  async startThreads(n: number, module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<void> {
+    let ready = 0
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`thread workers did not start within ${THREAD_START_TIMEOUT_MS / 1000} s`)), THREAD_START_TIMEOUT_MS)
+      const done = (err?: unknown) => {
+        clearTimeout(timer)
+        if (err) reject(err)
+        else resolve()
+      }
+      for (let i = 0; i < n; i++) {
+        let started = false
+        const w = this.#env.spawn({
+          message: (m) => {
+            if (m.kind === 'thread-ready' && !started) {
+              started = true
+              if (++ready === n) done()
+            } else if (m.kind === 'thread-failed') {
+              const e = fromWire(m.error)
+              if (ready < n) done(e)
+              else this.crash(`a thread worker failed: ${e.message}`, e)
+            }
+          },
+          error: (e) => {
+            if (ready < n) done(e)
+            else this.crash(`a thread worker failed: ${describe(e)}`, e)
+          },
+          exit: (code) => {
+            if (ready < n) done(new Error(`a thread worker exited (code ${code})`))
+            else this.crash(`a thread worker exited unexpectedly (code ${code})`)
+          },
+        })
+        w.unref?.()
+        this.#threads.push(w)
+        w.post({ kind: 'thread', module, memory })
+      }
+    })
+    this.#threadEvents = null
+  }
+
+  /** The worker died: every pending and later call rejects with E_ENGINE_CRASHED. */
+  crash(reason: string, cause?: unknown): void {
+    if (this.failure) return
+    this.#shutdown(new Phi2EngineCrashedError(`The wasm engine stopped: ${reason}`, cause !== undefined ? { cause } : undefined))
+  }
+
+  /** Ends the workers; pending calls reject with `err`. */
+  close(err: Phi2Error): void {
+    if (this.failure) return
+    this.#shutdown(err)
+  }
+
+  #shutdown(err: Phi2Error): void {
+    this.failure = err
+    const pending = [...this.#pending.values()]
+    this.#pending.clear()
+    for (const w of [this.#engine, ...this.#threads]) {
+      try {
+        w.terminate()
+      } catch {
+        // already gone
+      }
+    }
+    for (const p of pending) p.reject(err)
+  }
+}
+
+class WasmCancel implements EngineCancelToken {
+  cancelled = false
+  #hooks: Array<() => void> = []
+  cancel(): void {
+    if (this.cancelled) return
+    this.cancelled = true
+    for (const h of this.#hooks.splice(0)) h()
+  }
+  bind(h: () => void): void {
+    if (this.cancelled) h()
+    else this.#hooks.push(h)
+  }
+}
+
+class WasmEngineSession implements EngineSession {
+  constructor(
+    private readonly conn: Connection,
+    private readonly sid: number,
+  ) {
+    conn.call({ op: 'session', sid }).promise.catch(() => {})
+  }
+
+  generate(
+    tokens: number[],
+    options: EngineGenerateOptions,
+    onToken: (err: Error | null, token: number) => void,
+    cancel?: EngineCancelToken | null,
+  ): Promise<EngineGenerateResult> {
+    if (cancel?.cancelled) {
+      return Promise.resolve({ tokens: [], finishReason: 'abort', promptTokens: tokens.length, promptTokensEvaluated: 0, promptMs: 0, generateMs: 0 })
+    }
+    const { id, promise } = this.conn.call<EngineGenerateResult>(
+      { op: 'generate', sid: this.sid, tokens: [...tokens], options },
+      undefined,
+      { onToken: (t) => onToken(null, t) },
+    )
+    if (cancel instanceof WasmCancel) cancel.bind(() => this.conn.post({ kind: 'cancel', id }))
+    return promise
+  }
+
+  reset(): void {
+    this.conn.call({ op: 'reset', sid: this.sid }).promise.catch(() => {})
+  }
+
+  dispose(): void {
+    this.conn.call({ op: 'sessionDispose', sid: this.sid }).promise.catch(() => {})
+  }
+}
+
+class WasmEngineModel implements EngineModel {
+  readonly info: EngineModelInfo
+  readonly #vocab: EngineGgufVocab | null
+  readonly #conn: Connection
+  #nextSid = 1
+  #disposed = false
+
+  constructor(conn: Connection, loaded: LoadReply) {
+    this.#conn = conn
+    this.info = loaded.info
+    this.#vocab = loaded.vocab
+  }
+
+  get disposed(): boolean {
+    return this.#disposed
+  }
+
+  ggufVocab(): EngineGgufVocab | null {
+    return this.#vocab
+  }
+
+  createSession(): EngineSession {
+    if (this.#disposed) throw new Phi2DisposedError()
+    if (this.#conn.failure) throw this.#conn.failure
+    return new WasmEngineSession(this.#conn, this.#nextSid++)
+  }
+
+  logprobs(tokens: number[], cancel?: EngineCancelToken | null): Promise<Float32Array> {
+    const { id, promise } = this.#conn.call<Float32Array>({ op: 'logprobs', tokens: [...tokens] })
+    if (cancel instanceof WasmCancel) cancel.bind(() => this.#conn.post({ kind: 'cancel', id }))
+    return promise
+  }
+
+  dispose(): void {
+    if (this.#disposed) return
+    this.#disposed = true
+    this.#conn.close(new Phi2DisposedError())
+  }
+
+  /** Test hook (internal): simulate a crash of the engine worker. */
+  [CRASH_ENGINE](mode: 'throw' | 'exit'): void {
+    this.#conn.post({ kind: 'crash', mode })
+  }
+}
+
+/** Bytes go to the worker by transfer (no copy); a view on part of a larger buffer is copied first. */
+function transferable(source: EngineSource): { source: EngineSource; transfer: Transferable[] } {
+  if (source.kind !== 'bytes') return { source, transfer: [] }
+  let bytes = source.bytes
+  const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer
+  if (!whole) bytes = bytes.slice()
+  return { source: { ...source, bytes }, transfer: [bytes.buffer as ArrayBuffer] }
+}
+
+/** The wasm engine for an environment. */
+export function wasmEngine(env: WasmEnvironment): Engine {
+  async function start(flavour: 'st' | 'mt', threads: number): Promise<{ conn: Connection; build: EngineRuntime['build']; threads: number; note: string | null }> {
+    const conn = new Connection(env)
+    try {
+      const init = await conn.call<InitReply>({ op: 'init', flavour }).promise
+      if (flavour === 'st' || !init.available) {
+        return {
+          conn,
+          build: 'wasm-simd',
+          threads: 1,
+          note: flavour === 'mt' ? 'the multi-threaded build (pkg-mt) is not in this package: single-threaded SIMD build' : null,
+        }
+      }
+      await conn.startThreads(threads, init.module!, init.memory!)
+      const size = await conn.call<number>({ op: 'pool', threads }).promise
+      return { conn, build: 'wasm-simd-threads', threads: size, note: null }
+    } catch (err) {
+      conn.close(err instanceof Phi2Error ? err : new Phi2EngineCrashedError(describe(err), { cause: err }))
+      throw err
+    }
+  }
+
+  return {
+    backend: 'wasm',
+    createCancelToken: () => new WasmCancel(),
+    async load(source: EngineSource, options: EngineLoadOptions): Promise<EngineLoaded> {
+      const signal = options.signal
+      const requested = options.threads ?? null
+      const threads = requested ?? Math.max(1, Math.min(WASM_DEFAULT_MAX_THREADS, env.defaultThreads()))
+      const sm = env.sharedMemory()
+      let reason: string
+      let flavour: 'st' | 'mt' = 'st'
+      if (threads <= 1) {
+        reason = requested !== null ? 'threads: 1 requested: single-threaded SIMD build' : 'one CPU core available: single-threaded SIMD build'
+      } else if (!sm.usable) {
+        reason = `${sm.reason}: single-threaded SIMD build`
+      } else {
+        flavour = 'mt'
+        reason = sm.reason
+      }
+      let aborted = false
+      let onAbort: () => void = () => {}
+      const abortedP = new Promise<never>((_, reject) => {
+        onAbort = () => {
+          aborted = true
+          reject(abortErrorFrom(signal))
+        }
+      })
+      abortedP.catch(() => {})
+      signal?.addEventListener('abort', onAbort, { once: true })
+      let conn: Connection | null = null
+      try {
+        const started = start(flavour, threads).catch(async (err: unknown) => {
+          if (flavour !== 'mt' || aborted) throw err
+          // The threaded start failed (e.g. shared memory refused): run single-threaded, say why.
+          const st = await start('st', 1)
+          return { ...st, note: `the threaded build could not start (${describe(err)}): single-threaded SIMD build` }
+        })
+        started.then(
+          (s) => {
+            if (aborted) s.conn.close(abortErrorFrom(signal))
+          },
+          () => {},
+        )
+        const s = await Promise.race([started, abortedP])
+        conn = s.conn
+        if (s.note) reason = s.note
+        else if (s.build === 'wasm-simd-threads') reason = `${reason}, ${s.threads} threads`
+        const { source: src, transfer } = transferable(source)
+        const onProgress = options.onProgress
+        const { id, promise } = conn.call<LoadReply>({ op: 'load', source: src, cache: options.cache ?? true }, transfer, {
+          onProgress: (m) => {
+            if (m.phase === 'download') {
+              onProgress?.({
+                phase: 'download',
+                progress: m.totalBytes > 0 ? m.loadedBytes / m.totalBytes : 1,
+                loadedBytes: m.loadedBytes,
+                totalBytes: m.totalBytes,
+                fromCache: m.fromCache,
+              })
+            } else onProgress?.({ phase: 'cache-invalid', progress: 0, loadedBytes: 0, totalBytes: m.totalBytes, fromCache: true })
+          },
+        })
+        const c = conn
+        const abortLoad = () => {
+          c.post({ kind: 'abortLoad', id })
+          // Let the worker abort its fetch and clean the cache entry, then end it.
+          const t = setTimeout(() => c.close(abortErrorFrom(signal)), 1000)
+          ;(t as { unref?: () => void }).unref?.()
+          promise.then(
+            () => c.close(abortErrorFrom(signal)),
+            () => c.close(abortErrorFrom(signal)),
+          )
+        }
+        if (aborted) abortLoad()
+        else signal?.addEventListener('abort', abortLoad, { once: true })
+        let loaded: LoadReply
+        try {
+          loaded = await Promise.race([promise, abortedP])
+        } finally {
+          signal?.removeEventListener('abort', abortLoad)
+        }
+        return {
+          model: new WasmEngineModel(conn, loaded),
+          runtime: { backend: 'wasm', build: s.build, threads: s.threads, reason },
+          fileSizeBytes: loaded.fileSizeBytes,
+          fromCache: loaded.fromCache,
+          sha256: loaded.sha256,
+        }
+      } catch (err) {
+        if (conn && !aborted) conn.close(err instanceof Phi2Error ? err : new Phi2DisposedError())
+        throw err
+      } finally {
+        signal?.removeEventListener('abort', onAbort)
+      }
+    },
+  }
+}

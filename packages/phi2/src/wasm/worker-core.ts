@@ -1,0 +1,603 @@
+/**
+ * The wasm engine worker (platform-neutral core; `wasm-worker.ts` / `wasm-worker-node.ts` give it
+ * the glue modules and the platform's messaging). Roles, chosen by the first message:
+ *
+ * - engine: instantiates pkg (st) or pkg-mt (mt), loads the model by streaming the source (fetch,
+ *   Cache API, `blob.stream()`, transferred bytes, a file in Node) into `WasmModelLoader`, keeps
+ *   sessions by id, and runs generate / logprobs calls one at a time (a FIFO queue). Generation is
+ *   step-wise (`begin` / `step` / `end`) and yields to the event loop between tokens, so a `cancel`
+ *   message is handled before the next token; tokens are posted as they come.
+ * - thread (pkg-mt): `initSync({ module, memory })` then `threadWorkerRun()`, which never returns.
+ *
+ * Older engine builds without `WasmModelLoader` / `begin` are still driven (buffer the file once;
+ * whole `generate` call with streamed tokens), so the SDK works against either.
+ */
+import type { EngineGenerateOptions, EngineGenerateResult, EngineGgufVocab, EngineModelInfo, EngineSource } from '../engine.js'
+import { type FromWorker, type InitReply, type LoadReply, type Request, type ToWorker, toWire } from './protocol.js'
+
+// ---------------------------------------------------------------------------------------------
+// What the worker needs from the wasm-bindgen glue (pkg and pkg-mt export the same names)
+
+interface WasmSessionLike {
+  begin?(tokens: Uint32Array, options: Partial<EngineGenerateOptions>): void
+  step?(): number | undefined
+  end?(): EngineGenerateResult
+  generate(
+    tokens: Uint32Array,
+    options: Partial<EngineGenerateOptions>,
+    onToken: ((err: null, id: number) => boolean | void) | null,
+    cancel: unknown,
+  ): EngineGenerateResult
+  reset(): void
+  dispose(): void
+  free?(): void
+}
+
+interface WasmModelLike {
+  readonly info: EngineModelInfo
+  ggufVocab(): EngineGgufVocab | null
+  createSession(): WasmSessionLike
+  logprobs(tokens: Uint32Array, cancel: unknown): Float32Array
+  dispose(): void
+  free?(): void
+}
+
+interface LoaderLike {
+  push(chunk: Uint8Array): void
+  readonly received: number
+  sha256(): string | null | Promise<string | null>
+  finish(): WasmModelLike
+  free?(): void
+}
+
+export interface Glue {
+  initSync(arg: { module: WebAssembly.Module; memory?: WebAssembly.Memory }): { memory: WebAssembly.Memory }
+  WasmModel: { load(bytes: Uint8Array, name?: string | null): WasmModelLike }
+  WasmModelLoader?: new (name: string, totalBytes: number, hash: boolean) => LoaderLike
+  threadsSupported?(): boolean
+  threadWorkerRun?(): void
+  threadPoolBuild?(n: number): void
+  threadPoolSize?(): number
+  /** Set by the package build when pkg-mt was not available: a placeholder module. */
+  __phi2_missing?: boolean
+}
+
+export interface WorkerHost {
+  post(msg: FromWorker, transfer?: Transferable[]): void
+  listen(cb: (msg: ToWorker) => void): void
+  glue: { st: Glue; mt: Glue }
+  /** The compiled .wasm of a flavour (browser: fetched from its bundled URL; Node: read from dist/wasm). */
+  compile(flavour: 'st' | 'mt'): Promise<WebAssembly.Module>
+  /** Node: a file as a stream. */
+  openPath?(path: string): Promise<{ size: number; stream: ReadableStream<Uint8Array> }>
+  /** A macrotask turn (lets queued messages, e.g. cancel, run). */
+  yieldNow(): Promise<void>
+  /** Ends this worker thread at once (test hook). */
+  exitNow(): void
+}
+
+function coded(code: string, message: string): Error & { code: string } {
+  const e = new Error(message) as Error & { code: string }
+  e.code = code
+  return e
+}
+
+const CHUNK = 4 << 20
+/** The buffered fallback (old engine builds) holds the whole file in one JS ArrayBuffer. */
+const FALLBACK_MAX = 2 ** 31 - 1
+const CACHE_BODY = 'phi2-models-v1'
+const CACHE_META = 'phi2-models-meta-v1'
+
+async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>))
+  let s = ''
+  for (const b of d) s += b.toString(16).padStart(2, '0')
+  return s
+}
+
+/** `WasmModelLoader` stand-in for engine builds without it: one buffer, `WasmModel.load` at the end. */
+class BufferedLoader implements LoaderLike {
+  #buf: Uint8Array
+  received = 0
+  constructor(
+    private readonly glue: Glue,
+    private readonly name: string,
+    private readonly total: number,
+    private readonly hash: boolean,
+    bytes?: Uint8Array,
+  ) {
+    if (total > FALLBACK_MAX) {
+      throw coded('E_MODEL_TOO_LARGE', `${name} is ${total} bytes: this engine build loads at most ${FALLBACK_MAX} bytes (use a Q4_0 / Q4_K / Q8_0 GGUF)`)
+    }
+    this.#buf = bytes ?? new Uint8Array(total)
+    if (bytes) this.received = bytes.byteLength
+  }
+  push(chunk: Uint8Array): void {
+    if (this.received + chunk.byteLength > this.total) throw coded('E_INVALID_ARGUMENT', `more than the announced ${this.total} bytes`)
+    this.#buf.set(chunk, this.received)
+    this.received += chunk.byteLength
+  }
+  async sha256(): Promise<string | null> {
+    return this.hash && this.received === this.total ? sha256Hex(this.#buf) : null
+  }
+  finish(): WasmModelLike {
+    if (this.received < this.total) throw coded('E_MALFORMED_FILE', `truncated: ${this.received} of ${this.total} bytes arrived`)
+    const m = this.glue.WasmModel.load(this.#buf, this.name)
+    this.#buf = new Uint8Array(0)
+    return m
+  }
+  free(): void {
+    this.#buf = new Uint8Array(0)
+  }
+}
+
+/** GGUF magic check on the first bytes: names safetensors files explicitly. */
+function checkMagic(head: Uint8Array, name: string): void {
+  if (head.byteLength < 9) return
+  if (head[0] === 0x47 && head[1] === 0x47 && head[2] === 0x55 && head[3] === 0x46) return // "GGUF"
+  const dv = new DataView(head.buffer, head.byteOffset, head.byteLength)
+  const headerLen = dv.getBigUint64(0, true)
+  if (head[8] === 0x7b && headerLen > 1n && headerLen < 1n << 32n) {
+    throw coded(
+      'E_UNSUPPORTED_FORMAT',
+      `${name} is a safetensors file: the wasm backend reads GGUF files only (use a GGUF of the model, e.g. phi-2.Q4_K_M.gguf, or backend 'cpu' in Node)`,
+    )
+  }
+  throw coded('E_MALFORMED_FILE', `${name} is not a GGUF file (no "GGUF" magic at offset 0)`)
+}
+
+interface Opened {
+  total: number
+  stream?: ReadableStream<Uint8Array>
+  bytes?: Uint8Array
+  fromCache: boolean
+}
+
+export function runWorker(host: WorkerHost): void {
+  let role: 'none' | 'engine' | 'thread' = 'none'
+  let glue: Glue | null = null
+  let model: WasmModelLike | null = null
+  const sessions = new Map<number, WasmSessionLike>()
+  const queue: Array<{ id: number; run: () => Promise<void>; cancelled: () => void }> = []
+  let pumping = false
+  const cancelled = new Set<number>()
+  const loads = new Map<number, AbortController>()
+
+  const reply = (id: number, value: unknown, transfer?: Transferable[]) => host.post({ kind: 'reply', id, ok: true, value }, transfer)
+  const fail = (id: number, err: unknown) => {
+    const fatal = typeof WebAssembly !== 'undefined' && err instanceof WebAssembly.RuntimeError
+    const wire = toWire(err)
+    if (fatal) {
+      wire.code = 'E_ENGINE_CRASHED'
+      wire.message = `The wasm engine trapped (${wire.message}); the engine is unusable, load the model again`
+    }
+    host.post({ kind: 'reply', id, ok: false, error: wire, ...(fatal ? { fatal: true } : {}) })
+  }
+
+  async function pump(): Promise<void> {
+    if (pumping) return
+    pumping = true
+    try {
+      while (queue.length > 0) {
+        const job = queue.shift()!
+        await job.run()
+      }
+    } finally {
+      pumping = false
+    }
+  }
+
+  function needModel(): WasmModelLike {
+    if (!model) throw coded('E_DISPOSED', 'no model is loaded in this engine worker')
+    return model
+  }
+
+  function needSession(sid: number): WasmSessionLike {
+    const s = sessions.get(sid)
+    if (!s) throw coded('E_DISPOSED', `session ${sid} does not exist (disposed)`)
+    return s
+  }
+
+  // ------------------------------------------------------------------ loading
+
+  async function consume(
+    id: number,
+    opened: Opened,
+    name: string,
+    hash: boolean,
+    signal: AbortSignal,
+  ): Promise<{ model: WasmModelLike; sha256: string | null }> {
+    const g = glue!
+    const total = opened.total
+    const reader = opened.stream?.getReader()
+    let loader: LoaderLike | null = null
+    let finishing = false
+    let lastPosted = -1
+    const progress = (loaded: number) => {
+      if (loaded === lastPosted) return
+      if (loaded !== total && lastPosted >= 0 && loaded - lastPosted < total / 200) return
+      lastPosted = loaded
+      host.post({ kind: 'progress', id, phase: 'download', loadedBytes: loaded, totalBytes: total, fromCache: opened.fromCache })
+    }
+    try {
+      if (g.WasmModelLoader) loader = new g.WasmModelLoader(name, total, hash)
+      else loader = new BufferedLoader(g, name, total, hash, opened.bytes && opened.bytes.byteLength === total ? opened.bytes : undefined)
+      progress(0)
+      let first = true
+      const push = (chunk: Uint8Array) => {
+        if (first) {
+          checkMagic(chunk, name)
+          first = false
+        }
+        loader!.push(chunk)
+        progress(loader!.received)
+      }
+      if (opened.bytes) {
+        if (loader instanceof BufferedLoader) {
+          if (loader.received === 0) for (let o = 0; o < total; o += CHUNK) push(opened.bytes.subarray(o, Math.min(total, o + CHUNK)))
+          else {
+            checkMagic(opened.bytes.subarray(0, 16), name)
+            progress(total)
+          }
+        } else {
+          for (let o = 0; o < total; o += CHUNK) {
+            if (signal.aborted) throw coded('E_ABORTED', 'load aborted')
+            push(opened.bytes.subarray(o, Math.min(total, o + CHUNK)))
+          }
+        }
+      } else if (reader) {
+        for (;;) {
+          if (signal.aborted) throw coded('E_ABORTED', 'load aborted')
+          const { done, value } = await reader.read()
+          if (done) break
+          if (value.byteLength > 0) push(value)
+        }
+      }
+      if (loader.received !== total) {
+        throw coded('E_MALFORMED_FILE', `${name}: truncated, ${loader.received} of ${total} bytes arrived`)
+      }
+      const sha = hash ? await loader.sha256() : null
+      finishing = true
+      const m = loader.finish()
+      return { model: m, sha256: sha ?? null }
+    } catch (err) {
+      if (reader) reader.cancel().catch(() => {})
+      else opened.stream?.cancel().catch(() => {})
+      if (loader && !finishing) {
+        try {
+          loader.free?.()
+        } catch {
+          // already consumed
+        }
+      }
+      if (signal.aborted) throw coded('E_ABORTED', 'load aborted')
+      throw err
+    }
+  }
+
+  async function openCaches(): Promise<{ body: Cache; meta: Cache } | null> {
+    const cs = (globalThis as { caches?: CacheStorage }).caches
+    if (!cs) return null
+    try {
+      return { body: await cs.open(CACHE_BODY), meta: await cs.open(CACHE_META) }
+    } catch {
+      return null // e.g. opaque origins / private mode
+    }
+  }
+
+  async function loadUrl(
+    id: number,
+    src: Extract<EngineSource, { kind: 'url' }>,
+    useCache: boolean,
+    ac: AbortController,
+  ): Promise<{ model: WasmModelLike; sha256: string | null; fromCache: boolean; total: number }> {
+    const url = src.url
+    const caches = useCache && /^https?:/.test(url) ? await openCaches() : null
+    if (caches) {
+      let hit: Response | undefined
+      let meta: { sha256?: unknown; length?: unknown } | undefined
+      try {
+        hit = await caches.body.match(url)
+        const m = await caches.meta.match(url)
+        meta = m ? ((await m.json()) as typeof meta) : undefined
+      } catch {
+        hit = undefined
+      }
+      if (hit?.body && meta && typeof meta.sha256 === 'string' && typeof meta.length === 'number') {
+        const stored = Number(hit.headers.get('content-length') ?? meta.length)
+        let ok = stored === meta.length
+        if (ok) {
+          try {
+            const r = await consume(id, { total: meta.length, stream: hit.body, fromCache: true }, src.name, true, ac.signal)
+            if (r.sha256 === meta.sha256) return { ...r, fromCache: true, total: meta.length }
+            r.model.dispose()
+            r.model.free?.()
+            ok = false
+          } catch (err) {
+            const code = (err as { code?: string }).code
+            if (code === 'E_ABORTED' || code === 'E_MODEL_TOO_LARGE' || code === 'E_OUT_OF_MEMORY' || ac.signal.aborted) throw err
+            ok = false
+          }
+        } else {
+          await hit.body.cancel().catch(() => {})
+        }
+        if (!ok) {
+          await caches.body.delete(url).catch(() => false)
+          await caches.meta.delete(url).catch(() => false)
+          host.post({ kind: 'progress', id, phase: 'cache-invalid', loadedBytes: 0, totalBytes: meta.length, fromCache: true })
+        }
+      } else if (hit?.body) {
+        await hit.body.cancel().catch(() => {})
+      }
+    }
+    let res: Response
+    try {
+      res = await fetch(url, { signal: ac.signal })
+    } catch (err) {
+      if (ac.signal.aborted) throw coded('E_ABORTED', 'load aborted')
+      throw coded('E_IO', `fetching ${url} failed: ${err instanceof Error ? err.message : String(err)}`)
+    }
+    if (!res.ok || !res.body) {
+      await res.body?.cancel().catch(() => {})
+      throw coded('E_IO', `fetching ${url} failed: HTTP ${res.status} ${res.statusText}`)
+    }
+    const len = res.headers.get('content-length')
+    const enc = res.headers.get('content-encoding')
+    const total = len !== null && /^\d+$/.test(len.trim()) ? Number(len) : NaN
+    if (!Number.isSafeInteger(total) || (enc !== null && enc !== '' && enc !== 'identity')) {
+      await res.body.cancel().catch(() => {})
+      throw coded(
+        'E_UNKNOWN_SIZE',
+        `${url}: the server sent ${enc ? `a ${enc}-encoded body` : 'no Content-Length'}; the wasm engine needs the file's size before ` +
+          'downloading it (to check that it fits and stream it without a second copy): serve the file uncompressed with a Content-Length header, ' +
+          'or download it yourself and pass a Blob',
+      )
+    }
+    if (!caches) {
+      const r = await consume(id, { total, stream: res.body, fromCache: false }, src.name, false, ac.signal)
+      return { ...r, fromCache: false, total }
+    }
+    // Tee: one branch into the loader, the other into the cache. The sha256 is recorded (in its own
+    // small entry) only after the whole file arrived and loaded; a body without it is never used.
+    const [mine, theirs] = res.body.tee()
+    const put = caches.body
+      .put(url, new Response(theirs, { headers: { 'content-length': String(total), 'content-type': 'application/octet-stream' } }))
+      .then(
+        () => null,
+        (e: unknown) => e ?? new Error('cache put failed'),
+      )
+    let r: { model: WasmModelLike; sha256: string | null }
+    try {
+      r = await consume(id, { total, stream: mine, fromCache: false }, src.name, true, ac.signal)
+    } catch (err) {
+      ac.abort()
+      await put
+      await caches.body.delete(url).catch(() => false)
+      throw err
+    }
+    const putError = await put
+    if (putError === null && r.sha256) {
+      await caches.meta
+        .put(url, new Response(JSON.stringify({ sha256: r.sha256, length: total }), { headers: { 'content-type': 'application/json' } }))
+        .catch(() => caches.body.delete(url).catch(() => false))
+    } else {
+      await caches.body.delete(url).catch(() => false)
+    }
+    return { ...r, fromCache: false, total }
+  }
+
+  async function load(id: number, source: EngineSource, useCache: boolean): Promise<void> {
+    const ac = new AbortController()
+    loads.set(id, ac)
+    try {
+      if (model) throw coded('E_BUSY', 'a model is already loaded in this engine worker')
+      let r: { model: WasmModelLike; sha256: string | null; fromCache: boolean; total: number }
+      if (source.kind === 'url') {
+        r = await loadUrl(id, source, useCache, ac)
+      } else if (source.kind === 'bytes') {
+        const total = source.bytes.byteLength
+        r = { ...(await consume(id, { total, bytes: source.bytes, fromCache: false }, source.name, false, ac.signal)), fromCache: false, total }
+      } else if (source.kind === 'blob') {
+        const total = source.blob.size
+        r = { ...(await consume(id, { total, stream: source.blob.stream() as ReadableStream<Uint8Array>, fromCache: false }, source.name, false, ac.signal)), fromCache: false, total }
+      } else {
+        if (!host.openPath) throw coded('E_INVALID_ARGUMENT', 'file paths can be loaded in Node only')
+        const f = await host.openPath(source.path)
+        r = { ...(await consume(id, { total: f.size, stream: f.stream, fromCache: false }, source.name, false, ac.signal)), fromCache: false, total: f.size }
+      }
+      if (ac.signal.aborted) {
+        r.model.dispose()
+        throw coded('E_ABORTED', 'load aborted')
+      }
+      model = r.model
+      const out: LoadReply = { info: model.info, vocab: model.ggufVocab(), fileSizeBytes: r.total, fromCache: r.fromCache, sha256: r.sha256 }
+      reply(id, out)
+    } finally {
+      loads.delete(id)
+    }
+  }
+
+  // ------------------------------------------------------------------ generation
+
+  async function generate(id: number, sid: number, tokens: number[], options: EngineGenerateOptions): Promise<void> {
+    const s = needSession(sid)
+    const ids = Uint32Array.from(tokens)
+    if (typeof s.begin === 'function' && typeof s.step === 'function' && typeof s.end === 'function') {
+      s.begin(ids, options)
+      let ended = false
+      try {
+        while (!cancelled.has(id)) {
+          const t = s.step()
+          if (t === undefined) break
+          host.post({ kind: 'token', id, token: t })
+          await host.yieldNow()
+        }
+        ended = true
+        reply(id, s.end())
+      } finally {
+        if (!ended) {
+          try {
+            s.end()
+          } catch {
+            // the session is finished either way
+          }
+        }
+      }
+    } else {
+      // Engine builds without step-wise generation: one synchronous call (tokens still stream out;
+      // a cancel message is only seen after it returns).
+      const r = s.generate(ids, options, (_e, t) => {
+        host.post({ kind: 'token', id, token: t })
+      }, null)
+      reply(id, r)
+    }
+  }
+
+  function enqueue(id: number, run: () => Promise<void>, whenCancelledQueued: () => void): void {
+    queue.push({
+      id,
+      run: async () => {
+        try {
+          if (cancelled.has(id)) whenCancelledQueued()
+          else await run()
+        } catch (err) {
+          fail(id, err)
+        } finally {
+          cancelled.delete(id)
+        }
+      },
+      cancelled: whenCancelledQueued,
+    })
+    void pump()
+  }
+
+  // ------------------------------------------------------------------ dispatch
+
+  async function call(id: number, req: Request): Promise<void> {
+    switch (req.op) {
+      case 'init': {
+        let flavour = req.flavour
+        let available = true
+        if (flavour === 'mt' && (host.glue.mt.__phi2_missing || typeof host.glue.mt.threadPoolBuild !== 'function')) {
+          flavour = 'st'
+          available = false
+        }
+        glue = host.glue[flavour]
+        const module = await host.compile(flavour)
+        const exports = glue.initSync({ module })
+        const out: InitReply = { flavour, available }
+        if (flavour === 'mt') {
+          out.module = module
+          out.memory = exports.memory
+        }
+        reply(id, out)
+        return
+      }
+      case 'pool': {
+        const g = glue!
+        if (!g.threadPoolBuild) throw coded('E_BACKEND', 'this engine build has no thread pool')
+        g.threadPoolBuild(req.threads)
+        reply(id, g.threadPoolSize ? g.threadPoolSize() : req.threads)
+        return
+      }
+      case 'load':
+        await load(id, req.source, req.cache)
+        return
+      case 'session': {
+        // The client picks the id (its createSession() is synchronous); later calls name it.
+        sessions.set(req.sid, needModel().createSession())
+        reply(id, req.sid)
+        return
+      }
+      case 'generate': {
+        const { sid, tokens, options } = req
+        enqueue(
+          id,
+          () => generate(id, sid, tokens, options),
+          () => reply(id, { tokens: [], finishReason: 'abort', promptTokens: tokens.length, promptTokensEvaluated: 0, promptMs: 0, generateMs: 0 }),
+        )
+        return
+      }
+      case 'logprobs': {
+        const { tokens } = req
+        enqueue(
+          id,
+          async () => {
+            const rows = needModel().logprobs(Uint32Array.from(tokens), null)
+            reply(id, rows, [rows.buffer])
+          },
+          () => fail(id, coded('E_ABORTED', 'logprobs cancelled')),
+        )
+        return
+      }
+      case 'reset':
+        sessions.get(req.sid)?.reset()
+        reply(id, null)
+        return
+      case 'sessionDispose': {
+        const s = sessions.get(req.sid)
+        sessions.delete(req.sid)
+        if (s) {
+          s.dispose()
+          s.free?.()
+        }
+        reply(id, null)
+        return
+      }
+      case 'dispose': {
+        for (const s of sessions.values()) {
+          try {
+            s.dispose()
+          } catch {
+            // model gone
+          }
+        }
+        sessions.clear()
+        model?.dispose()
+        model = null
+        reply(id, null)
+        return
+      }
+    }
+  }
+
+  host.listen((msg) => {
+    switch (msg.kind) {
+      case 'thread': {
+        if (role !== 'none') return
+        role = 'thread'
+        try {
+          host.glue.mt.initSync({ module: msg.module, memory: msg.memory })
+          host.post({ kind: 'thread-ready' })
+          host.glue.mt.threadWorkerRun!()
+        } catch (err) {
+          host.post({ kind: 'thread-failed', error: toWire(err) })
+        }
+        return
+      }
+      case 'call': {
+        role = 'engine'
+        call(msg.id, msg.req).catch((err: unknown) => fail(msg.id, err))
+        return
+      }
+      case 'cancel': {
+        const i = queue.findIndex((j) => j.id === msg.id)
+        if (i >= 0) {
+          const [job] = queue.splice(i, 1)
+          job!.cancelled()
+        } else cancelled.add(msg.id)
+        return
+      }
+      case 'abortLoad':
+        loads.get(msg.id)?.abort()
+        return
+      case 'crash':
+        if (msg.mode === 'exit') host.exitNow()
+        else
+          setTimeout(() => {
+            throw new Error('@x/phi2 test hook: simulated engine worker crash')
+          }, 0)
+        return
+    }
+  })
+}
