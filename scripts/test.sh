@@ -30,3 +30,8 @@ echo "== wasm32 + SIMD128 engine (built with Debian rustc-web + build-std, run i
 scripts/setup-wasm.sh
 scripts/build-wasm.sh
 PHI2_FIXTURES=$PWD/test/fixtures/gen node --test test/wasm/
+
+echo "== browser (Chromium via playwright-core)"
+scripts/setup-browser.sh
+npm run build --silent -w @x/phi2-demo
+PHI2_FIXTURES=$PWD/test/fixtures/gen npm run test:browser --silent
