@@ -109,7 +109,8 @@ test('from an ArrayBuffer and a Uint8Array', { timeout: 60_000 }, async () => {
     const r = await page.evaluate(async (url) => {
       const buf = await (await fetch(url)).arrayBuffer();
       const out = {};
-      for (const [kind, src] of [['ArrayBuffer', buf], ['Uint8Array', new Uint8Array(buf)]]) {
+      // The SDK transfers the bytes to its worker (documented: the caller's buffer is detached), so each load gets its own copy.
+      for (const [kind, src] of [['ArrayBuffer', buf.slice(0)], ['Uint8Array', new Uint8Array(buf.slice(0))]]) {
         const m = await window.phi2Demo.loadModel(src);
         const g = await m.generate('Write a poem', { format: 'qa', maxNewTokens: 12 });
         out[kind] = { tokens: g.tokens, size: m.info.fileSizeBytes, dtype: m.info.dtype };
