@@ -17,6 +17,7 @@
 // rows and fixtures, i.e. it is noise, not a kernel error). So quantized weights must give the same
 // greedy tokens and stay within the 0.35 bound used against llama.cpp; the row counts are printed.
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -30,7 +31,7 @@ for (const [f, how] of [[wasmFile, 'scripts/build-wasm.sh'], [generateBin, 'carg
 }
 const wasm = await import(path.join(pkg, 'phi2_wasm.js'));
 wasm.initSync({ module: readFileSync(wasmFile) });
-const { WasmModel, WasmCancelToken } = wasm;
+const { WasmModel, WasmModelLoader, WasmCancelToken } = wasm;
 
 const PROMPT = [464, 2068, 7586];
 const MAX_NEW = 8;
@@ -196,4 +197,172 @@ test('errors are JS Errors with the engine code; nothing traps', () => {
   throwsCode(() => model.info, 'E_DISPOSED');
   throwsCode(() => model.createSession(), 'E_DISPOSED');
   throwsCode(() => s.generate(PROMPT, { maxNewTokens: 1 }), 'E_DISPOSED');
+});
+
+// ---- streamed loading (WasmModelLoader) and step-wise generation (begin / step / end) ----
+
+/** mulberry32: seeded chunk sizes. */
+function rng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Pushes `bytes` in seeded random chunks, 1 byte up to the whole file (log-uniform sizes). */
+function pushRandom(loader, bytes, seed) {
+  const r = rng(seed);
+  let at = 0;
+  let headerAt = null;
+  while (at < bytes.length) {
+    const left = bytes.length - at;
+    const n = Math.min(left, 1 + Math.floor(Math.exp(r() * Math.log(left))));
+    loader.push(bytes.subarray(at, at + n));
+    at += n;
+    assert.equal(loader.received, at);
+    if (headerAt === null && loader.headerParsed) headerAt = at;
+  }
+  return headerAt;
+}
+
+for (const [i, name] of ['tiny-f32.gguf', 'tiny-q8_0.gguf', 'kq-q4_K.gguf'].entries()) {
+  test(`${name}: WasmModelLoader with random chunks equals WasmModel.load and the native engine`, () => {
+    const bytes = readFileSync(fixture(name));
+    const lpFile = path.join(scratch, `${name}.stream.lp`);
+    const expected = generate(fixture(name), PROMPT, MAX_NEW, [], lpFile);
+    const nativeRows = readRows(lpFile);
+
+    const loader = new WasmModelLoader(name, bytes.length, true);
+    assert.equal(loader.headerParsed, false);
+    assert.equal(loader.sha256(), null);
+    const headerAt = pushRandom(loader, bytes, 17 + i);
+    assert.ok(headerAt !== null && headerAt < bytes.length, `header parsed at ${headerAt} of ${bytes.length}`);
+    assert.equal(loader.sha256(), createHash('sha256').update(bytes).digest('hex'));
+    const streamed = loader.finish();
+    const oneShot = load(name);
+
+    const tokens = [...PROMPT, ...expected];
+    const a = streamed.logprobs(tokens);
+    const b = oneShot.logprobs(tokens);
+    assert.equal(maxAbsDiff(a, b), 0, 'streamed and one-shot loads give the same log-probs');
+    const d = maxAbsDiff(a, nativeRows);
+    const tol = streamed.info.dtype === 'f32' ? TOL : QUANT_MAX;
+    assert.ok(d <= tol, `max |Δ logprob| vs native ${d} > ${tol}`);
+    assert.deepEqual(streamed.info, oneShot.info);
+    assert.deepEqual(streamed.ggufVocab(), oneShot.ggufVocab());
+    const r = streamed.createSession().generate(PROMPT, { maxNewTokens: MAX_NEW });
+    assert.deepEqual(r.tokens, expected);
+    console.log(`# ${name}: streamed header parsed after ${headerAt} of ${bytes.length} bytes; max |Δ| vs native ${d.toExponential(2)}`);
+    streamed.free();
+    oneShot.free();
+  });
+}
+
+/** begin, step until undefined, end. */
+function stepped(session, prompt, opts) {
+  session.begin(prompt, opts);
+  const seen = [];
+  for (let t = session.step(); t !== undefined; t = session.step()) seen.push(t);
+  assert.equal(session.step(), undefined, 'stays done');
+  const r = session.end();
+  assert.deepEqual(r.tokens, seen);
+  return r;
+}
+
+test('begin/step/end gives the same tokens as generate (greedy and seeded sampling)', () => {
+  const model = load('tiny-q8_0.gguf');
+  const greedy = { maxNewTokens: 9, stopOnEos: false };
+  const sampled = { maxNewTokens: 12, doSample: true, temperature: 0.9, topK: 40, topP: 0.95, seed: 1234 };
+  for (const opts of [greedy, sampled]) {
+    const whole = model.createSession().generate(PROMPT, opts);
+    const steps = stepped(model.createSession(), PROMPT, opts);
+    assert.deepEqual(steps.tokens, whole.tokens);
+    assert.equal(steps.finishReason, whole.finishReason);
+    assert.equal(steps.promptTokens, PROMPT.length);
+    assert.equal(steps.promptTokensEvaluated, PROMPT.length);
+    for (const k of ['promptMs', 'generateMs']) assert.ok(typeof steps[k] === 'number' && steps[k] >= 0, k);
+  }
+  // Against the native engine's seeded sampling too.
+  const extra = ['--temperature', '0.9', '--top-k', '40', '--top-p', '0.95', '--seed', '1234'];
+  assert.deepEqual(stepped(model.createSession(), PROMPT, sampled).tokens, generate(fixture('tiny-q8_0.gguf'), PROMPT, 12, extra));
+});
+
+test('ending mid-way gives finishReason abort; the next turn reuses the cache', () => {
+  const model = load('tiny-q8_0.gguf');
+  const opts = { maxNewTokens: 8, stopOnEos: false };
+  const full = model.createSession().generate(PROMPT, opts);
+  const s = model.createSession();
+  s.begin(PROMPT, opts);
+  const got = [s.step(), s.step()];
+  const r = s.end();
+  assert.deepEqual(r.tokens, got);
+  assert.deepEqual(got, full.tokens.slice(0, 2));
+  assert.equal(r.finishReason, 'abort');
+  // Ended before any step.
+  const s2 = model.createSession();
+  s2.begin(PROMPT, opts);
+  assert.deepEqual([s2.end().tokens.length, 'abort'], [0, 'abort']);
+  // Continued conversation: only the new tokens are evaluated.
+  const next = [...PROMPT, ...got, 198];
+  const r2 = stepped(s, next, { maxNewTokens: 3 });
+  assert.ok(r2.promptTokensEvaluated <= 2, `re-evaluated ${r2.promptTokensEvaluated}`);
+  assert.deepEqual(r2.tokens, model.createSession().generate(next, { maxNewTokens: 3 }).tokens);
+});
+
+test('step-wise misuse is a coded error, not a trap', () => {
+  const model = load('tiny-q8_0.gguf');
+  const s = model.createSession();
+  throwsCode(() => s.step(), 'E_INVALID_ARGUMENT');
+  throwsCode(() => s.end(), 'E_INVALID_ARGUMENT');
+  throwsCode(() => s.begin([], {}), 'E_INVALID_ARGUMENT');
+  throwsCode(() => s.begin(PROMPT, { temperature: 'hot' }), 'E_INVALID_ARGUMENT');
+  s.begin(PROMPT, { maxNewTokens: 2 });
+  throwsCode(() => s.begin(PROMPT, {}), 'E_BUSY');
+  throwsCode(() => s.generate(PROMPT, { maxNewTokens: 1 }), 'E_BUSY');
+  assert.equal(typeof s.step(), 'number');
+  s.end();
+  s.reset();
+  s.begin(PROMPT, { maxNewTokens: 1 });
+  model.dispose();
+  throwsCode(() => s.step(), 'E_DISPOSED');
+});
+
+test('WasmModelLoader errors carry their codes', () => {
+  const bytes = readFileSync(fixture('tiny-q8_0.gguf'));
+  // Truncated: finish() says how many bytes arrived.
+  const cut = new WasmModelLoader('cut.gguf', bytes.length, false);
+  cut.push(bytes.subarray(0, bytes.length - 100));
+  assert.ok(cut.headerParsed);
+  assert.throws(() => cut.finish(), (e) => e.code === 'E_MALFORMED_FILE' && e.message.includes(`${bytes.length - 100} of the declared ${bytes.length}`));
+  // Extra bytes: refused, nothing taken; the stream stays usable.
+  const extra = new WasmModelLoader('extra.gguf', bytes.length, false);
+  extra.push(bytes);
+  throwsCode(() => extra.push(new Uint8Array(1)), 'E_INVALID_ARGUMENT');
+  assert.equal(extra.received, bytes.length);
+  extra.finish().free();
+  const over = new WasmModelLoader('over.gguf', 10, false);
+  throwsCode(() => over.push(bytes.subarray(0, 11)), 'E_INVALID_ARGUMENT');
+  assert.equal(over.received, 0);
+  // A corrupt header fails at the first push, long before the rest.
+  const bad = Buffer.from(bytes.subarray(0, 64));
+  bad.write('GGXF', 0, 'latin1');
+  const early = new WasmModelLoader('bad.gguf', bytes.length, false);
+  throwsCode(() => early.push(bad), 'E_MALFORMED_FILE');
+  throwsCode(() => early.push(bytes.subarray(64, 128)), 'E_INVALID_ARGUMENT'); // it already failed
+  const absurd = Buffer.from(bytes.subarray(0, 24));
+  absurd.writeBigUInt64LE(1n << 60n, 16); // kv_count
+  throwsCode(() => new WasmModelLoader('absurd.gguf', bytes.length, false).push(absurd), 'E_MALFORMED_FILE');
+  // Too large for wasm32 memory (phi-2 F16 is 5.6 GB): refused before any byte, with advice.
+  assert.throws(() => new WasmModelLoader('phi-2.F16.gguf', 5.6e9, false), (e) => {
+    assert.equal(e.code, 'E_MODEL_TOO_LARGE', e.message);
+    for (const s of ['4 GiB', 'Q4_0', 'Q4_K', 'Q8_0']) assert.ok(e.message.includes(s), `${s} in ${e.message}`);
+    return true;
+  });
+  throwsCode(() => new WasmModelLoader('x.gguf', -1, false), 'E_INVALID_ARGUMENT');
+  throwsCode(() => new WasmModelLoader('x.gguf', 1.5, false), 'E_INVALID_ARGUMENT');
+  throwsCode(() => new WasmModelLoader('x.gguf', 10, false).push('text'), 'E_INVALID_ARGUMENT');
 });

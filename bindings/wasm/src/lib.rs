@@ -5,6 +5,9 @@
 //! - Everything is synchronous: `generate` runs on the calling thread (a Worker, later) and calls
 //!   `onToken(null, id)` for every token before it returns.
 //! - Models load from bytes (`Uint8Array`, Node `Buffer` or `ArrayBuffer`): there is no file system.
+//!   `WasmModelLoader` takes them in chunks as they download (CONTRACT.md, "Loading").
+//! - `WasmSession.begin` / `step` / `end` generate one token per call, so the caller's event loop
+//!   runs between tokens.
 //! - Cancellation: `WasmCancelToken.cancel()` from inside `onToken` (or `onToken` returning
 //!   `false`) stops before the next token. (Cancelling from another thread needs shared memory.)
 //! - Errors are JS `Error`s whose `code` property is the engine's stable code (`E_IO`, ...).
@@ -12,15 +15,13 @@
 //!   that could panic; a re-entrant call (from `onToken`) is refused with `E_BUSY`.
 
 use std::cell::{Cell, RefCell};
-use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use js_sys::{Array, ArrayBuffer, Float32Array, Function, Object, Reflect, Uint8Array};
-use phi2::gguf::{GgufFile, GgufVocab};
-use phi2::storage::Bytes;
-use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
+use phi2::gguf::GgufVocab;
+use phi2::{GenerateOptions, Generation, GgufStreamLoader, Phi2, SamplingParams, Session};
 use wasm_bindgen::prelude::*;
 
 mod threads;
@@ -133,29 +134,24 @@ impl WasmCancelToken {
 #[wasm_bindgen]
 pub struct WasmModel {
     slot: ModelSlot,
-    /// Read at load time (the engine consumes the bytes); an error is reported by `ggufVocab()`.
+    /// Read from the parsed header at load time; an error is reported by `ggufVocab()`.
     vocab: Result<Option<GgufVocab>, (&'static str, String)>,
 }
 
 #[wasm_bindgen]
 impl WasmModel {
-    /// Loads a GGUF model from its bytes; `name` only labels errors. The bytes are copied into
-    /// wasm memory (the caller may drop its copy afterwards).
+    /// Loads a GGUF model from its bytes; `name` only labels errors. A one-shot
+    /// `WasmModelLoader`: the bytes are copied into wasm memory piecewise, straight into the
+    /// per-tensor buffers (the caller may drop its copy afterwards).
     pub fn load(
         #[wasm_bindgen(unchecked_param_type = "Uint8Array | ArrayBuffer")] bytes: JsValue,
         name: Option<String>,
     ) -> Result<WasmModel, JsValue> {
         let view = bytes_view(&bytes)?;
         let name = name.unwrap_or_else(|| "model.gguf".into());
-        let len = view.length() as usize;
-        // The tokenizer lives in the GGUF metadata, which `load_gguf_bytes` does not keep: parse it
-        // from a first copy, free that, then hand a second copy to the engine (peak: one copy).
-        let vocab = {
-            let g = GgufFile::from_bytes(Path::new(&name), Bytes::from(copy_in(&view, len)?)).map_err(engine_err)?;
-            GgufVocab::read(&g).map_err(|e| (e.code(), e.to_string()))
-        };
-        let model = Phi2::load_gguf_bytes(&name, copy_in(&view, len)?).map_err(engine_err)?;
-        Ok(WasmModel { slot: Rc::new(RefCell::new(Some(Arc::new(model)))), vocab })
+        let mut loader = WasmModelLoader::create(&name, view.length() as u64, false)?;
+        loader.push_view(&view)?;
+        loader.finish()
     }
 
     #[wasm_bindgen(getter, unchecked_return_type = "NativeModelInfo")]
@@ -206,7 +202,7 @@ impl WasmModel {
     #[wasm_bindgen(js_name = createSession)]
     pub fn create_session(&self) -> Result<WasmSession, JsValue> {
         let m = take_model(&self.slot)?;
-        Ok(WasmSession { model: self.slot.clone(), session: RefCell::new(Some(Session::new(m))) })
+        Ok(WasmSession { model: self.slot.clone(), session: RefCell::new(Some(Session::new(m))), stepping: Cell::new(None) })
     }
 
     /// log-softmax rows, tokens.length × vocabSize, row-major, run from an empty context.
@@ -236,15 +232,103 @@ impl WasmModel {
     }
 }
 
-/// Copies the JS bytes into a fresh wasm-side buffer, refusing (instead of trapping) when wasm
-/// memory cannot hold them.
-fn copy_in(view: &Uint8Array, len: usize) -> Result<Vec<u8>, JsValue> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| coded("E_OUT_OF_MEMORY", format!("cannot allocate {len} bytes for the model in wasm memory (4 GiB at most)")))?;
-    v.resize(len, 0);
-    view.copy_to(&mut v);
-    Ok(v)
+/// The memory a model may need in this build: wasm32's 4 GiB address space, no limit natively.
+const MEMORY_LIMIT: Option<u64> =
+    if cfg!(target_arch = "wasm32") { Some(phi2::stream::WASM32_MEMORY_LIMIT) } else { None };
+
+/// JS bytes are copied into wasm memory in windows of this many bytes (a scratch buffer), so a
+/// whole-file push never needs a second file-sized buffer in wasm memory.
+const PUSH_WINDOW: u32 = 1 << 20;
+
+/// Streamed load of a GGUF file: `new WasmModelLoader(name, totalBytes, hash)`, `push(chunk)` in
+/// file order (any sizes), `finish()` → `WasmModel`. The header is parsed (and a bad or too large
+/// model refused) as soon as enough bytes arrived; tensor data goes straight into per-tensor
+/// buffers, each freed as it is converted at `finish()` (peak ≈ the file + its largest tensor).
+#[wasm_bindgen]
+pub struct WasmModelLoader {
+    inner: GgufStreamLoader,
+    scratch: Vec<u8>,
+}
+
+impl WasmModelLoader {
+    fn create(name: &str, total: u64, hash: bool) -> Result<WasmModelLoader, JsValue> {
+        let inner = GgufStreamLoader::with_memory_limit(name, total, hash, MEMORY_LIMIT).map_err(engine_err)?;
+        Ok(WasmModelLoader { inner, scratch: Vec::new() })
+    }
+
+    fn push_view(&mut self, view: &Uint8Array) -> Result<(), JsValue> {
+        let len = view.length();
+        let (received, total) = (self.inner.received(), self.inner.total());
+        if received + len as u64 > total {
+            return Err(invalid(format!(
+                "{len} more bytes would exceed the declared total of {total} bytes ({received} received so far)"
+            )));
+        }
+        let window = len.min(PUSH_WINDOW) as usize;
+        if self.scratch.len() < window {
+            self.scratch.try_reserve_exact(window - self.scratch.len()).map_err(|_| {
+                coded("E_OUT_OF_MEMORY", format!("cannot allocate a {window}-byte copy buffer in wasm memory"))
+            })?;
+            self.scratch.resize(window, 0);
+        }
+        let mut at = 0u32;
+        while at < len {
+            let n = (len - at).min(PUSH_WINDOW);
+            let buf = &mut self.scratch[..n as usize];
+            view.subarray(at, at + n).copy_to(buf);
+            self.inner.push(buf).map_err(engine_err)?;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+#[wasm_bindgen]
+impl WasmModelLoader {
+    /// `totalBytes`: the file's exact length. `hash`: compute `sha256()` over the pushed bytes.
+    /// Throws E_MODEL_TOO_LARGE when the file cannot fit in wasm32 memory with the engine's needs.
+    #[wasm_bindgen(constructor)]
+    pub fn new(name: String, #[wasm_bindgen(js_name = totalBytes)] total_bytes: f64, hash: bool) -> Result<WasmModelLoader, JsValue> {
+        if !(total_bytes.is_finite() && total_bytes >= 0.0 && total_bytes.fract() == 0.0 && total_bytes <= 9_007_199_254_740_992.0) {
+            return Err(invalid(format!("totalBytes must be a non-negative integer, got {total_bytes}")));
+        }
+        Self::create(&name, total_bytes as u64, hash)
+    }
+
+    /// The next bytes of the file (Uint8Array, Buffer or ArrayBuffer). Throws on a bad header (as
+    /// soon as it is detected), a model too large for wasm memory, and bytes past totalBytes
+    /// (E_INVALID_ARGUMENT; nothing of that chunk is taken).
+    pub fn push(&mut self, #[wasm_bindgen(unchecked_param_type = "Uint8Array | ArrayBuffer")] chunk: JsValue) -> Result<(), JsValue> {
+        let view = bytes_view(&chunk)?;
+        self.push_view(&view)
+    }
+
+    /// Bytes pushed so far.
+    #[wasm_bindgen(getter)]
+    pub fn received(&self) -> f64 {
+        self.inner.received() as f64
+    }
+
+    #[wasm_bindgen(getter, js_name = headerParsed)]
+    pub fn header_parsed(&self) -> bool {
+        self.inner.header_parsed()
+    }
+
+    /// Lowercase hex SHA-256 of all the bytes once `received === totalBytes` (with `hash` only),
+    /// else null.
+    #[wasm_bindgen(unchecked_return_type = "string | null")]
+    pub fn sha256(&self) -> JsValue {
+        self.inner.sha256().map(|h| JsValue::from_str(&h)).unwrap_or(JsValue::NULL)
+    }
+
+    /// Builds the model; consumes the loader. E_MALFORMED_FILE when fewer than totalBytes arrived.
+    pub fn finish(self) -> Result<WasmModel, JsValue> {
+        let (model, vocab) = self.inner.finish_parts().map_err(engine_err)?;
+        Ok(WasmModel {
+            slot: Rc::new(RefCell::new(Some(Arc::new(model)))),
+            vocab: vocab.map_err(|e| (e.code(), e.to_string())),
+        })
+    }
 }
 
 /// Whether a cancel token (any object with a truthy `cancelled` property, normally a
@@ -261,11 +345,34 @@ fn cancelled(cancel: &JsValue) -> Result<bool, JsValue> {
     Ok(Reflect::get(cancel, &JsValue::from_str("cancelled"))?.is_truthy())
 }
 
-/// A conversation: its KV cache persists across `generate` calls.
+/// A conversation: its KV cache persists across `generate` calls (and `begin`/`step`/`end` runs).
 #[wasm_bindgen]
 pub struct WasmSession {
     model: ModelSlot,
     session: RefCell<Option<Session>>,
+    /// The step-wise run's prompt length and clock (`begin` time, first token time).
+    stepping: Cell<Option<StepClock>>,
+}
+
+#[derive(Clone, Copy)]
+struct StepClock {
+    prompt_tokens: usize,
+    start: f64,
+    first: Option<f64>,
+}
+
+/// `{ tokens, finishReason, promptTokens, promptTokensEvaluated, promptMs, generateMs }`.
+fn result_object(out: &Generation, prompt_tokens: usize, start: f64, first: Option<f64>) -> Object {
+    let end = now_ms();
+    let first = first.unwrap_or(end);
+    let o = Object::new();
+    set(&o, "tokens", out.tokens.iter().map(|&t| JsValue::from(t)).collect::<Array>());
+    set(&o, "finishReason", out.finish.as_str());
+    set(&o, "promptTokens", prompt_tokens as u32);
+    set(&o, "promptTokensEvaluated", out.prompt_tokens_evaluated as u32);
+    set(&o, "promptMs", first - start);
+    set(&o, "generateMs", end - first);
+    o
 }
 
 fn get(o: &JsValue, key: &str) -> JsValue {
@@ -412,23 +519,57 @@ impl WasmSession {
         if let Some(e) = thrown {
             return Err(e);
         }
-        let end = now_ms();
-        let first = first_token_at.unwrap_or(end);
-        let o = Object::new();
-        set(&o, "tokens", out.tokens.iter().map(|&t| JsValue::from(t)).collect::<Array>());
-        set(&o, "finishReason", out.finish.as_str());
-        set(&o, "promptTokens", tokens.len() as u32);
-        set(&o, "promptTokensEvaluated", out.prompt_tokens_evaluated as u32);
-        set(&o, "promptMs", first - start);
-        set(&o, "generateMs", end - first);
-        Ok(o)
+        Ok(result_object(&out, tokens.len(), start, first_token_at))
     }
 
-    /// Forgets the KV cache.
+    /// Starts a step-wise generation after `tokens` (the whole conversation so far); no forward
+    /// pass runs yet. E_BUSY when one is already running (until `end()`).
+    pub fn begin(
+        &self,
+        tokens: Vec<u32>,
+        #[wasm_bindgen(unchecked_param_type = "Partial<NativeGenerateOptions> | null | undefined")] options: JsValue,
+    ) -> Result<(), JsValue> {
+        take_model(&self.model)?;
+        let opts = options_from(&options)?;
+        let mut guard = self.session.try_borrow_mut().map_err(|_| coded("E_BUSY", "this session is generating"))?;
+        let session = guard.as_mut().ok_or_else(|| disposed("session"))?;
+        let start = now_ms();
+        session.begin(&tokens, &opts).map_err(engine_err)?;
+        self.stepping.set(Some(StepClock { prompt_tokens: tokens.len(), start, first: None }));
+        Ok(())
+    }
+
+    /// One forward pass (the first one runs the prompt): the next token, or undefined when the
+    /// generation is over.
+    pub fn step(&self) -> Result<Option<u32>, JsValue> {
+        take_model(&self.model)?;
+        let mut guard = self.session.try_borrow_mut().map_err(|_| coded("E_BUSY", "this session is generating"))?;
+        let session = guard.as_mut().ok_or_else(|| disposed("session"))?;
+        let next = session.step().map_err(engine_err)?;
+        if let (Some(_), Some(mut clock)) = (next, self.stepping.get()) {
+            clock.first.get_or_insert_with(now_ms);
+            self.stepping.set(Some(clock));
+        }
+        Ok(next)
+    }
+
+    /// Ends the step-wise generation: the same object as `generate` (finishReason 'abort' when it
+    /// could have gone on). The KV cache keeps what was evaluated.
+    #[wasm_bindgen(unchecked_return_type = "NativeGenerateResult")]
+    pub fn end(&self) -> Result<Object, JsValue> {
+        let mut guard = self.session.try_borrow_mut().map_err(|_| coded("E_BUSY", "this session is generating"))?;
+        let session = guard.as_mut().ok_or_else(|| disposed("session"))?;
+        let out = session.end().map_err(engine_err)?;
+        let clock = self.stepping.take().unwrap_or(StepClock { prompt_tokens: 0, start: now_ms(), first: None });
+        Ok(result_object(&out, clock.prompt_tokens, clock.start, clock.first))
+    }
+
+    /// Forgets the KV cache (and a step-wise generation in progress).
     pub fn reset(&self) {
         if let Ok(mut s) = self.session.try_borrow_mut() {
             if let Some(s) = s.as_mut() {
                 s.reset();
+                self.stepping.set(None);
             }
         }
     }
