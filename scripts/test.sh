@@ -22,14 +22,14 @@ PHI2_FIXTURES=$PWD/test/fixtures/gen cargo test --release --locked --workspace
 echo "== end-to-end (node --test)"
 PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/engine/
 
-echo "== @x/phi2 SDK + CLI (vitest)"
-npm run build --silent -w @x/phi2
-PHI2_FIXTURES=$PWD/test/fixtures/gen npm test --silent -w @x/phi2
-
-echo "== wasm32 + SIMD128 engine (built with Debian rustc-web + build-std, run in Node)"
+echo "== wasm32 + SIMD128 engine, single- and multi-threaded (Debian rustc-web + build-std, run in Node)"
 scripts/setup-wasm.sh
 scripts/build-wasm.sh
-PHI2_FIXTURES=$PWD/test/fixtures/gen node --test test/wasm/
+PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/wasm/
+
+echo "== @x/phi2 SDK + CLI (vitest; backends cpu and wasm)"
+npm run build --silent -w @x/phi2
+PHI2_FIXTURES=$PWD/test/fixtures/gen npm test --silent -w @x/phi2
 
 echo "== browser (Chromium via playwright-core)"
 scripts/setup-browser.sh
