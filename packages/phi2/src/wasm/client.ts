@@ -63,6 +63,8 @@ interface Pending {
   reject(e: unknown): void
   onToken?: (t: number) => void
   onProgress?: (m: Extract<FromWorker, { kind: 'progress' }>) => void
+  /** Reject with the engine's coded error as-is (loads: the caller wraps it with the source's name). */
+  raw?: boolean
 }
 
 function describe(err: unknown): string {
@@ -79,7 +81,6 @@ class Connection {
   #nextId = 1
   /** Set once: why every call fails from now on (crash or dispose). */
   failure: Phi2Error | null = null
-  #threadEvents: ((m: FromWorker) => void) | null = null
 
   constructor(env: WasmEnvironment) {
     this.#env = env
@@ -101,7 +102,8 @@ class Connection {
       this.#settle(m.id)
       if (m.ok) p.resolve(m.value)
       else {
-        const err = fromNativeError(fromWire(m.error))
+        const wire = fromWire(m.error)
+        const err = m.fatal ? new Phi2EngineCrashedError(m.error.message, { cause: wire }) : p.raw ? wire : fromNativeError(wire)
         p.reject(err)
         if (m.fatal) this.crash(m.error.message, err)
       }
@@ -171,7 +173,6 @@ class Connection {
         w.post({ kind: 'thread', module, memory })
       }
     })
-    this.#threadEvents = null
   }
 
   /** The worker died: every pending and later call rejects with E_ENGINE_CRASHED. */
@@ -376,6 +377,7 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         const { source: src, transfer } = transferable(source)
         const onProgress = options.onProgress
         const { id, promise } = conn.call<LoadReply>({ op: 'load', source: src, cache: options.cache ?? true }, transfer, {
+          raw: true,
           onProgress: (m) => {
             if (m.phase === 'download') {
               onProgress?.({

@@ -1,0 +1,181 @@
+// The engine worker's Cache API path (browsers; Node has no `caches`), run in-process: the worker
+// core (src/wasm/worker-core.ts) with the real single-threaded engine (bindings/wasm/pkg), a loopback
+// HTTP server and an in-memory CacheStorage. First load downloads and stores (sha256 recorded only
+// after the load completed), the next comes from the cache (verified), a corrupted entry is deleted
+// and downloaded again, an aborted download leaves nothing cached.
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { createServer, type Server } from 'node:http'
+import { type AddressInfo } from 'node:net'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { FromWorker, LoadReply, Request } from '../src/wasm/protocol.js'
+import { type Glue, runWorker } from '../src/wasm/worker-core.js'
+import { PKG_DIR, fixture } from './helpers.js'
+
+const file = readFileSync(fixture('tiny-q8_0.gguf'))
+const fileSha = createHash('sha256').update(file).digest('hex')
+
+class FakeCache {
+  readonly entries = new Map<string, { body: Uint8Array; headers: [string, string][] }>()
+  async match(url: string): Promise<Response | undefined> {
+    const e = this.entries.get(url)
+    return e ? new Response(e.body.slice(), { headers: e.headers }) : undefined
+  }
+  async put(url: string, res: Response): Promise<void> {
+    const body = new Uint8Array(await res.arrayBuffer()) // rejects if the stream errors (aborted download)
+    this.entries.set(url, { body, headers: [...res.headers.entries()] })
+  }
+  async delete(url: string): Promise<boolean> {
+    return this.entries.delete(url)
+  }
+}
+const stores = new Map<string, FakeCache>()
+const fakeCaches = {
+  async open(name: string) {
+    let c = stores.get(name)
+    if (!c) stores.set(name, (c = new FakeCache()))
+    return c
+  },
+}
+
+let server: Server
+let base = ''
+const hits = new Map<string, number>()
+let glue: Glue
+let module: WebAssembly.Module
+
+beforeAll(async () => {
+  // dist/wasm/st is bindings/wasm/pkg as the package ships it.
+  const dir = join(PKG_DIR, 'dist/wasm/st')
+  glue = (await import(pathToFileURL(join(dir, 'phi2_wasm.js')).href)) as Glue
+  module = await WebAssembly.compile(readFileSync(join(dir, 'phi2_wasm_bg.wasm')))
+  server = createServer((req, res) => {
+    const path = req.url ?? '/'
+    hits.set(path, (hits.get(path) ?? 0) + 1)
+    res.writeHead(200, { 'content-length': String(file.length), 'content-type': 'application/octet-stream' })
+    let o = 0
+    const slow = path.startsWith('/slow')
+    const pump = () => {
+      while (o < file.length && !res.destroyed) {
+        const piece = file.subarray(o, o + 256 * 1024)
+        o += piece.length
+        const more = res.write(piece)
+        if (o >= file.length) return void res.end()
+        if (slow) return void setTimeout(pump, 30)
+        if (!more) return void res.once('drain', pump)
+      }
+    }
+    pump()
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()))
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  ;(globalThis as { caches?: unknown }).caches = fakeCaches
+})
+afterAll(async () => {
+  delete (globalThis as { caches?: unknown }).caches
+  await new Promise<void>((r) => server.close(() => r()))
+})
+
+/** One in-process "engine worker". */
+function worker() {
+  const events: FromWorker[] = []
+  const waiting = new Map<number, (m: FromWorker) => void>()
+  let send: ((m: unknown) => void) | null = null
+  let next = 1
+  runWorker({
+    post: (m) => {
+      events.push(m)
+      if (m.kind === 'reply') waiting.get(m.id)?.(m)
+    },
+    listen: (cb) => {
+      send = cb as (m: unknown) => void
+    },
+    glue: { st: glue, mt: glue },
+    compile: async () => module,
+    yieldNow: () => new Promise((r) => setImmediate(r)),
+    exitNow: () => {},
+  })
+  const call = async <T>(req: Request): Promise<T> => {
+    const id = next++
+    const reply = new Promise<FromWorker>((r) => waiting.set(id, r))
+    send!({ kind: 'call', id, req })
+    const m = await reply
+    if (m.kind !== 'reply') throw new Error('unexpected')
+    if (!m.ok) throw Object.assign(new Error(m.error.message), { code: m.error.code })
+    return m.value as T
+  }
+  return { events, call, send: (m: unknown) => send!(m), nextId: () => next }
+}
+
+async function loadVia(url: string) {
+  const w = worker()
+  await w.call({ op: 'init', flavour: 'st' })
+  const r = await w.call<LoadReply>({ op: 'load', source: { kind: 'url', url, name: 'm.gguf' }, cache: true })
+  await w.call({ op: 'session', sid: 1 })
+  const g = await w.call<{ tokens: number[] }>({
+    op: 'generate',
+    sid: 1,
+    tokens: [15496],
+    options: { maxNewTokens: 5, doSample: false, temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0, logitBiasIds: [], logitBiasValues: [], seed: 0, stopOnEos: true },
+  })
+  await w.call({ op: 'dispose' })
+  return { r, tokens: g.tokens, events: w.events }
+}
+
+const EXPECTED = [11044, 44899, 13104, 2952, 25581] // greedy after "Hello" on tiny-q8_0
+
+describe('wasm engine worker: Cache API', () => {
+  it('stores a completed download with its sha256, then loads from the cache', async () => {
+    const url = `${base}/model.gguf`
+    const first = await loadVia(url)
+    expect(first.r).toMatchObject({ fromCache: false, sha256: fileSha, fileSizeBytes: file.length })
+    expect(first.tokens).toEqual(EXPECTED)
+    expect(hits.get('/model.gguf')).toBe(1)
+    expect(stores.get('phi2-models-v1')!.entries.get(url)!.body.length).toBe(file.length)
+    expect(JSON.parse(new TextDecoder().decode(stores.get('phi2-models-meta-v1')!.entries.get(url)!.body))).toEqual({
+      sha256: fileSha,
+      length: file.length,
+    })
+
+    const second = await loadVia(url)
+    expect(second.r).toMatchObject({ fromCache: true, sha256: fileSha })
+    expect(second.tokens).toEqual(EXPECTED)
+    expect(hits.get('/model.gguf')).toBe(1) // no network
+    const dl = second.events.filter((e) => e.kind === 'progress')
+    expect(dl.every((e) => e.kind === 'progress' && e.fromCache)).toBe(true)
+  })
+
+  it('a corrupted cache entry is deleted and downloaded again', async () => {
+    const url = `${base}/model.gguf`
+    const entry = stores.get('phi2-models-v1')!.entries.get(url)!
+    entry.body[entry.body.length - 100]! ^= 0xff // tensor data: parses, but the sha256 differs
+    const third = await loadVia(url)
+    expect(third.events.some((e) => e.kind === 'progress' && e.phase === 'cache-invalid')).toBe(true)
+    expect(third.r).toMatchObject({ fromCache: false, sha256: fileSha })
+    expect(third.tokens).toEqual(EXPECTED)
+    expect(hits.get('/model.gguf')).toBe(2)
+    expect(Buffer.compare(stores.get('phi2-models-v1')!.entries.get(url)!.body, file)).toBe(0)
+  })
+
+  it('an aborted download leaves nothing in the cache', async () => {
+    const url = `${base}/slow.gguf`
+    const w = worker()
+    await w.call({ op: 'init', flavour: 'st' })
+    const id = w.nextId()
+    const loading = w.call({ op: 'load', source: { kind: 'url', url, name: 'slow.gguf' }, cache: true })
+    await new Promise<void>((resolve) => {
+      const t = setInterval(() => {
+        if (w.events.some((e) => e.kind === 'progress' && e.loadedBytes > 0)) {
+          clearInterval(t)
+          resolve()
+        }
+      }, 5)
+    })
+    w.send({ kind: 'abortLoad', id })
+    await expect(loading).rejects.toMatchObject({ code: 'E_ABORTED' })
+    expect(stores.get('phi2-models-v1')!.entries.has(url)).toBe(false)
+    expect(stores.get('phi2-models-meta-v1')!.entries.has(url)).toBe(false)
+  })
+})
