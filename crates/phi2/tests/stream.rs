@@ -80,6 +80,52 @@ fn streamed_loads_are_bit_identical_to_file_loads() {
     }
 }
 
+/// `name`'s bytes rewritten so that the tensor data lies in the reverse of the tensor-info order
+/// (offsets patched in place in the infos), with a block of junk after the last tensor.
+fn reversed_layout(name: &str) -> Vec<u8> {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let g = phi2::gguf::GgufFile::from_bytes(std::path::Path::new(name), bytes.clone().into()).unwrap();
+    let align = 32;
+    let data_offset = g.data_offset();
+    let mut out = bytes[..data_offset].to_vec();
+    let infos = g.tensor_infos();
+    let mut rel = 0usize;
+    let mut data = Vec::new();
+    for info in infos.iter().rev() {
+        let len = info.len.unwrap();
+        // The info's offset field: after the name, n_dims, ne[..] and the type id.
+        let mut key = (info.name.len() as u64).to_le_bytes().to_vec();
+        key.extend_from_slice(info.name.as_bytes());
+        let at = out[..data_offset].windows(key.len()).rposition(|w| w == key.as_slice()).unwrap();
+        let field = at + key.len() + 4 + 8 * info.shape.len() + 4;
+        let old = u64::from_le_bytes(out[field..field + 8].try_into().unwrap());
+        assert_eq!(old as usize + data_offset, info.offset, "{}", info.name);
+        out[field..field + 8].copy_from_slice(&(rel as u64).to_le_bytes());
+        data.resize(rel, 0xAB); // padding between tensors
+        data.extend_from_slice(&bytes[info.offset..info.offset + len]);
+        rel = data.len().next_multiple_of(align);
+    }
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&[0xCD; 1000]); // bytes after the last tensor are ignored
+    out
+}
+
+#[test]
+fn tensors_in_any_offset_order_and_trailing_bytes() {
+    for name in ["tiny-q8_0.gguf", "kq-mix.gguf"] {
+        let expected = Phi2::load(&fixture(name)).unwrap().logprobs(&PROMPT).unwrap();
+        let bytes = reversed_layout(name);
+        let first = phi2::gguf::GgufFile::from_bytes(std::path::Path::new(name), bytes.clone().into()).unwrap();
+        let offsets: Vec<usize> = first.tensor_infos().iter().map(|t| t.offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] > w[1]), "{name}: data not reversed");
+        let mut loader = GgufStreamLoader::new(name, bytes.len() as u64, false).unwrap();
+        push_random(&mut loader, &bytes, 5);
+        let got = loader.finish().unwrap().0.logprobs(&PROMPT).unwrap();
+        assert!(got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}");
+        assert_eq!(Phi2::load_gguf_bytes(name, bytes).unwrap().logprobs(&PROMPT).unwrap(), expected);
+    }
+}
+
 #[test]
 fn one_push_and_load_gguf_bytes_work_too() {
     let name = "tiny-q4_0.gguf";
