@@ -20,7 +20,7 @@ import { GenerateOptionsSchema, LoadOptionsSchema, parseOptions } from './option
 
 const HELP = `Usage: phi2 <command> [options]
 
-Microsoft Phi-2 on the command line (Rust engine, CPU).
+Microsoft Phi-2 on the command line (Rust engine: native CPU addon, or wasm).
 
 Commands:
   generate [prompt]      Complete a prompt (argument, --file F, or stdin) and stream it to stdout
@@ -34,7 +34,7 @@ Model:
                          (it proves the pipeline; its output is gibberish). Use --model for real Phi-2.
   --threads N            compute threads (default: all cores)
   --context-length N     context window to use (<= the model's)
-  --backend B            auto | cpu (cuda and wasm are not in this build)
+  --backend B            auto | cpu | wasm (auto = cpu; cuda is not in this build)
   --quiet                no progress or statistics on stderr
 
 Generation (generate, chat):

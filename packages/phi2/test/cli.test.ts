@@ -100,6 +100,18 @@ describe('phi2 CLI', () => {
     expect(plain.stdout).toMatch(/^Tutor: \S/)
   })
 
+  it('--backend wasm gives the cpu tokens and exits by itself (worker threads end)', () => {
+    const model = fixture('tiny-q8_0.gguf')
+    const args = ['generate', '--model', model, '--json', '--quiet', '--max-new-tokens', '8', PROMPT_TEXT]
+    const cpu = phi2(args)
+    const wasm = phi2([...args, '--backend', 'wasm', '--threads', '1'])
+    expect(wasm.code, wasm.stderr).toBe(0)
+    expect(JSON.parse(wasm.stdout).tokens).toEqual(JSON.parse(cpu.stdout).tokens)
+    const info = phi2(['info', '--json', '--model', model, '--backend', 'wasm', '--threads', '1'])
+    expect(info.code, info.stderr).toBe(0)
+    expect(JSON.parse(info.stdout)).toMatchObject({ backend: 'wasm', runtime: { backend: 'wasm', build: 'wasm-simd', threads: 1 } })
+  })
+
   it('errors: one line with the code on stderr; exit 1, or 2 for bad usage', () => {
     const missing = phi2(['generate', '--model', '/no/such/model.gguf', 'Hi'])
     expect(missing.code).toBe(1)

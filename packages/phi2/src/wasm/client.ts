@@ -53,6 +53,8 @@ export interface WasmEnvironment {
 
 /** The most threads the wasm engine uses by default. */
 export const WASM_DEFAULT_MAX_THREADS = 8
+/** The most pool threads the threaded build takes (threadPoolBuild's range). */
+export const WASM_MAX_THREADS = 64
 const THREAD_START_TIMEOUT_MS = 60_000
 
 /** Internal test hook on the engine model: make the engine worker fail like a crash. */
@@ -334,7 +336,7 @@ export function wasmEngine(env: WasmEnvironment): Engine {
     async load(source: EngineSource, options: EngineLoadOptions): Promise<EngineLoaded> {
       const signal = options.signal
       const requested = options.threads ?? null
-      const threads = requested ?? Math.max(1, Math.min(WASM_DEFAULT_MAX_THREADS, env.defaultThreads()))
+      const threads = Math.min(WASM_MAX_THREADS, requested ?? Math.max(1, Math.min(WASM_DEFAULT_MAX_THREADS, env.defaultThreads())))
       const sm = env.sharedMemory()
       let reason: string
       let flavour: 'st' | 'mt' = 'st'
@@ -373,7 +375,9 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         const s = await Promise.race([started, abortedP])
         conn = s.conn
         if (s.note) reason = s.note
-        else if (s.build === 'wasm-simd-threads') reason = `${reason}, ${s.threads} threads`
+        else if (s.build === 'wasm-simd-threads') {
+          reason = `${reason}, ${s.threads} threads${requested !== null && requested > WASM_MAX_THREADS ? ` (${requested} requested, at most ${WASM_MAX_THREADS})` : ''}`
+        }
         const { source: src, transfer } = transferable(source)
         const onProgress = options.onProgress
         const { id, promise } = conn.call<LoadReply>({ op: 'load', source: src, cache: options.cache ?? true }, transfer, {
