@@ -281,7 +281,12 @@ impl GgufFile {
 
     /// The tensor info named `name`.
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
-        self.by_name.get(name).and_then(|&i| self.tensors.get(i))
+        self.tensor_index(name).and_then(|i| self.tensors.get(i))
+    }
+
+    /// The position of the tensor named `name` in [`GgufFile::tensor_infos`].
+    pub fn tensor_index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
     }
 
     pub fn path(&self) -> &Path {

@@ -222,96 +222,114 @@ impl GgufStreamLoader {
 
     fn accept(&mut self, chunk: &[u8]) -> Result<()> {
         let at = self.received;
-        match &mut self.state {
+        let body = match &mut self.state {
             State::Data(body) => {
                 body.write(at, chunk);
-                Ok(())
+                return Ok(());
             }
             State::Header { buf, next_try } => {
-                buf.try_reserve(chunk.len()).map_err(|_| Error::OutOfMemory {
-                    what: format!("cannot grow the GGUF header buffer of {} to {} bytes", self.path.display(), at + chunk.len()),
-                })?;
-                buf.extend_from_slice(chunk);
-                if buf.len() < *next_try && buf.len() < self.total {
-                    return Ok(());
+                match header_step(&self.path, self.total, self.memory_limit, buf, next_try, chunk)? {
+                    Some(body) => body,
+                    None => return Ok(()),
                 }
-                match GgufFile::parse_header(&self.path, buf, self.total)? {
-                    HeaderParse::NeedMore { at_least } => {
-                        *next_try = if buf.len() < EXACT_RETRY_BELOW {
-                            at_least
-                        } else {
-                            at_least.max(buf.len().saturating_mul(2))
-                        };
-                        Ok(())
-                    }
-                    HeaderParse::Parsed(header) => {
-                        let buf = std::mem::take(buf);
-                        let mut body = start_body(&self.path, self.total, self.memory_limit, header)?;
-                        body.write(0, &buf);
-                        self.state = State::Data(body);
-                        Ok(())
-                    }
-                }
+            }
+        };
+        self.state = State::Data(body);
+        Ok(())
+    }
+}
+
+/// Feeds `chunk` to the header buffer, parsing whenever the buffer reaches `next_try` bytes. Only
+/// bytes up to a parse attempt are buffered: once the header parses, the rest of `chunk` goes
+/// straight to the tensor buffers (a whole file pushed at once is not copied twice). Returns the
+/// body, with every byte so far written, once the header is parsed.
+fn header_step(
+    path: &Path,
+    total: usize,
+    memory_limit: Option<u64>,
+    buf: &mut Vec<u8>,
+    next_try: &mut usize,
+    chunk: &[u8],
+) -> Result<Option<Box<Body>>> {
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let take = next_try.saturating_sub(buf.len()).clamp(1, rest.len());
+        buf.try_reserve(take).map_err(|_| Error::OutOfMemory {
+            what: format!("cannot grow the GGUF header buffer of {} to {} bytes", path.display(), buf.len() + take),
+        })?;
+        buf.extend_from_slice(&rest[..take]);
+        rest = &rest[take..];
+        if buf.len() < *next_try && buf.len() < total {
+            continue; // `rest` is empty here
+        }
+        match GgufFile::parse_header(path, buf, total)? {
+            HeaderParse::NeedMore { at_least } => {
+                *next_try =
+                    if buf.len() < EXACT_RETRY_BELOW { at_least } else { at_least.max(buf.len().saturating_mul(2)) };
+            }
+            HeaderParse::Parsed(header) => {
+                let prefix = std::mem::take(buf);
+                let mut body = start_body(path, total, memory_limit, header)?;
+                body.write(0, &prefix);
+                body.write(prefix.len(), rest);
+                return Ok(Some(body));
             }
         }
     }
-
+    Ok(None)
 }
 
 /// Config, tensor checks, fit check and buffer reservations for a parsed header.
 fn start_body(path: &Path, total: usize, memory_limit: Option<u64>, header: GgufFile) -> Result<Box<Body>> {
-    {
-        let config = Phi2Config::from_gguf(&header)?;
-        let needed = Layout::Gguf.required_tensors(&config, &header);
-        let infos = header.tensor_infos();
-        let mut held = Vec::with_capacity(needed.len());
-        let mut largest = 0usize;
-        for name in &needed {
-            let Some(info) = header.tensor_info(name) else {
-                return Err(Error::MissingTensor { path: path.to_path_buf(), name: name.clone(), looked_for: name.clone() });
-            };
-            let Some(len) = info.len else {
-                // The same "unsupported ggml type" error as GgufFile::tensor.
-                return Err(header.tensor(name).err().unwrap_or_else(|| Error::tensor(path, name, "unsupported ggml type")));
-            };
-            largest = largest.max(len);
-            if let Some(i) = infos.iter().position(|t| std::ptr::eq(t, info)) {
-                held.push(i);
-            }
+    let config = Phi2Config::from_gguf(&header)?;
+    let needed = Layout::Gguf.required_tensors(&config, &header);
+    let infos = header.tensor_infos();
+    let mut held = Vec::with_capacity(needed.len());
+    let mut largest = 0usize;
+    for name in &needed {
+        let Some(info) = header.tensor_info(name) else {
+            return Err(Error::MissingTensor { path: path.to_path_buf(), name: name.clone(), looked_for: name.clone() });
+        };
+        let Some(len) = info.len else {
+            // The same "unsupported ggml type" error as GgufFile::tensor.
+            return Err(header.tensor(name).err().unwrap_or_else(|| Error::tensor(path, name, "unsupported ggml type")));
+        };
+        largest = largest.max(len);
+        if let Some(i) = header.tensor_index(name) {
+            held.push(i);
         }
-        if let Some(limit) = memory_limit {
-            let kv = 2u64
-                .saturating_mul(config.num_layers as u64)
-                .saturating_mul(config.context_length as u64)
-                .saturating_mul(config.hidden_size as u64)
-                .saturating_mul(4);
-            let need = (total as u64).saturating_add(kv.max(largest as u64)).saturating_add(WORKING_MARGIN);
-            if need > limit {
-                let detail = format!(
-                    "with the f32 KV cache at the full context of {} tokens: {:.2} GB",
-                    config.context_length,
-                    kv as f64 / GB
-                );
-                return Err(too_large(path, total as u64, need, limit, &detail));
-            }
-        }
-        let mut bufs: Vec<Option<Vec<u8>>> = vec![None; infos.len()];
-        for &i in &held {
-            let info = &infos[i];
-            let len = info.len.unwrap_or(0);
-            let mut v = Vec::new();
-            v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
-                what: format!("cannot allocate {len} bytes for tensor `{}` of {}", info.name, path.display()),
-            })?;
-            bufs[i] = Some(v);
-        }
-        held.sort_by_key(|&i| infos[i].offset);
-        Ok(Box::new(Body { header, config, bufs, order: held, cursor: 0 }))
     }
+    if let Some(limit) = memory_limit {
+        let kv = 2u64
+            .saturating_mul(config.num_layers as u64)
+            .saturating_mul(config.context_length as u64)
+            .saturating_mul(config.hidden_size as u64)
+            .saturating_mul(4);
+        let need = (total as u64).saturating_add(kv.max(largest as u64)).saturating_add(WORKING_MARGIN);
+        if need > limit {
+            let detail = format!(
+                "with the f32 KV cache at the full context of {} tokens: {:.2} GB",
+                config.context_length,
+                kv as f64 / GB
+            );
+            return Err(too_large(path, total as u64, need, limit, &detail));
+        }
+    }
+    let mut bufs: Vec<Option<Vec<u8>>> = vec![None; infos.len()];
+    for &i in &held {
+        let info = &infos[i];
+        let len = info.len.unwrap_or(0);
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+            what: format!("cannot allocate {len} bytes for tensor `{}` of {}", info.name, path.display()),
+        })?;
+        bufs[i] = Some(v);
+    }
+    held.sort_by_key(|&i| infos[i].offset);
+    Ok(Box::new(Body { header, config, bufs, order: held, cursor: 0 }))
 }
 
 impl GgufStreamLoader {
-
     /// Builds the model (and reads the tokenizer from the metadata). `E_MALFORMED_FILE` when
     /// fewer than the declared bytes arrived. Each tensor buffer is freed right after it is
     /// converted. A malformed tokenizer in the metadata is an error here; see
@@ -409,9 +427,8 @@ impl TensorSource for Streamed<'_> {
     }
 
     fn take(&self, name: &str) -> Result<Option<TensorData<'_>>> {
-        let infos = self.header.tensor_infos();
-        let Some(i) = infos.iter().position(|t| t.name == name) else { return Ok(None) };
-        let info = &infos[i];
+        let Some(i) = self.header.tensor_index(name) else { return Ok(None) };
+        let info = &self.header.tensor_infos()[i];
         let Some(dtype) = info.dtype else { return self.header.tensor(name).map(|_| None) };
         let buf = self.bufs.borrow_mut().get_mut(i).and_then(Option::take);
         match buf {
