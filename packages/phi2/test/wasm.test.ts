@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs'
 import { type AddressInfo } from 'node:net'
 import { createServer, type Server } from 'node:http'
 import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   Phi2AbortError,
@@ -201,6 +202,22 @@ describe.each(flavours)('backend wasm ($name, threads $threads)', ({ threads, bu
   })
 })
 
+describe('backend wasm: runtime choice', () => {
+  it(MT_BUILT ? 'threads > 1 runs the threaded build' : 'threads > 1 without pkg-mt in the package falls back to st and says why', async () => {
+    const m = await loadModel(fixture('tiny-q8_0.gguf'), { backend: 'wasm', threads: 2 })
+    try {
+      if (MT_BUILT) expect(m.info.runtime).toMatchObject({ build: 'wasm-simd-threads', threads: 2 })
+      else {
+        expect(m.info.runtime).toMatchObject({ build: 'wasm-simd', threads: 1 })
+        expect(m.info.runtime.reason).toMatch(/multi-threaded build \(pkg-mt\) is not in this package/)
+      }
+      expect((await m.generate('Hello', { maxNewTokens: 5 })).tokens).toEqual([11044, 44899, 13104, 2952, 25581])
+    } finally {
+      m.dispose()
+    }
+  })
+})
+
 describe('backend wasm: lifecycle', () => {
   it('dispose during generation rejects with E_DISPOSED and ends the worker', async () => {
     const m = await loadModel(fixture('tiny-q8_0.gguf'), { backend: 'wasm', threads: 1 })
@@ -239,6 +256,7 @@ describe('backend wasm: sources', () => {
     const bytes = new Uint8Array(readFileSync(fixture('tiny-q8_0.gguf')))
     const sources: Array<[unknown, string]> = [
       [fixture('tiny-q8_0.gguf'), fixture('tiny-q8_0.gguf')],
+      [pathToFileURL(fixture('tiny-q8_0.gguf')), fixture('tiny-q8_0.gguf')],
       [bytes, 'bytes'],
       [q8.buffer.slice(q8.byteOffset, q8.byteOffset + q8.byteLength), 'bytes'],
       [new Blob([q8]), 'blob'],

@@ -5,6 +5,7 @@
 import { existsSync, readdirSync, statSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { basename, dirname, extname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import type { EngineSource } from '../engine.js'
 import { Phi2BackendUnavailableError, Phi2ModelLoadError, abortErrorFrom } from '../errors.js'
@@ -105,6 +106,8 @@ export async function loadModel(source: ModelSource, options?: LoadOptions): Pro
 }
 
 async function loadNodeWasm(source: ModelSource, opts: LoadOptions): Promise<Phi2Model> {
+  if (source instanceof URL && source.protocol === 'file:') source = fileURLToPath(source)
+  else if (typeof source === 'string' && /^file:\/\//i.test(source)) source = fileURLToPath(source)
   let engineSource: EngineSource
   let display: string
   let dir: string | null = null
