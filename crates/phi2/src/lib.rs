@@ -2,7 +2,10 @@
 //!
 //! - [`Phi2::load`] reads HF safetensors (single or sharded, F32/F16/BF16), the legacy `phi-msft`
 //!   layout, or GGUF (F32/F16/BF16 and Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K).
-//! - [`Session::generate`] prefills, decodes with a KV cache and samples with [`Sampler`].
+//! - [`GgufStreamLoader`] builds a model from a GGUF file pushed in chunks (downloads, WASM): the
+//!   header is checked as soon as it arrives, tensor data goes straight into per-tensor buffers.
+//! - [`Session::generate`] prefills, decodes with a KV cache and samples with [`Sampler`];
+//!   [`Session::begin`] / [`Session::step`] / [`Session::end`] do the same one token per call.
 //! - Every failure is an [`Error`] with a stable code; no input makes the engine panic.
 
 pub mod config;
