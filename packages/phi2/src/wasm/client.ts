@@ -55,7 +55,7 @@ export interface WasmEnvironment {
 export const WASM_DEFAULT_MAX_THREADS = 8
 /** The most pool threads the threaded build takes (threadPoolBuild's range). */
 export const WASM_MAX_THREADS = 64
-const THREAD_START_TIMEOUT_MS = 60_000
+const THREAD_START_TIMEOUT_MS = 20_000
 
 /** Internal test hook on the engine model: make the engine worker fail like a crash. */
 export const CRASH_ENGINE = Symbol.for('@x/phi2/crash-engine-worker')
@@ -322,7 +322,15 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         }
       }
       await conn.startThreads(threads, init.module!, init.memory!)
-      const size = await conn.call<number>({ op: 'pool', threads }).promise
+      // The engine worker blocks in threadPoolBuild until every pool thread runs: bounded, so that a
+      // pool that never forms ends in the single-threaded fallback instead of a hang.
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const size = await Promise.race([
+        conn.call<number>({ op: 'pool', threads }).promise,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`the thread pool did not start within ${THREAD_START_TIMEOUT_MS / 1000} s`)), THREAD_START_TIMEOUT_MS)
+        }),
+      ]).finally(() => clearTimeout(timer))
       return { conn, build: 'wasm-simd-threads', threads: size, note: null }
     } catch (err) {
       conn.close(err instanceof Phi2Error ? err : new Phi2EngineCrashedError(describe(err), { cause: err }))
