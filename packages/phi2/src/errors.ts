@@ -140,7 +140,6 @@ const LOAD_HINTS: Partial<Record<string, string>> = {
   E_BAD_TENSOR: 'the weights do not match the Phi-2 architecture described by the config',
   E_MISSING_TENSOR: 'the weights are incomplete or not a Phi-2 (phi) model',
   E_BAD_CONFIG: 'config.json / GGUF metadata is missing a value or has an invalid one',
-  E_MODEL_TOO_LARGE: 'use a smaller quantization (Q4_0 / Q4_K / Q8_0 GGUF) or the native cpu backend',
 }
 
 function messageOf(err: unknown): string {
