@@ -128,6 +128,20 @@ m.dispose()
     expect(out).toEqual({ tokens: EXPECTED_TOKENS, ids: [15496, 2159], tokenizer: 'gguf' })
   })
 
+  it('runs backend wasm from the installed package (worker script and engine shipped in dist/)', () => {
+    writeFileSync(
+      join(project, 'wasm.mjs'),
+      `import { loadModel, defaultModelPath } from '@x/phi2'
+const m = await loadModel(defaultModelPath(), { backend: 'wasm', threads: 1 })
+const r = await m.generate('Hello', { maxNewTokens: 5 })
+console.log(JSON.stringify({ tokens: r.tokens, runtime: m.info.runtime }))
+m.dispose()
+`,
+    )
+    const out = JSON.parse(run(process.execPath, ['wasm.mjs'], project))
+    expect(out).toMatchObject({ tokens: EXPECTED_TOKENS, runtime: { backend: 'wasm', build: 'wasm-simd', threads: 1 } })
+  })
+
   it('works through require (CJS), including the bundled tokenizer', () => {
     writeFileSync(
       join(project, 'cjs.cjs'),
@@ -187,5 +201,42 @@ export const bad: GenerateOptions = { temperature: 'hot' }
     )
     const tsc = join(REPO_ROOT, 'node_modules/typescript/bin/tsc')
     execFileSync(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: project, env: cleanEnv(), encoding: 'utf8' })
+
+    // A bundled web app: the "browser" condition's declarations (dist/browser.d.ts).
+    writeFileSync(
+      join(project, 'web.ts'),
+      `import { loadModel, defaultModelUrl, type LoadProgress, type ModelRuntime, type ModelSource } from '@x/phi2'
+export async function main(file: File): Promise<string> {
+  const src: ModelSource = file
+  const m = await loadModel(src, { backend: 'wasm', threads: 2, cache: false, onProgress: (p: LoadProgress) => console.log(p.phase, p.loadedBytes, p.totalBytes) })
+  const m2 = await loadModel(defaultModelUrl(), { signal: new AbortController().signal })
+  const rt: ModelRuntime = m.info.runtime
+  const build: 'native' | 'wasm-simd' | 'wasm-simd-threads' = rt.build
+  for await (const c of m2.stream('Hi', { maxNewTokens: 4 })) console.log(c.text)
+  m.dispose()
+  return build + rt.reason + String(m2.info.fromCache)
+}
+// @ts-expect-error the browser entry has no Node-only helpers
+export { defaultModelPath } from '@x/phi2'
+`,
+    )
+    writeFileSync(
+      join(project, 'tsconfig.web.json'),
+      JSON.stringify({
+        compilerOptions: {
+          target: 'ES2022',
+          lib: ['ES2022', 'DOM', 'ESNext.Disposable', 'DOM.AsyncIterable'],
+          module: 'ESNext',
+          moduleResolution: 'bundler',
+          customConditions: ['browser'],
+          strict: true,
+          noEmit: true,
+          types: [],
+          skipLibCheck: false,
+        },
+        files: ['web.ts'],
+      }),
+    )
+    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.web.json'], { cwd: project, env: cleanEnv(), encoding: 'utf8' })
   })
 })
