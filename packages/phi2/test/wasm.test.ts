@@ -203,6 +203,15 @@ describe.each(flavours)('backend wasm ($name, threads $threads)', ({ threads, bu
 })
 
 describe('backend wasm: runtime choice', () => {
+  it('the shipped engine builds have the streamed loader and step-wise generation (the worker\'s main path, not its fallbacks)', () => {
+    for (const flavour of MT_BUILT ? ['st', 'mt'] : ['st']) {
+      const glue = readFileSync(join(PKG_DIR, 'dist/wasm', flavour, 'phi2_wasm.js'), 'utf8')
+      expect(glue, flavour).toMatch(/export class WasmModelLoader/)
+      expect(glue, flavour).toMatch(/\bbegin\(tokens, options\)/)
+      expect(glue, flavour).toMatch(/\bstep\(\)/)
+    }
+  })
+
   it(MT_BUILT ? 'threads > 1 runs the threaded build' : 'threads > 1 without pkg-mt in the package falls back to st and says why', async () => {
     const m = await loadModel(fixture('tiny-q8_0.gguf'), { backend: 'wasm', threads: 2 })
     try {
