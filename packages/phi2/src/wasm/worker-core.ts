@@ -160,6 +160,8 @@ export function runWorker(host: WorkerHost): void {
   const sessions = new Map<number, WasmSessionLike>()
   const queue: Array<{ id: number; run: () => Promise<void>; cancelled: () => void }> = []
   let pumping = false
+  /** The job running now (generate / logprobs), and the ids cancelled while running. */
+  let running: number | null = null
   const cancelled = new Set<number>()
   const loads = new Map<number, AbortController>()
 
@@ -457,12 +459,13 @@ export function runWorker(host: WorkerHost): void {
     queue.push({
       id,
       run: async () => {
+        running = id
         try {
-          if (cancelled.has(id)) whenCancelledQueued()
-          else await run()
+          await run()
         } catch (err) {
           fail(id, err)
         } finally {
+          running = null
           cancelled.delete(id)
         }
       },
@@ -585,7 +588,8 @@ export function runWorker(host: WorkerHost): void {
         if (i >= 0) {
           const [job] = queue.splice(i, 1)
           job!.cancelled()
-        } else cancelled.add(msg.id)
+        } else if (running === msg.id) cancelled.add(msg.id)
+        // else: already finished, nothing to stop
         return
       }
       case 'abortLoad':
