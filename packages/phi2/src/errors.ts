@@ -14,7 +14,7 @@
  * - `E_MODEL_TOO_LARGE`     {@link Phi2ModelLoadError}: the model cannot fit in wasm32 memory (checked before downloading).
  * - `E_UNSUPPORTED_FORMAT`  {@link Phi2ModelLoadError}: the backend cannot read this kind of file (wasm: GGUF only).
  * - `E_UNKNOWN_SIZE`        {@link Phi2ModelLoadError}: a URL's server sent no usable Content-Length.
- * - `E_INTEGRITY`           a cached or downloaded file does not match its recorded sha256 / length.
+ * - `E_INTEGRITY`           {@link Phi2ModelLoadError}: a download delivered more bytes than its Content-Length said.
  * - `E_ENGINE_CRASHED`      {@link Phi2EngineCrashedError}: the engine worker failed (error, wasm trap, exit).
  * - Native codes, kept as-is ({@link Phi2ModelLoadError} when they come from loading):
  *   `E_IO`, `E_MALFORMED_FILE`, `E_BAD_TENSOR`, `E_MISSING_TENSOR`, `E_BAD_CONFIG`,

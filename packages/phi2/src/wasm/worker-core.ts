@@ -231,6 +231,12 @@ export function runWorker(host: WorkerHost): void {
           checkMagic(chunk, name)
           first = false
         }
+        if (loader!.received + chunk.byteLength > total) {
+          throw coded(
+            'E_INTEGRITY',
+            `${name}: more than the announced ${total} bytes arrived (a compressed or changed response? serve the file uncompressed with its exact Content-Length)`,
+          )
+        }
         loader!.push(chunk)
         progress(loader!.received)
       }
