@@ -359,7 +359,7 @@ test('WasmModelLoader errors carry their codes', () => {
   // Too large for wasm32 memory (phi-2 F16 is 5.6 GB): refused before any byte, with advice.
   assert.throws(() => new WasmModelLoader('phi-2.F16.gguf', 5.6e9, false), (e) => {
     assert.equal(e.code, 'E_MODEL_TOO_LARGE', e.message);
-    for (const s of ['4 GiB', 'Q4_0', 'Q4_K', 'Q8_0']) assert.ok(e.message.includes(s), `${s} in ${e.message}`);
+    for (const s of ['4 GiB', 'Q4_0', 'Q4_K']) assert.ok(e.message.includes(s), `${s} in ${e.message}`);
     return true;
   });
   throwsCode(() => new WasmModelLoader('x.gguf', -1, false), 'E_INVALID_ARGUMENT');
