@@ -3,11 +3,12 @@
 // greedy and seeded-sampling tokens and log-probs on both paths (multi-threaded wasm in a cross-origin
 // isolated page, single-threaded otherwise).
 //
-// Log-prob tolerance: 1e-4 for f32 and Q8_0 weights. Q4_0 / Q4_K weights re-quantize activations
-// to int8 blocks inside every matmul, so a last-ulp difference between AVX2 and SIMD128 float sums
-// can move one activation across a rounding boundary and shift a whole row by up to ~0.1 on these
-// random-weight fixtures (measured and explained in test/wasm/wasm.test.mjs, same bound 0.35); for
-// them the tokens must still be equal and the rows within 1e-4 are counted and printed.
+// Log-prob tolerance: 1e-4 (the issue's bound) for every type whose product uses the same kernel on
+// both sides: f32, Q8_0, Q4_0 (measured ≤ 1e-5). K-quants differ in one place: on x86 the native
+// engine (candle) repacks Q4_K / Q6_K weights into tiles whose float accumulation order differs from
+// the per-block kernel wasm runs; on these random-weight fixtures, which amplify small differences
+// (a Q8_0-vs-F32 gap is ~0.3 here), one row of 39 moves by ~2e-2. For K-quants the bound is 0.05 on
+// the worst row and at least 90% of the rows within 1e-4; tokens must be equal for every type.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
@@ -30,7 +31,8 @@ import {
 
 const FIXTURES = ['tiny-q8_0.gguf', 'tiny-q4_0.gguf', 'kq-q4_K.gguf', 'tiny-f32.gguf'];
 const TOL = 1e-4;
-const QUANT_NOISE_MAX = 0.35;
+const KQUANT_MAX = 0.05;
+const KQUANT_ROWS_WITHIN = 0.9;
 const MAX_NEW = 24;
 
 let browser;
@@ -118,8 +120,10 @@ for (const isolated of [true, false]) {
           `# ${mode} ${name} (${info.dtype}, ${info.runtime.build}): ${want.tokens.length} greedy + ${wantS.tokens.length} sampled tokens equal; ` +
             `max |Δ logprob| ${d.toExponential(2)}, rows within ${TOL}: ${within}/${seq.length}`,
         );
-        const tol = info.dtype === 'f32' || info.dtype === 'q8_0' ? TOL : QUANT_NOISE_MAX;
+        const kquant = /_K$/.test(info.dtype);
+        const tol = kquant ? KQUANT_MAX : TOL;
         assert.ok(d <= tol, `max |Δ logprob| ${d} > ${tol}`);
+        if (kquant) assert.ok(within >= KQUANT_ROWS_WITHIN * seq.length, `only ${within}/${seq.length} rows within ${TOL}`);
         await page.evaluate((name) => window.__models[name].dispose(), name);
         assert.deepEqual(page.pageErrors, []);
       });
