@@ -33,6 +33,8 @@ export interface NativeModelInfo {
   architecture: string; format: string; dtype: string; vocabSize: number; tokenizerSize: number;
   hiddenSize: number; intermediateSize: number; numLayers: number; numHeads: number; headDim: number;
   rotaryDim: number; ropeTheta: number; layerNormEps: number; contextLength: number; eosTokenId: number | null;
+  /** The file's context length; `contextLength` is this or the loader's `contextLength` cap. */
+  trainedContextLength: number;
 }
 export interface NativeGgufVocab {
   model: string; pre: string | null; tokens: string[]; tokenTypes: number[]; merges: string[];
@@ -149,7 +151,7 @@ impl WasmModel {
     ) -> Result<WasmModel, JsValue> {
         let view = bytes_view(&bytes)?;
         let name = name.unwrap_or_else(|| "model.gguf".into());
-        let mut loader = WasmModelLoader::create(&name, view.length() as u64, false)?;
+        let mut loader = WasmModelLoader::create(&name, view.length() as u64, false, None)?;
         loader.push_view(&view)?;
         loader.finish()
     }
@@ -173,6 +175,7 @@ impl WasmModel {
         set(&o, "ropeTheta", c.rope_theta as f64);
         set(&o, "layerNormEps", c.layer_norm_eps);
         set(&o, "contextLength", c.context_length as u32);
+        set(&o, "trainedContextLength", m.info.trained_context_length as u32);
         set(&o, "eosTokenId", opt_u32(c.eos_token_id));
         Ok(o)
     }
@@ -251,8 +254,8 @@ pub struct WasmModelLoader {
 }
 
 impl WasmModelLoader {
-    fn create(name: &str, total: u64, hash: bool) -> Result<WasmModelLoader, JsValue> {
-        let inner = GgufStreamLoader::with_memory_limit(name, total, hash, MEMORY_LIMIT).map_err(engine_err)?;
+    fn create(name: &str, total: u64, hash: bool, context: Option<usize>) -> Result<WasmModelLoader, JsValue> {
+        let inner = GgufStreamLoader::with_limits(name, total, hash, MEMORY_LIMIT, context).map_err(engine_err)?;
         Ok(WasmModelLoader { inner, scratch: Vec::new() })
     }
 
@@ -288,11 +291,21 @@ impl WasmModelLoader {
     /// `totalBytes`: the file's exact length. `hash`: compute `sha256()` over the pushed bytes.
     /// Throws E_MODEL_TOO_LARGE when the file cannot fit in wasm32 memory with the engine's needs.
     #[wasm_bindgen(constructor)]
-    pub fn new(name: String, #[wasm_bindgen(js_name = totalBytes)] total_bytes: f64, hash: bool) -> Result<WasmModelLoader, JsValue> {
+    pub fn new(
+        name: String,
+        #[wasm_bindgen(js_name = totalBytes)] total_bytes: f64,
+        hash: bool,
+        #[wasm_bindgen(js_name = contextLength)] context_length: Option<f64>,
+    ) -> Result<WasmModelLoader, JsValue> {
         if !(total_bytes.is_finite() && total_bytes >= 0.0 && total_bytes.fract() == 0.0 && total_bytes <= 9_007_199_254_740_992.0) {
             return Err(invalid(format!("totalBytes must be a non-negative integer, got {total_bytes}")));
         }
-        Self::create(&name, total_bytes as u64, hash)
+        let context = match context_length {
+            None => None,
+            Some(c) if c.is_finite() && c >= 1.0 && c.fract() == 0.0 && c <= u32::MAX as f64 => Some(c as usize),
+            Some(c) => return Err(invalid(format!("contextLength must be an integer ≥ 1, got {c}"))),
+        };
+        Self::create(&name, total_bytes as u64, hash, context)
     }
 
     /// The next bytes of the file (Uint8Array, Buffer or ArrayBuffer). Throws on a bad header (as

@@ -24,6 +24,8 @@ pub struct ModelInfo {
     pub format: &'static str,
     /// The dtype of the bulk of the matrices (`f32`, `q4_K`, ...).
     pub dtype: DType,
+    /// The context length in the file; `config.context_length` is this or a loader's cap.
+    pub trained_context_length: usize,
 }
 
 /// A loaded model: config + weights. Immutable and shareable across threads; each generation
@@ -97,7 +99,7 @@ impl Phi2 {
     }
 
     pub(crate) fn from_parts(config: Phi2Config, weights: Phi2Weights, format: &'static str, device: Device) -> Result<Self> {
-        let info = ModelInfo { format, dtype: weights.dtype };
+        let info = ModelInfo { format, dtype: weights.dtype, trained_context_length: config.context_length };
         Ok(Phi2 { config, info, weights, device })
     }
 

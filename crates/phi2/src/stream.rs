@@ -58,6 +58,8 @@ pub struct GgufStreamLoader {
     path: PathBuf,
     total: usize,
     memory_limit: Option<u64>,
+    /// Caps the context length (and so the KV cache the fit check counts).
+    context_limit: Option<usize>,
     received: usize,
     hasher: Option<Sha256>,
     digest: Option<String>,
@@ -76,7 +78,10 @@ enum State {
 
 struct Body {
     header: GgufFile,
+    /// With `context_length` capped by the context limit.
     config: Phi2Config,
+    /// The file's own context length.
+    trained_context: usize,
     /// One slot per tensor info; `Some` for the tensors the model takes (filled in file order).
     bufs: Vec<Option<Vec<u8>>>,
     /// Indices of the held tensors, sorted by offset.
@@ -128,7 +133,24 @@ impl GgufStreamLoader {
     /// a model that cannot fit in `memory_limit` bytes (see the module docs for the count): here
     /// from `total_len` alone, and again once the header is parsed.
     pub fn with_memory_limit(name: &str, total_len: u64, hash: bool, memory_limit: Option<u64>) -> Result<Self> {
+        Self::with_limits(name, total_len, hash, memory_limit, None)
+    }
+
+    /// Like [`GgufStreamLoader::with_memory_limit`], and the model's context length is capped at
+    /// `context_limit` tokens (≥ 1): generation stops there, and the fit check counts the KV cache
+    /// for that many positions. This is how a model too large at its full context (phi-2 Q8_0 in
+    /// wasm32) can still load; the E_MODEL_TOO_LARGE message says which cap would fit.
+    pub fn with_limits(
+        name: &str,
+        total_len: u64,
+        hash: bool,
+        memory_limit: Option<u64>,
+        context_limit: Option<usize>,
+    ) -> Result<Self> {
         let path = PathBuf::from(name);
+        if context_limit == Some(0) {
+            return Err(Error::invalid("context_limit", "must be at least 1 token"));
+        }
         if let Some(limit) = memory_limit {
             let need = total_len.saturating_add(WORKING_MARGIN);
             if need > limit {
@@ -142,6 +164,7 @@ impl GgufStreamLoader {
             path,
             total,
             memory_limit,
+            context_limit,
             received: 0,
             hasher: hash.then(Sha256::new),
             digest: None,
@@ -222,13 +245,14 @@ impl GgufStreamLoader {
 
     fn accept(&mut self, chunk: &[u8]) -> Result<()> {
         let at = self.received;
+        let limits = self.limits();
         let body = match &mut self.state {
             State::Data(body) => {
                 body.write(at, chunk);
                 return Ok(());
             }
             State::Header { buf, next_try } => {
-                match header_step(&self.path, self.total, self.memory_limit, buf, next_try, chunk)? {
+                match header_step(&self.path, self.total, limits, buf, next_try, chunk)? {
                     Some(body) => body,
                     None => return Ok(()),
                 }
@@ -246,7 +270,7 @@ impl GgufStreamLoader {
 fn header_step(
     path: &Path,
     total: usize,
-    memory_limit: Option<u64>,
+    limits: Limits,
     buf: &mut Vec<u8>,
     next_try: &mut usize,
     chunk: &[u8],
@@ -269,7 +293,7 @@ fn header_step(
             }
             HeaderParse::Parsed(header) => {
                 let prefix = std::mem::take(buf);
-                let mut body = start_body(path, total, memory_limit, header)?;
+                let mut body = start_body(path, total, limits, header)?;
                 body.write(0, &prefix);
                 body.write(prefix.len(), rest);
                 return Ok(Some(body));
@@ -279,9 +303,19 @@ fn header_step(
     Ok(None)
 }
 
+#[derive(Clone, Copy)]
+struct Limits {
+    memory: Option<u64>,
+    context: Option<usize>,
+}
+
 /// Config, tensor checks, fit check and buffer reservations for a parsed header.
-fn start_body(path: &Path, total: usize, memory_limit: Option<u64>, header: GgufFile) -> Result<Box<Body>> {
-    let config = Phi2Config::from_gguf(&header)?;
+fn start_body(path: &Path, total: usize, limits: Limits, header: GgufFile) -> Result<Box<Body>> {
+    let mut config = Phi2Config::from_gguf(&header)?;
+    let trained_context = config.context_length;
+    if let Some(c) = limits.context {
+        config.context_length = config.context_length.min(c);
+    }
     let needed = Layout::Gguf.required_tensors(&config, &header);
     let infos = header.tensor_infos();
     let mut held = Vec::with_capacity(needed.len());
@@ -299,19 +333,25 @@ fn start_body(path: &Path, total: usize, memory_limit: Option<u64>, header: Gguf
             held.push(i);
         }
     }
-    if let Some(limit) = memory_limit {
-        let kv = 2u64
-            .saturating_mul(config.num_layers as u64)
-            .saturating_mul(config.context_length as u64)
-            .saturating_mul(config.hidden_size as u64)
-            .saturating_mul(4);
+    if let Some(limit) = limits.memory {
+        // f32 keys and values for every layer, per position.
+        let kv_per_token = 2u64.saturating_mul(config.num_layers as u64).saturating_mul(config.hidden_size as u64).saturating_mul(4);
+        let kv = kv_per_token.saturating_mul(config.context_length as u64);
         let need = (total as u64).saturating_add(kv.max(largest as u64)).saturating_add(WORKING_MARGIN);
         if need > limit {
-            let detail = format!(
-                "with the f32 KV cache at the full context of {} tokens: {:.2} GB",
+            let mut detail = format!(
+                "with the f32 KV cache at a context of {} tokens: {:.2} GB",
                 config.context_length,
                 kv as f64 / GB
             );
+            // The largest context (a multiple of 256) that would fit, if a useful one does.
+            let room = limit.saturating_sub((total as u64).saturating_add(WORKING_MARGIN));
+            let fits = if room >= largest as u64 && kv_per_token > 0 { (room / kv_per_token) / 256 * 256 } else { 0 };
+            if fits >= 256 && (fits as usize) < config.context_length {
+                detail.push_str(&format!(
+                    "; it fits with a context of at most {fits} tokens: load it with contextLength {fits} or less"
+                ));
+            }
             return Err(too_large(path, total as u64, need, limit, &detail));
         }
     }
@@ -326,10 +366,14 @@ fn start_body(path: &Path, total: usize, memory_limit: Option<u64>, header: Gguf
         bufs[i] = Some(v);
     }
     held.sort_by_key(|&i| infos[i].offset);
-    Ok(Box::new(Body { header, config, bufs, order: held, cursor: 0 }))
+    Ok(Box::new(Body { header, config, trained_context, bufs, order: held, cursor: 0 }))
 }
 
 impl GgufStreamLoader {
+    fn limits(&self) -> Limits {
+        Limits { memory: self.memory_limit, context: self.context_limit }
+    }
+
     /// Builds the model (and reads the tokenizer from the metadata). `E_MALFORMED_FILE` when
     /// fewer than the declared bytes arrived. Each tensor buffer is freed right after it is
     /// converted. A malformed tokenizer in the metadata is an error here; see
@@ -357,12 +401,13 @@ impl GgufStreamLoader {
                 ),
             ));
         }
+        let limits = self.limits();
         let body = match self.state {
             State::Data(body) => body,
             // Every byte arrived and the last push tried the header: only an empty file is left.
             State::Header { buf, .. } => match GgufFile::parse_header(&self.path, &buf, self.total)? {
                 HeaderParse::Parsed(h) => {
-                    let mut b = start_body(&self.path, self.total, self.memory_limit, h)?;
+                    let mut b = start_body(&self.path, self.total, limits, h)?;
                     b.write(0, &buf);
                     b
                 }
@@ -371,7 +416,7 @@ impl GgufStreamLoader {
                 }
             },
         };
-        let Body { header, config, bufs, .. } = *body;
+        let Body { header, config, trained_context, bufs, .. } = *body;
         for (info, buf) in header.tensor_infos().iter().zip(&bufs) {
             if let Some(buf) = buf {
                 if Some(buf.len()) != info.len {
@@ -386,7 +431,8 @@ impl GgufStreamLoader {
             Phi2Weights::load(&src, Layout::Gguf, &config, &device)?
         };
         let vocab = GgufVocab::read(&header);
-        let model = Phi2::from_parts(config, weights, "gguf", device)?;
+        let mut model = Phi2::from_parts(config, weights, "gguf", device)?;
+        model.info.trained_context_length = trained_context;
         Ok((model, vocab))
     }
 }

@@ -394,3 +394,51 @@ fn step_wise_misuse_is_an_error_not_a_panic() {
     assert!(s.step().unwrap().is_some());
     s.end().unwrap();
 }
+
+/// `bytes` (a GGUF) with its `phi2.context_length` set to `ctx` (u32 or u64 metadata value).
+fn with_context_length(mut bytes: Vec<u8>, ctx: u64) -> Vec<u8> {
+    let key = b"phi2.context_length";
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("context_length key") + key.len();
+    let ty = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    match ty {
+        4 => bytes[at + 4..at + 8].copy_from_slice(&(ctx as u32).to_le_bytes()),
+        10 => bytes[at + 4..at + 12].copy_from_slice(&ctx.to_le_bytes()),
+        t => panic!("unexpected metadata type {t} for phi2.context_length"),
+    }
+    bytes
+}
+
+#[test]
+fn a_context_cap_lets_a_model_fit_that_does_not_at_its_full_context() {
+    // tiny: 2 layers × hidden 64 → an f32 KV cache of 1 KiB per position. At a context of 2^20
+    // positions that is 1 GiB; the limit leaves room for about 300 MiB of it.
+    let bytes = with_context_length(std::fs::read(fixture("tiny-q8_0.gguf")).unwrap(), 1 << 20);
+    let total = bytes.len() as u64;
+    let limit = total + WORKING_MARGIN + (300 << 20);
+    let mut loader = GgufStreamLoader::with_limits("long.gguf", total, false, Some(limit), None).unwrap();
+    let err = loader.push(&bytes).err().expect("the full context cannot fit");
+    assert_eq!(err.code(), "E_MODEL_TOO_LARGE");
+    let msg = err.to_string();
+    // 300 MiB / 1 KiB = 307200 positions, a multiple of 256.
+    assert!(msg.contains("context of at most 307200 tokens") && msg.contains("contextLength 307200"), "{msg}");
+
+    let mut loader = GgufStreamLoader::with_limits("long.gguf", total, false, Some(limit), Some(307_200)).unwrap();
+    push_random(&mut loader, &bytes, 7);
+    let (model, _) = loader.finish().unwrap();
+    assert_eq!(model.config.context_length, 307_200);
+    assert_eq!(model.info.trained_context_length, 1 << 20);
+
+    // The cap is the context the engine enforces: a 10-token cap ends generation at 10 positions.
+    let (capped, _) = {
+        let mut l = GgufStreamLoader::with_limits("long.gguf", total, false, None, Some(10)).unwrap();
+        l.push(&bytes).unwrap();
+        l.finish().unwrap()
+    };
+    let mut s = Session::new(Arc::new(capped));
+    let opts = GenerateOptions { max_new_tokens: 100, stop_on_eos: false, ..GenerateOptions::default() };
+    let out = s.generate(&[464, 2068, 7586], &opts, &AtomicBool::new(false), |_| true).unwrap();
+    assert_eq!(out.finish, FinishReason::ContextFull);
+    assert_eq!(3 + out.tokens.len(), 10);
+
+    assert_eq!(GgufStreamLoader::with_limits("x.gguf", total, false, None, Some(0)).err().unwrap().code(), "E_INVALID_ARGUMENT");
+}

@@ -21,6 +21,8 @@ export interface EngineModelInfo {
   ropeTheta: number
   layerNormEps: number
   contextLength: number
+  /** The file's context length when the engine capped `contextLength` (wasm), else absent. */
+  trainedContextLength?: number
   eosTokenId?: number | null
 }
 
@@ -98,6 +100,8 @@ export interface EngineLoadOptions {
   onProgress?: (p: LoadProgress) => void
   /** Use the Cache API for URL sources where it exists (wasm engine). Default true. */
   cache?: boolean
+  /** The `contextLength` load option: the wasm engine caps its context there (and plans memory for it). */
+  contextLength?: number | null
 }
 
 /** Which engine build runs and why (`model.info.runtime`). */

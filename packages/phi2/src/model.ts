@@ -124,6 +124,7 @@ export async function loadWithEngine(plan: LoadPlan): Promise<Phi2Model> {
       ...(signal ? { signal } : {}),
       onProgress: progress,
       cache: opts.cache ?? true,
+      contextLength: opts.contextLength ?? null,
     })
   } catch (err) {
     throw fromNativeError(err, { loading: plan.display })
@@ -139,13 +140,14 @@ export async function loadWithEngine(plan: LoadPlan): Promise<Phi2Model> {
     }
     tokenizer ??= plan.fallbackTokenizer(info)
     progress({ phase: 'tokenizer', progress: 1 })
+    const trainedContextLength = info.trainedContextLength ?? info.contextLength
     let contextLength = info.contextLength
     if (opts.contextLength !== undefined) {
-      if (opts.contextLength > info.contextLength) {
+      if (opts.contextLength > trainedContextLength) {
         invalidOption(
           'contextLength',
           'loadModel',
-          `must be at most the model's context length ${info.contextLength}, got ${opts.contextLength}`,
+          `must be at most the model's context length ${trainedContextLength}, got ${opts.contextLength}`,
         )
       }
       contextLength = opts.contextLength
@@ -165,7 +167,7 @@ export async function loadWithEngine(plan: LoadPlan): Promise<Phi2Model> {
       vocabSize: info.vocabSize,
       tokenizerSize: info.tokenizerSize,
       contextLength,
-      trainedContextLength: info.contextLength,
+      trainedContextLength,
       hiddenSize: info.hiddenSize,
       intermediateSize: info.intermediateSize,
       numLayers: info.numLayers,

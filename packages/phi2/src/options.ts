@@ -63,7 +63,9 @@ export interface LoadOptions {
   /**
    * Context window in tokens (prompt + generated), at most the model's trained context (2048 for
    * Phi-2). Default: the model's. Range: integer >= 2. Generation stops with `finishReason: 'length'`
-   * when it is full.
+   * when it is full. With the wasm backend the engine also plans its memory for it: a model whose
+   * KV cache does not fit in wasm32's 4 GiB at the full context (phi-2 Q8_0) loads with a smaller one
+   * (the `E_MODEL_TOO_LARGE` message names the largest that fits).
    */
   contextLength?: number
   /**

@@ -257,6 +257,25 @@ describe('backend wasm: lifecycle', () => {
   }
 })
 
+describe('backend wasm: contextLength', () => {
+  it('caps the engine\'s context (the memory it plans for) and reports the trained one', async () => {
+    const m = await loadModel(fixture('tiny-q8_0.gguf'), { backend: 'wasm', threads: 1, contextLength: 40 })
+    try {
+      expect(m.info.contextLength).toBe(40)
+      expect(m.info.trainedContextLength).toBe(128)
+      const prompt = Array.from({ length: 30 }, (_, i) => 464 + i)
+      const r = await m.generate(prompt, { maxNewTokens: 40 })
+      expect(prompt.length + r.tokens.length).toBeLessThanOrEqual(40)
+      await expect(m.logprobs(Array.from({ length: 41 }, () => 464))).rejects.toMatchObject({ code: 'E_INVALID_OPTION' })
+    } finally {
+      m.dispose()
+    }
+    await expect(loadModel(fixture('tiny-q8_0.gguf'), { backend: 'wasm', threads: 1, contextLength: 129 })).rejects.toMatchObject({
+      name: 'Phi2OptionsError',
+    })
+  })
+})
+
 describe('backend wasm: sources', () => {
   const expectedTokens = async (m: Phi2Model) => (await m.generate('Hello', { maxNewTokens: 5 })).tokens
   const EXPECTED = [11044, 44899, 13104, 2952, 25581] // greedy after "Hello" on tiny-q8_0 (package.test.ts)

@@ -17,7 +17,7 @@ export interface WireError {
 export type Request =
   | { op: 'init'; flavour: Flavour }
   | { op: 'pool'; threads: number }
-  | { op: 'load'; source: EngineSource; cache: boolean }
+  | { op: 'load'; source: EngineSource; cache: boolean; contextLength?: number | null }
   | { op: 'session'; sid: number }
   | { op: 'generate'; sid: number; tokens: number[]; options: EngineGenerateOptions }
   | { op: 'logprobs'; tokens: number[] }

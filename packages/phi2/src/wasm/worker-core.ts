@@ -53,7 +53,7 @@ interface LoaderLike {
 export interface Glue {
   initSync(arg: { module: WebAssembly.Module; memory?: WebAssembly.Memory }): { memory: WebAssembly.Memory }
   WasmModel: { load(bytes: Uint8Array, name?: string | null): WasmModelLike }
-  WasmModelLoader?: new (name: string, totalBytes: number, hash: boolean) => LoaderLike
+  WasmModelLoader?: new (name: string, totalBytes: number, hash: boolean, contextLength?: number) => LoaderLike
   threadsSupported?(): boolean
   threadWorkerRun?(): void
   threadPoolBuild?(n: number): void
@@ -202,6 +202,9 @@ export function runWorker(host: WorkerHost): void {
 
   // ------------------------------------------------------------------ loading
 
+  /** The load's `contextLength` option: the engine caps its context (and the memory it plans for) there. */
+  let contextCap: number | null = null
+
   async function consume(
     id: number,
     opened: Opened,
@@ -222,7 +225,7 @@ export function runWorker(host: WorkerHost): void {
       host.post({ kind: 'progress', id, phase: 'download', loadedBytes: loaded, totalBytes: total, fromCache: opened.fromCache })
     }
     try {
-      if (g.WasmModelLoader) loader = new g.WasmModelLoader(name, total, hash)
+      if (g.WasmModelLoader) loader = new g.WasmModelLoader(name, total, hash, contextCap ?? undefined)
       else loader = new BufferedLoader(g, name, total, hash, opened.bytes && opened.bytes.byteLength === total ? opened.bytes : undefined)
       progress(0)
       let first = true
@@ -394,7 +397,8 @@ export function runWorker(host: WorkerHost): void {
     return { ...r, fromCache: false, total }
   }
 
-  async function load(id: number, source: EngineSource, useCache: boolean): Promise<void> {
+  async function load(id: number, source: EngineSource, useCache: boolean, contextLength: number | null): Promise<void> {
+    contextCap = contextLength
     const ac = new AbortController()
     loads.set(id, ac)
     try {
@@ -510,7 +514,7 @@ export function runWorker(host: WorkerHost): void {
         return
       }
       case 'load':
-        await load(id, req.source, req.cache)
+        await load(id, req.source, req.cache, req.contextLength ?? null)
         return
       case 'session': {
         // The client picks the id (its createSession() is synchronous); later calls name it.
