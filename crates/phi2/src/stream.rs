@@ -444,7 +444,7 @@ fn too_large(path: &Path, file: u64, need: u64, limit: u64, detail: &str) -> Err
             "the file is {file} bytes ({:.2} GB) and the engine needs about {need} bytes ({:.2} GB) for it ({detail}), \
              more than the memory limit of {limit} bytes ({:.2} GB; wasm32 memory is 4 GiB at most). \
              Use a smaller quantization: a Q4_0 or Q4_K GGUF (phi-2 is about 1.6 GB in Q4 and fits; its Q8_0, 3.0 GB, \
-             does not, with the 1.3 GB KV cache of its 2048-token context; F16 is 5.6 GB)",
+             fits only with a context of at most 1536 tokens instead of 2048; F16 is 5.6 GB)",
             file as f64 / GB,
             need as f64 / GB,
             limit as f64 / GB
