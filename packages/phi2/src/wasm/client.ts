@@ -67,6 +67,8 @@ interface Pending {
   onProgress?: (m: Extract<FromWorker, { kind: 'progress' }>) => void
   /** Reject with the engine's coded error as-is (loads: the caller wraps it with the source's name). */
   raw?: boolean
+  /** A hook (the caller's onProgress / onToken) threw: the call is stopped and rejects with this. */
+  hookError?: { error: unknown }
 }
 
 function describe(err: unknown): string {
@@ -80,6 +82,8 @@ class Connection {
   readonly #engine: WorkerHandle
   readonly #threads: WorkerHandle[] = []
   readonly #pending = new Map<number, Pending>()
+  /** Called once when the connection fails (crash or close): waits that are not calls (thread start). */
+  readonly #onFailure = new Set<(err: Phi2Error) => void>()
   #nextId = 1
   /** Set once: why every call fails from now on (crash or dispose). */
   failure: Phi2Error | null = null
@@ -98,17 +102,33 @@ class Connection {
     if (m.kind === 'thread-ready' || m.kind === 'thread-failed') return
     const p = this.#pending.get(m.id)
     if (!p) return
-    if (m.kind === 'token') p.onToken?.(m.token)
-    else if (m.kind === 'progress') p.onProgress?.(m)
+    if (m.kind === 'token') this.#hook(m.id, p, () => p.onToken?.(m.token))
+    else if (m.kind === 'progress') this.#hook(m.id, p, () => p.onProgress?.(m))
     else {
       this.#settle(m.id)
-      if (m.ok) p.resolve(m.value)
+      if (p.hookError && !(!m.ok && m.fatal)) p.reject(p.hookError.error)
+      else if (m.ok) p.resolve(m.value)
       else {
         const wire = fromWire(m.error)
         const err = m.fatal ? new Phi2EngineCrashedError(m.error.message, { cause: wire }) : p.raw ? wire : fromNativeError(wire)
         p.reject(err)
         if (m.fatal) this.crash(m.error.message, err)
       }
+    }
+  }
+
+  /**
+   * Runs a caller's hook for a message. A hook that throws must not escape this event handler (in
+   * Node that is an uncaught exception, i.e. the process ends): the call is stopped in the worker
+   * (load: abortLoad, generate / logprobs: cancel) and rejects with the hook's error when it replies.
+   */
+  #hook(id: number, p: Pending, run: () => void): void {
+    if (p.hookError) return
+    try {
+      run()
+    } catch (error) {
+      p.hookError = { error }
+      this.post(p.onProgress ? { kind: 'abortLoad', id } : { kind: 'cancel', id })
     }
   }
 
@@ -141,13 +161,20 @@ class Connection {
   /** Spawns `n` thread workers for pkg-mt and waits until each is about to run its pool loop. */
   async startThreads(n: number, module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<void> {
     let ready = 0
+    if (this.failure) throw this.failure
+    let onFailure: ((err: Phi2Error) => void) | undefined
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`thread workers did not start within ${THREAD_START_TIMEOUT_MS / 1000} s`)), THREAD_START_TIMEOUT_MS)
+      const timer = setTimeout(() => done(new Error(`thread workers did not start within ${THREAD_START_TIMEOUT_MS / 1000} s`)), THREAD_START_TIMEOUT_MS)
       const done = (err?: unknown) => {
         clearTimeout(timer)
+        if (onFailure) this.#onFailure.delete(onFailure)
         if (err) reject(err)
         else resolve()
       }
+      // The engine worker died, or the load was aborted / the connection closed, while the threads
+      // start: stop waiting now (not after the timeout).
+      onFailure = (err) => done(err)
+      this.#onFailure.add(onFailure)
       for (let i = 0; i < n; i++) {
         let started = false
         const w = this.#env.spawn({
@@ -193,6 +220,8 @@ class Connection {
     this.failure = err
     const pending = [...this.#pending.values()]
     this.#pending.clear()
+    const waits = [...this.#onFailure]
+    this.#onFailure.clear()
     for (const w of [this.#engine, ...this.#threads]) {
       try {
         w.terminate()
@@ -201,6 +230,7 @@ class Connection {
       }
     }
     for (const p of pending) p.reject(err)
+    for (const w of waits) w(err)
   }
 }
 
@@ -309,8 +339,13 @@ function transferable(source: EngineSource): { source: EngineSource; transfer: T
 
 /** The wasm engine for an environment. */
 export function wasmEngine(env: WasmEnvironment): Engine {
-  async function start(flavour: 'st' | 'mt', threads: number): Promise<{ conn: Connection; build: EngineRuntime['build']; threads: number; note: string | null }> {
+  async function start(
+    flavour: 'st' | 'mt',
+    threads: number,
+    onConn: (conn: Connection) => void,
+  ): Promise<{ conn: Connection; build: EngineRuntime['build']; threads: number; note: string | null }> {
     const conn = new Connection(env)
+    onConn(conn)
     try {
       const init = await conn.call<InitReply>({ op: 'init', flavour }).promise
       if (flavour === 'st' || !init.available) {
@@ -357,23 +392,33 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         reason = sm.reason
       }
       let aborted = false
+      /** The connection being started (init, thread pool): an abort ends its workers at once. */
+      let starting: Connection | null = null
       let onAbort: () => void = () => {}
       const abortedP = new Promise<never>((_, reject) => {
         onAbort = () => {
           aborted = true
           reject(abortErrorFrom(signal))
+          starting?.close(abortErrorFrom(signal))
         }
       })
       abortedP.catch(() => {})
       signal?.addEventListener('abort', onAbort, { once: true })
       let conn: Connection | null = null
       try {
-        const started = start(flavour, threads).catch(async (err: unknown) => {
-          if (flavour !== 'mt' || aborted) throw err
-          // The threaded start failed (e.g. shared memory refused): run single-threaded, say why.
-          const st = await start('st', 1)
-          return { ...st, note: `the threaded build could not start (${describe(err)}): single-threaded SIMD build` }
-        })
+        const onConn = (c: Connection) => {
+          starting = c
+        }
+        const started = start(flavour, threads, onConn)
+          .catch(async (err: unknown) => {
+            if (flavour !== 'mt' || aborted) throw err
+            // The threaded start failed (e.g. shared memory refused): run single-threaded, say why.
+            const st = await start('st', 1, onConn)
+            return { ...st, note: `the threaded build could not start (${describe(err)}): single-threaded SIMD build` }
+          })
+          .finally(() => {
+            starting = null
+          })
         started.then(
           (s) => {
             if (aborted) s.conn.close(abortErrorFrom(signal))
