@@ -26,12 +26,15 @@ class FakeCache {
   async put(url: string, res: Response): Promise<void> {
     const body = new Uint8Array(await res.arrayBuffer()) // rejects if the stream errors (aborted download)
     this.entries.set(url, { body, headers: [...res.headers.entries()] })
+    afterPut?.(this, url)
   }
   async delete(url: string): Promise<boolean> {
     return this.entries.delete(url)
   }
 }
 const stores = new Map<string, FakeCache>()
+/** Runs after an entry is stored (tests look at the other store then). */
+let afterPut: ((store: FakeCache, url: string) => void) | null = null
 const fakeCaches = {
   async open(name: string) {
     let c = stores.get(name)
@@ -157,6 +160,30 @@ describe('wasm engine worker: Cache API', () => {
     expect(third.tokens).toEqual(EXPECTED)
     expect(hits.get('/model.gguf')).toBe(2)
     expect(Buffer.compare(stores.get('phi2-models-v1')!.entries.get(url)!.body, file)).toBe(0)
+  })
+
+  it('a stale sha256 entry is gone before a new body is stored (body and metadata never disagree)', async () => {
+    const url = `${base}/stale.gguf`
+    const meta = (await fakeCaches.open('phi2-models-meta-v1')) as FakeCache
+    const body = (await fakeCaches.open('phi2-models-v1')) as FakeCache
+    // The metadata of an earlier file of the same length, whose body was evicted.
+    const stale = JSON.stringify({ sha256: '0'.repeat(64), length: file.length })
+    meta.entries.set(url, { body: new TextEncoder().encode(stale), headers: [] })
+    const metaWhenBodyStored: (string | null)[] = []
+    afterPut = (store, u) => {
+      if (store === body && u === url) {
+        const e = meta.entries.get(url)
+        metaWhenBodyStored.push(e ? new TextDecoder().decode(e.body) : null)
+      }
+    }
+    try {
+      const r = await loadVia(url)
+      expect(r.r).toMatchObject({ fromCache: false, sha256: fileSha })
+    } finally {
+      afterPut = null
+    }
+    expect(metaWhenBodyStored).toEqual([null])
+    expect(JSON.parse(new TextDecoder().decode(meta.entries.get(url)!.body))).toEqual({ sha256: fileSha, length: file.length })
   })
 
   it('an aborted download leaves nothing in the cache', async () => {

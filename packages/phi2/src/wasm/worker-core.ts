@@ -370,6 +370,10 @@ export function runWorker(host: WorkerHost): void {
     }
     // Tee: one branch into the loader, the other into the cache. The sha256 is recorded (in its own
     // small entry) only after the whole file arrived and loaded; a body without it is never used.
+    // An older sha256 entry (its body evicted, or from an earlier version of the file) goes first:
+    // otherwise the new body sits beside it until the new entry is written, and a page closed (or
+    // another tab loading) in between sees a body that does not match its metadata.
+    await caches.meta.delete(url).catch(() => false)
     const [mine, theirs] = res.body.tee()
     const put = caches.body
       .put(url, new Response(theirs, { headers: { 'content-length': String(total), 'content-type': 'application/octet-stream' } }))
