@@ -24,6 +24,7 @@ class FakeCache {
     return e ? new Response(e.body.slice(), { headers: e.headers }) : undefined
   }
   async put(url: string, res: Response): Promise<void> {
+    if (stallPuts) return new Promise<void>(() => {}) // a writer that never reads and never settles
     const body = new Uint8Array(await res.arrayBuffer()) // rejects if the stream errors (aborted download)
     this.entries.set(url, { body, headers: [...res.headers.entries()] })
     afterPut?.(this, url)
@@ -35,6 +36,7 @@ class FakeCache {
 const stores = new Map<string, FakeCache>()
 /** Runs after an entry is stored (tests look at the other store then). */
 let afterPut: ((store: FakeCache, url: string) => void) | null = null
+let stallPuts = false
 const fakeCaches = {
   async open(name: string) {
     let c = stores.get(name)
@@ -99,6 +101,7 @@ function worker() {
     compile: async () => module,
     yieldNow: () => new Promise((r) => setImmediate(r)),
     exitNow: () => {},
+    cacheStallMs: 300,
   })
   const call = async <T>(req: Request): Promise<T> => {
     const id = next++
@@ -185,6 +188,21 @@ describe('wasm engine worker: Cache API', () => {
     expect(metaWhenBodyStored).toEqual([null])
     expect(JSON.parse(new TextDecoder().decode(meta.entries.get(url)!.body))).toEqual({ sha256: fileSha, length: file.length })
   })
+
+  it('a cache writer that stalls is dropped: the load completes (no hang) and nothing is cached', async () => {
+    const url = `${base}/stall.gguf`
+    stallPuts = true
+    let r: Awaited<ReturnType<typeof loadVia>>
+    try {
+      r = await loadVia(url)
+    } finally {
+      stallPuts = false
+    }
+    expect(r.r).toMatchObject({ fromCache: false, sha256: fileSha, fileSizeBytes: file.length })
+    expect(r.tokens).toEqual(EXPECTED)
+    expect(stores.get('phi2-models-v1')!.entries.has(url)).toBe(false)
+    expect(stores.get('phi2-models-meta-v1')!.entries.has(url)).toBe(false)
+  }, 15_000)
 
   it('an aborted download leaves nothing in the cache', async () => {
     const url = `${base}/slow.gguf`

@@ -74,6 +74,8 @@ export interface WorkerHost {
   yieldNow(): Promise<void>
   /** Ends this worker thread at once (test hook). */
   exitNow(): void
+  /** How long the download may wait for the Cache API writer before caching is given up (default 30 s). */
+  cacheStallMs?: number
 }
 
 function coded(code: string, message: string): Error & { code: string } {
@@ -144,6 +146,84 @@ function checkMagic(head: Uint8Array, name: string): void {
     )
   }
   throw coded('E_MALFORMED_FILE', `${name} is not a GGUF file (no "GGUF" magic at offset 0)`)
+}
+
+/**
+ * Splits a download into the loader's stream and the Cache API writer's, in lockstep: the next chunk
+ * is read only when the writer took the previous one, so at most one chunk waits for it (`tee()`
+ * buffers whatever the slower branch has not read yet: a writer slower than the download would hold
+ * up to a second full copy of the file in JS). A writer that takes nothing for `stallMs` (or that
+ * cancels) is dropped: its stream errors (its `put` fails, nothing is recorded) and the load goes on.
+ */
+function lockstepTee(src: ReadableStream<Uint8Array>, stallMs: number): [ReadableStream<Uint8Array>, ReadableStream<Uint8Array>] {
+  const reader = src.getReader()
+  let cacheCtl!: ReadableStreamDefaultController<Uint8Array>
+  let cacheGone = false
+  let room: (() => void) | null = null
+  const dropCache = (reason: unknown) => {
+    if (cacheGone) return
+    cacheGone = true
+    try {
+      cacheCtl.error(reason)
+    } catch {
+      // already closed
+    }
+    room?.()
+  }
+  const forCache = new ReadableStream<Uint8Array>(
+    {
+      start(c) {
+        cacheCtl = c
+      },
+      pull() {
+        const r = room
+        room = null
+        r?.()
+      },
+      cancel() {
+        cacheGone = true
+        room?.()
+      },
+    },
+    { highWaterMark: 1 },
+  )
+  const forLoader = new ReadableStream<Uint8Array>(
+    {
+      async pull(c) {
+        while (!cacheGone && (cacheCtl.desiredSize ?? 0) <= 0) {
+          let timer: ReturnType<typeof setTimeout> | undefined
+          const tookIt = await new Promise<boolean>((resolve) => {
+            room = () => resolve(true)
+            timer = setTimeout(() => resolve(false), stallMs)
+          })
+          clearTimeout(timer)
+          room = null
+          if (!tookIt) dropCache(new Error(`the cache writer took nothing for ${stallMs} ms: not caching this download`))
+        }
+        let r: ReadableStreamReadResult<Uint8Array>
+        try {
+          r = await reader.read()
+        } catch (err) {
+          dropCache(err)
+          throw err
+        }
+        if (r.done) {
+          if (!cacheGone) cacheCtl.close()
+          cacheGone = true
+          c.close()
+          return
+        }
+        if (!cacheGone) cacheCtl.enqueue(r.value)
+        c.enqueue(r.value)
+      },
+      cancel(reason) {
+        dropCache(reason ?? new Error('download cancelled'))
+        return reader.cancel(reason)
+      },
+    },
+    { highWaterMark: 0 },
+  )
+  return [forLoader, forCache]
 }
 
 interface Opened {
@@ -374,23 +454,37 @@ export function runWorker(host: WorkerHost): void {
     // otherwise the new body sits beside it until the new entry is written, and a page closed (or
     // another tab loading) in between sees a body that does not match its metadata.
     await caches.meta.delete(url).catch(() => false)
-    const [mine, theirs] = res.body.tee()
-    const put = caches.body
+    const stallMs = host.cacheStallMs ?? 30_000
+    const [mine, theirs] = lockstepTee(res.body, stallMs)
+    const putting = caches.body
       .put(url, new Response(theirs, { headers: { 'content-length': String(total), 'content-type': 'application/octet-stream' } }))
       .then(
         () => null,
         (e: unknown) => e ?? new Error('cache put failed'),
       )
+    // Once its stream has ended, the load waits a bounded time for the write to settle (a Cache API
+    // put that never settles must not hang the load); one that did not settle counts as failed.
+    const put = async (): Promise<unknown> => {
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const late = new Promise<Error>((resolve) => {
+        timer = setTimeout(() => resolve(new Error(`the cache write did not finish within ${stallMs} ms`)), stallMs)
+      })
+      try {
+        return await Promise.race([putting, late])
+      } finally {
+        clearTimeout(timer)
+      }
+    }
     let r: { model: WasmModelLike; sha256: string | null }
     try {
       r = await consume(id, { total, stream: mine, fromCache: false }, src.name, true, ac.signal)
     } catch (err) {
       ac.abort()
-      await put
+      await put()
       await caches.body.delete(url).catch(() => false)
       throw err
     }
-    const putError = await put
+    const putError = await put()
     if (putError === null && r.sha256) {
       await caches.meta
         .put(url, new Response(JSON.stringify({ sha256: r.sha256, length: total }), { headers: { 'content-type': 'application/json' } }))
