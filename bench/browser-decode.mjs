@@ -12,7 +12,7 @@
 // --files phi2-q4_0.gguf (1.57 GB).
 //
 // One local server (packages/demo/serve.mjs, cross-origin isolated: COOP/COEP, so both engines may
-// use threads) serves the repository root (bench/browser/index.html imports @x/phi2's
+// use threads) serves a snapshot of the repository's files (bench/browser/index.html imports @x/phi2's
 // dist/browser.js and wllama's esm/index.js directly) and the model at /fixtures/. Each
 // (engine, threads) gets its own browser context and page: load from the URL, one warm-up
 // generation, then --runs timed ones, dispose, close; one model in memory at a time.
@@ -24,7 +24,8 @@
 // llama-server's predicted_per_second); call s = the page's wall clock of the whole generate call
 // (prompt + N tokens + messaging), the same measure for both. Best of the runs for each column.
 // Load s = the load call from the local server to ready (phi2: URL, cache off; wllama: fetch → Blob → loadModel).
-import { existsSync, statSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -67,7 +68,13 @@ if (!(n >= 2) || !(promptTokens >= 1) || !(runs >= 1) || promptTokens + n > nCtx
 const { encode, decode } = (await import('gpt-3-encoder')).default;
 const prompt = decode(encode('The quick brown fox jumps over the lazy dog. '.repeat(Math.ceil(promptTokens / 10) + 1)).slice(0, promptTokens));
 
-const server = await startServer({ root, fixtures: path.dirname(model), isolated: true, quiet: true });
+// The served tree: a snapshot of packages/phi2/dist and bench/browser (a rebuild of the SDK during
+// the run cannot pull files from under it) and the repository's node_modules (linked).
+const served = mkdtempSync(path.join(os.tmpdir(), 'phi2-browser-bench-'));
+cpSync(path.join(root, 'packages/phi2/dist'), path.join(served, 'packages/phi2/dist'), { recursive: true });
+cpSync(path.join(root, 'bench/browser'), path.join(served, 'bench/browser'), { recursive: true });
+symlinkSync(path.join(root, 'node_modules'), path.join(served, 'node_modules'));
+const server = await startServer({ root: served, fixtures: path.dirname(model), isolated: true, quiet: true });
 const modelUrl = `${server.url}fixtures/${encodeURIComponent(path.basename(model))}`;
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
@@ -130,6 +137,7 @@ try {
 } finally {
   await browser.close();
   await server.close();
+  rmSync(served, { recursive: true, force: true });
 }
 
 const size = statSync(model).size;
