@@ -204,6 +204,31 @@ describe('wasm engine worker: Cache API', () => {
     expect(stores.get('phi2-models-meta-v1')!.entries.has(url)).toBe(false)
   }, 15_000)
 
+  it('names a safetensors file whose first bytes arrive in small pieces (the format check sees 16 bytes)', async () => {
+    const header = new TextEncoder().encode('{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}')
+    const st = new Uint8Array(8 + header.length + 4)
+    new DataView(st.buffer).setBigUint64(0, BigInt(header.length), true)
+    st.set(header, 8)
+    const pieces = [st.subarray(0, 3), st.subarray(3, 7), st.subarray(7, 12), st.subarray(12)]
+    const blob = {
+      size: st.length,
+      stream: () =>
+        new ReadableStream<Uint8Array>({
+          pull(c) {
+            const p = pieces.shift()
+            if (p) c.enqueue(p)
+            else c.close()
+          },
+        }),
+    } as unknown as Blob
+    const w = worker()
+    await w.call({ op: 'init', flavour: 'st' })
+    await expect(w.call({ op: 'load', source: { kind: 'blob', blob, name: 'model.bin' }, cache: false })).rejects.toMatchObject({
+      code: 'E_UNSUPPORTED_FORMAT',
+      message: expect.stringMatching(/safetensors/),
+    })
+  })
+
   it('an aborted download leaves nothing in the cache', async () => {
     const url = `${base}/slow.gguf`
     const w = worker()

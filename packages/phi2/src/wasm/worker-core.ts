@@ -308,12 +308,10 @@ export function runWorker(host: WorkerHost): void {
       if (g.WasmModelLoader) loader = new g.WasmModelLoader(name, total, hash, contextCap ?? undefined)
       else loader = new BufferedLoader(g, name, total, hash, opened.bytes && opened.bytes.byteLength === total ? opened.bytes : undefined)
       progress(0)
-      let first = true
-      const push = (chunk: Uint8Array) => {
-        if (first) {
-          checkMagic(chunk, name)
-          first = false
-        }
+      // The magic check needs the first 16 bytes, which may come in more than one chunk (a stream
+      // is free to deliver a few bytes first): they are held back from the loader until then.
+      let head: Uint8Array | null = new Uint8Array(0)
+      const feed = (chunk: Uint8Array) => {
         if (loader!.received + chunk.byteLength > total) {
           throw coded(
             'E_INTEGRITY',
@@ -322,6 +320,33 @@ export function runWorker(host: WorkerHost): void {
         }
         loader!.push(chunk)
         progress(loader!.received)
+      }
+      const flushHead = () => {
+        if (!head) return
+        const h = head
+        head = null
+        checkMagic(h, name)
+        if (h.byteLength > 0) feed(h)
+      }
+      const push = (chunk: Uint8Array) => {
+        if (head) {
+          if (head.byteLength + chunk.byteLength < 16) {
+            const h = new Uint8Array(head.byteLength + chunk.byteLength)
+            h.set(head)
+            h.set(chunk, head.byteLength)
+            head = h
+            return
+          }
+          const take = 16 - head.byteLength
+          const h = new Uint8Array(16)
+          h.set(head)
+          h.set(chunk.subarray(0, take), head.byteLength)
+          head = h
+          flushHead()
+          chunk = chunk.subarray(take)
+          if (chunk.byteLength === 0) return
+        }
+        feed(chunk)
       }
       if (opened.bytes) {
         if (loader instanceof BufferedLoader) {
@@ -344,6 +369,7 @@ export function runWorker(host: WorkerHost): void {
           if (value.byteLength > 0) push(value)
         }
       }
+      flushHead() // a file shorter than 16 bytes
       if (loader.received !== total) {
         throw coded('E_MALFORMED_FILE', `${name}: truncated, ${loader.received} of ${total} bytes arrived`)
       }
