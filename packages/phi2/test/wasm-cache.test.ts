@@ -84,7 +84,7 @@ afterAll(async () => {
 })
 
 /** One in-process "engine worker". */
-function worker() {
+function worker(cacheStallMs = 300) {
   const events: FromWorker[] = []
   const waiting = new Map<number, (m: FromWorker) => void>()
   let send: ((m: unknown) => void) | null = null
@@ -101,7 +101,7 @@ function worker() {
     compile: async () => module,
     yieldNow: () => new Promise((r) => setImmediate(r)),
     exitNow: () => {},
-    cacheStallMs: 300,
+    cacheStallMs,
   })
   const call = async <T>(req: Request): Promise<T> => {
     const id = next++
@@ -228,6 +228,33 @@ describe('wasm engine worker: Cache API', () => {
       message: expect.stringMatching(/safetensors/),
     })
   })
+
+  it('an abort while the download waits for a slow cache writer ends the load at once', async () => {
+    const url = `${base}/slow-writer.gguf`
+    const w = worker(20_000)
+    await w.call({ op: 'init', flavour: 'st' })
+    const id = w.nextId()
+    stallPuts = true
+    try {
+      const loading = w.call({ op: 'load', source: { kind: 'url', url, name: 'm.gguf' }, cache: true })
+      await new Promise<void>((resolve) => {
+        const t = setInterval(() => {
+          if (w.events.some((e) => e.kind === 'progress' && e.loadedBytes > 0)) {
+            clearInterval(t)
+            resolve()
+          }
+        }, 5)
+      })
+      await new Promise((r) => setTimeout(r, 50)) // the loader now waits for the writer
+      const t0 = Date.now()
+      w.send({ kind: 'abortLoad', id })
+      await expect(loading).rejects.toMatchObject({ code: 'E_ABORTED' })
+      expect(Date.now() - t0).toBeLessThan(5000)
+    } finally {
+      stallPuts = false
+    }
+    expect(stores.get('phi2-models-meta-v1')!.entries.has(url)).toBe(false)
+  }, 40_000)
 
   it('an aborted download leaves nothing in the cache', async () => {
     const url = `${base}/slow.gguf`

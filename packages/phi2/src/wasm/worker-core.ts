@@ -155,7 +155,11 @@ function checkMagic(head: Uint8Array, name: string): void {
  * up to a second full copy of the file in JS). A writer that takes nothing for `stallMs` (or that
  * cancels) is dropped: its stream errors (its `put` fails, nothing is recorded) and the load goes on.
  */
-function lockstepTee(src: ReadableStream<Uint8Array>, stallMs: number): [ReadableStream<Uint8Array>, ReadableStream<Uint8Array>] {
+function lockstepTee(
+  src: ReadableStream<Uint8Array>,
+  stallMs: number,
+  signal: AbortSignal,
+): [ReadableStream<Uint8Array>, ReadableStream<Uint8Array>] {
   const reader = src.getReader()
   let cacheCtl!: ReadableStreamDefaultController<Uint8Array>
   let cacheGone = false
@@ -191,12 +195,22 @@ function lockstepTee(src: ReadableStream<Uint8Array>, stallMs: number): [Readabl
     {
       async pull(c) {
         while (!cacheGone && (cacheCtl.desiredSize ?? 0) <= 0) {
+          // An abort (abortLoad) does not wait for a slow writer.
+          if (signal.aborted) {
+            const err = coded('E_ABORTED', 'load aborted')
+            dropCache(err)
+            throw err
+          }
           let timer: ReturnType<typeof setTimeout> | undefined
+          let onAbort: (() => void) | undefined
           const tookIt = await new Promise<boolean>((resolve) => {
             room = () => resolve(true)
             timer = setTimeout(() => resolve(false), stallMs)
+            onAbort = () => resolve(true)
+            signal.addEventListener('abort', onAbort, { once: true })
           })
           clearTimeout(timer)
+          signal.removeEventListener('abort', onAbort!)
           room = null
           if (!tookIt) dropCache(new Error(`the cache writer took nothing for ${stallMs} ms: not caching this download`))
         }
@@ -481,7 +495,7 @@ export function runWorker(host: WorkerHost): void {
     // another tab loading) in between sees a body that does not match its metadata.
     await caches.meta.delete(url).catch(() => false)
     const stallMs = host.cacheStallMs ?? 30_000
-    const [mine, theirs] = lockstepTee(res.body, stallMs)
+    const [mine, theirs] = lockstepTee(res.body, stallMs, ac.signal)
     const putting = caches.body
       .put(url, new Response(theirs, { headers: { 'content-length': String(total), 'content-type': 'application/octet-stream' } }))
       .then(
@@ -490,10 +504,10 @@ export function runWorker(host: WorkerHost): void {
       )
     // Once its stream has ended, the load waits a bounded time for the write to settle (a Cache API
     // put that never settles must not hang the load); one that did not settle counts as failed.
-    const put = async (): Promise<unknown> => {
+    const put = async (waitMs: number): Promise<unknown> => {
       let timer: ReturnType<typeof setTimeout> | undefined
       const late = new Promise<Error>((resolve) => {
-        timer = setTimeout(() => resolve(new Error(`the cache write did not finish within ${stallMs} ms`)), stallMs)
+        timer = setTimeout(() => resolve(new Error(`the cache write did not finish within ${waitMs} ms`)), waitMs)
       })
       try {
         return await Promise.race([putting, late])
@@ -506,11 +520,15 @@ export function runWorker(host: WorkerHost): void {
       r = await consume(id, { total, stream: mine, fromCache: false }, src.name, true, ac.signal)
     } catch (err) {
       ac.abort()
-      await put()
+      // The body is deleted once the write settled (briefly waited for here; a later one deletes
+      // it then). A body without its sha256 entry is never used either way.
+      if ((await put(Math.min(stallMs, 500))) instanceof Error) {
+        void putting.then(() => caches.body.delete(url).catch(() => false))
+      }
       await caches.body.delete(url).catch(() => false)
       throw err
     }
-    const putError = await put()
+    const putError = await put(stallMs)
     if (putError === null && r.sha256) {
       await caches.meta
         .put(url, new Response(JSON.stringify({ sha256: r.sha256, length: total }), { headers: { 'content-type': 'application/json' } }))
