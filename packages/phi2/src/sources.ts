@@ -47,8 +47,12 @@ export function sourceFromValue(value: unknown, base: string | undefined): { sou
     } catch (err) {
       throw new Phi2OptionsError('source', `loadModel: source ${JSON.stringify(String(value))} is not a valid URL`, { cause: err })
     }
-    if (!/^(https?|blob|data|file):$/.test(url.protocol)) {
-      throw new Phi2OptionsError('source', `loadModel: source URL protocol ${url.protocol} is not supported (http, https, blob, data)`)
+    if (url.protocol === 'data:') {
+      // A data: response has no Content-Length, so it could not be streamed into the engine.
+      throw new Phi2OptionsError('source', 'loadModel: data: URLs are not supported (their size is unknown before reading them): pass the bytes as a Uint8Array, ArrayBuffer or Blob')
+    }
+    if (!/^(https?|blob|file):$/.test(url.protocol)) {
+      throw new Phi2OptionsError('source', `loadModel: source URL protocol ${url.protocol} is not supported (http, https, blob, file)`)
     }
     out = { source: { kind: 'url', url: url.href, name: lastSegment(url.pathname) }, display: url.href }
   } else if (typeof Blob !== 'undefined' && value instanceof Blob) {

@@ -31,7 +31,13 @@ runWorker({
     } catch (err) {
       throw Object.assign(new Error(`cannot open ${path}: ${(err as Error).message}`), { code: 'E_IO' })
     }
-    const size = (await fh.stat()).size
+    let size: number
+    try {
+      size = (await fh.stat()).size
+    } catch (err) {
+      await fh.close().catch(() => {})
+      throw Object.assign(new Error(`cannot stat ${path}: ${(err as Error).message}`), { code: 'E_IO' })
+    }
     const f = fh
     let closed = false
     const close = async () => {
