@@ -8,9 +8,6 @@
  *   step-wise (`begin` / `step` / `end`) and yields to the event loop between tokens, so a `cancel`
  *   message is handled before the next token; tokens are posted as they come.
  * - thread (pkg-mt): `initSync({ module, memory })` then `threadWorkerRun()`, which never returns.
- *
- * Older engine builds without `WasmModelLoader` / `begin` are still driven (buffer the file once;
- * whole `generate` call with streamed tokens), so the SDK works against either.
  */
 import type { EngineGenerateOptions, EngineGenerateResult, EngineGgufVocab, EngineModelInfo, EngineSource } from '../engine.js'
 import { type FromWorker, type InitReply, type LoadReply, type Request, type ToWorker, toWire } from './protocol.js'
@@ -19,15 +16,9 @@ import { type FromWorker, type InitReply, type LoadReply, type Request, type ToW
 // What the worker needs from the wasm-bindgen glue (pkg and pkg-mt export the same names)
 
 interface WasmSessionLike {
-  begin?(tokens: Uint32Array, options: Partial<EngineGenerateOptions>): void
-  step?(): number | undefined
-  end?(): EngineGenerateResult
-  generate(
-    tokens: Uint32Array,
-    options: Partial<EngineGenerateOptions>,
-    onToken: ((err: null, id: number) => boolean | void) | null,
-    cancel: unknown,
-  ): EngineGenerateResult
+  begin(tokens: Uint32Array, options: Partial<EngineGenerateOptions>): void
+  step(): number | undefined
+  end(): EngineGenerateResult
   reset(): void
   dispose(): void
   free?(): void
@@ -45,15 +36,14 @@ interface WasmModelLike {
 interface LoaderLike {
   push(chunk: Uint8Array): void
   readonly received: number
-  sha256(): string | null | Promise<string | null>
+  sha256(): string | null
   finish(): WasmModelLike
   free?(): void
 }
 
 export interface Glue {
   initSync(arg: { module: WebAssembly.Module; memory?: WebAssembly.Memory }): { memory: WebAssembly.Memory }
-  WasmModel: { load(bytes: Uint8Array, name?: string | null): WasmModelLike }
-  WasmModelLoader?: new (name: string, totalBytes: number, hash: boolean, contextLength?: number) => LoaderLike
+  WasmModelLoader: new (name: string, totalBytes: number, hash: boolean, contextLength?: number) => LoaderLike
   threadsSupported?(): boolean
   threadWorkerRun?(): void
   threadPoolBuild?(n: number): void
@@ -85,53 +75,8 @@ function coded(code: string, message: string): Error & { code: string } {
 }
 
 const CHUNK = 4 << 20
-/** The buffered fallback (old engine builds) holds the whole file in one JS ArrayBuffer. */
-const FALLBACK_MAX = 2 ** 31 - 1
 const CACHE_BODY = 'phi2-models-v1'
 const CACHE_META = 'phi2-models-meta-v1'
-
-async function sha256Hex(bytes: Uint8Array): Promise<string> {
-  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>))
-  let s = ''
-  for (const b of d) s += b.toString(16).padStart(2, '0')
-  return s
-}
-
-/** `WasmModelLoader` stand-in for engine builds without it: one buffer, `WasmModel.load` at the end. */
-class BufferedLoader implements LoaderLike {
-  #buf: Uint8Array
-  received = 0
-  constructor(
-    private readonly glue: Glue,
-    private readonly name: string,
-    private readonly total: number,
-    private readonly hash: boolean,
-    bytes?: Uint8Array,
-  ) {
-    if (total > FALLBACK_MAX) {
-      throw coded('E_MODEL_TOO_LARGE', `${name} is ${total} bytes: this engine build loads at most ${FALLBACK_MAX} bytes (use a Q4_0 / Q4_K / Q8_0 GGUF)`)
-    }
-    this.#buf = bytes ?? new Uint8Array(total)
-    if (bytes) this.received = bytes.byteLength
-  }
-  push(chunk: Uint8Array): void {
-    if (this.received + chunk.byteLength > this.total) throw coded('E_INVALID_ARGUMENT', `more than the announced ${this.total} bytes`)
-    this.#buf.set(chunk, this.received)
-    this.received += chunk.byteLength
-  }
-  async sha256(): Promise<string | null> {
-    return this.hash && this.received === this.total ? sha256Hex(this.#buf) : null
-  }
-  finish(): WasmModelLike {
-    if (this.received < this.total) throw coded('E_MALFORMED_FILE', `truncated: ${this.received} of ${this.total} bytes arrived`)
-    const m = this.glue.WasmModel.load(this.#buf, this.name)
-    this.#buf = new Uint8Array(0)
-    return m
-  }
-  free(): void {
-    this.#buf = new Uint8Array(0)
-  }
-}
 
 /** GGUF magic check on the first bytes: names safetensors files explicitly. */
 function checkMagic(head: Uint8Array, name: string): void {
@@ -319,8 +264,7 @@ export function runWorker(host: WorkerHost): void {
       host.post({ kind: 'progress', id, phase: 'download', loadedBytes: loaded, totalBytes: total, fromCache: opened.fromCache })
     }
     try {
-      if (g.WasmModelLoader) loader = new g.WasmModelLoader(name, total, hash, contextCap ?? undefined)
-      else loader = new BufferedLoader(g, name, total, hash, opened.bytes && opened.bytes.byteLength === total ? opened.bytes : undefined)
+      loader = new g.WasmModelLoader(name, total, hash, contextCap ?? undefined)
       progress(0)
       // The magic check needs the first 16 bytes, which may come in more than one chunk (a stream
       // is free to deliver a few bytes first): they are held back from the loader until then.
@@ -363,17 +307,9 @@ export function runWorker(host: WorkerHost): void {
         feed(chunk)
       }
       if (opened.bytes) {
-        if (loader instanceof BufferedLoader) {
-          if (loader.received === 0) for (let o = 0; o < total; o += CHUNK) push(opened.bytes.subarray(o, Math.min(total, o + CHUNK)))
-          else {
-            checkMagic(opened.bytes.subarray(0, 16), name)
-            progress(total)
-          }
-        } else {
-          for (let o = 0; o < total; o += CHUNK) {
-            if (signal.aborted) throw coded('E_ABORTED', 'load aborted')
-            push(opened.bytes.subarray(o, Math.min(total, o + CHUNK)))
-          }
+        for (let o = 0; o < total; o += CHUNK) {
+          if (signal.aborted) throw coded('E_ABORTED', 'load aborted')
+          push(opened.bytes.subarray(o, Math.min(total, o + CHUNK)))
         }
       } else if (reader) {
         for (;;) {
@@ -387,7 +323,7 @@ export function runWorker(host: WorkerHost): void {
       if (loader.received !== total) {
         throw coded('E_MALFORMED_FILE', `${name}: truncated, ${loader.received} of ${total} bytes arrived`)
       }
-      const sha = hash ? await loader.sha256() : null
+      const sha = hash ? loader.sha256() : null
       finishing = true
       const m = loader.finish()
       return { model: m, sha256: sha ?? null }
@@ -576,34 +512,25 @@ export function runWorker(host: WorkerHost): void {
   async function generate(id: number, sid: number, tokens: number[], options: EngineGenerateOptions): Promise<void> {
     const s = needSession(sid)
     const ids = Uint32Array.from(tokens)
-    if (typeof s.begin === 'function' && typeof s.step === 'function' && typeof s.end === 'function') {
-      s.begin(ids, options)
-      let ended = false
-      try {
-        while (!cancelled.has(id)) {
-          const t = s.step()
-          if (t === undefined) break
-          host.post({ kind: 'token', id, token: t })
-          await host.yieldNow()
-        }
-        ended = true
-        reply(id, s.end())
-      } finally {
-        if (!ended) {
-          try {
-            s.end()
-          } catch {
-            // the session is finished either way
-          }
+    s.begin(ids, options)
+    let ended = false
+    try {
+      while (!cancelled.has(id)) {
+        const t = s.step()
+        if (t === undefined) break
+        host.post({ kind: 'token', id, token: t })
+        await host.yieldNow()
+      }
+      ended = true
+      reply(id, s.end())
+    } finally {
+      if (!ended) {
+        try {
+          s.end()
+        } catch {
+          // the session is finished either way
         }
       }
-    } else {
-      // Engine builds without step-wise generation: one synchronous call (tokens still stream out;
-      // a cancel message is only seen after it returns).
-      const r = s.generate(ids, options, (_e, t) => {
-        host.post({ kind: 'token', id, token: t })
-      }, null)
-      reply(id, r)
     }
   }
 
