@@ -84,6 +84,18 @@ afterAll(async () => {
 })
 
 /** One in-process "engine worker". */
+/** Resolves once the worker reported downloaded bytes. */
+function downloadStarted(w: ReturnType<typeof worker>): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const t = setInterval(() => {
+      if (w.events.some((e) => e.kind === 'progress' && e.loadedBytes > 0)) {
+        clearInterval(t)
+        resolve()
+      }
+    }, 5)
+  })
+}
+
 function worker(cacheStallMs = 300) {
   const events: FromWorker[] = []
   const waiting = new Map<number, (m: FromWorker) => void>()
@@ -237,14 +249,7 @@ describe('wasm engine worker: Cache API', () => {
     stallPuts = true
     try {
       const loading = w.call({ op: 'load', source: { kind: 'url', url, name: 'm.gguf' }, cache: true })
-      await new Promise<void>((resolve) => {
-        const t = setInterval(() => {
-          if (w.events.some((e) => e.kind === 'progress' && e.loadedBytes > 0)) {
-            clearInterval(t)
-            resolve()
-          }
-        }, 5)
-      })
+      await downloadStarted(w)
       await new Promise((r) => setTimeout(r, 50)) // the loader now waits for the writer
       const t0 = Date.now()
       w.send({ kind: 'abortLoad', id })
@@ -262,14 +267,7 @@ describe('wasm engine worker: Cache API', () => {
     await w.call({ op: 'init', flavour: 'st' })
     const id = w.nextId()
     const loading = w.call({ op: 'load', source: { kind: 'url', url, name: 'slow.gguf' }, cache: true })
-    await new Promise<void>((resolve) => {
-      const t = setInterval(() => {
-        if (w.events.some((e) => e.kind === 'progress' && e.loadedBytes > 0)) {
-          clearInterval(t)
-          resolve()
-        }
-      }, 5)
-    })
+    await downloadStarted(w)
     w.send({ kind: 'abortLoad', id })
     await expect(loading).rejects.toMatchObject({ code: 'E_ABORTED' })
     expect(stores.get('phi2-models-v1')!.entries.has(url)).toBe(false)

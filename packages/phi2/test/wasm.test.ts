@@ -203,7 +203,7 @@ describe.each(flavours)('backend wasm ($name, threads $threads)', ({ threads, bu
 })
 
 describe('backend wasm: runtime choice', () => {
-  it('the shipped engine builds have the streamed loader and step-wise generation (the worker\'s main path, not its fallbacks)', () => {
+  it('the shipped engine builds have the streamed loader and step-wise generation the worker requires', () => {
     for (const flavour of MT_BUILT ? ['st', 'mt'] : ['st']) {
       const glue = readFileSync(join(PKG_DIR, 'dist/wasm', flavour, 'phi2_wasm.js'), 'utf8')
       expect(glue, flavour).toMatch(/export class WasmModelLoader/)
