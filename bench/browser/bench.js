@@ -1,10 +1,12 @@
 // The page side of bench/browser-decode.mjs: window.bench drives one engine at a time.
-// Served from the repository root (so /packages/phi2/dist and /node_modules are reachable).
+// The page's import map resolves '@x/phi2' (the SDK's dist/browser.js) and '@wllama/wllama' (its esm/index.js):
+// bench/browser/index.html for bench/browser-decode.mjs (repository tree served at /), and the page
+// phi2-bench generates (lib/browser.mjs, installed packages mounted under /pkg/).
 // Each run returns the engine's own prompt time and decode rate (@x/phi2: timings.promptMs,
 // timings.tokensPerSecond = tokens / generateMs; wllama = llama-server's timings.prompt_ms,
 // predicted_per_second = predicted_n / predicted_ms) and the page's wall clock of the whole call.
-import * as phi2 from '/packages/phi2/dist/browser.js';
-import { Wllama } from '/node_modules/@wllama/wllama/esm/index.js';
+import * as phi2 from '@x/phi2';
+import { Wllama } from '@wllama/wllama';
 
 const EOS = 50256;
 let model = null; // @x/phi2
@@ -28,6 +30,7 @@ window.bench = {
       tokens: r.tokens.length,
       promptTokens: r.usage.promptTokens,
       promptMs: r.timings.promptMs,
+      generateMs: r.timings.generateMs, // first token → last: tokens − 1 decode steps
       decodeTokPerS: r.timings.tokensPerSecond,
       ids: r.tokens,
     };
@@ -38,7 +41,7 @@ window.bench = {
   },
 
   async loadWllama(url, threads, nCtx) {
-    const base = '/node_modules/@wllama/wllama/esm/';
+    const base = new URL('./', import.meta.resolve('@wllama/wllama')).pathname;
     const t0 = performance.now();
     wllama = new Wllama({ default: base + 'wasm/wllama.wasm' }, { suppressNativeLog: true, logger: { ...console, debug: () => {}, log: () => {} } });
     // loadModelFromUrl writes the file into the origin's storage first (its cache manager, even with
@@ -72,6 +75,7 @@ window.bench = {
       tokens: r.timings.predicted_n,
       promptTokens: r.usage.prompt_tokens,
       promptMs: r.timings.prompt_ms,
+      generateMs: r.timings.predicted_ms, // llama-server: from the first token (sampled with the prompt) to the last
       decodeTokPerS: r.timings.predicted_per_second,
       text: r.choices[0].text,
     };

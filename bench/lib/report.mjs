@@ -1,0 +1,212 @@
+// Summaries (median and min–max over runs), the text table, Markdown, JSON and bench/RESULTS.md.
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const stat = (xs) => (xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length } : null);
+
+/** Per-run metrics of one engine's run (native child or browser page). */
+function runMetrics(r, bytesPerToken, bwGbPerS) {
+  const m = { load: r.loadMs / 1000 };
+  if (r.peakRss) m.rss = r.peakRss / 1e9;
+  for (const p of r.prompts) {
+    const P = p.promptTokens;
+    m[`ttft@${P}`] = p.promptMs;
+    m[`prefill@${P}`] = (P / p.promptMs) * 1000;
+    if (p.generated >= 2 && p.generateMs > 0) {
+      m[`decode@${P}`] = ((p.generated - 1) / p.generateMs) * 1000;
+      if (bytesPerToken && bwGbPerS) m[`share@${P}`] = (100 * m[`decode@${P}`] * bytesPerToken) / (bwGbPerS * 1e9);
+    }
+  }
+  return m;
+}
+
+export function summarize(engine, bytesPerToken, bwGbPerS) {
+  const ok = engine.runs.filter((r) => !r.error);
+  const per = ok.map((r) => runMetrics(r, bytesPerToken, bwGbPerS));
+  const keys = [...new Set(per.flatMap((m) => Object.keys(m)))];
+  const s = {};
+  for (const k of keys) s[k] = stat(per.map((m) => m[k]).filter((v) => Number.isFinite(v)));
+  return {
+    label: engine.label,
+    runs: engine.runs.length,
+    failed: engine.runs.length - ok.length,
+    errors: [...new Set(engine.runs.filter((r) => r.error).map((r) => r.error))],
+    loadStates: [...new Set(ok.map((r) => r.loadState).filter(Boolean))],
+    generated: [...new Set(ok.flatMap((r) => r.prompts.map((p) => p.generated)))],
+    eogTokens: ok.reduce((a, r) => a + r.prompts.reduce((b, p) => b + (p.eogTokens ?? 0), 0), 0),
+    stats: s,
+  };
+}
+
+function metricRows(promptTokens, withShare, withRss) {
+  const rows = [['load', 'load s', 'lower', 2]];
+  for (const P of promptTokens) {
+    rows.push([`ttft@${P}`, `time to first token, ${P}-token prompt, ms`, 'lower', 0]);
+    rows.push([`prefill@${P}`, `prefill tok/s (${P} tokens)`, 'higher', 1]);
+    rows.push([`decode@${P}`, `decode tok/s (after ${P})`, 'higher', 2]);
+    if (withShare) rows.push([`share@${P}`, `decode, % of bandwidth ceiling`, 'higher', 0]);
+  }
+  if (withRss) rows.push(['rss', 'peak RSS GB', 'lower', 2]);
+  return rows;
+}
+
+const fmtStat = (s, d, spread) => (!s ? '—' : s.n > 1 && spread ? `${s.median.toFixed(d)} [${s.min.toFixed(d)}–${s.max.toFixed(d)}]` : s.median.toFixed(d));
+
+/** A table: metric | ours | peers… | ratios (advantage of the first engine, >1 = better). */
+function buildTable(summaries, promptTokens, withShare, withRss, spread) {
+  const [ours, ...peers] = summaries;
+  const head = ['metric', ...summaries.map((s) => s.label), ...peers.map((p) => `× vs ${p.label}`)];
+  const body = [];
+  for (const [key, label, better, d] of metricRows(promptTokens, withShare, withRss)) {
+    if (summaries.every((s) => !s.stats[key])) continue;
+    const cells = summaries.map((s) => fmtStat(s.stats[key], d, spread));
+    const ratios = peers.map((p) => {
+      const a = ours.stats[key]?.median;
+      const b = p.stats[key]?.median;
+      if (!(a > 0 && b > 0) || key.startsWith('share@')) return '';
+      return `${(better === 'higher' ? a / b : b / a).toFixed(2)}×`;
+    });
+    body.push([label, ...cells, ...ratios]);
+  }
+  return [head, ...body];
+}
+
+function textTable(rows) {
+  const w = rows[0].map((_, c) => Math.max(...rows.map((r) => String(r[c]).length)));
+  return rows
+    .map((r, i) => {
+      const line = r.map((cell, c) => (c === 0 ? String(cell).padEnd(w[c]) : String(cell).padStart(w[c]))).join('  ');
+      return i === 0 ? `${line}\n${w.map((x) => '-'.repeat(x)).join('  ')}` : line;
+    })
+    .join('\n');
+}
+
+function mdTable(rows) {
+  const esc = (s) => String(s).replace(/\|/g, '\\|');
+  return [
+    `| ${rows[0].map(esc).join(' | ')} |`,
+    `|${rows[0].map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`,
+    ...rows.slice(1).map((r) => `| ${r.map(esc).join(' | ')} |`),
+  ].join('\n');
+}
+
+export function analyse(report) {
+  const bw = report.bandwidth?.gbPerS ?? null;
+  const bpt = report.model.bytesPerToken;
+  const native = report.engines.map((e) => summarize(e, bpt, bw));
+  const browser = report.browser?.engines ? report.browser.engines.map((e) => summarize(e, bpt, null)) : null;
+  return { native, browser };
+}
+
+function describe(report) {
+  const m = report.machine;
+  const o = report.options;
+  const lines = [];
+  lines.push(`machine: ${m.cpu}, ${m.cores} cores, ${(m.ramBytes / 2 ** 30).toFixed(1)} GiB RAM, ${m.os}, Node ${m.node}${m.gitCommit ? `, checkout ${m.gitCommit}` : ''}`);
+  if (report.bandwidth) {
+    lines.push(`memory read bandwidth: ${report.bandwidth.gbPerS.toFixed(2)} GB/s with ${report.bandwidth.threads} thread(s)${report.bandwidth.allCoresGbPerS ? `, ${report.bandwidth.allCoresGbPerS.toFixed(2)} GB/s with all ${m.cores} cores` : ''} (${report.bandwidth.method})`);
+  }
+  const md = report.model;
+  lines.push(`model: ${md.name}${md.synthetic ? ` (synthetic random weights, Phi-2 shapes, ${md.synthetic})` : ''}, ${md.sizeBytes ? `${(md.sizeBytes / 1e9).toFixed(2)} GB` : 'directory'}${md.types ? `, ${md.types}` : ''}${md.bytesPerToken ? `; ${(md.bytesPerToken / 1e9).toFixed(3)} GB of weights read per decode step` : ''}`);
+  if (report.bandwidth && md.bytesPerToken) lines.push(`decode ceiling at this bandwidth: ${((report.bandwidth.gbPerS * 1e9) / md.bytesPerToken).toFixed(2)} tok/s (bandwidth / weight bytes per step; KV-cache reads not counted)`);
+  lines.push(`runs: ${o.runs} per engine, alternating, one process each; ${o.threads} threads; prompt ${o.promptTokens.join(', ')} tokens (ids, greedy), ${o.genTokens} generated tokens; load ${o.load}${o.warmup ? '; one short warm-up generation after each load' : ''}`);
+  return lines;
+}
+
+const NOTES = [
+  'load: loadModel() until it resolves (node-llama-cpp: loadModel + createContext); "warm" / "cold" = share of the file in the page cache before the run (fincore).',
+  'time to first token = prefill: the engine\'s own clock from the call to the first sampled token (@x/phi2: timings.promptMs; node-llama-cpp: the first token out of evaluate(); wllama: timings.prompt_ms); prefill tok/s = prompt tokens / that time (includes one greedy sampling).',
+  'decode tok/s = (generated − 1) / time from the first to the last token (each step: one forward pass of one token + sampling); end-of-text banned for @x/phi2 (logitBias), yielded and continued through for node-llama-cpp, ignore_eos for wllama, so every engine runs the same number of steps.',
+  'peak RSS: getrusage maxRSS of the run\'s own process (load + every generation). × columns: advantage of @x/phi2 (>1 = @x/phi2 faster or smaller).',
+];
+
+export function renderText(report, { markdown = false } = {}) {
+  const { native, browser } = analyse(report);
+  const o = report.options;
+  const out = [];
+  const withShare = !!(report.bandwidth && report.model.bytesPerToken);
+  const h = (s) => (markdown ? `**${s}**` : s);
+  if (markdown) out.push(...describe(report).map((l) => `- ${l}`));
+  else out.push(...describe(report));
+  out.push('');
+  out.push(h(`Node, backend ${o.backend}, ${o.threads} threads — median${o.runs > 1 ? ' [min–max]' : ''} of ${o.runs} run(s):`));
+  out.push('');
+  const rows = buildTable(native, o.promptTokens, withShare, true, true);
+  out.push(markdown ? mdTable(rows) : textTable(rows));
+  if (browser) {
+    out.push('');
+    out.push(h(`Headless Chromium, cross-origin isolated, ${o.threads} threads (same page setup for both):`));
+    out.push('');
+    const b = buildTable(browser, o.promptTokens, false, false, true);
+    out.push(markdown ? mdTable(b) : textTable(b));
+    const llama = native.find((s) => s.label === 'node-llama-cpp');
+    if (llama) {
+      const P = o.promptTokens[0];
+      const ours = browser[0].stats[`decode@${P}`]?.median;
+      const ll = llama.stats[`decode@${P}`]?.median;
+      if (ours && ll) out.push('', `${browser[0].label} decode vs native node-llama-cpp: ${(ours / ll).toFixed(2)}×`);
+    }
+  } else if (report.browser?.error) {
+    out.push('', `wllama comparison failed: ${report.browser.error}`);
+  }
+  const problems = [];
+  for (const s of [...native, ...(browser ?? [])]) {
+    if (s.failed) problems.push(`${s.label}: ${s.failed} of ${s.runs} runs failed: ${s.errors.join('; ')}`);
+    const want = o.genTokens;
+    if (s.generated.some((g) => g !== want)) problems.push(`${s.label}: generated ${s.generated.join('/')} tokens, not always ${want}`);
+    if (s.eogTokens) problems.push(`${s.label}: end-of-text came up ${s.eogTokens} time(s) (generation went on)`);
+  }
+  if (problems.length) out.push('', ...problems.map((p) => (markdown ? `- ${p}` : `! ${p}`)));
+  out.push('');
+  out.push(...NOTES.map((n) => (markdown ? `- ${n}` : `  ${n}`)));
+  return out.join('\n');
+}
+
+export function printReport(report, format) {
+  if (format === 'json') {
+    const { native, browser } = analyse(report);
+    process.stdout.write(`${JSON.stringify({ ...report, summary: { native, browser } }, null, 2)}\n`);
+  } else {
+    process.stdout.write(`${renderText(report, { markdown: format === 'markdown' })}\n`);
+  }
+}
+
+const HEADER = `# phi2-bench results
+
+Written by \`phi2-bench --write-results\`, never by hand. One section per configuration (model,
+backend, threads, peers, prompt and generation sizes); a new run of the same configuration
+replaces its section. Every number in a section comes from the one run it names.
+`;
+
+export function resultsKey(report) {
+  const o = report.options;
+  return [report.model.synthetic ? `synthetic-${report.model.synthetic}` : report.model.name, o.backend, `t${o.threads}`, `p${o.promptTokens.join('+')}`, `g${o.genTokens}`, ...o.compare].join(' ');
+}
+
+export function writeResults(report, file) {
+  const key = resultsKey(report);
+  const m = report.model;
+  const section = [
+    `<!-- phi2-bench:${key} -->`,
+    `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}`,
+    '',
+    `- date: ${report.date}`,
+    `- command: \`${report.command}\``,
+    `- versions: ${Object.entries(report.versions).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ')}; ${report.tool}`,
+    renderText(report, { markdown: true }),
+    `<!-- /phi2-bench:${key} -->`,
+  ].join('\n');
+  let text = existsSync(file) ? readFileSync(file, 'utf8') : HEADER;
+  const start = text.indexOf(`<!-- phi2-bench:${key} -->`);
+  const endTag = `<!-- /phi2-bench:${key} -->`;
+  const end = text.indexOf(endTag);
+  if (start >= 0 && end > start) text = text.slice(0, start) + section + text.slice(end + endTag.length);
+  else text = `${text.trimEnd()}\n\n${section}\n`;
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeFileSync(tmp, text);
+  renameSync(tmp, file);
+}
