@@ -1,0 +1,247 @@
+// phi2-bench (bench/): flags, the synthetic GGUF writer (llama.cpp's type mix, sizes, caching; the
+// files load in @x/phi2 and in node-llama-cpp), and end-to-end runs on tiny models. No timed
+// assertions: only that every number is measured, finite and reported.
+//   PHI2_FIXTURES=$PWD/test/fixtures/gen node --test test/bench/
+// Needs: the native addon and the SDK built (npm run build -w @x/phi2), the fixtures, and for the
+// wasm run the wasm engines (scripts/build-wasm.sh).
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import { readGgufInfo, decodeBytesPerToken } from '../../bench/lib/gguf-info.mjs';
+import { bytesPerToken, ensureSynthetic, f16bits, syntheticSize, tensorPlan, useMoreBits } from '../../bench/lib/synthetic.mjs';
+import { measureBandwidth } from '../../bench/lib/bandwidth.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const bin = path.join(root, 'bench/bin/phi2-bench.mjs');
+const fixtures = process.env.PHI2_FIXTURES ?? path.join(root, 'test/fixtures/gen');
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'phi2-bench-test-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+const cache = path.join(tmp, 'cache');
+
+function bench(args, opts = {}) {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', cwd: opts.cwd ?? tmp, env: { ...process.env, NODE_LLAMA_CPP_SKIP_DOWNLOAD: 'true' }, timeout: 600_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe('flags', () => {
+  for (const [args, flag] of [
+    [['--synthetic', 'q4_0', '--threads', 'abc'], '--threads'],
+    [['--synthetic', 'q4_0', '--threads', '0'], '--threads'],
+    [['--synthetic', 'q4_0', '--runs', '-1'], '--runs'],
+    [['--synthetic', 'q4_0', '--gen-tokens', '1'], '--gen-tokens'],
+    [['--synthetic', 'q4_0', '--prompt-tokens', '128,x'], '--prompt-tokens'],
+    [['--synthetic', 'q5_1'], '--synthetic'],
+    [['--synthetic', 'q4_0', '--backend', 'gpu'], '--backend'],
+    [['--synthetic', 'q4_0', '--compare', 'ollama'], '--compare'],
+    [['--synthetic', 'q4_0', '--load', 'hot'], '--load'],
+    [['--synthetic', 'q4_0', '--frobnicate'], '--frobnicate'],
+    [['--synthetic', 'q4_0', '--json', '--markdown'], '--json'],
+    [['--synthetic'], '--synthetic'],
+    [['--threads', '2'], '--model'],
+    [['--model', 'a.gguf', '--synthetic', 'q4_0'], '--synthetic'],
+  ]) {
+    test(`${args.join(' ')} → usage error naming ${flag}, exit 2`, () => {
+      const r = bench(args);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr.split('\n')[0], new RegExp(`^phi2-bench: .*${flag.replace(/-/g, '\\-')}`));
+      assert.match(r.stderr, /usage: phi2-bench/);
+      assert.equal(r.stdout, '');
+    });
+  }
+  test('a missing --model file → exit 2 naming it', () => {
+    const r = bench(['--model', path.join(tmp, 'nope.gguf'), '--no-bandwidth']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /nope\.gguf: no such file/);
+  });
+  test('--help and --version exit 0', () => {
+    const h = bench(['--help']);
+    assert.equal(h.code, 0);
+    assert.match(h.stdout, /--synthetic TYPE/);
+    const v = bench(['--version']);
+    assert.equal(v.code, 0);
+    assert.match(v.stdout, /^phi2-bench \d+\.\d+\.\d+/);
+  });
+});
+
+describe('synthetic Phi-2-shaped GGUF', () => {
+  test("llama.cpp's Q4_K_M mix and the published files' sizes", () => {
+    const plan = tensorPlan('phi2', 'q4_k_m');
+    const type = (n) => plan.find((t) => t.name === n).typeName;
+    assert.equal(type('token_embd.weight'), 'Q4_K');
+    assert.equal(type('output.weight'), 'Q6_K');
+    assert.equal(type('blk.0.attn_qkv.weight'), 'Q5_K');
+    assert.equal(type('blk.5.attn_output.weight'), 'Q4_K');
+    assert.equal(type('blk.5.ffn_up.weight'), 'Q4_K');
+    const q6Down = plan.filter((t) => /ffn_down\.weight/.test(t.name) && t.typeName === 'Q6_K').map((t) => Number(t.name.split('.')[1]));
+    assert.deepEqual(q6Down, [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]);
+    assert.equal(q6Down.length, 16);
+    assert.equal(useMoreBits(4, 32), false);
+    assert.equal(tensorPlan('phi2', 'q4_0').find((t) => t.name === 'output.weight').typeName, 'Q6_K');
+    assert.equal(tensorPlan('phi2', 'q8_0').find((t) => t.name === 'output.weight').typeName, 'Q8_0');
+    assert.ok(tensorPlan('phi2', 'f16').filter((t) => t.ne.length === 2).every((t) => t.typeName === 'F16'));
+    assert.ok(plan.filter((t) => t.ne.length === 1).every((t) => t.typeName === 'F32'));
+    // Phi-2's shapes: 32 layers × (qkv, out, up, down) + embeddings + lm_head
+    assert.equal(plan.filter((t) => t.ne.length === 2).length, 32 * 4 + 2);
+    assert.deepEqual(plan.find((t) => t.name === 'blk.31.attn_qkv.weight').ne, [2560, 7680]);
+    assert.deepEqual(plan.find((t) => t.name === 'blk.0.ffn_down.weight').ne, [10240, 2560]);
+    assert.deepEqual(plan.find((t) => t.name === 'output.weight').ne, [2560, 51200]);
+    // sizes of the published phi-2 GGUFs (TheBloke/phi-2-GGUF): 5.56, 2.96, 1.60, 1.79 GB
+    for (const [t, gb] of [['f16', 5.56], ['q8_0', 2.96], ['q4_0', 1.6], ['q4_k_m', 1.79]]) {
+      assert.ok(Math.abs(syntheticSize('phi2', t) / 1e9 - gb) < 0.01, `${t}: ${syntheticSize('phi2', t)}`);
+    }
+  });
+
+  test('f16 conversion', () => {
+    assert.equal(f16bits(1), 0x3c00);
+    assert.equal(f16bits(-2), 0xc000);
+    assert.equal(f16bits(0.1), 0x2e66);
+    assert.equal(f16bits(65504), 0x7bff);
+  });
+
+  const files = {};
+  test('written once, then cached; the header reads back as planned', () => {
+    for (const t of ['f16', 'q8_0', 'q4_0', 'q4_k_m']) {
+      const seen = [];
+      const r = ensureSynthetic({ cacheDir: cache, shape: 'test', type: t, onProgress: (d, n) => seen.push([d, n]) });
+      assert.equal(r.created, true);
+      assert.equal(statSync(r.file).size, r.size);
+      assert.equal(seen.at(-1)[0], r.size);
+      const info = readGgufInfo(r.file);
+      assert.equal(info.architecture, 'phi2');
+      assert.deepEqual(info.tensors.map((x) => [x.name, x.type]), r.plan.map((x) => [x.name, x.typeName]));
+      assert.equal(decodeBytesPerToken(info), bytesPerToken(r.plan));
+      files[t] = r.file;
+      const again = ensureSynthetic({ cacheDir: cache, shape: 'test', type: t });
+      assert.equal(again.created, false);
+    }
+    // same bytes every time (deterministic)
+    const copy = ensureSynthetic({ cacheDir: path.join(tmp, 'cache2'), shape: 'test', type: 'q4_k_m' });
+    assert.ok(readFileSync(copy.file).equals(readFileSync(files.q4_k_m)));
+  });
+
+  test('a truncated cache file is rewritten', () => {
+    const r = ensureSynthetic({ cacheDir: path.join(tmp, 'cache3'), shape: 'test', type: 'q4_0' });
+    writeFileSync(r.file, readFileSync(r.file).subarray(0, 1000));
+    const again = ensureSynthetic({ cacheDir: path.join(tmp, 'cache3'), shape: 'test', type: 'q4_0' });
+    assert.equal(again.created, true);
+    assert.equal(statSync(again.file).size, again.size);
+  });
+
+  test('every type loads and generates in @x/phi2 (cpu) and in node-llama-cpp', async () => {
+    const { loadModel } = await import('@x/phi2');
+    process.env.NODE_LLAMA_CPP_SKIP_DOWNLOAD = 'true';
+    const { getLlama, LlamaLogLevel } = await import('node-llama-cpp');
+    const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
+    for (const [t, file] of Object.entries(files)) {
+      const m = await loadModel(file, { threads: 1 });
+      try {
+        assert.equal(m.info.hiddenSize, 256);
+        assert.equal(m.info.vocabSize, 51200);
+        assert.equal(m.info.tokenizer, 'gguf');
+        const r = await m.generate('The quick brown fox', { maxNewTokens: 4 });
+        assert.equal(r.tokens.length + (r.finishReason === 'eos' ? 0 : 0), r.usage.completionTokens);
+        assert.ok(r.usage.completionTokens >= 1, t);
+        // logits are finite (sane scales)
+        const lp = await m.logprobs(m.tokenize('Hello world'));
+        assert.ok(lp.every(Number.isFinite), `${t}: non-finite log-probs`);
+      } finally {
+        m.dispose();
+      }
+      const lm = await llama.loadModel({ modelPath: file });
+      const ctx = await lm.createContext({ contextSize: 64, threads: 1 });
+      const seq = ctx.getSequence();
+      let n = 0;
+      for await (const _ of seq.evaluate(lm.tokenize('The quick brown fox'), { temperature: 0, yieldEogToken: true })) if (++n >= 3) break;
+      assert.equal(n, 3, t);
+      await ctx.dispose();
+      await lm.dispose();
+    }
+  });
+});
+
+test('bandwidth probe returns a positive, finite rate', async () => {
+  const b = await measureBandwidth({ threads: 2, bufferBytes: 64 << 20, passes: 2 });
+  assert.ok(Number.isFinite(b.gbPerS) && b.gbPerS > 0);
+  assert.equal(b.passesGbPerS.length, 2);
+  assert.match(b.method, /wasm SIMD128/);
+});
+
+describe('end to end', () => {
+  const common = ['--runs', '2', '--prompt-tokens', '8,16', '--gen-tokens', '4', '--threads', '1', '--bandwidth-mb', '32'];
+  test('--synthetic (test shape) vs node-llama-cpp, --json', () => {
+    const r = bench(['--synthetic', 'q4_k_m', '--shape', 'test', '--cache-dir', cache, ...common, '--compare', 'node-llama-cpp', '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.engines.length, 2);
+    assert.deepEqual(j.engines.map((e) => e.id), ['phi2', 'node-llama-cpp']);
+    for (const e of j.engines) {
+      assert.equal(e.runs.length, 2);
+      for (const run of e.runs) {
+        assert.equal(run.error, undefined);
+        assert.ok(run.loadMs > 0 && run.peakRss > 0);
+        assert.equal(run.loadState, 'warm');
+        assert.deepEqual(run.prompts.map((p) => p.promptTokens), [8, 16]);
+        for (const p of run.prompts) {
+          assert.equal(p.generated, 4);
+          assert.ok(p.promptMs > 0 && p.generateMs > 0);
+        }
+      }
+    }
+    assert.ok(j.bandwidth.gbPerS > 0);
+    assert.ok(j.model.bytesPerToken > 0);
+    const [ours, llama] = j.summary.native;
+    for (const k of ['load', 'rss', 'ttft@8', 'prefill@16', 'decode@16', 'share@16']) {
+      assert.ok(Number.isFinite(ours.stats[k].median), k);
+      assert.equal(ours.stats[k].n, 2);
+      assert.ok(ours.stats[k].min <= ours.stats[k].median && ours.stats[k].median <= ours.stats[k].max);
+      assert.ok(Number.isFinite(llama.stats[k].median), k);
+    }
+    assert.match(j.command, /^phi2-bench --synthetic q4_k_m --shape test/);
+  });
+
+  test('--model (tiny fixture), table output and --write-results', () => {
+    const model = path.join(fixtures, 'tiny-q8_0.gguf');
+    assert.ok(existsSync(model), `${model} missing: run target/release/phi2-fixtures --out test/fixtures/gen`);
+    const results = path.join(tmp, 'RESULTS.md');
+    const r = bench(['--model', model, ...common, '--write-results', results]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /memory read bandwidth: [\d.]+ GB\/s/);
+    assert.match(r.stdout, /prefill tok\/s \(16 tokens\)/);
+    assert.match(r.stdout, /decode tok\/s \(after 8\)/);
+    assert.match(r.stdout, /peak RSS GB/);
+    const first = readFileSync(results, 'utf8');
+    assert.match(first, /^# phi2-bench results/);
+    assert.equal(first.match(/<!-- phi2-bench:/g).length, 1);
+    assert.match(first, /command: `phi2-bench --model /);
+    assert.match(first, /\| metric \| @x\/phi2 cpu \|/);
+    // same configuration again: its section is replaced; another configuration: appended
+    assert.equal(bench(['--model', model, ...common, '--write-results', results, '--no-bandwidth']).code, 0);
+    const second = readFileSync(results, 'utf8');
+    assert.equal(second.match(/<!-- phi2-bench:/g).length, 1);
+    assert.doesNotMatch(second, /memory read bandwidth/);
+    assert.equal(bench(['--model', model, ...common.slice(0, -4), '--gen-tokens', '3', '--no-bandwidth', '--write-results', results]).code, 0);
+    assert.equal(readFileSync(results, 'utf8').match(/<!-- phi2-bench:/g).length, 2);
+  });
+
+  test('--backend wasm, --markdown', () => {
+    const model = path.join(fixtures, 'tiny-q8_0.gguf');
+    const r = bench(['--model', model, '--backend', 'wasm', '--runs', '1', '--prompt-tokens', '8', '--gen-tokens', '3', '--threads', '2', '--no-bandwidth', '--markdown']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /\| metric \| @x\/phi2 wasm \|/);
+    assert.match(r.stdout, /\| decode tok\/s \(after 8\) \| [\d.]+ \|/);
+  });
+
+  test('a run that fails is reported and the exit status is 1', () => {
+    // a context too short for the prompt: the engine refuses, the tool says so
+    const model = path.join(fixtures, 'tiny-q8_0.gguf');
+    const r = bench(['--model', model, '--runs', '1', '--prompt-tokens', '200', '--gen-tokens', '4', '--threads', '1', '--no-bandwidth']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /FAILED: E_PROMPT_TOO_LONG/);
+    assert.match(r.stdout, /1 of 1 runs failed/);
+  });
+});
