@@ -3,13 +3,16 @@
  * `loadModel` over paths and the native addon, `defaultModelPath`, `hasDefaultModel` and
  * `bundledTokenizer`; the browser entry (`browser.ts`) adds its `loadModel` and `defaultModelUrl`.
  */
-export { Phi2Model, type ModelInfo, type ModelRuntime } from './model.js'
+export { Phi2Model, type ModelFormat, type ModelInfo, type ModelRuntime } from './model.js'
 export type { ModelSource } from './sources.js'
 export { Phi2Chat } from './chat.js'
 export type {
   FinishReason,
   GenerateChunk,
   GenerateResult,
+  GenerateResultBase,
+  GenerateResultEnded,
+  GenerateResultStopped,
   GenerationStream,
   Timings,
   Usage,
@@ -28,6 +31,9 @@ export {
   type GenerateOptions,
   type LoadOptions,
   type LoadProgress,
+  type LoadProgressCacheInvalid,
+  type LoadProgressDownload,
+  type LoadProgressStep,
   type LogprobsOptions,
   type PromptFormat,
   type SamplingOptions,

@@ -113,6 +113,16 @@ export class Phi2Chat {
     }
   }
 
+  /** `using chat = model.createChat()` disposes it at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose()
+  }
+
+  /** `await using chat = model.createChat()` disposes it at the end of the scope. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose()
+  }
+
   #enqueue(message: string, options: ChatSendOptions | undefined, onChunk?: (c: GenerateChunk) => void): Promise<GenerationJob> {
     const opts = parseOptions(ChatSendOptionsSchema, { ...this.#defaults, ...(options ?? {}) }, 'chat.send')
     if (typeof message !== 'string') invalidOption('message', 'chat.send', 'must be a string')

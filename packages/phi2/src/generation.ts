@@ -42,18 +42,34 @@ export interface Timings {
   tokensPerSecond: number
 }
 
-/** The outcome of `generate()` (and `stream().result`, `chat.send()`). */
-export interface GenerateResult {
+/** What every {@link GenerateResult} has, whatever ended the generation. */
+export interface GenerateResultBase {
   /** The generated text (the prompt excluded; cut before a stop string; end-of-text not included). */
   text: string
   /** The generated token ids: up to the one that completed a stop string; includes a final end-of-text id. */
   tokens: number[]
-  finishReason: FinishReason
-  /** The stop string that ended generation, when `finishReason === 'stop'`. */
-  stopString?: string
   usage: Usage
   timings: Timings
 }
+
+/** A generation ended by a stop string (`finishReason: 'stop'`): `stopString` says which. */
+export interface GenerateResultStopped extends GenerateResultBase {
+  finishReason: 'stop'
+  /** The stop string that ended generation (the text is cut before it). */
+  stopString: string
+}
+
+/** A generation ended by `'length'`, `'eos'` or `'abort'`: no stop string. */
+export interface GenerateResultEnded extends GenerateResultBase {
+  finishReason: Exclude<FinishReason, 'stop'>
+  stopString?: undefined
+}
+
+/**
+ * The outcome of `generate()` (and `stream().result`, `chat.send()`), discriminated by
+ * `finishReason`: `stopString` is a `string` exactly when `finishReason === 'stop'`.
+ */
+export type GenerateResult = GenerateResultStopped | GenerateResultEnded
 
 /**
  * One piece of a stream. Text deltas never split a UTF-8 character and never contain a prefix of
@@ -109,8 +125,10 @@ export function resolveGeneration(
   if (promptLength >= ctx) {
     throw new Phi2Error(
       'E_PROMPT_TOO_LONG',
-      `The prompt has ${promptLength} tokens, which leaves no room to generate in the context length ${ctx}: shorten it` +
-        ' (or, for a chat, call reset())',
+      what === 'chat.send'
+        ? // The chat already dropped every earlier turn: only a shorter message (or system line) helps.
+          `The message needs ${promptLength} tokens with the chat's format (and system line), which leaves no room to reply in the context length ${ctx}: shorten it`
+        : `The prompt has ${promptLength} tokens, which leaves no room to generate in the context length ${ctx}: shorten it`,
     )
   }
   const logitBiasIds: number[] = []
@@ -164,6 +182,10 @@ export class GenerationJob implements CancellableWork {
   private failure: Phi2Error | null = null
   private rejectNow: ((err: Phi2Error) => void) | null = null
   private consumerStopped = false
+  /** Tokens the engine produced after the consumer stopped (ignored: no chunk carries them). */
+  private dropped = 0
+  /** Set by a consumer that left the loop (break / return()): the result keeps only what it was given. */
+  private keep: ConsumedPrefix | null = null
 
   constructor(
     private readonly host: GenerationHost,
@@ -184,9 +206,16 @@ export class GenerationJob implements CancellableWork {
     this.rejectNow?.(err)
   }
 
-  /** Stops the generation (consumer break); the result resolves with what was generated, `finishReason: 'abort'`. */
-  stop(): void {
+  /**
+   * Stops the generation for its consumer (`stream.cancel()`, or with `keep` a `break` / `return()`
+   * out of the loop). Tokens the engine produces from now on are ignored. Without `keep` the last
+   * chunk (held-back text, `finishReason`) is still emitted; with `keep` the result is cut to the
+   * chunks the consumer received. The result resolves with `finishReason: 'abort'` (unless the
+   * generation had already ended).
+   */
+  stop(keep?: ConsumedPrefix): void {
     this.consumerStopped = true
+    if (keep) this.keep = keep
     this.cancelToken.cancel()
   }
 
@@ -212,6 +241,10 @@ export class GenerationJob implements CancellableWork {
         resolved.native,
         (err, id) => {
           if (this.failure) return
+          if (this.consumerStopped) {
+            this.dropped++
+            return
+          }
           if (err) {
             nativeError ??= err
             this.cancelToken.cancel()
@@ -219,7 +252,7 @@ export class GenerationJob implements CancellableWork {
           }
           const piece = assembler.push(id)
           if (assembler.stopped) this.cancelToken.cancel()
-          if (piece && this.onChunk && !this.consumerStopped) this.onChunk(piece)
+          if (piece && this.onChunk) this.onChunk(piece)
         },
         this.cancelToken,
       )
@@ -243,22 +276,29 @@ export class GenerationJob implements CancellableWork {
       const last = assembler.finish()
       let finishReason: FinishReason
       if (assembler.stopped) finishReason = 'stop'
+      else if (this.consumerStopped && this.dropped > 0) finishReason = 'abort'
       else if (out.finishReason === 'eos') finishReason = 'eos'
       else if (out.finishReason === 'length' || out.finishReason === 'context') finishReason = 'length'
       else finishReason = 'abort'
-      if (this.onChunk && !this.consumerStopped) {
+      let text = assembler.text
+      let tokens = [...assembler.tokens]
+      const keep = this.keep
+      if (keep) {
+        // The consumer left the loop: the result is what it was given (no chunk after that exists).
+        text = text.slice(0, keep.textLength)
+        tokens = tokens.slice(0, keep.tokens)
+        finishReason = 'abort'
+      } else if (this.onChunk) {
         this.onChunk({ text: last?.text ?? '', tokens: last?.tokens ?? [], finishReason })
       }
-      const completion = assembler.tokens.length
-      const result: GenerateResult = {
-        text: assembler.text,
-        tokens: [...assembler.tokens],
-        finishReason,
+      const base: GenerateResultBase = {
+        text,
+        tokens,
         usage: {
           promptTokens: this.prompt.length,
           promptTokensEvaluated: out.promptTokensEvaluated,
-          completionTokens: completion,
-          totalTokens: this.prompt.length + completion,
+          completionTokens: tokens.length,
+          totalTokens: this.prompt.length + tokens.length,
         },
         timings: {
           promptMs: out.promptMs,
@@ -266,13 +306,19 @@ export class GenerationJob implements CancellableWork {
           tokensPerSecond: out.generateMs > 0 ? (out.tokens.length * 1000) / out.generateMs : 0,
         },
       }
-      if (assembler.stoppedBy !== null) result.stopString = assembler.stoppedBy
-      return result
+      if (finishReason === 'stop') return { ...base, finishReason, stopString: assembler.stoppedBy! }
+      return { ...base, finishReason }
     } finally {
       signal?.removeEventListener('abort', onAbort)
       untrack()
     }
   }
+}
+
+/** How much of a stream its consumer received: token count and text length (UTF-16 units). */
+export interface ConsumedPrefix {
+  tokens: number
+  textLength: number
 }
 
 /** Internal: an async iterable over chunks, fed by a job. */
@@ -281,15 +327,23 @@ export class ChunkChannel implements AsyncIterator<GenerateChunk> {
   private waiting: { resolve: (r: IteratorResult<GenerateChunk>) => void; reject: (e: unknown) => void } | null = null
   private ended = false
   private error: unknown = null
-  onReturn: (() => void) | null = null
+  private readonly consumed: ConsumedPrefix = { tokens: 0, textLength: 0 }
+  /** Called when the consumer leaves before the end (`return()`), with what it received. */
+  onReturn: ((consumed: ConsumedPrefix) => void) | null = null
 
   push(chunk: GenerateChunk): void {
     if (this.ended) return
     if (this.waiting) {
       const w = this.waiting
       this.waiting = null
-      w.resolve({ value: chunk, done: false })
+      w.resolve(this.deliver(chunk))
     } else this.buffered.push(chunk)
+  }
+
+  private deliver(chunk: GenerateChunk): IteratorResult<GenerateChunk> {
+    this.consumed.tokens += chunk.tokens.length
+    this.consumed.textLength += chunk.text.length
+    return { value: chunk, done: false }
   }
 
   end(): void {
@@ -325,7 +379,7 @@ export class ChunkChannel implements AsyncIterator<GenerateChunk> {
       return Promise.reject(err)
     }
     const chunk = this.buffered.shift()
-    if (chunk) return Promise.resolve({ value: chunk, done: false })
+    if (chunk) return Promise.resolve(this.deliver(chunk))
     if (this.ended) return Promise.resolve({ value: undefined, done: true })
     return new Promise((resolve, reject) => {
       this.waiting = { resolve, reject }
@@ -336,23 +390,34 @@ export class ChunkChannel implements AsyncIterator<GenerateChunk> {
     if (!this.ended) {
       this.ended = true
       this.buffered.length = 0
-      this.onReturn?.()
+      this.onReturn?.({ ...this.consumed })
     }
     this.error = null
+    if (this.waiting) {
+      const w = this.waiting
+      this.waiting = null
+      w.resolve({ value: undefined, done: true })
+    }
     return Promise.resolve({ value: undefined, done: true })
   }
 }
 
 /**
  * What `model.stream()` and `chat.sendStream()` return: iterate it with `for await`, and/or await
- * `result`. Breaking out of the loop (or calling `cancel()`) stops native work at once; `result`
- * then resolves with `finishReason: 'abort'`. An AbortSignal makes the loop throw `Phi2AbortError`
- * and `result` reject with it.
+ * `result`. The last chunk carries `finishReason`, and the chunks' `text` / `tokens` join to the
+ * result's. `cancel()` (also from inside the loop) stops native work at once: the loop still gets
+ * a last chunk (held-back text, `finishReason: 'abort'`). Leaving the loop (`break`, `return()`)
+ * stops it too, and `result` then holds exactly the chunks the loop received (`'abort'`), unless
+ * generation had already ended. An AbortSignal makes the loop throw `Phi2AbortError` and `result`
+ * reject with it.
  */
 export interface GenerationStream extends AsyncIterable<GenerateChunk> {
   /** The final result (resolves when generation ends; rejects on abort / dispose / error). */
   readonly result: Promise<GenerateResult>
-  /** Stops generating (like breaking out of the loop); `result` resolves with `finishReason: 'abort'`. */
+  /**
+   * Stops generating. The stream then ends with a last chunk (`finishReason: 'abort'`, plus any
+   * held-back text), and `result` resolves with the joined chunks. No effect once generation ended.
+   */
   cancel(): void
 }
 
@@ -363,11 +428,12 @@ export interface GenerationStream extends AsyncIterable<GenerateChunk> {
 export function makeStream(start: (onChunk: (c: GenerateChunk) => void) => Promise<GenerationJob>): GenerationStream {
   const channel = new ChunkChannel()
   let job: GenerationJob | null = null
-  let cancelled = false
+  let stopped = false
+  let keep: ConsumedPrefix | undefined
   const result = (async () => {
     try {
       job = await start((c) => channel.push(c))
-      if (cancelled) job.stop()
+      if (stopped) job.stop(keep)
       const r = await job.promise
       channel.end()
       return r
@@ -377,18 +443,19 @@ export function makeStream(start: (onChunk: (c: GenerateChunk) => void) => Promi
     }
   })()
   result.catch(() => {})
-  const cancel = () => {
-    cancelled = true
-    job?.stop()
+  // cancel() and / or leaving the loop; leaving after cancel() still cuts the result to what the
+  // loop received (it did not take the last chunk).
+  const stop = (consumed?: ConsumedPrefix) => {
+    if (stopped && (consumed === undefined || keep !== undefined)) return
+    stopped = true
+    keep ??= consumed
+    job?.stop(keep)
   }
-  channel.onReturn = cancel
+  channel.onReturn = stop
   let iterated = false
   return {
     result,
-    cancel: () => {
-      cancel()
-      channel.end()
-    },
+    cancel: () => stop(),
     [Symbol.asyncIterator]() {
       if (iterated) throw new TypeError('A generation stream can be iterated only once')
       iterated = true
@@ -396,4 +463,3 @@ export function makeStream(start: (onChunk: (c: GenerateChunk) => void) => Promi
     },
   }
 }
-

@@ -47,12 +47,21 @@ export interface ModelRuntime {
   reason: string
 }
 
+/** `model.info.format`. */
+export type ModelFormat = 'gguf' | 'safetensors'
+
+function modelFormat(format: string): ModelFormat {
+  const f = format.toLowerCase()
+  if (f === 'gguf' || f === 'safetensors') return f
+  throw new Phi2Error('E_INTERNAL', `The engine reported an unknown model format ${JSON.stringify(format)}`)
+}
+
 /** What `model.info` reports. */
 export interface ModelInfo {
   /** `'phi2'`. */
   architecture: string
-  /** `'gguf'` or `'safetensors'`. */
-  format: string
+  /** The file format: `'gguf'` or `'safetensors'`. */
+  format: ModelFormat
   /** Bulk weight type: `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q4_K`, `q5_K`, `q6_K`. */
   dtype: string
   /** The compute backend in use: `'cpu'` (native addon) or `'wasm'` (wasm engine in a Worker). */
@@ -155,7 +164,7 @@ export async function loadWithEngine(plan: LoadPlan): Promise<Phi2Model> {
     const runtime: EngineRuntime = loaded.runtime
     const model = new Phi2Model(plan.engine, native, tokenizer, {
       architecture: info.architecture,
-      format: info.format,
+      format: modelFormat(info.format),
       dtype: info.dtype,
       backend: plan.engine.backend,
       runtime: { ...runtime },
@@ -395,6 +404,11 @@ export class Phi2Model {
     for (const c of [...this.#chats]) c.dispose()
     this.#chats.clear()
     safeDispose(this.#native)
+  }
+
+  /** `using model = await loadModel(...)` disposes it at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose()
   }
 
   /** `await using model = await loadModel(...)` disposes it at the end of the scope. */

@@ -22,21 +22,45 @@ export type Backend = 'auto' | 'cpu' | 'cuda' | 'wasm'
 export type PromptFormat = 'qa' | 'chat' | 'code' | 'none'
 
 /**
- * A load progress report: `phase` goes `'download'` (wasm backend: bytes streamed into the engine,
- * from a URL, the cache, a Blob, bytes or a file; `loadedBytes` grows monotonically to `totalBytes`)
- * → `'loading'` (0 then 1) → `'tokenizer'` (1) → `'ready'` (1). `'cache-invalid'` (once, progress 0)
- * when a cached copy failed its sha256 / length check and was deleted: the download starts over.
+ * A load progress report, discriminated by `phase`: `'download'` (wasm backend: bytes streamed
+ * into the engine, from a URL, the cache, a Blob, bytes or a file; `loadedBytes` grows
+ * monotonically to `totalBytes`) → `'loading'` (0 then 1) → `'tokenizer'` (1) → `'ready'` (1).
+ * `'cache-invalid'` (once, progress 0) when a cached copy failed its sha256 / length check and was
+ * deleted: the download starts over.
  */
-export interface LoadProgress {
-  phase: 'download' | 'cache-invalid' | 'loading' | 'tokenizer' | 'ready'
+export type LoadProgress = LoadProgressDownload | LoadProgressCacheInvalid | LoadProgressStep
+
+/** `phase: 'download'`: bytes streamed into the wasm engine so far. */
+export interface LoadProgressDownload {
+  phase: 'download'
+  /** 0..1: `loadedBytes / totalBytes`. */
+  progress: number
+  /** Bytes received so far. */
+  loadedBytes: number
+  /** Size of the file. */
+  totalBytes: number
+  /** Whether the bytes come from the Cache API. */
+  fromCache: boolean
+}
+
+/** `phase: 'cache-invalid'`: the cached copy (of `totalBytes` bytes) failed its check and was deleted. */
+export interface LoadProgressCacheInvalid {
+  phase: 'cache-invalid'
+  progress: 0
+  loadedBytes: 0
+  /** Size the deleted cache entry claimed. */
+  totalBytes: number
+  fromCache: true
+}
+
+/** `phase: 'loading' | 'tokenizer' | 'ready'`: no byte counts. */
+export interface LoadProgressStep {
+  phase: 'loading' | 'tokenizer' | 'ready'
   /** 0..1 within the phase. */
   progress: number
-  /** `'download'`: bytes received so far. */
-  loadedBytes?: number
-  /** `'download'`: size of the file. */
-  totalBytes?: number
-  /** `'download'`: whether the bytes come from the Cache API. */
-  fromCache?: boolean
+  loadedBytes?: undefined
+  totalBytes?: undefined
+  fromCache?: undefined
 }
 
 const isAbortSignal = (v: unknown): v is AbortSignal =>
@@ -175,7 +199,7 @@ const samplingShape = {
   logitBias: z
     .record(
       z.string().regex(/^(0|[1-9][0-9]*)$/, 'logit bias keys must be token ids (non-negative integers)'),
-      z.union([z.number(), z.literal(-Infinity)]),
+      z.union([z.number(), z.literal(-Infinity)], { error: 'must be a finite number or -Infinity (which bans the token)' }),
     )
     .optional(),
   signal: signalSchema.optional(),

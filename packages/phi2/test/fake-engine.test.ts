@@ -129,4 +129,102 @@ describe('generation logic (scripted engine)', () => {
       for await (const c of s) seen.push(c.text)
     }).rejects.toMatchObject({ code: 'E_BACKEND' })
   })
+
+  describe('a stream stopped by its consumer keeps its promises (last chunk, chunks join to the result)', () => {
+    const script = () => tok.encode(' one two three four five six seven eight nine ten eleven twelve')
+    type Chunk = { text: string; tokens: number[]; finishReason?: string }
+    const joined = (chunks: Chunk[]) => ({ text: chunks.map((c) => c.text).join(''), tokens: chunks.flatMap((c) => c.tokens) })
+
+    it('cancel() inside for await: a last chunk with finishReason "abort"; chunks join to the result', async () => {
+      const { model } = fakeModel(script)
+      for (const opts of [{}, { stop: [' four', ' eleven'] }, { stop: [' thr'] }]) {
+        const stream = model.stream('x', opts)
+        const chunks: Chunk[] = []
+        for await (const c of stream) {
+          chunks.push(c)
+          if (chunks.length === 2) stream.cancel()
+        }
+        const r = await stream.result
+        expect(chunks.at(-1)!.finishReason).toBe(r.finishReason)
+        expect(chunks.slice(0, -1).every((c) => c.finishReason === undefined)).toBe(true)
+        expect(joined(chunks)).toEqual({ text: r.text, tokens: r.tokens })
+        expect(r.usage.completionTokens).toBe(r.tokens.length)
+        expect(r.tokens.length).toBeLessThan(script().length)
+        if (r.finishReason !== 'stop') expect(r.finishReason).toBe('abort')
+      }
+    })
+
+    it('cancel() before the loop: one empty last chunk; cancel() after the end changes nothing', async () => {
+      const { model } = fakeModel(script)
+      const s = model.stream('x')
+      s.cancel()
+      const chunks: Chunk[] = []
+      for await (const c of s) chunks.push(c)
+      expect(chunks).toEqual([{ text: '', tokens: [], finishReason: 'abort' }])
+      expect(await s.result).toMatchObject({ text: '', tokens: [], finishReason: 'abort' })
+      const done = model.stream('x', { maxNewTokens: 3 })
+      const all: Chunk[] = []
+      for await (const c of done) all.push(c)
+      done.cancel()
+      expect((await done.result).finishReason).toBe('length')
+      expect(joined(all).tokens).toEqual((await done.result).tokens)
+    })
+
+    it('break and return(): the result is exactly what the loop received, finishReason "abort"', async () => {
+      const { model } = fakeModel(script)
+      const viaBreak = model.stream('x')
+      const seen: Chunk[] = []
+      for await (const c of viaBreak) {
+        seen.push(c)
+        if (seen.length === 3) break
+      }
+      const r1 = await viaBreak.result
+      expect(r1.finishReason).toBe('abort')
+      expect({ text: r1.text, tokens: r1.tokens }).toEqual(joined(seen))
+      expect(r1.usage.completionTokens).toBe(3)
+
+      const viaReturn = model.stream('x')
+      const it = viaReturn[Symbol.asyncIterator]()
+      const got: Chunk[] = []
+      for (let i = 0; i < 2; i++) got.push((await it.next()).value as Chunk)
+      // Let the engine run ahead of the consumer: its buffered chunks are not part of the result.
+      for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r))
+      expect(await it.return!()).toEqual({ value: undefined, done: true })
+      const r2 = await viaReturn.result
+      expect(r2.finishReason).toBe('abort')
+      expect({ text: r2.text, tokens: r2.tokens }).toEqual(joined(got))
+      expect((await it.next()).done).toBe(true)
+    })
+
+    it('a chat turn stopped by cancel() keeps the text the chunks carried', async () => {
+      const { model } = fakeModel(script)
+      const chat = model.createChat()
+      const stream = chat.sendStream('Hi')
+      const chunks: Chunk[] = []
+      for await (const c of stream) {
+        chunks.push(c)
+        if (chunks.length === 3) stream.cancel()
+      }
+      const r = await stream.result
+      expect(joined(chunks)).toEqual({ text: r.text, tokens: r.tokens })
+      expect(chunks.at(-1)!.finishReason).toBe('abort')
+      expect(chat.turns.at(-1)).toEqual({ role: 'bot', text: r.text.trim() })
+    })
+
+    it('an AbortSignal: the loop throws, no chunk carries a finishReason, result rejects', async () => {
+      const { model } = fakeModel(script)
+      const ac = new AbortController()
+      const stream = model.stream('x', { signal: ac.signal })
+      const chunks: Chunk[] = []
+      await expect(async () => {
+        for await (const c of stream) {
+          chunks.push(c)
+          if (chunks.length === 2) ac.abort()
+        }
+      }).rejects.toMatchObject({ code: 'E_ABORTED' })
+      expect(chunks).toHaveLength(2)
+      expect(chunks.every((c) => c.finishReason === undefined)).toBe(true)
+      await expect(stream.result).rejects.toMatchObject({ code: 'E_ABORTED' })
+    })
+  })
 })

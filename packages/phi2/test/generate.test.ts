@@ -186,19 +186,54 @@ describe('abort and dispose', () => {
     await expect(s.result).rejects.toBeInstanceOf(Phi2AbortError) // already aborted now
   })
 
-  it('breaking out of for-await cancels native work at once', async () => {
+  it('breaking out of for-await cancels native work at once; the result is what the loop received', async () => {
     const stream = model.stream(PROMPT_TEXT, { maxNewTokens: 100, logitBias: { 50256: -Infinity } })
-    let n = 0
-    for await (const _ of stream) {
-      void _
-      if (++n === 2) break
+    const seen: GenerateChunk[] = []
+    for await (const c of stream) {
+      seen.push(c)
+      if (seen.length === 2) break
     }
     const r = await stream.result
     expect(r.finishReason).toBe('abort')
     expect(r.tokens.length).toBeLessThan(20)
+    expect(r.tokens).toEqual(seen.flatMap((c) => c.tokens))
+    expect(r.text).toBe(seen.map((c) => c.text).join(''))
     const s2 = model.stream(PROMPT_TEXT, { maxNewTokens: 100 })
     s2.cancel()
     expect((await s2.result).finishReason).toBe('abort')
+  })
+
+  it('stream.cancel() inside for await: the loop ends with a finishReason chunk, chunks join to the result', async () => {
+    for (const opts of [{ maxNewTokens: 100, logitBias: { 50256: -Infinity } }, { maxNewTokens: 100, stop: ['zzzz'] }]) {
+      const stream = model.stream(PROMPT_TEXT, opts)
+      const chunks: GenerateChunk[] = []
+      for await (const c of stream) {
+        chunks.push(c)
+        if (chunks.length === 3) stream.cancel()
+      }
+      const r = await stream.result
+      expect(chunks.length).toBeGreaterThan(3)
+      expect(chunks.at(-1)!.finishReason).toBe(r.finishReason)
+      expect(chunks.slice(0, -1).every((c) => c.finishReason === undefined)).toBe(true)
+      expect(chunks.flatMap((c) => c.tokens)).toEqual(r.tokens)
+      expect(chunks.map((c) => c.text).join('')).toBe(r.text)
+      expect(r.usage.completionTokens).toBe(r.tokens.length)
+      expect(r.tokens.length).toBeLessThan(50)
+    }
+    // The same through a chat.
+    const chat = model.createChat()
+    const s = chat.sendStream('Hello there', { maxNewTokens: 60, stop: [] })
+    const chunks: GenerateChunk[] = []
+    for await (const c of s) {
+      chunks.push(c)
+      if (chunks.length === 2) s.cancel()
+    }
+    const r = await s.result
+    expect(r.finishReason).toBe('abort')
+    expect(chunks.at(-1)!.finishReason).toBe('abort')
+    expect(chunks.flatMap((c) => c.tokens)).toEqual(r.tokens)
+    expect(chunks.map((c) => c.text).join('')).toBe(r.text)
+    chat.dispose()
   })
 
   it('dispose during generation stops it with E_DISPOSED; later calls reject E_DISPOSED', async () => {
