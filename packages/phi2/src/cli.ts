@@ -1,120 +1,68 @@
 #!/usr/bin/env node
 /**
  * The `phi2` command line: generate, chat, tokenize, info. Errors: one line `phi2: CODE: message`
- * on stderr and exit 1; bad usage (unknown flag, bad value, invalid option) exits 2.
+ * on stderr and exit 1; bad usage (unknown flag, a flag the command does not take, bad value,
+ * invalid option) exits 2. The flags, which command takes which, and the help texts are in
+ * `cli-flags.ts`.
  */
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { COMMANDS, type Command, FLAGS, type FlagName, PARSE_OPTIONS, accepts, commandHelp, globalHelp, joinDashValues } from './cli-flags.js'
 import {
+  type ChatOptions,
   type GenerateOptions,
+  type GenerateResult,
   type LoadOptions,
   Phi2Error,
   type Phi2Model,
   defaultModelPath,
+  formatChat,
   loadModel,
 } from './index.js'
-import { GenerateOptionsSchema, LoadOptionsSchema, parseOptions } from './options.js'
-
-const HELP = `Usage: phi2 <command> [options]
-
-Microsoft Phi-2 on the command line (Rust engine: native CPU addon, or wasm).
-
-Commands:
-  generate [prompt]      Complete a prompt (argument, --file F, or stdin) and stream it to stdout
-  chat                   Interactive chat that keeps its context (/reset clears it, /exit quits)
-  tokenize [text]        Print the token ids of a text (argument, --file F, or stdin)
-  info                   Print facts about the model
-
-Model:
-  --model PATH           .gguf file, .safetensors file, or Hugging Face model directory.
-                         Default: the embedded model, a TINY RANDOM-WEIGHT Phi-2-architecture GGUF
-                         (it proves the pipeline; its output is gibberish). Use --model for real Phi-2.
-  --threads N            compute threads (default: all cores)
-  --context-length N     context window to use (<= the model's)
-  --backend B            auto | cpu | wasm (auto = cpu; cuda is not in this build)
-  --quiet                no progress or statistics on stderr
-
-Generation (generate, chat):
-  --format F             qa | chat | code | none (default none): wrap the prompt in the Phi-2 model
-                         card format and use its stop strings
-  --max-new-tokens N     default 256
-  --do-sample            sample instead of greedy decoding (default: greedy, like HF transformers)
-  --temperature T        default 0.7 (with --do-sample)
-  --top-k K              default 50 (with --do-sample; 0 = off)
-  --top-p P              default 1 (with --do-sample)
-  --min-p P              default 0 (with --do-sample)
-  --repetition-penalty R default 1 (off)
-  --presence-penalty P   default 0
-  --frequency-penalty F  default 0
-  --seed S               sampling seed (default: random)
-  --stop S               stop string (repeatable; replaces the format's defaults)
-  --logit-bias ID=B      add B to token ID's logit (repeatable; B may be -inf to ban it)
-
-Chat:
-  --user-name NAME       default Alice
-  --bot-name NAME        default Bob
-  --system TEXT          a line placed before the first turn
-
-Input / output:
-  --file F               read the prompt / text from a file
-  --json                 machine-readable output: generate → {"text","tokens","finishReason","usage","timings"},
-                         tokenize → {"ids":[...]}, info → the info object, chat → one JSON object per reply
-  -h, --help             this help
-  -v, --version          print the version
-
-Exit codes: 0 ok, 1 error (message with its code on stderr), 2 bad usage.
-`
+import { ChatOptionsSchema, GenerateOptionsSchema, LoadOptionsSchema, parseOptions } from './options.js'
 
 class UsageError extends Error {}
 
-const OPTIONS = {
-  model: { type: 'string' },
-  threads: { type: 'string' },
-  'context-length': { type: 'string' },
-  backend: { type: 'string' },
-  quiet: { type: 'boolean' },
-  format: { type: 'string' },
-  'max-new-tokens': { type: 'string' },
-  'do-sample': { type: 'boolean' },
-  temperature: { type: 'string' },
-  'top-k': { type: 'string' },
-  'top-p': { type: 'string' },
-  'min-p': { type: 'string' },
-  'repetition-penalty': { type: 'string' },
-  'presence-penalty': { type: 'string' },
-  'frequency-penalty': { type: 'string' },
-  seed: { type: 'string' },
-  stop: { type: 'string', multiple: true },
-  'logit-bias': { type: 'string', multiple: true },
-  'user-name': { type: 'string' },
-  'bot-name': { type: 'string' },
-  system: { type: 'string' },
-  file: { type: 'string' },
-  json: { type: 'boolean' },
-  help: { type: 'boolean', short: 'h' },
-  version: { type: 'boolean', short: 'v' },
-} as const
+type FlagValue = string | boolean | string[] | undefined
+type Flags = Partial<Record<FlagName, FlagValue>>
 
-type Flags = ReturnType<typeof parse>['values']
-
-function parse(argv: string[]) {
-  return parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })
+function parse(argv: string[]): { flags: Flags; positionals: string[] } {
+  const { values, positionals } = parseArgs({ args: joinDashValues(argv), options: PARSE_OPTIONS, allowPositionals: true, strict: true })
+  return { flags: values as Flags, positionals }
 }
 
-function num(flags: Flags, name: keyof Flags): number | undefined {
+const str = (flags: Flags, name: FlagName): string | undefined => {
   const v = flags[name]
+  return typeof v === 'string' ? v : undefined
+}
+const list = (flags: Flags, name: FlagName): string[] | undefined => {
+  const v = flags[name]
+  return Array.isArray(v) ? v : undefined
+}
+
+const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?$/i
+
+/** A number flag: any decimal number (negative too); the SDK checks its range. */
+function num(flags: Flags, name: FlagName): number | undefined {
+  const v = str(flags, name)
   if (v === undefined) return undefined
-  if (typeof v !== 'string' || v.trim() === '' || Number.isNaN(Number(v))) {
-    throw new UsageError(`--${String(name)} expects a number, got ${JSON.stringify(v)}`)
-  }
+  if (!NUMBER.test(v.trim())) throw new UsageError(`--${name} expects a number, got ${JSON.stringify(v)}`)
   return Number(v)
 }
 
 function kebab(s: string): string {
   return s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+}
+
+/** The flag behind an SDK option path (`logitBias.5` → `logit-bias`, `source` → `model`). */
+function flagForPath(path: string): string | null {
+  const head = path.split('.')[0]!
+  if (head === 'source') return 'model'
+  const k = kebab(head)
+  return Object.hasOwn(FLAGS, k) ? k : null
 }
 
 function loadOptions(flags: Flags): LoadOptions {
@@ -123,8 +71,21 @@ function loadOptions(flags: Flags): LoadOptions {
   if (threads !== undefined) o.threads = threads
   const ctx = num(flags, 'context-length')
   if (ctx !== undefined) o.contextLength = ctx
-  if (flags.backend !== undefined) o.backend = flags.backend as LoadOptions['backend']
+  const backend = str(flags, 'backend')
+  if (backend !== undefined) o.backend = backend as LoadOptions['backend']
   return parseOptions(LoadOptionsSchema, o, 'load')
+}
+
+/** `ID=B`: B a number, `-inf` (ban) or `inf` (passed on: the SDK rejects it with its own message). */
+function logitBiasEntry(entry: string): [number, number] {
+  const m = /^\s*(\d+)\s*[=:]\s*(\S+)\s*$/.exec(entry)
+  const raw = m?.[2] ?? ''
+  let value = Number.NaN
+  if (/^-inf(inity)?$/i.test(raw)) value = -Infinity
+  else if (/^\+?inf(inity)?$/i.test(raw)) value = Infinity
+  else if (NUMBER.test(raw)) value = Number(raw)
+  if (!m || Number.isNaN(value)) throw new UsageError(`--logit-bias expects ID=BIAS (e.g. 50256=-inf), got ${JSON.stringify(entry)}`)
+  return [Number(m[1]), value]
 }
 
 function generateOptions(flags: Flags): GenerateOptions {
@@ -142,20 +103,26 @@ function generateOptions(flags: Flags): GenerateOptions {
   set('presencePenalty', num(flags, 'presence-penalty'))
   set('frequencyPenalty', num(flags, 'frequency-penalty'))
   set('seed', num(flags, 'seed'))
-  if (flags.stop) o.stop = flags.stop.map(unescapeFlag)
-  if (flags['logit-bias']) {
-    const bias: Record<number, number> = {}
-    for (const entry of flags['logit-bias']) {
-      const m = /^\s*(\d+)\s*[=:]\s*(-?inf(inity)?|[-+0-9.eE]+)\s*$/i.exec(entry)
-      const value = m ? (/inf/i.test(m[2]!) ? -Infinity : Number(m[2])) : Number.NaN
-      if (!m || Number.isNaN(value)) throw new UsageError(`--logit-bias expects ID=BIAS (e.g. 50256=-inf), got ${JSON.stringify(entry)}`)
-      bias[Number(m[1])] = value
-    }
-    o.logitBias = bias
-  }
-  if (flags.format !== undefined) o.format = flags.format as GenerateOptions['format']
+  const stop = list(flags, 'stop')
+  if (stop) o.stop = stop.map(unescapeFlag)
+  const bias = list(flags, 'logit-bias')
+  if (bias) o.logitBias = Object.fromEntries(bias.map(logitBiasEntry))
+  const format = str(flags, 'format')
+  if (format !== undefined) o.format = format as GenerateOptions['format']
   // Validate before loading the model, so that a bad flag fails fast (exit 2).
   return parseOptions(GenerateOptionsSchema, o, 'generate')
+}
+
+/** --user-name / --bot-name / --system, validated as the SDK's chat options. */
+function chatFormatOptions(flags: Flags): ChatOptions {
+  const o: ChatOptions = {}
+  const user = str(flags, 'user-name')
+  const bot = str(flags, 'bot-name')
+  const system = str(flags, 'system')
+  if (user !== undefined) o.userName = user
+  if (bot !== undefined) o.botName = bot
+  if (system !== undefined) o.system = system
+  return parseOptions(ChatOptionsSchema, o, 'chat')
 }
 
 /** `--stop '\n'` on a shell passes a backslash and an n: accept the usual escapes. */
@@ -169,18 +136,25 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8')
 }
 
-async function inputText(flags: Flags, positionals: string[], what: string): Promise<string> {
-  if (positionals.length > 0 && flags.file !== undefined) throw new UsageError(`give the ${what} as an argument or with --file, not both`)
-  if (positionals.length > 0) return positionals.join(' ')
-  if (flags.file !== undefined) {
+/** The input text, and whether it came from a file or stdin (where a final newline ends the file, not the text). */
+async function inputText(flags: Flags, positionals: string[], what: string): Promise<{ text: string; fromStream: boolean }> {
+  const file = str(flags, 'file')
+  if (positionals.length > 0 && file !== undefined) throw new UsageError(`give the ${what} as an argument or with --file, not both`)
+  if (positionals.length > 0) return { text: positionals.join(' '), fromStream: false }
+  if (file !== undefined) {
     try {
-      return readFileSync(flags.file, 'utf8')
+      return { text: readFileSync(file, 'utf8'), fromStream: true }
     } catch (err) {
-      throw new Phi2Error('E_IO', `cannot read --file ${flags.file}: ${(err as Error).message}`)
+      throw new Phi2Error('E_IO', `cannot read --file ${file}: ${(err as Error).message}`)
     }
   }
   if (process.stdin.isTTY) throw new UsageError(`no ${what}: give it as an argument, with --file F, or on stdin`)
-  return readStdin()
+  return { text: await readStdin(), fromStream: true }
+}
+
+/** One trailing newline (`\n` or `\r\n`) of a file / stdin, as `$(cat F)` drops it. */
+function dropFinalNewline(text: string): string {
+  return text.replace(/\r?\n$/, '')
 }
 
 function version(): string {
@@ -192,18 +166,42 @@ function version(): string {
   }
 }
 
+// ------------------------------------------------------------------------- output streams
+
+/**
+ * Aborted when stdout's reader goes away (EPIPE, e.g. `phi2 generate ... | head -c 10`): work
+ * stops, nothing more is written, and phi2 exits 0 quietly (as `yes | head` ends).
+ */
+const stdoutGone = new AbortController()
+let stdoutError: Error | null = null
+
+function watchOutput(): void {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (stdoutGone.signal.aborted) return
+    if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') stdoutError = err
+    stdoutGone.abort()
+  })
+  // A closed stderr (2>&1 | head) only stops the log lines.
+  process.stderr.on('error', () => {})
+}
+
+function out(text: string): void {
+  if (!stdoutGone.signal.aborted) process.stdout.write(text)
+}
+
 const log = (flags: Flags, msg: string) => {
-  if (!flags.quiet) process.stderr.write(`${msg}\n`)
+  if (!flags.quiet && !process.stderr.destroyed) process.stderr.write(`${msg}\n`)
 }
 
 async function open(flags: Flags): Promise<{ model: Phi2Model; isDefault: boolean }> {
-  const isDefault = flags.model === undefined
-  const path = flags.model ?? defaultModelPath()
+  const model = str(flags, 'model')
+  const isDefault = model === undefined
+  const path = model ?? defaultModelPath()
   if (isDefault) {
     log(flags, 'phi2: using the embedded default model: a tiny RANDOM-WEIGHT Phi-2-architecture model (its output is gibberish); pass --model PATH for real Phi-2')
   }
   const t0 = performance.now()
-  const model = await loadModel(path, {
+  const m = await loadModel(path, {
     ...loadOptions(flags),
     onProgress: (p) => {
       if (p.phase === 'loading' && p.progress === 0) log(flags, `phi2: loading ${path}`)
@@ -211,51 +209,88 @@ async function open(flags: Flags): Promise<{ model: Phi2Model; isDefault: boolea
   })
   log(
     flags,
-    `phi2: loaded ${model.info.format} ${model.info.dtype}, ${model.info.numLayers} layers, context ${model.info.contextLength} in ${Math.round(performance.now() - t0)} ms`,
+    `phi2: loaded ${m.info.format} ${m.info.dtype}, ${m.info.numLayers} layers, context ${m.info.contextLength} in ${Math.round(performance.now() - t0)} ms`,
   )
-  return { model, isDefault }
+  return { model: m, isDefault }
 }
 
-function jsonResult(r: { text: string; tokens: number[]; finishReason: string; usage: unknown; timings: unknown; stopString?: string }) {
+function jsonResult(r: GenerateResult) {
   return JSON.stringify({ text: r.text, tokens: r.tokens, finishReason: r.finishReason, usage: r.usage, timings: r.timings })
 }
 
-async function cmdGenerate(flags: Flags, positionals: string[]): Promise<void> {
-  const prompt = await inputText(flags, positionals, 'prompt')
-  const options = generateOptions(flags)
-  const { model } = await open(flags)
+/** An AbortSignal for one generation: Ctrl-C, or stdout's reader going away. */
+function generationSignal(): { signal: AbortSignal; done: () => void } {
   const ac = new AbortController()
   const onSigint = () => ac.abort()
+  const onGone = () => ac.abort()
   process.once('SIGINT', onSigint)
+  stdoutGone.signal.addEventListener('abort', onGone, { once: true })
+  return {
+    signal: ac.signal,
+    done: () => {
+      process.removeListener('SIGINT', onSigint)
+      stdoutGone.signal.removeEventListener('abort', onGone)
+    },
+  }
+}
+
+// ------------------------------------------------------------------------------- commands
+
+const CHAT_FORMAT_FLAGS = ['user-name', 'bot-name', 'system'] as const
+
+async function cmdGenerate(flags: Flags, positionals: string[]): Promise<void> {
+  let options = generateOptions(flags)
+  const format = options.format ?? 'none'
+  const names = CHAT_FORMAT_FLAGS.filter((n) => flags[n] !== undefined)
+  if (names.length > 0 && format !== 'chat') {
+    throw new UsageError(`--${names[0]} applies to generate --format chat only (the chat format's speaker names and system line)`)
+  }
+  const chatFormat = names.length > 0 ? chatFormatOptions(flags) : null
+  const input = await inputText(flags, positionals, 'prompt')
+  let prompt = input.fromStream && format !== 'none' ? dropFinalNewline(input.text) : input.text
+  if (chatFormat) {
+    // The chat format with its own names / system line (the SDK's `format: 'chat'` uses Alice and Bob).
+    const f = formatChat(prompt, chatFormat)
+    prompt = f.prompt
+    options = { ...options, format: 'none', stop: options.stop ?? f.stop }
+  }
+  const { model } = await open(flags)
+  const { signal, done } = generationSignal()
   try {
     if (flags.json) {
-      const r = await model.generate(prompt, { ...options, signal: ac.signal })
-      process.stdout.write(`${jsonResult(r)}\n`)
+      const r = await model.generate(prompt, { ...options, signal })
+      out(`${jsonResult(r)}\n`)
       return
     }
-    const stream = model.stream(prompt, { ...options, signal: ac.signal })
-    for await (const chunk of stream) process.stdout.write(chunk.text)
+    const stream = model.stream(prompt, { ...options, signal })
+    for await (const chunk of stream) out(chunk.text)
     const r = await stream.result
-    process.stdout.write('\n')
+    out('\n')
     log(
       flags,
       `phi2: ${r.finishReason}, ${r.usage.completionTokens} tokens, prompt ${r.usage.promptTokens} tokens in ${r.timings.promptMs.toFixed(1)} ms, ${r.timings.tokensPerSecond.toFixed(1)} tokens/s`,
     )
+  } catch (err) {
+    // The reader went away: stop quietly.
+    if (stdoutGone.signal.aborted && err instanceof Phi2Error && err.code === 'E_ABORTED') return
+    throw err
   } finally {
-    process.removeListener('SIGINT', onSigint)
+    done()
     model.dispose()
   }
 }
 
+const CHAT_COMMANDS = `Commands:
+  /help           this list
+  /reset          forget the conversation (clears the model's context)
+  /exit, /quit    quit (so does end of input, or Ctrl-D)
+Any other line is sent to the model as your message. Ctrl-C stops a reply.`
+
 async function cmdChat(flags: Flags): Promise<void> {
   const options = generateOptions(flags)
-  if (options.format !== undefined) throw new UsageError('--format does not apply to chat (it always uses the chat format)')
+  const chatOptions = chatFormatOptions(flags)
   const { model } = await open(flags)
-  const chat = model.createChat({
-    ...(flags['user-name'] !== undefined ? { userName: flags['user-name'] } : {}),
-    ...(flags['bot-name'] !== undefined ? { botName: flags['bot-name'] } : {}),
-    ...(flags.system !== undefined ? { system: flags.system } : {}),
-  })
+  const chat = model.createChat(chatOptions)
   const interactive = Boolean(process.stdin.isTTY)
   const rl = createInterface({ input: process.stdin, output: interactive ? process.stdout : undefined, terminal: interactive })
   let current: AbortController | null = null
@@ -263,11 +298,16 @@ async function cmdChat(flags: Flags): Promise<void> {
     if (current) current.abort()
     else rl.close()
   })
+  const onGone = () => {
+    current?.abort()
+    rl.close()
+  }
+  stdoutGone.signal.addEventListener('abort', onGone, { once: true })
   if (interactive) {
-    process.stderr.write(`phi2 chat: you are ${chat.userName}, the model is ${chat.botName}. /reset clears the context, /exit quits.\n`)
+    process.stderr.write(`phi2 chat: you are ${chat.userName}, the model is ${chat.botName}. /help lists the commands, /exit quits.\n`)
   }
   const ask = () => {
-    if (interactive) {
+    if (interactive && !stdoutGone.signal.aborted) {
       rl.setPrompt(`${chat.userName}: `)
       rl.prompt()
     }
@@ -275,47 +315,69 @@ async function cmdChat(flags: Flags): Promise<void> {
   ask()
   try {
     for await (const raw of rl) {
+      if (stdoutGone.signal.aborted) break
       const line = raw.trim()
       if (line === '') {
         ask()
         continue
       }
       if (line === '/exit' || line === '/quit') break
+      if (line === '/help') {
+        process.stderr.write(`${CHAT_COMMANDS}\n`)
+        ask()
+        continue
+      }
       if (line === '/reset') {
         chat.reset()
         log(flags, '(context cleared)')
         ask()
         continue
       }
+      if (/^\/[a-z]+$/i.test(line)) {
+        process.stderr.write(`phi2 chat: unknown command ${line} (not sent to the model; /help lists the commands)\n`)
+        ask()
+        continue
+      }
       current = new AbortController()
+      let started = false
       try {
         if (flags.json) {
           const r = await chat.send(line, { ...options, signal: current.signal })
-          process.stdout.write(`${jsonResult(r)}\n`)
+          out(`${jsonResult(r)}\n`)
         } else {
-          process.stdout.write(`${chat.botName}:`)
           const stream = chat.sendStream(line, { ...options, signal: current.signal })
           let first = true
           for await (const chunk of stream) {
+            if (!started) {
+              // Written with the first chunk, so that a refused message prints no reply line.
+              out(`${chat.botName}:`)
+              started = true
+            }
             let t = chunk.text
             if (first && t.length > 0) {
               t = ` ${t.trimStart()}`
               if (t !== ' ') first = false
               else t = ''
             }
-            process.stdout.write(t)
+            out(t)
           }
-          process.stdout.write('\n')
+          out('\n')
         }
       } catch (err) {
-        if (err instanceof Phi2Error && err.code === 'E_ABORTED') process.stdout.write('\n(interrupted)\n')
-        else throw err
+        if (stdoutGone.signal.aborted) break
+        if (err instanceof Phi2Error && err.code === 'E_ABORTED') out(`${started ? '\n' : ''}(interrupted)\n`)
+        else if (err instanceof Phi2Error && err.code === 'E_PROMPT_TOO_LONG') {
+          // One message too long for the context even alone: refuse it, keep the conversation.
+          if (started) out('\n')
+          process.stderr.write(`phi2: E_PROMPT_TOO_LONG: ${oneLine(err.message)} (message not sent; the chat goes on, /help lists the commands)\n`)
+        } else throw err
       } finally {
         current = null
       }
       ask()
     }
   } finally {
+    stdoutGone.signal.removeEventListener('abort', onGone)
     rl.close()
     chat.dispose()
     model.dispose()
@@ -323,22 +385,33 @@ async function cmdChat(flags: Flags): Promise<void> {
 }
 
 async function cmdTokenize(flags: Flags, positionals: string[]): Promise<void> {
-  const text = await inputText(flags, positionals, 'text')
-  const { model } = await open({ ...flags, quiet: flags.quiet || flags.json })
+  const { text } = await inputText(flags, positionals, 'text')
+  const { model } = await open({ ...flags, quiet: Boolean(flags.quiet || flags.json) })
   try {
     const ids = model.tokenize(text)
-    process.stdout.write(flags.json ? `${JSON.stringify({ ids })}\n` : `${ids.join(' ')}\n`)
+    out(flags.json ? `${JSON.stringify({ ids })}\n` : `${ids.join(' ')}\n`)
   } finally {
     model.dispose()
   }
 }
 
+/** `runtime: {backend, build}` → `runtime.backend`, `runtime.build` lines. */
+function infoLines(obj: Record<string, unknown>, prefix = ''): string[] {
+  const lines: string[] = []
+  for (const [k, v] of Object.entries(obj)) {
+    const key = `${prefix}${k}`
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) lines.push(...infoLines(v as Record<string, unknown>, `${key}.`))
+    else lines.push(`${key.padEnd(22)} ${Array.isArray(v) ? v.join(', ') : String(v)}`)
+  }
+  return lines
+}
+
 async function cmdInfo(flags: Flags): Promise<void> {
-  const { model, isDefault } = await open({ ...flags, quiet: flags.quiet || flags.json })
+  const { model, isDefault } = await open({ ...flags, quiet: Boolean(flags.quiet || flags.json) })
   try {
     const info = { ...model.info, randomWeights: isDefault }
     if (flags.json) {
-      process.stdout.write(`${JSON.stringify(info)}\n`)
+      out(`${JSON.stringify(info)}\n`)
       return
     }
     const lines: string[] = []
@@ -346,11 +419,27 @@ async function cmdInfo(flags: Flags): Promise<void> {
       lines.push('NOTE: this is the embedded default model, a tiny RANDOM-WEIGHT model with Phi-2\'s architecture and')
       lines.push('      tokenizer. Its output is gibberish by construction. Use --model PATH for the real Phi-2.')
     }
-    for (const [k, v] of Object.entries(model.info)) lines.push(`${k.padEnd(22)} ${String(v)}`)
-    process.stdout.write(`${lines.join('\n')}\n`)
+    lines.push(...infoLines(model.info))
+    out(`${lines.join('\n')}\n`)
   } finally {
     model.dispose()
   }
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, ' ')
+}
+
+function usageLine(message: string, command: Command | null): string {
+  return `phi2: E_USAGE: ${message} (see phi2 ${command ? `${command} ` : ''}--help)\n`
+}
+
+/** Why a given flag is refused by `command`. */
+function notForCommand(flag: FlagName, command: Command): string {
+  if (flag === 'version') return `--version takes no command (phi2 --version)`
+  if (flag === 'format' && command === 'chat') return '--format does not apply to chat (it always uses the chat format)'
+  if (flag === 'file' && command === 'chat') return '--file does not apply to chat (it reads its messages from stdin, one per line)'
+  return `--${flag} does not apply to ${command}`
 }
 
 /** Runs the CLI; resolves with the exit code. */
@@ -358,50 +447,72 @@ export async function main(argv: string[]): Promise<number> {
   let flags: Flags
   let positionals: string[]
   try {
-    ;({ values: flags, positionals } = parse(argv))
+    ;({ flags, positionals } = parse(argv))
   } catch (err) {
-    process.stderr.write(`phi2: E_USAGE: ${(err as Error).message} (see phi2 --help)\n`)
+    process.stderr.write(usageLine((err as Error).message, null))
     return 2
   }
-  if (flags.version) {
-    process.stdout.write(`${version()}\n`)
+  const [first, ...rest] = positionals
+  if (first === undefined) {
+    if (flags.version) {
+      out(`${version()}\n`)
+      return 0
+    }
+    out(globalHelp())
+    return flags.help ? 0 : 2
+  }
+  if (first === 'help') {
+    const topic = rest[0]
+    if (topic === undefined) {
+      out(globalHelp())
+      return 0
+    }
+    if (!(COMMANDS as readonly string[]).includes(topic)) {
+      process.stderr.write(usageLine(`unknown command ${JSON.stringify(topic)} (commands: ${COMMANDS.join(', ')})`, null))
+      return 2
+    }
+    out(commandHelp(topic as Command))
     return 0
   }
-  const [command, ...rest] = positionals
-  if (flags.help || command === undefined || command === 'help') {
-    process.stdout.write(HELP)
-    return command === undefined && !flags.help ? 2 : 0
+  if (!(COMMANDS as readonly string[]).includes(first)) {
+    process.stderr.write(usageLine(`unknown command ${JSON.stringify(first)} (commands: ${COMMANDS.join(', ')})`, null))
+    return 2
+  }
+  const command = first as Command
+  if (flags.help) {
+    out(commandHelp(command))
+    return 0
   }
   try {
+    for (const name of Object.keys(flags) as FlagName[]) {
+      if (flags[name] !== undefined && !accepts(command, name)) throw new UsageError(notForCommand(name, command))
+    }
+    if ((command === 'chat' || command === 'info') && rest.length) throw new UsageError(`${command} takes no arguments`)
     switch (command) {
       case 'generate':
         await cmdGenerate(flags, rest)
         break
       case 'chat':
-        if (rest.length) throw new UsageError('chat takes no arguments')
         await cmdChat(flags)
         break
       case 'tokenize':
         await cmdTokenize(flags, rest)
         break
       case 'info':
-        if (rest.length) throw new UsageError('info takes no arguments')
         await cmdInfo(flags)
         break
-      default:
-        throw new UsageError(`unknown command ${JSON.stringify(command)} (commands: generate, chat, tokenize, info)`)
     }
-    return 0
+    return finalCode(0)
   } catch (err) {
+    if (stdoutGone.signal.aborted) return finalCode(0)
     if (err instanceof UsageError) {
-      process.stderr.write(`phi2: E_USAGE: ${err.message} (see phi2 --help)\n`)
+      process.stderr.write(usageLine(err.message, command))
       return 2
     }
     if (err instanceof Phi2Error) {
-      let msg = err.message.replace(/\s*\n\s*/g, ' ')
-      if (err.code === 'E_INVALID_OPTION' && 'path' in err && typeof err.path === 'string' && err.path) {
-        msg += ` (flag --${kebab(err.path.split('.')[0]!)})`
-      }
+      let msg = oneLine(err.message)
+      const flag = err.code === 'E_INVALID_OPTION' && 'path' in err && typeof err.path === 'string' && err.path ? flagForPath(err.path) : null
+      if (flag) msg += ` (flag --${flag})`
       process.stderr.write(`phi2: ${err.code}: ${msg}\n`)
       return err.code === 'E_INVALID_OPTION' ? 2 : 1
     }
@@ -410,6 +521,16 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Exit 0 when stdout's reader went away (EPIPE); 1 when writing to stdout failed otherwise. */
+function finalCode(code: number): number {
+  if (stdoutError) {
+    process.stderr.write(`phi2: E_IO: cannot write to stdout: ${stdoutError.message}\n`)
+    return 1
+  }
+  return code
+}
+
+watchOutput()
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code
