@@ -8,13 +8,14 @@ import { basename, dirname, extname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import type { EngineSource } from '../engine.js'
-import { Phi2BackendUnavailableError, Phi2ModelLoadError, abortErrorFrom } from '../errors.js'
+import { Phi2BackendUnavailableError, Phi2ModelLoadError, Phi2OptionsError, abortErrorFrom } from '../errors.js'
 import { type Phi2Model, loadWithEngine } from '../model.js'
 import { type LoadOptions, LoadOptionsSchema, invalidOption, parseOptions } from '../options.js'
 import { sourceFromValue, type ModelSource } from '../sources.js'
 import { type WasmEnvironment, type WorkerHandle, wasmEngine } from '../wasm/client.js'
 import { bundledTokenizer, packageAsset, tokenizerFromDirectory } from './files.js'
 import { nativeEngine } from './native.js'
+import { workerExecArgv } from './worker-exec-argv.js'
 
 function weightFilesSize(path: string, isDir: boolean): number {
   if (!isDir) return statSync(path).size
@@ -29,7 +30,9 @@ function weightFilesSize(path: string, isDir: boolean): number {
 const nodeWasmEnv: WasmEnvironment = {
   platform: 'node',
   spawn(on) {
-    const w = new Worker(new URL('./wasm-worker.node.js', import.meta.url))
+    // An explicit execArgv: by default a worker inherits the host's, and flags such as
+    // --input-type / -e / --inspect make worker_threads refuse to start (E_ENGINE_CRASHED).
+    const w = new Worker(new URL('./wasm-worker.node.js', import.meta.url), { execArgv: workerExecArgv(process.execArgv) })
     w.on('message', (m) => on.message(m))
     w.on('messageerror', (e) => on.error(e))
     w.on('error', (e) => on.error(e))
@@ -57,6 +60,7 @@ let wasmNode: ReturnType<typeof wasmEngine> | undefined
  * - backend `'cpu'` / `'auto'` (native addon): a `.gguf` file, a `.safetensors` file (with
  *   `config.json` next to it), or a Hugging Face model directory (`config.json` + `*.safetensors`
  *   shards, ideally `tokenizer.json`).
+ * - A `file:` URL (a `URL`, e.g. `pathToFileURL(p)`, or its `href`) is read as its path on every backend.
  * - backend `'wasm'` (the wasm engine in a worker thread): a `.gguf` path, an `http(s)://` URL (or
  *   `URL`), a `Blob`, an `ArrayBuffer` or a `Uint8Array` (buffers are transferred to the worker:
  *   they are detached afterwards; pass `bytes.slice()` to keep a copy).
@@ -72,14 +76,15 @@ export async function loadModel(source: ModelSource, options?: LoadOptions): Pro
     throw new Phi2BackendUnavailableError('cuda', `The 'cuda' backend is not available in this build of @x/phi2: use backend 'cpu' (or 'auto') or 'wasm'`)
   }
   if (opts.signal?.aborted) throw abortErrorFrom(opts.signal)
+  source = fileUrlToPath(source)
   if (backend === 'wasm') return loadNodeWasm(source, opts)
   if (typeof source !== 'string' || source.length === 0) {
     invalidOption(
       'source',
       'loadModel',
       typeof source === 'string' || source === undefined || source === null
-        ? 'must be a path to a .gguf / .safetensors file or a model directory'
-        : `must be a path for backend '${backend}' (URLs, Blobs and bytes need backend 'wasm')`,
+        ? 'must be a path (or file: URL) to a .gguf / .safetensors file or a model directory'
+        : `must be a path or a file: URL for backend '${backend}' (http(s) URLs, Blobs and bytes need backend 'wasm')`,
     )
   }
   if (/^https?:\/\//i.test(source)) {
@@ -105,9 +110,27 @@ export async function loadModel(source: ModelSource, options?: LoadOptions): Pro
   })
 }
 
+/** A `file:` URL (a `URL` or a string) → its path, on every backend; anything else unchanged. */
+function fileUrlToPath(source: ModelSource): ModelSource {
+  let url: URL
+  if (source instanceof URL) {
+    if (source.protocol !== 'file:') return source
+    url = source
+  } else if (typeof source === 'string' && /^file:/i.test(source)) {
+    try {
+      url = new URL(source)
+    } catch (err) {
+      throw new Phi2OptionsError('source', `loadModel: source ${JSON.stringify(source)} is not a valid file: URL`, { cause: err })
+    }
+  } else return source
+  try {
+    return fileURLToPath(url)
+  } catch (err) {
+    throw new Phi2OptionsError('source', `loadModel: source ${JSON.stringify(url.href)} is not a local file: URL (${(err as Error).message})`, { cause: err })
+  }
+}
+
 async function loadNodeWasm(source: ModelSource, opts: LoadOptions): Promise<Phi2Model> {
-  if (source instanceof URL && source.protocol === 'file:') source = fileURLToPath(source)
-  else if (typeof source === 'string' && /^file:\/\//i.test(source)) source = fileURLToPath(source)
   let engineSource: EngineSource
   let display: string
   let dir: string | null = null
