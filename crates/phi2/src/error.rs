@@ -43,6 +43,10 @@ pub enum Error {
     #[error("busy: {what}")]
     Busy { what: String },
 
+    /// The caller cancelled a long operation (e.g. a conversion) before it completed.
+    #[error("cancelled: {what}")]
+    Cancelled { what: String },
+
     /// The computation backend (candle) failed. This is an internal error, never bad input.
     #[error("backend error: {0}")]
     Backend(#[from] candle_core::Error),
@@ -63,6 +67,7 @@ impl Error {
             Error::ModelTooLarge { .. } => "E_MODEL_TOO_LARGE",
             Error::OutOfMemory { .. } => "E_OUT_OF_MEMORY",
             Error::Busy { .. } => "E_BUSY",
+            Error::Cancelled { .. } => "E_CANCELLED",
             Error::Backend(_) => "E_BACKEND",
         }
     }

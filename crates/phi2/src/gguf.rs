@@ -663,6 +663,8 @@ impl<'a> Parser<'a> {
         for (info, rel) in tensors.iter_mut().zip(rel_offsets) {
             info.offset = self.place(info, rel, data_offset, alignment)?;
         }
+        check_no_overlap(&tensors).map_err(|what| self.err(what))?;
+        check_vocab_covers_embedding(&metadata, &tensors).map_err(|what| self.err(what))?;
         Ok(Parsed { version, metadata, tensors, by_name, data_offset })
     }
 
@@ -749,6 +751,57 @@ fn alignment(metadata: &BTreeMap<String, MetaValue>) -> std::result::Result<usiz
         Ok(a) if a.is_power_of_two() => Ok(a),
         _ => Err(format!("`{ALIGNMENT_KEY}` must be a nonzero power of two, found {a}")),
     }
+}
+
+/// Refuses tensors whose data ranges overlap (one byte read as two tensors: a corrupt or crafted
+/// file; llama.cpp's reader refuses any tensor not at its expected offset). Tensors of unknown
+/// type (size unknown) and empty tensors cannot overlap anything.
+fn check_no_overlap(tensors: &[GgufTensorInfo]) -> std::result::Result<(), String> {
+    let mut ranges: Vec<(usize, usize, &str)> = tensors
+        .iter()
+        .filter_map(|t| t.len.filter(|&l| l > 0).map(|l| (t.offset, t.offset.saturating_add(l), t.name.as_str())))
+        .collect();
+    ranges.sort_unstable();
+    for w in ranges.windows(2) {
+        let ((a0, a1, a), (b0, b1, b)) = (w[0], w[1]);
+        if b0 < a1 {
+            return Err(format!(
+                "the data of tensors `{a}` (bytes {a0}..{a1}) and `{b}` (bytes {b0}..{b1}) overlap"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a tokenizer that cannot decode every id the model can produce: embedding or output
+/// rows beyond the `tokenizer.ggml.tokens` list (llama.cpp requires the row count to equal the
+/// token count), or a `tokenizer.ggml.token_type` list of another length than the tokens (the
+/// usable vocabulary is derived from it). Files without a token list are not concerned.
+fn check_vocab_covers_embedding(
+    metadata: &BTreeMap<String, MetaValue>,
+    tensors: &[GgufTensorInfo],
+) -> std::result::Result<(), String> {
+    const TOKENS: &str = "tokenizer.ggml.tokens";
+    const TYPES: &str = "tokenizer.ggml.token_type";
+    let n_tokens = match metadata.get(TOKENS) {
+        Some(MetaValue::Array(t)) if !t.is_empty() => t.len(),
+        _ => return Ok(()),
+    };
+    if let Some(MetaValue::Array(types)) = metadata.get(TYPES) {
+        if types.len() != n_tokens {
+            return Err(format!("`{TYPES}` has {} entries but `{TOKENS}` has {n_tokens}: one type per token is required", types.len()));
+        }
+    }
+    for name in ["token_embd.weight", "output.weight"] {
+        let Some(rows) = tensors.iter().find(|t| t.name == name).and_then(|t| t.shape.first().copied()) else { continue };
+        if rows > n_tokens {
+            return Err(format!(
+                "tensor `{name}` has {rows} vocabulary rows but `{TOKENS}` has only {n_tokens} tokens: \
+                 the model could produce ids {n_tokens}..{rows} that the tokenizer cannot decode"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1317,5 +1370,66 @@ mod tests {
         }
         // Both outcomes must occur, or the mutations are not exercising the parser.
         assert!(parsed > 100 && rejected > 100, "parsed {parsed}, rejected {rejected}");
+    }
+
+    /// A file whose tensors sit at the given data-relative offsets (f32, `ne` elements each).
+    fn placed(kvs: &[(&str, MetaValue)], tensors: &[(&str, &[u64], u64)]) -> Vec<u8> {
+        let mut w = W::default();
+        w.header(3, tensors.len() as u64, kvs.len() as u64);
+        for (k, v) in kvs {
+            w.str(k).typed_value(v);
+        }
+        let mut end = 0u64;
+        for (name, ne, rel) in tensors {
+            w.str(name).u32(ne.len() as u32);
+            for &d in ne.iter() {
+                w.u64(d);
+            }
+            w.u32(0).u64(*rel);
+            end = end.max(rel + 4 * ne.iter().product::<u64>());
+        }
+        let start = w.0.len().next_multiple_of(32);
+        w.0.resize(start + end as usize, 7);
+        w.0
+    }
+
+    #[test]
+    fn overlapping_tensor_data_is_refused() {
+        // 16 f32 each (64 bytes): b starts inside a.
+        let msg = err_of(placed(&[], &[("a", &[16], 0), ("b", &[16], 32)]));
+        assert_mentions(&msg, &["`a`", "`b`", "overlap"]);
+        // The same range twice, listed in any order.
+        let msg = err_of(placed(&[], &[("late", &[8], 64), ("x", &[16], 0), ("y", &[8], 0)]));
+        assert_mentions(&msg, &["`x`", "`y`", "overlap"]);
+        // One range inside another.
+        assert_mentions(&err_of(placed(&[], &[("big", &[64], 0), ("inner", &[8], 96)])), &["`big`", "`inner`"]);
+        // Adjacent and gapped tensors are fine; so is the streamed header parse of the same file.
+        let ok = placed(&[], &[("a", &[16], 0), ("b", &[16], 64), ("c", &[8], 256)]);
+        assert!(parse(ok.clone()).is_ok());
+        assert!(matches!(GgufFile::parse_header(Path::new(P), &ok, ok.len()), Ok(HeaderParse::Parsed(_))));
+        let bad = placed(&[], &[("a", &[16], 0), ("b", &[16], 32)]);
+        let err = GgufFile::parse_header(Path::new(P), &bad, bad.len()).unwrap_err();
+        assert_mentions(&err.to_string(), &["overlap"]);
+    }
+
+    #[test]
+    fn vocabulary_must_cover_the_embedding_rows() {
+        let tokens = |n: usize| ("tokenizer.ggml.tokens", MetaValue::Array(vec![MetaValue::String("t".into()); n]));
+        let types = |n: usize| ("tokenizer.ggml.token_type", MetaValue::Array(vec![MetaValue::I32(1); n]));
+        // token_embd [rows = 6, hidden = 2]: ne = [2, 6].
+        let embd: (&str, &[u64], u64) = ("token_embd.weight", &[2, 6], 0);
+        let output: (&str, &[u64], u64) = ("output.weight", &[2, 8], 64);
+        assert!(parse(placed(&[tokens(6), types(6)], &[embd])).is_ok());
+        // More tokens than rows: every id the model produces decodes.
+        assert!(parse(placed(&[tokens(9)], &[embd])).is_ok());
+        let msg = err_of(placed(&[tokens(5), types(5)], &[embd]));
+        assert_mentions(&msg, &["`token_embd.weight`", "6 vocabulary rows", "`tokenizer.ggml.tokens`", "only 5 tokens", "5..6"]);
+        let msg = err_of(placed(&[tokens(6)], &[embd, output]));
+        assert_mentions(&msg, &["`output.weight`", "8 vocabulary rows", "only 6 tokens"]);
+        let msg = err_of(placed(&[tokens(6), types(7)], &[embd]));
+        assert_mentions(&msg, &["`tokenizer.ggml.token_type` has 7 entries", "`tokenizer.ggml.tokens` has 6"]);
+        // No token list (the SDK brings its own tokenizer), or an empty one: not checked here.
+        assert!(parse(placed(&[], &[embd])).is_ok());
+        assert!(parse(placed(&[tokens(0)], &[embd])).is_ok());
     }
 }

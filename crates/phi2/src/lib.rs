@@ -9,13 +9,16 @@
 //! - Every failure is an [`Error`] with a stable code; no input makes the engine panic.
 
 pub mod config;
+pub mod convert;
 pub mod dtype;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_write;
 pub mod model;
 pub mod par;
 pub mod quant;
+pub mod quantize;
 pub mod safetensors;
 pub mod sampler;
 pub mod storage;

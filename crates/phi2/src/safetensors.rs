@@ -135,6 +135,7 @@ impl SafetensorsFile {
             }
         }
         entries.sort_by(|a, b| (a.begin, &a.name).cmp(&(b.begin, &b.name)));
+        check_no_overlap(&entries).map_err(err)?;
         let by_name = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
         Ok(SafetensorsFile { path: path.to_path_buf(), bytes, data_start, entries, by_name, metadata })
     }
@@ -243,6 +244,26 @@ fn snippet(v: &Value) -> String {
 /// A JSON number that is a non-negative integer fitting in usize.
 fn as_usize(v: &Value) -> Option<usize> {
     v.as_u64().and_then(|n| usize::try_from(n).ok())
+}
+
+/// Refuses entries whose `data_offsets` overlap (two tensors reading the same bytes), as the
+/// safetensors library does. `entries` are sorted by begin; empty tensors overlap nothing.
+fn check_no_overlap(entries: &[Entry]) -> std::result::Result<(), String> {
+    let mut last: Option<&Entry> = None;
+    for e in entries.iter().filter(|e| e.end > e.begin) {
+        if let Some(prev) = last {
+            if e.begin < prev.end {
+                return Err(format!(
+                    "tensors `{}` (data_offsets [{}, {}]) and `{}` (data_offsets [{}, {}]) overlap",
+                    prev.name, prev.begin, prev.end, e.name, e.begin, e.end
+                ));
+            }
+        }
+        if last.is_none_or(|p| e.end > p.end) {
+            last = Some(e);
+        }
+    }
+    Ok(())
 }
 
 /// Validates one tensor entry against a data section of `data_len` bytes.
@@ -825,5 +846,25 @@ mod tests {
             &SafetensorsModel::open(&dir.0).unwrap_err().to_string(),
             &["bad.safetensors", "not valid JSON"],
         );
+    }
+
+    #[test]
+    fn overlapping_data_offsets_are_refused() {
+        let entry = |name: &str, dtype: &str, shape: &str, b: usize, e: usize| {
+            format!(r#""{name}": {{"dtype": "{dtype}", "shape": {shape}, "data_offsets": [{b}, {e}]}}"#)
+        };
+        let file = |entries: &[String], len: usize| raw(&format!("{{{}}}", entries.join(", ")), &vec![0; len]);
+        // b starts inside a.
+        let msg = err_of(file(&[entry("a", "F32", "[4]", 0, 16), entry("b", "F32", "[4]", 8, 24)], 24));
+        assert_mentions(&msg, &["`a`", "`b`", "[0, 16]", "[8, 24]", "overlap"]);
+        // Identical ranges, and one range inside another (listed first or last).
+        assert_mentions(&err_of(file(&[entry("x", "F16", "[4]", 0, 8), entry("y", "BF16", "[4]", 0, 8)], 8)), &["`x`", "`y`"]);
+        let msg = err_of(file(&[entry("inner", "F32", "[1]", 4, 8), entry("outer", "F32", "[4]", 0, 16), entry("z", "F32", "[1]", 16, 20)], 20));
+        assert_mentions(&msg, &["`inner`", "`outer`", "overlap"]);
+        let msg = err_of(file(&[entry("big", "F32", "[8]", 0, 32), entry("mid", "F32", "[1]", 8, 12), entry("end", "F32", "[1]", 28, 32)], 32));
+        assert_mentions(&msg, &["`big`", "overlap"]);
+        // Adjacent, gapped and empty tensors are fine.
+        assert!(parse(file(&[entry("a", "F32", "[2]", 0, 8), entry("b", "F32", "[2]", 8, 16), entry("c", "F32", "[1]", 20, 24)], 24)).is_ok());
+        assert!(parse(file(&[entry("a", "F32", "[2]", 0, 8), entry("e", "F32", "[0]", 4, 4)], 8)).is_ok());
     }
 }
