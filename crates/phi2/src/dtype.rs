@@ -195,4 +195,11 @@ pub trait TensorSource {
     fn take(&self, name: &str) -> crate::Result<Option<TensorData<'_>>> {
         Ok(self.tensor(name)?.map(TensorData::from))
     }
+
+    /// When `data` (a slice this source handed out) lies in a memory-mapped file: that file's
+    /// shared bytes and the offset of `data` in them, so weights can be used in place instead
+    /// of copied. `None` for owned buffers.
+    fn backing(&self, _data: &[u8]) -> Option<(std::sync::Arc<crate::storage::Bytes>, usize)> {
+        None
+    }
 }

@@ -149,7 +149,8 @@ pub struct GgufTensorInfo {
 /// A parsed and validated GGUF file. Tensor data stays in the (usually memory-mapped) bytes.
 pub struct GgufFile {
     path: PathBuf,
-    bytes: Bytes,
+    /// Shared so that weights can keep using tensor data in place after the file is dropped.
+    bytes: std::sync::Arc<Bytes>,
     /// Parsed from a prefix by [`GgufFile::parse_header`]: `bytes` is empty.
     header_only: bool,
     version: u32,
@@ -264,7 +265,7 @@ impl GgufFile {
     fn from_parsed(path: &Path, bytes: Bytes, parsed: Parsed, header_only: bool) -> Self {
         GgufFile {
             path: path.to_path_buf(),
-            bytes,
+            bytes: std::sync::Arc::new(bytes),
             header_only,
             version: parsed.version,
             metadata: parsed.metadata,
@@ -394,6 +395,10 @@ impl GgufFile {
 impl TensorSource for GgufFile {
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn backing(&self, data: &[u8]) -> Option<(std::sync::Arc<Bytes>, usize)> {
+        crate::storage::backing_of(&self.bytes, data)
     }
 
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_write;
+pub mod kernels;
 pub mod model;
 pub mod par;
 pub mod quant;

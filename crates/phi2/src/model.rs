@@ -149,8 +149,7 @@ impl Phi2 {
                 format!("{} tokens after {pos} cached exceed the context length {}", t, cfg.context_length),
             ));
         }
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.weights.embed.forward(&ids)?; // [T, H]
+        let mut x = self.weights.embed.forward(tokens, &self.device)?; // [T, H]
         let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
         let (cos, sin) = self.rotary_tables(pos, t)?;
         for (layer, kv) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {

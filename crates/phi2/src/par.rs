@@ -91,6 +91,8 @@ pub fn matmul_on_pool(x: &Tensor, w: &Matrix) -> Option<candle_core::Result<Tens
         }
         // Dequantized QMatMul forms (float ggml tensors, CANDLE_DEQUANTIZE_ALL): candle's path.
         Matrix::Quant(_) => None,
+        // Our own kernels split their products themselves (`kernels::pool`).
+        Matrix::Packed(_) => None,
     };
     if y.is_some() {
         SPLIT_PRODUCTS.fetch_add(1, Ordering::Relaxed);

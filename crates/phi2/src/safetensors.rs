@@ -69,7 +69,8 @@ struct Entry {
 /// One parsed and validated safetensors file. Tensor data stays in the (usually mapped) bytes.
 pub struct SafetensorsFile {
     path: PathBuf,
-    bytes: Bytes,
+    /// Shared so that weights can keep using tensor data in place after the file is dropped.
+    bytes: std::sync::Arc<Bytes>,
     /// Byte offset of the data section: 8 + header length.
     data_start: usize,
     /// Sorted by data offset (file order), ties by name.
@@ -137,7 +138,7 @@ impl SafetensorsFile {
         entries.sort_by(|a, b| (a.begin, &a.name).cmp(&(b.begin, &b.name)));
         check_no_overlap(&entries).map_err(err)?;
         let by_name = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
-        Ok(SafetensorsFile { path: path.to_path_buf(), bytes, data_start, entries, by_name, metadata })
+        Ok(SafetensorsFile { path: path.to_path_buf(), bytes: std::sync::Arc::new(bytes), data_start, entries, by_name, metadata })
     }
 
     pub fn path(&self) -> &Path {
@@ -153,6 +154,10 @@ impl SafetensorsFile {
 impl TensorSource for SafetensorsFile {
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn backing(&self, data: &[u8]) -> Option<(std::sync::Arc<Bytes>, usize)> {
+        crate::storage::backing_of(&self.bytes, data)
     }
 
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
@@ -480,6 +485,10 @@ fn is_plain_file_name(name: &str) -> bool {
 impl TensorSource for SafetensorsModel {
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn backing(&self, data: &[u8]) -> Option<(std::sync::Arc<Bytes>, usize)> {
+        self.files.iter().find_map(|f| f.backing(data))
     }
 
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {

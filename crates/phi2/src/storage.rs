@@ -41,6 +41,17 @@ impl Bytes {
     }
 }
 
+/// `Some((file, offset))` when `data` lies inside the memory-mapped `file` (see
+/// [`crate::TensorSource::backing`]).
+pub fn backing_of(file: &std::sync::Arc<Bytes>, data: &[u8]) -> Option<(std::sync::Arc<Bytes>, usize)> {
+    if !matches!(**file, Bytes::Mapped(_)) || data.is_empty() {
+        return None;
+    }
+    let base = file.as_ptr() as usize;
+    let start = (data.as_ptr() as usize).checked_sub(base)?;
+    (start.checked_add(data.len())? <= file.len()).then(|| (file.clone(), start))
+}
+
 impl Deref for Bytes {
     type Target = [u8];
 

@@ -2,17 +2,21 @@
 //!
 //! One name table per layout (HF `PhiForCausalLM`, legacy `phi-msft`, GGUF `phi2`) maps the
 //! file's names onto [`Phi2Weights`]; shapes are checked against [`Phi2Config`] here, once, so the
-//! model code never sees a tensor it cannot use. Float weights become candle tensors in their file
-//! dtype; quantized GGUF weights stay quantized (`QMatMul`).
+//! model code never sees a tensor it cannot use. Matrices of a type our own kernels take
+//! ([`crate::kernels`]: Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16) stay in their file layout and are
+//! used in place from the memory-mapped file ([`Matrix::Packed`]); other quantized types become
+//! candle `QMatMul`s, F32 a candle tensor. Embeddings are read a row at a time from the file.
 
 use std::sync::Arc;
 
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul};
 use candle_core::{Device, Module, Tensor};
 
 use crate::config::Phi2Config;
 use crate::dtype::{DType, TensorData, TensorSource};
 use crate::error::{Error, Result};
+use crate::kernels::{self, Activations, Family, WeightRef};
+use crate::storage::Bytes;
 
 /// Which naming scheme a file uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,13 +144,98 @@ impl Layout {
     }
 }
 
-/// A weight matrix `[out, in]`, either a float tensor in its file dtype or a quantized ggml tensor.
+/// A weight matrix `[out, in]`.
 #[derive(Debug, Clone)]
 pub enum Matrix {
-    /// F32, F16 or BF16; `[out, in]`.
+    /// In its file layout, for our own kernels (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16).
+    Packed(Packed),
+    /// A float tensor in its file dtype (F32; F16/BF16 when built by hand); `[out, in]`.
     Dense(Tensor),
-    /// Any ggml quantized type; `[out, in]`, kept quantized.
+    /// Other ggml quantized types (Q4_1, Q5_0, Q5_1) through candle; `[out, in]`, kept quantized.
     Quant(QMatMul),
+}
+
+/// Bytes of one tensor: a range of a memory-mapped file (used in place: no copy, and the page
+/// cache holds the only copy), or an owned buffer (streamed loads, fused q/k/v).
+#[derive(Clone)]
+pub enum WeightBytes {
+    Mapped { file: Arc<Bytes>, offset: usize, len: usize },
+    Owned(Arc<Vec<u8>>),
+}
+
+impl WeightBytes {
+    /// `data` handed out by `src`: in place when it lies in a mapped file, else moved or copied.
+    fn from_source(src: &dyn TensorSource, data: std::borrow::Cow<'_, [u8]>) -> WeightBytes {
+        if let Some((file, offset)) = src.backing(&data) {
+            return WeightBytes::Mapped { file, offset, len: data.len() };
+        }
+        WeightBytes::Owned(Arc::new(data.into_owned()))
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            WeightBytes::Mapped { file, offset, len } => &file[*offset..*offset + *len],
+            WeightBytes::Owned(v) => v,
+        }
+    }
+
+    /// Whether the bytes are used in place from a memory-mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, WeightBytes::Mapped { .. })
+    }
+}
+
+impl std::fmt::Debug for WeightBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.is_mapped() { "mapped" } else { "owned" };
+        write!(f, "WeightBytes({kind}, {} bytes)", self.as_slice().len())
+    }
+}
+
+/// A `[rows, cols]` matrix in its file layout, for [`kernels::matmul`].
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: WeightBytes,
+}
+
+impl Packed {
+    /// `None` unless the kernels take this dtype and shape (the caller then uses candle).
+    fn new(dtype: DType, rows: usize, cols: usize, bytes: WeightBytes) -> Option<Packed> {
+        WeightRef::new(dtype, rows, cols, bytes.as_slice())?;
+        Some(Packed { dtype, rows, cols, bytes })
+    }
+
+    pub fn weight_ref(&self) -> WeightRef<'_> {
+        WeightRef { dtype: self.dtype, rows: self.rows, cols: self.cols, data: self.bytes.as_slice() }
+    }
+
+    /// `x · Wᵀ` for f32 `x` `[.., cols]` → `[.., rows]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let cols = *dims.last().unwrap_or(&0);
+        if cols != self.cols || x.dtype() != candle_core::DType::F32 {
+            candle_core::bail!("packed matmul: input {:?} {:?}, weight [{}, {}]", dims, x.dtype(), self.rows, self.cols);
+        }
+        let tokens = x.elem_count() / cols;
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; tokens * self.rows];
+        let family = Family::of(self.dtype).expect("checked in Packed::new");
+        thread_local! {
+            /// Activation buffers reused by every product on this thread (they only grow).
+            static SCRATCH: std::cell::RefCell<Activations> = std::cell::RefCell::new(Activations::default());
+        }
+        SCRATCH.with(|a| {
+            let mut a = a.borrow_mut();
+            a.prepare(family, &xv, tokens, cols);
+            kernels::matmul(&self.weight_ref(), &a, &mut out, kernels::pool::threads());
+        });
+        let mut shape = dims;
+        *shape.last_mut().expect("checked: x has a last dim") = self.rows;
+        Tensor::from_vec(out, shape, x.device())
+    }
 }
 
 /// `y = x Wᵀ + b`: x `[T, in]` f32 → y `[T, out]` f32.
@@ -159,6 +248,9 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Matrix::Packed(p) = &self.weight {
+            return p.forward(x)?.broadcast_add(&self.bias);
+        }
         if let Some(y) = crate::par::matmul(x, &self.weight) {
             return y?.broadcast_add(&self.bias);
         }
@@ -168,25 +260,36 @@ impl Linear {
             // the product accumulates in f32 inside gemm.
             Matrix::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(candle_core::DType::F32)?,
             Matrix::Quant(q) => q.forward(x)?,
+            Matrix::Packed(_) => unreachable!("handled above"),
         };
         y.broadcast_add(&self.bias)
     }
 }
 
-/// The token embedding `[vocab, hidden]`, in its file dtype.
+/// The token embedding `[vocab, hidden]` in its file layout (any dtype), read a row at a time.
 #[derive(Debug, Clone)]
-pub enum Embedding {
-    Dense(Tensor),
-    Quant(Arc<QTensor>),
+pub struct Embedding {
+    pub dtype: DType,
+    pub vocab: usize,
+    pub hidden: usize,
+    pub bytes: WeightBytes,
 }
 
 impl Embedding {
     /// Rows for `ids` as f32 `[T, hidden]`. Ids must already be checked against the vocabulary.
-    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Embedding::Dense(w) => w.index_select(ids, 0)?.to_dtype(candle_core::DType::F32),
-            Embedding::Quant(q) => q.embedding(ids),
+    pub fn forward(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
+        let row_bytes = self.hidden / self.dtype.block_size() * self.dtype.type_size();
+        let data = self.bytes.as_slice();
+        let mut out = vec![0f32; ids.len() * self.hidden];
+        for (&id, y) in ids.iter().zip(out.chunks_exact_mut(self.hidden)) {
+            let id = id as usize;
+            if id >= self.vocab {
+                candle_core::bail!("token id {id} is out of range for {} embedding rows", self.vocab);
+            }
+            crate::quant::dequantize(self.dtype, &data[id * row_bytes..(id + 1) * row_bytes], y)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
+        Tensor::from_vec(out, (ids.len(), self.hidden), device)
     }
 }
 
@@ -279,13 +382,20 @@ impl<'a> Loader<'a> {
         Ok(self.float_tensor(name, t.dtype, t.shape, &t.data)?.to_dtype(candle_core::DType::F32)?)
     }
 
-    fn matrix_from_bytes(&self, name: &str, dtype: DType, data: &[u8], shape: [usize; 2]) -> Result<Matrix> {
+    fn matrix_from_bytes(&self, name: &str, dtype: DType, data: std::borrow::Cow<'_, [u8]>, shape: [usize; 2]) -> Result<Matrix> {
+        if kernels::supports(dtype) && WeightRef::new(dtype, shape[0], shape[1], &data).is_some() {
+            let bytes = WeightBytes::from_source(self.src, data);
+            if let Some(p) = Packed::new(dtype, shape[0], shape[1], bytes) {
+                return Ok(Matrix::Packed(p));
+            }
+            return Err(Error::tensor(self.src.path(), name, format!("{dtype} data does not fit shape {shape:?}")));
+        }
         if dtype.is_quantized() {
-            let q = qtensor_from_ggml(dtype.to_ggml(), data, shape.to_vec(), self.device)
+            let q = qtensor_from_ggml(dtype.to_ggml(), &data, shape.to_vec(), self.device)
                 .map_err(|e| Error::tensor(self.src.path(), name, format!("cannot load {dtype} data: {e}")))?;
             Ok(Matrix::Quant(QMatMul::from_qtensor(q)?))
         } else {
-            Ok(Matrix::Dense(self.float_tensor(name, dtype, &shape, data)?))
+            Ok(Matrix::Dense(self.float_tensor(name, dtype, &shape, &data)?))
         }
     }
 
@@ -293,8 +403,7 @@ impl<'a> Loader<'a> {
     fn linear_from(&self, prefix: &str, w: TensorData<'a>, out: usize, inp: usize) -> Result<Linear> {
         let wname = format!("{prefix}.weight");
         self.check_shape(&wname, w.shape, &[out, inp])?;
-        let weight = self.matrix_from_bytes(&wname, w.dtype, &w.data, [out, inp])?;
-        drop(w);
+        let weight = self.matrix_from_bytes(&wname, w.dtype, w.data, [out, inp])?;
         Ok(Linear { weight, bias: self.vector(&format!("{prefix}.bias"), out)? })
     }
 
@@ -325,7 +434,8 @@ impl<'a> Loader<'a> {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let dtype = views[0].dtype;
-                if views.iter().all(|v| v.dtype == dtype) {
+                // Types our kernels take stay three matrices used in place (no fused copy).
+                if views.iter().all(|v| v.dtype == dtype) && !kernels::supports(dtype) {
                     // Row-major [out, in] matrices (quantized rows included) stack along `out` by
                     // concatenating their bytes: one matmul instead of three.
                     let mut data: Vec<u8> = Vec::with_capacity(views.iter().map(|v| v.data.len()).sum());
@@ -333,8 +443,7 @@ impl<'a> Loader<'a> {
                         data.extend_from_slice(&v.data);
                     }
                     let fused_name = format!("{}.weight (fused q, k, v)", parts[0]);
-                    let weight = self.matrix_from_bytes(&fused_name, dtype, &data, [3 * hidden, hidden])?;
-                    drop(data);
+                    let weight = self.matrix_from_bytes(&fused_name, dtype, std::borrow::Cow::Owned(data), [3 * hidden, hidden])?;
                     let biases =
                         parts.iter().map(|p| self.vector(&format!("{p}.bias"), hidden)).collect::<Result<Vec<_>>>()?;
                     Ok(Qkv::Fused(Linear { weight, bias: Tensor::cat(&biases, 0)? }))
@@ -361,14 +470,10 @@ impl Phi2Weights {
         let e = ld.get(names.embed)?;
         ld.check_shape(names.embed, e.shape, &[v, h])?;
         let embed_dtype = e.dtype;
-        let embed = if e.dtype.is_quantized() {
-            let q = qtensor_from_ggml(e.dtype.to_ggml(), &e.data, vec![v, h], device)
-                .map_err(|err| Error::tensor(src.path(), names.embed, format!("cannot load {} data: {err}", e.dtype)))?;
-            Embedding::Quant(Arc::new(q))
-        } else {
-            Embedding::Dense(ld.float_tensor(names.embed, e.dtype, e.shape, &e.data)?)
-        };
-        drop(e);
+        if e.dtype.byte_len(&[v, h]) != Some(e.data.len()) {
+            return Err(Error::tensor(src.path(), names.embed, format!("{} data does not fit shape [{v}, {h}]", e.dtype)));
+        }
+        let embed = Embedding { dtype: e.dtype, vocab: v, hidden: h, bytes: WeightBytes::from_source(src, e.data) };
 
         // The dtype most of the weights use (that of the first layer's fc1), for `info`.
         let mut dtype = embed_dtype;

@@ -1,0 +1,362 @@
+//! Our own matrix products for the hot path: `y = x · Wᵀ` with W in its file layout (quantized
+//! blocks or 16-bit floats, used in place from the memory-mapped file), for one token (decode)
+//! or many (prefill), split by output rows over a persistent thread pool.
+//!
+//! # One numerical definition for every ISA
+//!
+//! Each output element `y[t][r]` is defined by the scalar twin ([`scalar`]) and every SIMD kernel
+//! computes exactly the same bits, whatever the tile shape, the number of tokens in the batch or
+//! the thread count (so decode, prefill, batched and speculative passes agree bit for bit, and
+//! so do native and wasm builds):
+//!
+//! - **Activations** are prepared once per product by [`Activations::prepare`] (scalar code on
+//!   every ISA): for Q4_0 / Q8_0 weights, 8-bit blocks of 32 as ggml's `block_q8_0` (scale
+//!   `d = amax / 127` rounded to f16; `q = round_ties_even(x · (127 / amax))`; the integer block
+//!   sum is kept); for K-quants, ggml's `block_q8_K` (256 values, f32 scale `d = 1 / iscale` with
+//!   `iscale = −127 / max`, `q = min(127, round_ties_even(iscale · x))`, sums per 16); for F16 /
+//!   BF16 weights, the activation rounded to the weight's type (as ggml does).
+//! - **Quantized weights**: per block, the integer dot product of weight and activation
+//!   integers is exact (i32). Its f32 value for block b is
+//!   `(d_w · d_x) · isum` (Q4_0, Q8_0, Q6_K) or `(d_w · d_x) · isum − (dmin_w · d_x) · msum`
+//!   (Q4_K, Q5_K), each operation rounded to f32, no fused multiply-add; blocks are added to an
+//!   f32 accumulator in order, starting from 0.
+//! - **F16 / BF16 weights**: products of two 16-bit floats are exact in f32, so a fused
+//!   multiply-add equals a multiply then add; element i goes to lane `i % 8`, lanes accumulate
+//!   in order, then `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+//!
+//! The SIMD kernels vectorise across output elements (rows × tokens), never across the
+//! accumulation, which is what makes the definition cheap to follow everywhere.
+
+use std::ops::Range;
+
+use half::{bf16, f16};
+
+use crate::dtype::DType;
+
+pub mod pool;
+pub mod scalar;
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// A weight matrix `[rows, cols]` in its file layout: row `r` is
+/// `data[r * row_bytes .. (r + 1) * row_bytes]`.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightRef<'a> {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> WeightRef<'a> {
+    /// `None` unless our kernels take `dtype`, `cols` is a whole number of blocks and `data`
+    /// holds exactly `rows` rows.
+    pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Option<Self> {
+        let family = Family::of(dtype)?;
+        if cols == 0 || !cols.is_multiple_of(family.block()) || dtype.byte_len(&[rows, cols]) != Some(data.len()) {
+            return None;
+        }
+        Some(WeightRef { dtype, rows, cols, data })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let n = self.row_bytes();
+        &self.data[r * n..(r + 1) * n]
+    }
+}
+
+/// How activations are prepared for a weight type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// 8-bit blocks of 32 (Q4_0, Q8_0 weights).
+    Q8_0,
+    /// 8-bit super-blocks of 256 with sums per 16 (Q4_K, Q5_K, Q6_K weights).
+    Q8K,
+    /// Rounded to f16 (F16 weights).
+    F16,
+    /// Rounded to bf16 (BF16 weights).
+    BF16,
+}
+
+impl Family {
+    /// The activation family for a weight type, or `None` when our kernels do not take it.
+    pub fn of(dtype: DType) -> Option<Family> {
+        Some(match dtype {
+            DType::Q4_0 | DType::Q8_0 => Family::Q8_0,
+            DType::Q4K | DType::Q5K | DType::Q6K => Family::Q8K,
+            DType::F16 => Family::F16,
+            DType::BF16 => Family::BF16,
+            _ => return None,
+        })
+    }
+
+    /// Values per activation block (columns must be a multiple of it).
+    pub fn block(self) -> usize {
+        match self {
+            Family::Q8_0 => 32,
+            Family::Q8K => 256,
+            Family::F16 | Family::BF16 => 1,
+        }
+    }
+}
+
+/// Whether [`matmul`] takes weights of `dtype`.
+pub fn supports(dtype: DType) -> bool {
+    Family::of(dtype).is_some()
+}
+
+/// Activations of `tokens` rows of `cols` values, prepared for one [`Family`]. Reused across
+/// products (buffers only grow), so steady-state decoding allocates nothing here.
+///
+/// Layouts (b = block, t = token, B = blocks per row):
+/// - `q[t * cols + i]`: 8-bit values, token-major.
+/// - `d[b * tokens + t]`: block scales (f32; for Q8_0 the f16 scale widened), block-major so a
+///   tile's tokens are contiguous.
+/// - `s[b * tokens + t]`: Q8_0: the block's integer sum; Q8K: unused.
+/// - `bsums[(t * B + b) * 16 + k]`: Q8K sums of each 16 values.
+/// - `f[t * cols + i]`: F16/BF16: the rounded activation as f32.
+#[derive(Debug, Default)]
+pub struct Activations {
+    pub family: Option<Family>,
+    pub tokens: usize,
+    pub cols: usize,
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<i32>,
+    pub bsums: Vec<i32>,
+    pub f: Vec<f32>,
+}
+
+fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    v.clear();
+    v.resize(n, T::default());
+}
+
+impl Activations {
+    /// Prepares `x` (`[tokens, cols]` row-major f32) for weights of `family`.
+    pub fn prepare(&mut self, family: Family, x: &[f32], tokens: usize, cols: usize) {
+        assert_eq!(x.len(), tokens * cols, "activations: {} values for {tokens} x {cols}", x.len());
+        assert!(cols.is_multiple_of(family.block()), "activations: {cols} columns for blocks of {}", family.block());
+        self.family = Some(family);
+        self.tokens = tokens;
+        self.cols = cols;
+        match family {
+            Family::Q8_0 => {
+                let nb = cols / 32;
+                resize(&mut self.q, tokens * cols);
+                resize(&mut self.d, tokens * nb);
+                resize(&mut self.s, tokens * nb);
+                for t in 0..tokens {
+                    for b in 0..nb {
+                        let xs = &x[t * cols + 32 * b..t * cols + 32 * b + 32];
+                        let qs = &mut self.q[t * cols + 32 * b..t * cols + 32 * b + 32];
+                        let (d, s) = quantize_block_q8_0(xs, qs);
+                        self.d[b * tokens + t] = d;
+                        self.s[b * tokens + t] = s;
+                    }
+                }
+            }
+            Family::Q8K => {
+                let nb = cols / 256;
+                resize(&mut self.q, tokens * cols);
+                resize(&mut self.d, tokens * nb);
+                resize(&mut self.bsums, tokens * nb * 16);
+                for t in 0..tokens {
+                    for b in 0..nb {
+                        let xs = &x[t * cols + 256 * b..t * cols + 256 * b + 256];
+                        let qs = &mut self.q[t * cols + 256 * b..t * cols + 256 * b + 256];
+                        let bs = &mut self.bsums[(t * nb + b) * 16..(t * nb + b) * 16 + 16];
+                        self.d[b * tokens + t] = quantize_block_q8_k(xs, qs, bs);
+                    }
+                }
+            }
+            Family::F16 => {
+                self.f.clear();
+                self.f.extend(x.iter().map(|&v| f16::from_f32(v).to_f32()));
+            }
+            Family::BF16 => {
+                self.f.clear();
+                self.f.extend(x.iter().map(|&v| bf16::from_f32(v).to_f32()));
+            }
+        }
+    }
+}
+
+/// ggml's `block_q8_0` for 32 values: returns the scale (f16-rounded, widened) and the sum of
+/// the 8-bit values.
+pub fn quantize_block_q8_0(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = f16::from_f32(amax / 127.0).to_f32();
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0i32;
+    for (qi, &v) in q.iter_mut().zip(x) {
+        // |v · id| ≤ 127 (up to rounding of id, which round_ties_even cannot push past 127.5).
+        let r = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *qi = r;
+        sum += r as i32;
+    }
+    (d, sum)
+}
+
+/// ggml's `block_q8_K` for 256 values: writes the 8-bit values and the 16 sums of 16, returns d.
+pub fn quantize_block_q8_k(x: &[f32], q: &mut [i8], bsums: &mut [i32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        q.fill(0);
+        bsums.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = (iscale * v).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    for (k, s) in bsums.iter_mut().enumerate() {
+        *s = q[16 * k..16 * k + 16].iter().map(|&v| v as i32).sum();
+    }
+    1.0 / iscale
+}
+
+/// Which kernel set runs, chosen once at run time (wasm: at compile time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// wasm32 SIMD128.
+    Simd128,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Simd128 => "simd128",
+        }
+    }
+}
+
+/// The best kernel set this CPU runs. `PHI2_KERNELS=scalar` forces the scalar twin (tests,
+/// debugging); the results are the same bits either way.
+pub fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(not(target_arch = "wasm32"))]
+        if std::env::var("PHI2_KERNELS").is_ok_and(|v| v == "scalar") {
+            return Isa::Scalar;
+        }
+        detect()
+    })
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        return Isa::Avx2;
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return Isa::Simd128;
+    #[allow(unreachable_code)]
+    Isa::Scalar
+}
+
+/// Output rows per work item handed to a thread (a multiple of every tile height).
+const CHUNK_ROWS: usize = 32;
+
+/// A raw output pointer shared by the threads of one product; each writes disjoint elements.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr {
+    ptr: *mut f32,
+    len: usize,
+    /// Elements between consecutive tokens (the full output width).
+    pub stride: usize,
+}
+// SAFETY: threads write disjoint (row, token) elements, and `matmul` waits for all of them
+// before the borrow of the output ends.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Writes `y[t][r]`.
+    #[inline(always)]
+    pub(crate) fn set(&self, t: usize, r: usize, v: f32) {
+        let i = t * self.stride + r;
+        assert!(i < self.len);
+        // SAFETY: in bounds (checked); disjoint across threads (see the type's note).
+        unsafe { *self.ptr.add(i) = v }
+    }
+}
+
+/// `y[t][r] = Σ_i x[t][i] · W[r][i]` for every token `t` and row `r`, written into `out`
+/// (`[tokens, w.rows]`, row-major). `act` must have been prepared for `w`'s family with
+/// `w.cols` columns. Split by rows over [`pool`] (at most `threads` threads).
+pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize) {
+    assert_eq!(act.family, Family::of(w.dtype), "activations prepared for another weight type");
+    assert_eq!(act.cols, w.cols, "activations have {} columns, the weights {}", act.cols, w.cols);
+    assert_eq!(out.len(), act.tokens * w.rows, "output size");
+    let o = OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows };
+    let isa = isa();
+    let chunks = w.rows.div_ceil(CHUNK_ROWS);
+    pool::run(chunks, threads, &|c| {
+        let rows = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(w.rows);
+        matmul_rows(isa, w, act, rows, o);
+    });
+}
+
+/// The rows `rows` of [`matmul`] on the calling thread, with the given kernel set.
+pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::matmul_rows(w, act, rows, out),
+        #[cfg(target_arch = "wasm32")]
+        Isa::Simd128 => wasm::matmul_rows(w, act, rows, out),
+        _ => scalar::matmul_rows(w, act, rows, out),
+    }
+}
+
+/// [`matmul`] on one thread with a chosen kernel set (parity tests). `None` when this CPU cannot
+/// run `isa`.
+pub fn matmul_with(isa: Isa, w: &WeightRef, act: &Activations, out: &mut [f32]) -> Option<()> {
+    if isa != Isa::Scalar && isa != detect() {
+        return None;
+    }
+    assert_eq!(out.len(), act.tokens * w.rows, "output size");
+    let o = OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows };
+    matmul_rows(isa, w, act, 0..w.rows, o);
+    Some(())
+}
+
+/// f16 bits at `b[i..i + 2]` as f32.
+#[inline(always)]
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K / Q5_K super-block.
+#[inline(always)]
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// The f32 lane reduction of the float kernels: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+#[inline(always)]
+pub(crate) fn reduce8(l: &[f32; 8]) -> f32 {
+    let h = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
+    (h[0] + h[2]) + (h[1] + h[3])
+}

@@ -1,0 +1,172 @@
+//! Kernel parity: every SIMD kernel this CPU runs gives the scalar twin's bits, for every weight
+//! type, on odd shapes, any token count and any thread count; and the scalar twin agrees with
+//! an f32 product of the dequantized weights within the 8-bit activation rounding.
+
+use phi2::kernels::{self, Activations, Family, Isa, WeightRef};
+use phi2::DType;
+
+/// xorshift64*: deterministic, the same on every host.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 56) as u8
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn f16_bytes(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_le_bytes()
+}
+
+/// Random but valid weight bytes of `dtype` for `[rows, cols]`: random quant values, scales of
+/// sane size (f16 scales never inf/NaN).
+fn weights(dtype: DType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let blocks = rows * cols / dtype.block_size();
+    let mut out = Vec::with_capacity(blocks * dtype.type_size());
+    for _ in 0..blocks {
+        let mut blk: Vec<u8> = (0..dtype.type_size()).map(|_| rng.byte()).collect();
+        let d = f16_bytes(0.001 + 0.02 * rng.unit().abs());
+        let dmin = f16_bytes(0.001 + 0.01 * rng.unit().abs());
+        match dtype {
+            DType::Q4_0 | DType::Q8_0 | DType::Q4K | DType::Q5K => {
+                blk[0..2].copy_from_slice(&d);
+                if matches!(dtype, DType::Q4K | DType::Q5K) {
+                    blk[2..4].copy_from_slice(&dmin);
+                }
+            }
+            DType::Q6K => blk[208..210].copy_from_slice(&d),
+            DType::F16 => blk.copy_from_slice(&f16_bytes(rng.unit() * 0.5)),
+            DType::BF16 => blk.copy_from_slice(&half::bf16::from_f32(rng.unit() * 0.5).to_le_bytes()),
+            _ => unreachable!(),
+        }
+        out.extend_from_slice(&blk);
+    }
+    out
+}
+
+const TYPES: [DType; 7] = [DType::Q4_0, DType::Q8_0, DType::Q4K, DType::Q5K, DType::Q6K, DType::F16, DType::BF16];
+
+fn shapes(dtype: DType) -> Vec<(usize, usize)> {
+    let bs = Family::of(dtype).unwrap().block().max(8);
+    // Odd row counts (tile tails), a few block counts; for floats also cols that are not a
+    // multiple of 8.
+    let mut v = vec![(1, bs), (7, 2 * bs), (9, 3 * bs), (33, bs), (70, 2 * bs)];
+    if Family::of(dtype).unwrap().block() == 1 {
+        v.extend([(5, 13), (11, 37), (16, 64)]);
+    }
+    v
+}
+
+fn activations(tokens: usize, cols: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..tokens * cols).map(|_| rng.unit() * 3.0).collect()
+}
+
+fn run(isa: Isa, w: &WeightRef, x: &[f32], tokens: usize) -> Option<Vec<f32>> {
+    let mut a = Activations::default();
+    a.prepare(Family::of(w.dtype).unwrap(), x, tokens, w.cols);
+    let mut out = vec![0f32; tokens * w.rows];
+    kernels::matmul_with(isa, w, &a, &mut out)?;
+    Some(out)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+#[test]
+fn simd_kernels_give_the_scalar_bits() {
+    let best = kernels::isa();
+    eprintln!("kernel set on this machine: {}", best.name());
+    let mut rng = Rng(0x5EED);
+    for dtype in TYPES {
+        for (rows, cols) in shapes(dtype) {
+            let data = weights(dtype, rows, cols, &mut rng);
+            let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
+            for tokens in [1, 2, 3, 4, 5, 7, 9] {
+                let x = activations(tokens, cols, &mut rng);
+                let s = run(Isa::Scalar, &w, &x, tokens).unwrap();
+                let f = run(best, &w, &x, tokens).unwrap();
+                assert_eq!(bits(&s), bits(&f), "{dtype} {rows}x{cols} tokens {tokens}: {} differs from scalar", best.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_batch_or_threads() {
+    let mut rng = Rng(0xBA7C);
+    for dtype in TYPES {
+        let (rows, cols) = (97, 2 * Family::of(dtype).unwrap().block().max(32));
+        let data = weights(dtype, rows, cols, &mut rng);
+        let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
+        let tokens = 6;
+        let x = activations(tokens, cols, &mut rng);
+        let mut a = Activations::default();
+        a.prepare(Family::of(dtype).unwrap(), &x, tokens, cols);
+        let mut batch = vec![0f32; tokens * rows];
+        kernels::matmul(&w, &a, &mut batch, 1);
+        for threads in [2, 3, 5] {
+            let mut y = vec![0f32; tokens * rows];
+            kernels::matmul(&w, &a, &mut y, threads);
+            assert_eq!(bits(&batch), bits(&y), "{dtype}: {threads} threads");
+        }
+        for t in 0..tokens {
+            let one = run(kernels::isa(), &w, &x[t * cols..(t + 1) * cols], 1).unwrap();
+            assert_eq!(bits(&one), bits(&batch[t * rows..(t + 1) * rows]), "{dtype}: token {t} alone vs in a batch");
+        }
+    }
+}
+
+#[test]
+fn scalar_twin_matches_an_f32_product_of_the_dequantized_weights() {
+    let mut rng = Rng(0xF32);
+    for dtype in TYPES {
+        let (rows, cols) = (13, 2 * Family::of(dtype).unwrap().block().max(32));
+        let data = weights(dtype, rows, cols, &mut rng);
+        let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
+        let mut deq = vec![0f32; rows * cols];
+        phi2::quant::dequantize(dtype, &data, &mut deq).unwrap();
+        let tokens = 3;
+        let x = activations(tokens, cols, &mut rng);
+        let y = run(Isa::Scalar, &w, &x, tokens).unwrap();
+        for t in 0..tokens {
+            for r in 0..rows {
+                let (mut exact, mut mag) = (0f64, 0f64);
+                for i in 0..cols {
+                    exact += deq[r * cols + i] as f64 * x[t * cols + i] as f64;
+                    mag += (deq[r * cols + i] as f64 * x[t * cols + i] as f64).abs();
+                }
+                let got = y[t * rows + r] as f64;
+                // 8-bit activations: |error| ≲ Σ|w|·|x|/127; 16-bit: far less.
+                let tol = if dtype.is_quantized() { mag / 100.0 } else { mag / 200.0 } + 1e-6;
+                assert!((got - exact).abs() <= tol, "{dtype} [{t},{r}]: {got} vs {exact} (tol {tol})");
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_activation_blocks_follow_ggml() {
+    // amax 127 → d = 1, id = 1: q = round_ties_even(x).
+    let mut x = [0f32; 32];
+    x[0] = 127.0;
+    x[1] = 2.5;
+    x[2] = -3.5;
+    let mut q = [0i8; 32];
+    let (d, s) = kernels::quantize_block_q8_0(&x, &mut q);
+    assert_eq!(d, 1.0);
+    assert_eq!((q[0], q[1], q[2]), (127, 2, -4)); // ties go to even
+    assert_eq!(s, 127 + 2 - 4);
+    let (d0, s0) = kernels::quantize_block_q8_0(&[0.0; 32], &mut q);
+    assert_eq!((d0, s0), (0.0, 0));
+    assert!(q.iter().all(|&v| v == 0));
+}
