@@ -60,8 +60,11 @@ fn shapes(dtype: DType) -> Vec<(usize, usize)> {
     // Odd row counts (tile tails), a few block counts; for floats also cols that are not a
     // multiple of 8.
     let mut v = vec![(1, bs), (7, 2 * bs), (9, 3 * bs), (33, bs), (70, 2 * bs)];
-    if Family::of(dtype).unwrap().block() == 1 {
-        v.extend([(5, 13), (11, 37), (16, 64)]);
+    match Family::of(dtype).unwrap() {
+        Family::F16 | Family::BF16 => v.extend([(5, 13), (11, 37), (16, 64)]),
+        // Whole groups of 8 blocks, with and without a tail of blocks.
+        Family::Q8_0 => v.extend([(5, 256), (13, 352), (3, 512), (17, 1600)]),
+        Family::Q8K => v.extend([(3, 2560)]),
     }
     v
 }
@@ -84,8 +87,8 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 #[test]
 fn simd_kernels_give_the_scalar_bits() {
-    let best = kernels::isa();
-    eprintln!("kernel set on this machine: {}", best.name());
+    let sets = kernels::runnable();
+    eprintln!("kernel sets on this machine: {:?}; in use: {}", sets.iter().map(|i| i.name()).collect::<Vec<_>>(), kernels::isa().name());
     let mut rng = Rng(0x5EED);
     for dtype in TYPES {
         for (rows, cols) in shapes(dtype) {
@@ -94,8 +97,10 @@ fn simd_kernels_give_the_scalar_bits() {
             for tokens in [1, 2, 3, 4, 5, 7, 9] {
                 let x = activations(tokens, cols, &mut rng);
                 let s = run(Isa::Scalar, &w, &x, tokens).unwrap();
-                let f = run(best, &w, &x, tokens).unwrap();
-                assert_eq!(bits(&s), bits(&f), "{dtype} {rows}x{cols} tokens {tokens}: {} differs from scalar", best.name());
+                for &isa in &sets[1..] {
+                    let f = run(isa, &w, &x, tokens).unwrap();
+                    assert_eq!(bits(&s), bits(&f), "{dtype} {rows}x{cols} tokens {tokens}: {} differs from scalar", isa.name());
+                }
             }
         }
     }
@@ -105,7 +110,7 @@ fn simd_kernels_give_the_scalar_bits() {
 fn results_do_not_depend_on_batch_or_threads() {
     let mut rng = Rng(0xBA7C);
     for dtype in TYPES {
-        let (rows, cols) = (97, 2 * Family::of(dtype).unwrap().block().max(32));
+        let (rows, cols) = (97, 11 * Family::of(dtype).unwrap().block().max(32));
         let data = weights(dtype, rows, cols, &mut rng);
         let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
         let tokens = 6;

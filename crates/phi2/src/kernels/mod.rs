@@ -18,8 +18,11 @@
 //! - **Quantized weights**: per block, the integer dot product of weight and activation
 //!   integers is exact (i32). Its f32 value for block b is
 //!   `(d_w · d_x) · isum` (Q4_0, Q8_0, Q6_K) or `(d_w · d_x) · isum − (dmin_w · d_x) · msum`
-//!   (Q4_K, Q5_K), each operation rounded to f32, no fused multiply-add; blocks are added to an
-//!   f32 accumulator in order, starting from 0.
+//!   (Q4_K, Q5_K), each operation rounded to f32, no fused multiply-add.
+//!   - Q4_0 / Q8_0 (blocks of 32): block b is added to lane `b % 8` of 8 f32 lanes (in block
+//!     order), then the lanes are reduced as below. SIMD code keeps 8 consecutive blocks in the
+//!     8 lanes of one vector, so no horizontal sum is needed per block.
+//!   - K-quants (super-blocks of 256): added to one f32 accumulator in order.
 //! - **F16 / BF16 weights**: products of two 16-bit floats are exact in f32, so a fused
 //!   multiply-add equals a multiply then add; element i goes to lane `i % 8`, lanes accumulate
 //!   in order, then `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
@@ -116,10 +119,12 @@ pub fn supports(dtype: DType) -> bool {
 ///
 /// Layouts (b = block, t = token, B = blocks per row):
 /// - `q[t * cols + i]`: 8-bit values, token-major.
-/// - `d[b * tokens + t]`: block scales (f32; for Q8_0 the f16 scale widened), block-major so a
-///   tile's tokens are contiguous.
-/// - `s[b * tokens + t]`: Q8_0: the block's integer sum; Q8K: unused.
-/// - `bsums[(t * B + b) * 16 + k]`: Q8K sums of each 16 values.
+/// - Q8_0: `d[t * B + b]`, the block scale (the f16 scale widened); `s[t * B + b]`, the block's
+///   integer sum; `qt`, the same values as `q` regrouped for 8-block SIMD lanes: for every full
+///   group g of 8 blocks and k in 0..8, 32 bytes whose 4-byte lane j holds values `4k .. 4k + 4`
+///   of block `8g + j` (at `((t * G + g) * 8 + k) * 32`, G = B / 8 full groups).
+/// - Q8K: `d[b * tokens + t]`, block-major so a tile's tokens are contiguous;
+///   `bsums[(t * B + b) * 16 + k]`, sums of each 16 values.
 /// - `f[t * cols + i]`: F16/BF16: the rounded activation as f32.
 #[derive(Debug, Default)]
 pub struct Activations {
@@ -130,6 +135,7 @@ pub struct Activations {
     pub d: Vec<f32>,
     pub s: Vec<i32>,
     pub bsums: Vec<i32>,
+    pub qt: Vec<i8>,
     pub f: Vec<f32>,
 }
 
@@ -157,8 +163,21 @@ impl Activations {
                         let xs = &x[t * cols + 32 * b..t * cols + 32 * b + 32];
                         let qs = &mut self.q[t * cols + 32 * b..t * cols + 32 * b + 32];
                         let (d, s) = quantize_block_q8_0(xs, qs);
-                        self.d[b * tokens + t] = d;
-                        self.s[b * tokens + t] = s;
+                        self.d[t * nb + b] = d;
+                        self.s[t * nb + b] = s;
+                    }
+                }
+                let groups = nb / 8;
+                resize(&mut self.qt, tokens * groups * 256);
+                for t in 0..tokens {
+                    for g in 0..groups {
+                        for k in 0..8 {
+                            for j in 0..8 {
+                                let src = t * cols + 32 * (8 * g + j) + 4 * k;
+                                let dst = ((t * groups + g) * 8 + k) * 32 + 4 * j;
+                                self.qt[dst..dst + 4].copy_from_slice(&self.q[src..src + 4]);
+                            }
+                        }
                     }
                 }
             }
@@ -234,6 +253,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86-64 AVX2 + AVX-VNNI (`vpdpbusd`).
+    AvxVnni,
     /// wasm32 SIMD128.
     Simd128,
 }
@@ -243,25 +264,49 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
             Isa::Simd128 => "simd128",
         }
     }
 }
 
-/// The best kernel set this CPU runs. `PHI2_KERNELS=scalar` forces the scalar twin (tests,
-/// debugging); the results are the same bits either way.
+/// The best kernel set this CPU runs. `PHI2_KERNELS=scalar|avx2|...` picks a lesser one this
+/// CPU also runs (tests, debugging, benchmarks); the results are the same bits either way.
 pub fn isa() -> Isa {
     static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(not(target_arch = "wasm32"))]
-        if std::env::var("PHI2_KERNELS").is_ok_and(|v| v == "scalar") {
-            return Isa::Scalar;
+        if let Ok(name) = std::env::var("PHI2_KERNELS") {
+            if let Some(isa) = runnable().into_iter().find(|i| i.name() == name) {
+                return isa;
+            }
         }
         detect()
     })
 }
 
+/// Every kernel set this CPU runs, the scalar twin first.
+pub fn runnable() -> Vec<Isa> {
+    let mut v = vec![Isa::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86::available() {
+            v.push(Isa::Avx2);
+        }
+        if x86::vnni_available() {
+            v.push(Isa::AvxVnni);
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    v.push(Isa::Simd128);
+    v
+}
+
 fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    if x86::vnni_available() {
+        return Isa::AvxVnni;
+    }
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         return Isa::Avx2;
@@ -319,7 +364,9 @@ pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize)
 pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::matmul_rows(w, act, rows, out),
+        Isa::Avx2 => x86::matmul_rows(w, act, rows, out, false),
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => x86::matmul_rows(w, act, rows, out, true),
         #[cfg(target_arch = "wasm32")]
         Isa::Simd128 => wasm::matmul_rows(w, act, rows, out),
         _ => scalar::matmul_rows(w, act, rows, out),
@@ -329,7 +376,7 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
 /// [`matmul`] on one thread with a chosen kernel set (parity tests). `None` when this CPU cannot
 /// run `isa`.
 pub fn matmul_with(isa: Isa, w: &WeightRef, act: &Activations, out: &mut [f32]) -> Option<()> {
-    if isa != Isa::Scalar && isa != detect() {
+    if !runnable().contains(&isa) {
         return None;
     }
     assert_eq!(out.len(), act.tokens * w.rows, "output size");

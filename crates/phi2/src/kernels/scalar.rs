@@ -33,32 +33,44 @@ pub fn dot(dtype: DType, row: &[u8], act: &Activations, t: usize) -> f32 {
 
 /// Q4_0 (18 B / 32): `isum = Σ (q − 8) · x`.
 fn dot_q4_0(row: &[u8], a: &Activations, t: usize) -> f32 {
-    let xq = &a.q[t * a.cols..(t + 1) * a.cols];
-    let mut acc = 0f32;
-    for (b, blk) in row.chunks_exact(18).enumerate() {
-        let x = &xq[32 * b..32 * b + 32];
-        let mut isum = 0i32;
-        for j in 0..16 {
-            isum += ((blk[2 + j] & 0xF) as i32 - 8) * x[j] as i32;
-            isum += ((blk[2 + j] >> 4) as i32 - 8) * x[j + 16] as i32;
-        }
-        let s = f16_at(blk, 0) * a.d[b * a.tokens + t];
-        acc += s * isum as f32;
+    let mut lanes = [0f32; 8];
+    for b in 0..a.cols / 32 {
+        lanes[b % 8] += block_q4_0(row, a, t, b);
     }
-    acc
+    reduce8(&lanes)
+}
+
+/// The f32 value of Q4_0 block `b` of `row` against token `t`.
+#[inline(always)]
+pub(crate) fn block_q4_0(row: &[u8], a: &Activations, t: usize, b: usize) -> f32 {
+    let blk = &row[18 * b..18 * b + 18];
+    let x = &a.q[t * a.cols + 32 * b..t * a.cols + 32 * b + 32];
+    let mut isum = 0i32;
+    for j in 0..16 {
+        isum += ((blk[2 + j] & 0xF) as i32 - 8) * x[j] as i32;
+        isum += ((blk[2 + j] >> 4) as i32 - 8) * x[j + 16] as i32;
+    }
+    let s = f16_at(blk, 0) * a.d[t * (a.cols / 32) + b];
+    s * isum as f32
 }
 
 /// Q8_0 (34 B / 32): `isum = Σ q · x`.
 fn dot_q8_0(row: &[u8], a: &Activations, t: usize) -> f32 {
-    let xq = &a.q[t * a.cols..(t + 1) * a.cols];
-    let mut acc = 0f32;
-    for (b, blk) in row.chunks_exact(34).enumerate() {
-        let x = &xq[32 * b..32 * b + 32];
-        let isum: i32 = (0..32).map(|j| (blk[2 + j] as i8) as i32 * x[j] as i32).sum();
-        let s = f16_at(blk, 0) * a.d[b * a.tokens + t];
-        acc += s * isum as f32;
+    let mut lanes = [0f32; 8];
+    for b in 0..a.cols / 32 {
+        lanes[b % 8] += block_q8_0(row, a, t, b);
     }
-    acc
+    reduce8(&lanes)
+}
+
+/// The f32 value of Q8_0 block `b` of `row` against token `t`.
+#[inline(always)]
+pub(crate) fn block_q8_0(row: &[u8], a: &Activations, t: usize, b: usize) -> f32 {
+    let blk = &row[34 * b..34 * b + 34];
+    let x = &a.q[t * a.cols + 32 * b..t * a.cols + 32 * b + 32];
+    let isum: i32 = (0..32).map(|j| (blk[2 + j] as i8) as i32 * x[j] as i32).sum();
+    let s = f16_at(blk, 0) * a.d[t * (a.cols / 32) + b];
+    s * isum as f32
 }
 
 /// Q4_K / Q5_K super-block value from its exact integer parts.

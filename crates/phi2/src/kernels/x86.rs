@@ -14,7 +14,26 @@ pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
-pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
+/// AVX-VNNI (`vpdpbusd` on 256-bit vectors): one instruction for the u8 × i8 products and their
+/// sums in fours that AVX2 does with `vpmaddubsw` + `vpmaddwd`. Same i32 results (no
+/// intermediate i16 saturation can occur for our value ranges), so the same bits.
+pub(super) fn vnni_available() -> bool {
+    available() && is_x86_feature_detected!("avxvnni")
+}
+
+pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr, vnni: bool) {
+    if matches!(w.dtype, DType::Q4_0 | DType::Q8_0) {
+        // SAFETY: as below.
+        unsafe {
+            match (w.dtype, vnni) {
+                (DType::Q4_0, false) => rows_q32_avx2::<false>(w, act, rows, out),
+                (DType::Q8_0, false) => rows_q32_avx2::<true>(w, act, rows, out),
+                (DType::Q4_0, true) => rows_q32_vnni::<false>(w, act, rows, out),
+                _ => rows_q32_vnni::<true>(w, act, rows, out),
+            }
+        }
+        return;
+    }
     let tokens = act.tokens;
     // Token tiles: 4 at a time, then 2, then 1; each over the rows in tiles of 8 / C.
     let mut t0 = 0;
@@ -24,12 +43,16 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
             n if n >= 2 => 2,
             _ => 1,
         };
-        // SAFETY: `available()` was checked when the kernel set was chosen (`super::isa`).
+        // SAFETY: `available()` (and `vnni_available()` for `vnni`) was checked when the kernel
+        // set was chosen (`super::isa`, `super::matmul_with`).
         unsafe {
-            match c {
-                4 => tiles::<2, 4>(w, act, rows.clone(), t0, out),
-                2 => tiles::<4, 2>(w, act, rows.clone(), t0, out),
-                _ => tiles::<8, 1>(w, act, rows.clone(), t0, out),
+            match (c, vnni) {
+                (4, false) => tiles::<2, 4>(w, act, rows.clone(), t0, out),
+                (2, false) => tiles::<4, 2>(w, act, rows.clone(), t0, out),
+                (_, false) => tiles::<8, 1>(w, act, rows.clone(), t0, out),
+                (4, true) => tiles_vnni::<2, 4>(w, act, rows.clone(), t0, out),
+                (2, true) => tiles_vnni::<4, 2>(w, act, rows.clone(), t0, out),
+                (_, true) => tiles_vnni::<8, 1>(w, act, rows.clone(), t0, out),
             }
         }
         t0 += c;
@@ -39,11 +62,26 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
 /// Rows `rows` × tokens `t0..t0 + C` in tiles of `R` rows; leftover rows go to the scalar twin.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tiles<const R: usize, const C: usize>(w: &WeightRef, act: &Activations, rows: Range<usize>, t0: usize, out: OutPtr) {
+    tiles_impl::<R, C, false>(w, act, rows, t0, out)
+}
+
+/// [`tiles`] with AVX-VNNI products for Q4_0 / Q8_0.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn tiles_vnni<const R: usize, const C: usize>(w: &WeightRef, act: &Activations, rows: Range<usize>, t0: usize, out: OutPtr) {
+    tiles_impl::<R, C, true>(w, act, rows, t0, out)
+}
+
+#[inline(always)]
+unsafe fn tiles_impl<const R: usize, const C: usize, const VNNI: bool>(
+    w: &WeightRef,
+    act: &Activations,
+    rows: Range<usize>,
+    t0: usize,
+    out: OutPtr,
+) {
     let mut r0 = rows.start;
     while r0 + R <= rows.end {
         let acc = match w.dtype {
-            DType::Q4_0 => tile_q32::<R, C, false>(w, act, r0, t0),
-            DType::Q8_0 => tile_q32::<R, C, true>(w, act, r0, t0),
             DType::Q4K => tile_qk::<R, C, false>(w, act, r0, t0),
             DType::Q5K => tile_qk::<R, C, true>(w, act, r0, t0),
             DType::Q6K => tile_q6k::<R, C>(w, act, r0, t0),
@@ -61,6 +99,159 @@ unsafe fn tiles<const R: usize, const C: usize>(w: &WeightRef, act: &Activations
             out.set(t, r, scalar::dot(w.dtype, w.row(r), act, t));
         }
     }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_q32_avx2<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    rows_q32::<SIGNED, false>(w, a, rows, out)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn rows_q32_vnni<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    rows_q32::<SIGNED, true>(w, a, rows, out)
+}
+
+/// Weights of one row regrouped for 8-block lanes (`transpose_q32`), reused across token tiles.
+struct RowCache {
+    /// Per group of 8 blocks: 8 weight vectors (k = 0..8), then the 8 block scales as f32.
+    w: Vec<__m256i>,
+    d: Vec<__m256>,
+}
+
+thread_local! {
+    static ROW_CACHE: std::cell::RefCell<RowCache> = const { std::cell::RefCell::new(RowCache { w: Vec::new(), d: Vec::new() }) };
+}
+
+/// 4 dwords of each of 8 blocks (16 bytes at `p + j·stride`) → 4 vectors, vector k holding
+/// dword k of block j in i32 lane j.
+#[inline(always)]
+unsafe fn transpose_8x4(p: *const u8, stride: usize) -> [__m256i; 4] {
+    let l = |j: usize| _mm_loadu_si128(p.add(j * stride) as *const __m128i);
+    let y: [__m256i; 4] = std::array::from_fn(|j| _mm256_set_m128i(l(j + 4), l(j)));
+    let t0 = _mm256_unpacklo_epi32(y[0], y[1]);
+    let t1 = _mm256_unpackhi_epi32(y[0], y[1]);
+    let t2 = _mm256_unpacklo_epi32(y[2], y[3]);
+    let t3 = _mm256_unpackhi_epi32(y[2], y[3]);
+    [
+        _mm256_unpacklo_epi64(t0, t2),
+        _mm256_unpackhi_epi64(t0, t2),
+        _mm256_unpacklo_epi64(t1, t3),
+        _mm256_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// The weights of blocks `8g .. 8g + 8` of `row` as 8 vectors matching `Activations::qt`
+/// (vector k, lane j: values 4k..4k+4 of block 8g + j; Q4_0: unsigned nibbles 0..15, Q8_0: i8),
+/// and their scales.
+#[inline(always)]
+unsafe fn transpose_q32<const SIGNED: bool>(row: &[u8], g: usize) -> ([__m256i; 8], __m256) {
+    let bytes = if SIGNED { 34 } else { 18 };
+    let base = row.as_ptr().add(8 * g * bytes);
+    let mut wk = [_mm256_setzero_si256(); 8];
+    if SIGNED {
+        let lo = transpose_8x4(base.add(2), bytes);
+        let hi = transpose_8x4(base.add(18), bytes);
+        wk[..4].copy_from_slice(&lo);
+        wk[4..].copy_from_slice(&hi);
+    } else {
+        let m = _mm256_set1_epi8(0x0F);
+        let q = transpose_8x4(base.add(2), bytes);
+        for k in 0..4 {
+            wk[k] = _mm256_and_si256(q[k], m);
+            wk[k + 4] = _mm256_and_si256(_mm256_srli_epi16(q[k], 4), m);
+        }
+    }
+    let mut h = [0u16; 8];
+    for (j, v) in h.iter_mut().enumerate() {
+        *v = u16_at(row, (8 * g + j) * bytes);
+    }
+    (wk, _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i)))
+}
+
+/// Q4_0 (`SIGNED = false`: unsigned nibbles, then minus 8·Σx per block) and Q8_0 (`SIGNED`: the
+/// sign trick |w| · sign(x, w), exact since x ∈ [−127, 127]) for `rows` × every token: groups
+/// of 8 blocks in the 8 lanes (block b in lane b % 8, as the definition has it), no horizontal
+/// sums until the end of a row. With several tokens each row's regrouped weights are made once
+/// and reused by every token tile.
+#[inline(always)]
+unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    let nb = w.cols / 32;
+    let groups = nb / 8;
+    let tokens = a.tokens;
+    let ones = _mm256_set1_epi16(1);
+    let dot = |acc: __m256i, u: __m256i, s: __m256i| {
+        if VNNI {
+            _mm256_dpbusd_avx_epi32(acc, u, s)
+        } else {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones))
+        }
+    };
+    // Taken out of the thread-local (and put back) so that the work below is not inside a
+    // closure, which would not inherit this function's target features.
+    let mut cache = ROW_CACHE.with(|c| std::mem::replace(&mut *c.borrow_mut(), RowCache { w: Vec::new(), d: Vec::new() }));
+    {
+        let cached = tokens > 1;
+        if cached {
+            cache.w.resize(groups * 8, _mm256_setzero_si256());
+            cache.d.resize(groups, _mm256_setzero_ps());
+        }
+        for r in rows {
+            let row = w.row(r);
+            if cached {
+                for g in 0..groups {
+                    let (wk, dw) = transpose_q32::<SIGNED>(row, g);
+                    cache.w[8 * g..8 * g + 8].copy_from_slice(&wk);
+                    cache.d[g] = dw;
+                }
+            }
+            let mut t0 = 0;
+            while t0 < tokens {
+                let c_n = (tokens - t0).min(4);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for g in 0..groups {
+                    let (wk, dw) = if cached {
+                        let mut wk = [_mm256_setzero_si256(); 8];
+                        wk.copy_from_slice(&cache.w[8 * g..8 * g + 8]);
+                        (wk, cache.d[g])
+                    } else {
+                        transpose_q32::<SIGNED>(row, g)
+                    };
+                    for (c, acc_c) in acc.iter_mut().enumerate().take(c_n) {
+                        let t = t0 + c;
+                        let xp = a.qt.as_ptr().add((t * groups + g) * 256) as *const __m256i;
+                        let mut isum = _mm256_setzero_si256();
+                        for (k, &wv) in wk.iter().enumerate() {
+                            let x = _mm256_loadu_si256(xp.add(k));
+                            isum = if SIGNED {
+                                dot(isum, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv))
+                            } else {
+                                dot(isum, wv, x)
+                            };
+                        }
+                        let bi = t * nb + 8 * g;
+                        if !SIGNED {
+                            let sx = _mm256_loadu_si256(a.s.as_ptr().add(bi) as *const __m256i);
+                            isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, 3));
+                        }
+                        let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(bi)));
+                        *acc_c = _mm256_add_ps(*acc_c, _mm256_mul_ps(s, _mm256_cvtepi32_ps(isum)));
+                    }
+                }
+                for (c, acc_c) in acc.iter().enumerate().take(c_n) {
+                    let t = t0 + c;
+                    let mut lanes = [0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), *acc_c);
+                    // Blocks past the last full group: the scalar definition, same lanes.
+                    for b in 8 * groups..nb {
+                        lanes[b % 8] += if SIGNED { scalar::block_q8_0(row, a, t, b) } else { scalar::block_q4_0(row, a, t, b) };
+                    }
+                    out.set(t, r, super::reduce8(&lanes));
+                }
+                t0 += c_n;
+            }
+        }
+    }
+    ROW_CACHE.with(|c| *c.borrow_mut() = cache);
 }
 
 /// Eight i32x8 vectors → one i32x8 holding each vector's lane sum (exact).
@@ -96,15 +287,6 @@ unsafe fn per_token_f32<const C: usize>(v: &[f32]) -> __m256 {
 }
 
 #[inline(always)]
-unsafe fn per_token_i32<const C: usize>(v: &[i32]) -> __m256i {
-    let mut a = [0i32; 8];
-    for (p, x) in a.iter_mut().enumerate() {
-        *x = v[p % C];
-    }
-    _mm256_loadu_si256(a.as_ptr() as *const __m256i)
-}
-
-#[inline(always)]
 unsafe fn u16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
 }
@@ -112,62 +294,6 @@ unsafe fn u16_at(b: &[u8], i: usize) -> u16 {
 #[inline(always)]
 unsafe fn load32(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
-}
-
-/// 16 packed nibbles → 32 bytes 0..15: low nibbles first, then high ones (Q4_0 element order).
-#[inline(always)]
-unsafe fn unpack_q4_0(p: *const u8) -> __m256i {
-    let q = _mm_loadu_si128(p as *const __m128i);
-    let m = _mm_set1_epi8(0x0F);
-    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m))
-}
-
-/// Q4_0 (`SIGNED = false`: unsigned nibbles, minus 8·Σx after the tree) and Q8_0 (`SIGNED`:
-/// i8 weights through the sign trick, |w| · sign(x, w), exact since x ∈ [−127, 127]).
-#[inline(always)]
-unsafe fn tile_q32<const R: usize, const C: usize, const SIGNED: bool>(
-    w: &WeightRef,
-    a: &Activations,
-    r0: usize,
-    t0: usize,
-) -> [f32; 8] {
-    let bytes = if SIGNED { 34 } else { 18 };
-    let nb = w.cols / 32;
-    let rows: [&[u8]; R] = std::array::from_fn(|r| w.row(r0 + r));
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..nb {
-        let xs: [__m256i; C] = std::array::from_fn(|c| load32(a.q.as_ptr().add((t0 + c) * a.cols + 32 * b) as *const u8));
-        let mut v = [_mm256_setzero_si256(); 8];
-        for r in 0..R {
-            let blk = rows[r].as_ptr().add(b * bytes + 2);
-            if SIGNED {
-                let wq = load32(blk);
-                let aw = _mm256_sign_epi8(wq, wq);
-                for c in 0..C {
-                    let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xs[c], wq));
-                    v[r * C + c] = _mm256_madd_epi16(p, ones);
-                }
-            } else {
-                let wq = unpack_q4_0(blk);
-                for c in 0..C {
-                    v[r * C + c] = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xs[c]), ones);
-                }
-            }
-        }
-        let mut isum = tree8(&v);
-        let ds = &a.d[b * a.tokens + t0..b * a.tokens + t0 + C];
-        if !SIGNED {
-            let sx = per_token_i32::<C>(&a.s[b * a.tokens + t0..b * a.tokens + t0 + C]);
-            isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sx, 3));
-        }
-        let dw = per_row_f16::<R, C>(|r| u16_at(rows[r], b * bytes));
-        let s = _mm256_mul_ps(dw, per_token_f32::<C>(ds));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(s, _mm256_cvtepi32_ps(isum)));
-    }
-    let mut outv = [0f32; 8];
-    _mm256_storeu_ps(outv.as_mut_ptr(), acc);
-    outv
 }
 
 /// Q4_K (`Q5 = false`) and Q5_K (`Q5`): per super-block, `Σ_j sc_j · Σ q·x` in i32 lanes, the

@@ -1,0 +1,57 @@
+//! Kernel micro-benchmark on Phi-2-sized matrices (random weights):
+//!   cargo run --release -p phi2 --example kernel_bench -- [--threads N] [--tokens T] [--types q4_0,q8_0,...]
+//! Prints weight-read bandwidth for T = 1 (decode) and multiply-accumulates per second for the
+//! prompt batch. A development tool: the numbers users see come from `phi2-bench`.
+use std::time::Instant;
+
+use phi2::kernels::{self, Activations, Family, WeightRef};
+use phi2::DType;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |k: &str, d: &str| args.iter().position(|a| a == k).map(|i| args[i + 1].clone()).unwrap_or(d.to_string());
+    let threads: usize = opt("--threads", "2").parse().unwrap();
+    let tokens: usize = opt("--tokens", "128").parse().unwrap();
+    let types = opt("--types", "q4_0,q8_0,q4_K,q5_K,q6_K,f16,bf16");
+    let (rows, cols) = (10240usize, 2560usize);
+    eprintln!("kernels: {}, threads {threads}, matrix [{rows}, {cols}]", kernels::isa().name());
+    for name in types.split(',') {
+        let dtype = DType::from_name(name).expect("type");
+        let len = dtype.byte_len(&[rows, cols]).unwrap();
+        let mut s = 0x1234_5678_9abc_def0u64;
+        let mut data: Vec<u8> = (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8 & 0x3F
+            })
+            .collect();
+        // 16-bit floats: normal numbers of moderate size (no inf/NaN, no subnormals).
+        if !dtype.is_quantized() {
+            for i in (1..data.len()).step_by(2) {
+                data[i] = (data[i] & 0x83) | if dtype == DType::BF16 { 0x3C } else { 0x30 };
+            }
+        }
+        let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
+        let fam = Family::of(dtype).unwrap();
+        for t in [1, tokens] {
+            let x: Vec<f32> = (0..t * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0).collect();
+            let mut a = Activations::default();
+            a.prepare(fam, &x, t, cols);
+            let mut out = vec![0f32; t * rows];
+            kernels::matmul(&w, &a, &mut out, threads);
+            let iters = if t == 1 { 40 } else { 3 };
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                kernels::matmul(&w, &a, &mut out, threads);
+            }
+            let dt = t0.elapsed().as_secs_f64() / iters as f64;
+            if t == 1 {
+                println!("{name:6} T=1    {:7.3} ms  {:6.2} GB/s", dt * 1e3, len as f64 / dt / 1e9);
+            } else {
+                println!("{name:6} T={t:<4} {:7.3} ms  {:6.2} GMAC/s  ({:.1} us/token)", dt * 1e3, (rows * cols * t) as f64 / dt / 1e9, dt * 1e6 / t as f64);
+            }
+        }
+    }
+}
