@@ -188,14 +188,12 @@ impl Task for LogprobsTask {
 
 #[napi]
 impl NativeModel {
-    /// Loads off the JS thread. `threads` sets the process-wide compute pool on the first load only.
+    /// Loads off the JS thread. `threads` sets the process-wide compute threads of the engine's
+    /// kernels (the latest load's value wins).
     #[napi(ts_return_type = "Promise<NativeModel>")]
     pub fn load(path: String, threads: Option<u32>) -> AsyncTask<LoadTask> {
         if let Some(n) = threads.filter(|&n| n > 0) {
-            // candle sizes its CPU pool from this variable when it first starts a worker.
-            if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-                std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-            }
+            phi2::kernels::pool::set_threads(n as usize);
         }
         AsyncTask::new(LoadTask { path: PathBuf::from(path) })
     }

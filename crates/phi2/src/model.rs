@@ -155,7 +155,7 @@ impl Phi2 {
         for (layer, kv) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
             let h = layer.norm.forward(&x)?;
             let attn = self.attention(layer, &h, kv, &cos, &sin, mask.as_ref())?;
-            let mlp = layer.fc2.forward(&layer.fc1.forward(&h)?.gelu()?)?;
+            let mlp = layer.fc2.forward(&layer.fc1.forward_gelu(&h)?)?;
             x = ((x + attn)? + mlp)?;
         }
         cache.len += t;
@@ -229,7 +229,14 @@ impl Phi2 {
     }
 }
 
-/// On x86 CPUs with AVX-512 VNNI, candle 0.11 routes Q8_0 matmuls through repacked kernels that
+/// Sets up candle's CPU side once per process:
+///
+/// - **Threads.** The heavy products run on our own kernels' pool ([`crate::kernels::pool`]);
+///   what is left to candle per token is small (norms, attention scores, residual adds), and its
+///   own spinning worker pool would only compete with ours for the cores (measured on 2 cores:
+///   decode 2.5× slower with both pools). So candle runs single-threaded unless the user sets
+///   `CANDLE_NUM_THREADS`.
+/// - **Kernel level.** On x86 CPUs with AVX-512 VNNI, candle 0.11 routes Q8_0 matmuls through repacked kernels that
 /// round activations differently from every other path (AVX2, WASM SIMD128, ggml): measured on
 /// our fixtures, Q8_0 log-probs then move ~0.2 away from llama.cpp and from our own WASM build.
 /// Pinning candle's x86 level to AVX2 (its `MISTRALRS_FORCE_AVX2` switch, read once on first use)
@@ -241,6 +248,9 @@ pub(crate) fn pin_cpu_kernels() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     #[cfg(target_arch = "x86_64")]
     ONCE.call_once(|| {
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
         if std::env::var_os("MISTRALRS_FORCE_AVX2").is_none() && std::env::var_os("MISTRALRS_FORCE_AVXVNNI").is_none() {
             std::env::set_var("MISTRALRS_FORCE_AVX2", "1");
         }

@@ -212,8 +212,8 @@ impl Packed {
         WeightRef { dtype: self.dtype, rows: self.rows, cols: self.cols, data: self.bytes.as_slice() }
     }
 
-    /// `x · Wᵀ` for f32 `x` `[.., cols]` → `[.., rows]`.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x · Wᵀ + bias` (then `gelu_new` when `gelu`) for f32 `x` `[.., cols]` → `[.., rows]`.
+    pub fn forward(&self, x: &Tensor, bias: &Tensor, gelu: bool) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let cols = *dims.last().unwrap_or(&0);
         if cols != self.cols || x.dtype() != candle_core::DType::F32 {
@@ -232,6 +232,11 @@ impl Packed {
             a.prepare(family, &xv, tokens, cols);
             kernels::matmul(&self.weight_ref(), &a, &mut out, kernels::pool::threads());
         });
+        let bias = bias.to_vec1::<f32>()?;
+        if bias.len() != self.rows {
+            candle_core::bail!("packed matmul: bias of {} for {} rows", bias.len(), self.rows);
+        }
+        kernels::bias_act(&mut out, &bias, gelu, kernels::pool::threads());
         let mut shape = dims;
         *shape.last_mut().expect("checked: x has a last dim") = self.rows;
         Tensor::from_vec(out, shape, x.device())
@@ -247,9 +252,18 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `gelu_new(x Wᵀ + b)` (the MLP's up projection): fused into the product's output for
+    /// packed weights, candle's `gelu` (the same formula) otherwise.
+    pub fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Matrix::Packed(p) = &self.weight {
+            return p.forward(x, &self.bias, true);
+        }
+        self.forward(x)?.gelu()
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if let Matrix::Packed(p) = &self.weight {
-            return p.forward(x)?.broadcast_add(&self.bias);
+            return p.forward(x, &self.bias, false);
         }
         if let Some(y) = crate::par::matmul(x, &self.weight) {
             return y?.broadcast_add(&self.bias);

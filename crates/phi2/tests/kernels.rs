@@ -175,3 +175,24 @@ fn q8_activation_blocks_follow_ggml() {
     assert_eq!((d0, s0), (0.0, 0));
     assert!(q.iter().all(|&v| v == 0));
 }
+
+#[test]
+fn fused_gelu_is_candles_gelu_bit_for_bit() {
+    let mut rng = Rng(0x6E1);
+    let x: Vec<f32> = (0..4096).map(|_| rng.unit() * 12.0).collect();
+    let t = candle_core::Tensor::from_vec(x.clone(), x.len(), &candle_core::Device::Cpu).unwrap();
+    let want = t.gelu().unwrap().to_vec1::<f32>().unwrap();
+    let mut got = x.clone();
+    kernels::bias_act(&mut got, &vec![0.0; 64], true, 3);
+    assert_eq!(bits(&want), bits(&got));
+}
+
+#[test]
+fn round_ties_even_matches_std_in_range() {
+    let mut rng = Rng(0x71E);
+    for i in 0..200_000 {
+        let v = if i < 1000 { (i as f32 - 500.0) * 0.25 } else { rng.unit() * 130.0 };
+        // Equal values (the sign of a zero may differ, which no integer conversion sees).
+        assert_eq!(kernels::round_ties_even(v), v.round_ties_even(), "{v}");
+    }
+}

@@ -207,6 +207,15 @@ impl Activations {
     }
 }
 
+/// Round to nearest, ties to even, for |v| < 2²² (all our callers: |v| ≤ 128), as ggml's
+/// `nearest_int`: adding 1.5·2²³ leaves no fraction bits, so the addition itself rounds (IEEE
+/// round-to-nearest-even), on every ISA and without SSE4.1's `roundss` (a libm call otherwise).
+#[inline(always)]
+pub fn round_ties_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
 /// ggml's `block_q8_0` for 32 values: returns the scale (f16-rounded, widened) and the sum of
 /// the 8-bit values.
 pub fn quantize_block_q8_0(x: &[f32], q: &mut [i8]) -> (f32, i32) {
@@ -215,8 +224,8 @@ pub fn quantize_block_q8_0(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0i32;
     for (qi, &v) in q.iter_mut().zip(x) {
-        // |v · id| ≤ 127 (up to rounding of id, which round_ties_even cannot push past 127.5).
-        let r = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+        // |v · id| ≤ 127 (up to rounding of id, which rounding cannot push past 127.5).
+        let r = round_ties_even(v * id).clamp(-127.0, 127.0) as i8;
         *qi = r;
         sum += r as i32;
     }
@@ -239,7 +248,7 @@ pub fn quantize_block_q8_k(x: &[f32], q: &mut [i8], bsums: &mut [i32]) -> f32 {
     }
     let iscale = -127.0 / max;
     for (qi, &v) in q.iter_mut().zip(x) {
-        *qi = (iscale * v).round_ties_even().clamp(-128.0, 127.0) as i8;
+        *qi = round_ties_even(iscale * v).clamp(-128.0, 127.0) as i8;
     }
     for (k, s) in bsums.iter_mut().enumerate() {
         *s = q[16 * k..16 * k + 16].iter().map(|&v| v as i32).sum();
@@ -334,6 +343,15 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
+    /// Reads `y[t][r]`.
+    #[inline(always)]
+    pub(crate) fn get(&self, t: usize, r: usize) -> f32 {
+        let i = t * self.stride + r;
+        assert!(i < self.len);
+        // SAFETY: in bounds (checked); only the thread that owns this element touches it.
+        unsafe { *self.ptr.add(i) }
+    }
+
     /// Writes `y[t][r]`.
     #[inline(always)]
     pub(crate) fn set(&self, t: usize, r: usize, v: f32) {
@@ -383,6 +401,32 @@ pub fn matmul_with(isa: Isa, w: &WeightRef, act: &Activations, out: &mut [f32]) 
     let o = OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows };
     matmul_rows(isa, w, act, 0..w.rows, o);
     Some(())
+}
+
+/// `y[t][r] += bias[r]`, then `y = gelu_new(y)` when `gelu` (candle's f32 formula, the same
+/// expression, so the same bits as `Tensor::gelu`), split over the pool by tokens.
+pub fn bias_act(y: &mut [f32], bias: &[f32], gelu: bool, threads: usize) {
+    let n = bias.len();
+    assert!(n > 0 && y.len().is_multiple_of(n), "bias_act: {} values for rows of {n}", y.len());
+    let tokens = y.len() / n;
+    let o = OutPtr { ptr: y.as_mut_ptr(), len: y.len(), stride: n };
+    // Small outputs (decode's projections) are not worth waking a thread for.
+    let threads = if y.len() < 16384 { 1 } else { threads };
+    pool::run(tokens, threads, &|t| {
+        for (r, &b) in bias.iter().enumerate() {
+            // SAFETY of the read: same element this item alone writes (disjoint tokens).
+            let v = o.get(t, r) + b;
+            o.set(t, r, if gelu { gelu_new(v) } else { v });
+        }
+    });
+}
+
+/// HF's `gelu_new` (tanh approximation), written exactly as candle's f32 `gelu`.
+#[inline(always)]
+pub fn gelu_new(v: f32) -> f32 {
+    #[allow(clippy::excessive_precision)]
+    const SQRT_TWO_OVER_PI_F32: f32 = 0.79788456080286535587989211986876373;
+    0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI_F32 * v * (1.0 + 0.044715 * v * v)))
 }
 
 /// f16 bits at `b[i..i + 2]` as f32.
