@@ -33,8 +33,23 @@ fn main() {
                 data[i] = (data[i] & 0x83) | if dtype == DType::BF16 { 0x3C } else { 0x30 };
             }
         }
+        let mats: usize = opt("--mats", "1").parse().unwrap();
+        // Several copies (offset by one byte pattern) so that T=1 streams from memory, not cache.
+        let copies: Vec<Vec<u8>> = (1..mats).map(|i| data.iter().map(|&b| b ^ (i as u8 & 0x01)).collect()).collect();
         let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
+        let ws: Vec<WeightRef> = std::iter::once(w).chain(copies.iter().map(|c| WeightRef::new(dtype, rows, cols, c).unwrap())).collect();
         let fam = Family::of(dtype).unwrap();
+        if args.iter().any(|a| a == "--read") {
+            // Plain read of the same bytes (sum of u64 words): what this process can stream.
+            let t0 = Instant::now();
+            let mut sink = 0u64;
+            for i in 0..40 {
+                let d = ws[i % ws.len()].data;
+                sink = sink.wrapping_add(d.chunks_exact(8).fold(0u64, |s, c| s.wrapping_add(u64::from_le_bytes(c.try_into().unwrap()))));
+            }
+            let dt = t0.elapsed().as_secs_f64() / 40.0;
+            println!("{name:6} read   {:7.3} ms  {:6.2} GB/s ({sink})", dt * 1e3, len as f64 / dt / 1e9);
+        }
         for t in [1, tokens] {
             let x: Vec<f32> = (0..t * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0).collect();
             let mut a = Activations::default();
@@ -43,8 +58,8 @@ fn main() {
             kernels::matmul(&w, &a, &mut out, threads);
             let iters = if t == 1 { 40 } else { 3 };
             let t0 = Instant::now();
-            for _ in 0..iters {
-                kernels::matmul(&w, &a, &mut out, threads);
+            for i in 0..iters {
+                kernels::matmul(&ws[i % ws.len()], &a, &mut out, threads);
             }
             let dt = t0.elapsed().as_secs_f64() / iters as f64;
             if t == 1 {

@@ -41,11 +41,58 @@ pub struct Phi2 {
 /// Keys and values of every layer for the positions seen so far.
 #[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<candle_nn::kv_cache::KvCache>,
+    layers: Vec<LayerKv>,
     len: usize,
 }
 
+/// One layer's keys and values, `[1, heads, capacity, head_dim]` each, of which the first `len`
+/// positions are valid; capacity grows by [`KV_CHUNK`] positions.
+#[derive(Debug, Default)]
+struct LayerKv {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+}
+
+impl LayerKv {
+    /// Appends `[1, heads, t, head_dim]` keys and values; returns all valid ones so far.
+    fn append(&mut self, k: &Tensor, v: &Tensor, max_len: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let cap = self.k.as_ref().map_or(0, |c| c.dim(2).unwrap_or(0));
+        if self.len + t > cap {
+            let new_cap = (self.len + t).div_ceil(KV_CHUNK).saturating_mul(KV_CHUNK).min(max_len.max(self.len + t));
+            let grow = |old: &Option<Tensor>, x: &Tensor| -> candle_core::Result<Tensor> {
+                let mut shape = x.dims().to_vec();
+                shape[2] = new_cap;
+                let buf = Tensor::zeros(shape, x.dtype(), x.device())?;
+                if let Some(old) = old {
+                    if self.len > 0 {
+                        buf.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    }
+                }
+                Ok(buf)
+            };
+            self.k = Some(grow(&self.k, k)?);
+            self.v = Some(grow(&self.v, v)?);
+        }
+        let (kc, vc) = (self.k.as_ref().expect("allocated above"), self.v.as_ref().expect("allocated above"));
+        kc.slice_set(k, 2, self.len)?;
+        vc.slice_set(v, 2, self.len)?;
+        self.len += t;
+        Ok((kc.narrow(2, 0, self.len)?, vc.narrow(2, 0, self.len)?))
+    }
+}
+
 impl KvCache {
+    /// Forgets every position from `len` on (a rejected speculative draft, an edited history);
+    /// the memory is kept for reuse. No-op when `len >= self.len()`.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.len = len;
+            self.layers.iter_mut().for_each(|l| l.len = len);
+        }
+    }
+
     /// Tokens already in the cache (the position of the next token).
     pub fn len(&self) -> usize {
         self.len
@@ -56,7 +103,7 @@ impl KvCache {
     }
 
     pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| l.reset());
+        self.layers.iter_mut().for_each(|l| *l = LayerKv::default());
         self.len = 0;
     }
 }
@@ -123,12 +170,7 @@ impl Phi2 {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache {
-            layers: (0..self.config.num_layers)
-                .map(|_| candle_nn::kv_cache::KvCache::new(2, KV_CHUNK.min(self.config.context_length)))
-                .collect(),
-            len: 0,
-        }
+        KvCache { layers: (0..self.config.num_layers).map(|_| LayerKv::default()).collect(), len: 0 }
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appending to the cache, and returns f32 logits:
@@ -169,7 +211,7 @@ impl Phi2 {
         &self,
         layer: &crate::weights::Phi2Layer,
         h: &Tensor,
-        kv: &mut candle_nn::kv_cache::KvCache,
+        kv: &mut LayerKv,
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
@@ -188,7 +230,7 @@ impl Phi2 {
         let heads = |x: Tensor| x.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let (q, k) = (self.rotary(&q, cos, sin)?, self.rotary(&k, cos, sin)?);
-        let (k, v) = kv.append(&k, &v)?; // [1, heads, S, head_dim]
+        let (k, v) = kv.append(&k, &v, cfg.context_length)?; // [1, heads, S, head_dim]
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?; // [1, heads, T, S], f32
         let scores = match mask {

@@ -111,6 +111,9 @@ unsafe fn rows_q32_vnni<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows
     rows_q32::<SIGNED, true>(w, a, rows, out)
 }
 
+/// How far ahead (in blocks) the weight stream is prefetched.
+const PREFETCH_BLOCKS: usize = 64;
+
 /// Weights of one row regrouped for 8-block lanes (`transpose_q32`), reused across token tiles.
 struct RowCache {
     /// Per group of 8 blocks: 8 weight vectors (k = 0..8), then the 8 block scales as f32.
@@ -190,7 +193,7 @@ unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Acti
     // closure, which would not inherit this function's target features.
     let mut cache = ROW_CACHE.with(|c| std::mem::replace(&mut *c.borrow_mut(), RowCache { w: Vec::new(), d: Vec::new() }));
     {
-        let cached = tokens > 1;
+        let cached = true;
         if cached {
             cache.w.resize(groups * 8, _mm256_setzero_si256());
             cache.d.resize(groups, _mm256_setzero_ps());
@@ -199,6 +202,9 @@ unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Acti
             let row = w.row(r);
             if cached {
                 for g in 0..groups {
+                    // Ask for the weights a few groups ahead (they stream from memory once).
+                    _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add((8 * g + PREFETCH_BLOCKS) * if SIGNED { 34 } else { 18 }) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add((8 * g + PREFETCH_BLOCKS) * if SIGNED { 34 } else { 18 } + 64) as *const i8);
                     let (wk, dw) = transpose_q32::<SIGNED>(row, g);
                     cache.w[8 * g..8 * g + 8].copy_from_slice(&wk);
                     cache.d[g] = dw;
