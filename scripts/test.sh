@@ -31,6 +31,9 @@ echo "== @x/phi2 SDK + CLI (vitest; backends cpu and wasm)"
 npm run build --silent -w @x/phi2
 PHI2_FIXTURES=$PWD/test/fixtures/gen npm test --silent -w @x/phi2
 
+echo "== phi2-bench (bench/) and the workspace bin links"
+PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/bench/
+
 echo "== browser (Chromium via playwright-core)"
 scripts/setup-browser.sh
 npm run build --silent -w @x/phi2-demo
