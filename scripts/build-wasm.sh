@@ -37,6 +37,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+[ -n "${only//,/}" ] || { echo "--only takes st, mt or relaxed (comma-separated)" >&2; exit 2; }
 wanted() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 say() { echo "[build-wasm] $*" >&2; }
@@ -75,6 +76,8 @@ SH
 chmod +x "$shim/wasm-bindgen.tmp" && mv "$shim/wasm-bindgen.tmp" "$shim/wasm-bindgen"
 export PATH="$shim:$PATH"
 # wasm-pack's download cache (nothing is downloaded with the above, but it creates it): project-local.
+# (Its once-a-day update check asks the crates.io API; where that fails it only prints
+# "[WARN]: failed to get wasm-pack version".)
 export WASM_PACK_CACHE="$PWD/target/tools/wasm-pack-cache"
 binaryen=$(wasm-opt --version 2>/dev/null | awk '{print $3}' || true)
 
