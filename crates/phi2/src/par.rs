@@ -46,9 +46,14 @@ pub fn enabled() -> bool {
 }
 
 /// How many products have been split over the pool since start-up (a diagnostic: proves the
-/// pool is used).
+/// pool is used), ours ([`crate::kernels::pool`]) included.
 pub fn split_products() -> u64 {
     SPLIT_PRODUCTS.load(Ordering::Relaxed)
+}
+
+/// Counts one product split over more than one thread.
+pub(crate) fn note_split() {
+    SPLIT_PRODUCTS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Weight-row ranges for `n` rows over `threads` threads: at least [`MIN_CHUNK_ROWS`] rows each,

@@ -51,13 +51,17 @@ pub fn run(items: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
     {
         use rayon::prelude::*;
         if crate::par::enabled() {
+            crate::par::note_split();
             (0..items).into_par_iter().for_each(f);
         } else {
             (0..items).for_each(f);
         }
     }
     #[cfg(not(target_arch = "wasm32"))]
-    native::run(items, threads, f);
+    {
+        crate::par::note_split();
+        native::run(items, threads, f);
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
