@@ -47,17 +47,6 @@ fn block_partials<const SIGNED: bool>(row: &[u8], a: &Activations, t: usize, b: 
     // SAFETY: `blk` holds 16 (Q4_0) or 32 (Q8_0) bytes and `x` 32; v128 loads need no alignment.
     unsafe {
         let (x0, x1) = (v128_load(x.as_ptr() as *const v128), v128_load(x.as_ptr().add(16) as *const v128));
-        #[cfg(target_feature = "relaxed-simd")]
-        if !SIGNED {
-            // Relaxed SIMD (the pkg-relaxed build): 8-bit dot products summed in fours. Its result
-            // is the same on every engine when the second operand fits in 7 bits, as Q4_0's
-            // nibbles (0..15) do; the block sum after the tree is the same exact integer.
-            let q = v128_load(blk.as_ptr() as *const v128);
-            let m = u8x16_splat(0x0F);
-            let (w0, w1) = (v128_and(q, m), v128_and(u8x16_shr(q, 4), m));
-            let v = i32x4_relaxed_dot_i8x16_i7x16_add(x0, w0, i32x4_splat(0));
-            return i32x4_relaxed_dot_i8x16_i7x16_add(x1, w1, v);
-        }
         let (w0, w1) = if SIGNED {
             (v128_load(blk.as_ptr() as *const v128), v128_load(blk.as_ptr().add(16) as *const v128))
         } else {
