@@ -225,15 +225,18 @@ unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Acti
                     for (c, acc_c) in acc.iter_mut().enumerate().take(c_n) {
                         let t = t0 + c;
                         let xp = a.qt.as_ptr().add((t * groups + g) * 256) as *const __m256i;
-                        let mut isum = _mm256_setzero_si256();
+                        // Four independent i32 accumulators (k % 4): one chain of eight dependent
+                        // `vpdpbusd`s would be latency-bound. Integer sums: the same result.
+                        let mut part = [_mm256_setzero_si256(); 4];
                         for (k, &wv) in wk.iter().enumerate() {
                             let x = _mm256_loadu_si256(xp.add(k));
-                            isum = if SIGNED {
-                                dot(isum, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv))
+                            part[k % 4] = if SIGNED {
+                                dot(part[k % 4], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv))
                             } else {
-                                dot(isum, wv, x)
+                                dot(part[k % 4], wv, x)
                             };
                         }
+                        let mut isum = _mm256_add_epi32(_mm256_add_epi32(part[0], part[1]), _mm256_add_epi32(part[2], part[3]));
                         let bi = t * nb + 8 * g;
                         if !SIGNED {
                             let sx = _mm256_loadu_si256(a.s.as_ptr().add(bi) as *const __m256i);
