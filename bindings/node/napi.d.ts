@@ -17,7 +17,10 @@ export declare class NativeCancelToken {
 }
 
 export declare class NativeModel {
-  /** Loads off the JS thread. `threads` sets the process-wide compute pool on the first load only. */
+  /**
+   * Loads off the JS thread. `threads` sets the process-wide compute threads of the engine's
+   * kernels (the latest load's value wins).
+   */
   static load(path: string, threads?: number | undefined | null): Promise<NativeModel>
   get info(): NativeModelInfo
   /** The tokenizer stored in a GGUF file's metadata, or null for safetensors models. */
