@@ -203,8 +203,11 @@ unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Acti
             if cached {
                 for g in 0..groups {
                     // Ask for the weights a few groups ahead (they stream from memory once).
-                    _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add((8 * g + PREFETCH_BLOCKS) * if SIGNED { 34 } else { 18 }) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add((8 * g + PREFETCH_BLOCKS) * if SIGNED { 34 } else { 18 } + 64) as *const i8);
+                    // A group is 144 (Q4_0) or 272 (Q8_0) bytes: touch every 64-byte line of it.
+                    let ahead = row.as_ptr().wrapping_add((8 * g + PREFETCH_BLOCKS) * if SIGNED { 34 } else { 18 });
+                    for line in 0..if SIGNED { 5 } else { 3 } {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+                    }
                     let (wk, dw) = transpose_q32::<SIGNED>(row, g);
                     cache.w[8 * g..8 * g + 8].copy_from_slice(&wk);
                     cache.d[g] = dw;
