@@ -3,8 +3,10 @@
 //! ```text
 //! generate --model PATH --tokens 464,2068,7586 --max-new-tokens N [--temperature T] [--top-k K]
 //!          [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--logprobs-out FILE]
+//!          [--speculative] [--speculative-ngram N] [--speculative-max-draft N] [--stats]
 //! ```
-//! Prints `{"tokens":[…]}` on stdout. `--logprobs-out` writes little-endian f32 log-softmax rows
+//! Prints `{"tokens":[…]}` on stdout (with `--stats`, also decode time and the speculative
+//! decoding counters: `"decode_ms"`, `"passes"`, `"drafted"`, `"accepted"`). `--logprobs-out` writes little-endian f32 log-softmax rows
 //! (vocab floats each) for every position of prompt + generated tokens. Greedy unless a
 //! temperature > 0 is given. Errors: a message on stderr and exit code 1 (2 for bad usage).
 
@@ -13,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
+use phi2::generate::Speculative;
 use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
 
 struct Args {
@@ -21,6 +24,8 @@ struct Args {
     max_new_tokens: usize,
     sampling: SamplingParams,
     logprobs_out: Option<PathBuf>,
+    speculative: Option<Speculative>,
+    stats: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -29,6 +34,8 @@ fn parse_args() -> Result<Args, String> {
     let mut max_new_tokens = None;
     let mut sampling = SamplingParams::default();
     let mut logprobs_out = None;
+    let mut speculative: Option<Speculative> = None;
+    let mut stats = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -54,6 +61,18 @@ fn parse_args() -> Result<Args, String> {
             "--repetition-penalty" => sampling.repetition_penalty = num("--repetition-penalty", value()?)?,
             "--seed" => sampling.seed = num("--seed", value()?)?,
             "--logprobs-out" => logprobs_out = Some(PathBuf::from(value()?)),
+            "--speculative" => {
+                speculative.get_or_insert_with(Speculative::default);
+            }
+            "--speculative-ngram" => {
+                let n = num("--speculative-ngram", value()?)?;
+                speculative.get_or_insert_with(Speculative::default).ngram = n;
+            }
+            "--speculative-max-draft" => {
+                let n = num("--speculative-max-draft", value()?)?;
+                speculative.get_or_insert_with(Speculative::default).max_draft = n;
+            }
+            "--stats" => stats = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -64,18 +83,34 @@ fn parse_args() -> Result<Args, String> {
         max_new_tokens: max_new_tokens.ok_or("--max-new-tokens is required")?,
         sampling,
         logprobs_out,
+        speculative,
+        stats,
     })
 }
 
 const USAGE: &str = "usage: generate --model PATH --tokens ID,ID,... --max-new-tokens N [--temperature T] \
-[--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--logprobs-out FILE]";
+[--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--logprobs-out FILE] \
+[--speculative] [--speculative-ngram N] [--speculative-max-draft N] [--stats]";
 
 fn run(args: Args) -> Result<(), String> {
     let model = std::sync::Arc::new(Phi2::load(&args.model).map_err(|e| e.to_string())?);
-    let opts = GenerateOptions { max_new_tokens: args.max_new_tokens, sampling: args.sampling, stop_on_eos: true };
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: args.sampling,
+        stop_on_eos: true,
+        speculative: args.speculative,
+    };
     let mut session = Session::new(model.clone());
     let cancel = AtomicBool::new(false);
-    let out = session.generate(&args.tokens, &opts, &cancel, |_| true).map_err(|e| e.to_string())?;
+    // Decode time: from the first token (the prompt's forward pass) to the last.
+    let mut first: Option<std::time::Instant> = None;
+    let out = session
+        .generate(&args.tokens, &opts, &cancel, |_| {
+            first.get_or_insert_with(std::time::Instant::now);
+            true
+        })
+        .map_err(|e| e.to_string())?;
+    let decode_ms = first.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
     if let Some(path) = &args.logprobs_out {
         let all: Vec<u32> = args.tokens.iter().chain(&out.tokens).copied().collect();
         let rows = model.logprobs(&all).map_err(|e| e.to_string())?;
@@ -84,7 +119,16 @@ fn run(args: Args) -> Result<(), String> {
     }
     let ids: Vec<String> = out.tokens.iter().map(u32::to_string).collect();
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{{\"tokens\":[{}]}}", ids.join(",")).map_err(|e| e.to_string())
+    let extra = if args.stats {
+        let s = out.speculation;
+        format!(
+            ",\"decode_ms\":{decode_ms:.1},\"passes\":{},\"drafted\":{},\"accepted\":{}",
+            s.passes, s.drafted, s.accepted
+        )
+    } else {
+        String::new()
+    };
+    writeln!(stdout, "{{\"tokens\":[{}]{extra}}}", ids.join(",")).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

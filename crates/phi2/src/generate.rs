@@ -1,7 +1,35 @@
 //! Generation: prefill the prompt in one batch, then decode token by token with the KV cache.
 //! Stop rules (EOS, token budget, context end, cancellation) live here; the forward pass and the
 //! sampler know nothing of them.
+//!
+//! # Prompt-lookup speculative decoding
+//!
+//! With [`GenerateOptions::speculative`] set, each decode step looks for the most recent earlier
+//! occurrence of the last `ngram` tokens of prompt + output, takes up to `max_draft` tokens that
+//! followed it as a draft, and runs the pending token and the draft through the model in one
+//! forward pass (all logits). Tokens are then accepted left to right with
+//! [`Sampler::sample_draft`], each position sampled with the history up to it: greedy keeps a
+//! draft token while it is the argmax, sampling uses speculative sampling for a deterministic
+//! draft, so the output has the distribution of plain sampling. A pass always yields at least
+//! one token (the one after the last accepted draft token); the cache is then truncated to the
+//! accepted positions.
+//!
+//! Greedy output is identical to plain greedy because the verify pass gives every position the
+//! same logits, bit for bit, as a one-token step: the engine's own kernels (Q4_0, Q8_0, Q4_K,
+//! Q5_K, Q6_K, F16, BF16 matrices) compute each token's row independently of the batch, and
+//! attention, norms and the element-wise work are per row. Matrices of other types (F32, Q4_1,
+//! Q5_0, Q5_1, ...) go through candle's products, whose rounding depends on the batch size
+//! (measured on the fixtures: rows differ by up to ~1e-5), so for models whose bulk type is one
+//! of those speculation is not used (plain decoding; [`Generation::speculation`] shows no
+//! passes).
+//!
+//! Stop rules are those of plain decoding: the step-wise API still returns one token per
+//! [`Session::step`] (tokens accepted by a pass are queued and returned by the next steps
+//! without a forward pass), EOS and `max_new_tokens` end the generation at exactly the same
+//! token, drafts never run past the token budget or the context, and [`Session::end`] leaves
+//! the cache as plain decoding would (positions of queued, never-returned tokens are dropped).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,12 +43,83 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Stop when the model's EOS token (50256 for Phi-2) is produced (it is kept in the output).
     pub stop_on_eos: bool,
+    /// Prompt-lookup speculative decoding (module docs); `None` (default) = off.
+    pub speculative: Option<Speculative>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 128, sampling: SamplingParams::default(), stop_on_eos: true }
+        GenerateOptions { max_new_tokens: 128, sampling: SamplingParams::default(), stop_on_eos: true, speculative: None }
     }
+}
+
+/// Prompt-lookup (n-gram) speculative decoding settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Speculative {
+    /// Length of the n-gram (the last tokens of prompt + output) looked up earlier in the text,
+    /// `1..=16`. Default 3.
+    pub ngram: usize,
+    /// Most draft tokens verified per forward pass, `1..=64`. Default 8.
+    pub max_draft: usize,
+}
+
+impl Default for Speculative {
+    fn default() -> Self {
+        Speculative { ngram: 3, max_draft: 8 }
+    }
+}
+
+impl Speculative {
+    pub const MAX_NGRAM: usize = 16;
+    pub const MAX_DRAFT: usize = 64;
+
+    /// Checks both fields; the error names the offending one.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=Self::MAX_NGRAM).contains(&self.ngram) {
+            return Err(Error::invalid(
+                "speculative.ngram",
+                format!("must be an integer in 1..={}, got {}", Self::MAX_NGRAM, self.ngram),
+            ));
+        }
+        if !(1..=Self::MAX_DRAFT).contains(&self.max_draft) {
+            return Err(Error::invalid(
+                "speculative.max_draft",
+                format!("must be an integer in 1..={}, got {}", Self::MAX_DRAFT, self.max_draft),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The draft for `seq` (prompt + output so far, ending with the token to run next): the
+    /// tokens that followed the most recent earlier occurrence of its last `ngram` tokens, at
+    /// most `limit` of them. Empty when there is no such occurrence.
+    pub fn draft<'a>(&self, seq: &'a [u32], limit: usize) -> &'a [u32] {
+        let n = self.ngram;
+        let len = seq.len();
+        if limit == 0 || len <= n {
+            return &[];
+        }
+        let tail = &seq[len - n..];
+        // Start positions i < len - n, most recent first; seq[i + n] exists.
+        for i in (0..len - n).rev() {
+            if &seq[i..i + n] == tail {
+                let end = (i + n + limit.min(self.max_draft)).min(len);
+                return &seq[i + n..end];
+            }
+        }
+        &[]
+    }
+}
+
+/// What speculative decoding did in one generation (all zero when it was off or not used).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpeculationStats {
+    /// Verify passes run (forward passes over a pending token plus a draft).
+    pub passes: usize,
+    /// Draft tokens verified.
+    pub drafted: usize,
+    /// Draft tokens accepted (each saves a forward pass).
+    pub accepted: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +152,8 @@ pub struct Generation {
     pub finish: FinishReason,
     /// Prompt tokens actually run through the model (those not already in the session's cache).
     pub prompt_tokens_evaluated: usize,
+    /// Speculative decoding counters.
+    pub speculation: SpeculationStats,
 }
 
 /// A conversation with one model: its KV cache and the tokens that produced it. Reusing a session
@@ -77,6 +178,13 @@ struct Run {
     out: Vec<u32>,
     prompt_tokens_evaluated: usize,
     state: RunState,
+    /// Speculative decoding, when asked for and exact for this model.
+    speculative: Option<Speculative>,
+    /// Tokens a verify pass accepted after the one it returned, returned by the next steps.
+    /// Invariant: the cache (and `history`) hold exactly `queued.len()` positions more than
+    /// plain decoding would at this point.
+    queued: VecDeque<u32>,
+    stats: SpeculationStats,
 }
 
 enum RunState {
@@ -143,6 +251,10 @@ impl Session {
             ));
         }
         let sampler = Sampler::new(opts.sampling.clone(), cfg.vocab_size, cfg.tokenizer_size)?;
+        if let Some(spec) = &opts.speculative {
+            spec.validate()?;
+        }
+        let speculative = opts.speculative.filter(|_| Self::batch_exact(&model));
 
         // Keep the cached prefix shared with this prompt; at least the last prompt token is re-run
         // so that there are logits to sample from.
@@ -160,8 +272,18 @@ impl Session {
             out: Vec::with_capacity(opts.max_new_tokens.min(cfg.context_length)),
             prompt_tokens_evaluated: fresh.len(),
             state,
+            speculative,
+            queued: VecDeque::new(),
+            stats: SpeculationStats::default(),
         });
         Ok(())
+    }
+
+    /// Whether a forward pass over several tokens gives each of them the logits of a one-token
+    /// step bit for bit, which exact speculative decoding needs: true when the model's matrices
+    /// run on the engine's own kernels (see the module docs).
+    pub fn batch_exact(model: &Phi2) -> bool {
+        crate::kernels::Family::of(model.info.dtype).is_some()
     }
 
     /// One forward pass (the first step runs the prompt) and the next token, or `None` when the
@@ -171,17 +293,43 @@ impl Session {
         let Some(run) = self.run.as_mut() else {
             return Err(Error::invalid("session", "step() without begin(): no generation in progress"));
         };
+        let ctx = self.model.config.context_length;
         let feed = match &mut run.state {
             RunState::Done(_) => return Ok(None),
             RunState::Prefill(fresh) => std::mem::take(fresh),
             RunState::Next(next) => {
+                let next = *next;
                 // Prompt + generated never exceed the context: `next` will sit at position
-                // history.len(), the last one there is.
-                if self.history.len() + 1 >= self.model.config.context_length {
+                // history.len() (less the queued tokens' positions), the last one there is.
+                let plain_len = self.history.len() - run.queued.len();
+                if plain_len + 1 >= ctx {
                     run.state = RunState::Done(FinishReason::ContextFull);
+                    self.drop_queued();
                     return Ok(None);
                 }
-                vec![*next]
+                if let Some(t) = run.queued.pop_front() {
+                    self.record(t);
+                    return Ok(Some(t));
+                }
+                if let Some(spec) = run.speculative {
+                    // Every draft token runs at a position plain decoding would run it at
+                    // (<= ctx - 2), and the pass yields at most what the budget has left.
+                    let h = self.history.len();
+                    let limit = (run.max_new_tokens - run.out.len() - 1).min(ctx - 2 - h);
+                    self.history.push(next);
+                    let draft = spec.draft(&self.history, limit).to_vec();
+                    self.history.pop();
+                    if !draft.is_empty() {
+                        return match self.speculate(next, &draft) {
+                            Ok(t) => Ok(Some(t)),
+                            Err(e) => {
+                                self.reset();
+                                Err(e)
+                            }
+                        };
+                    }
+                }
+                vec![next]
             }
         };
         match self.advance(&feed) {
@@ -196,20 +344,87 @@ impl Session {
     /// Runs `feed`, samples, records the token and whether it ends the generation.
     fn advance(&mut self, feed: &[u32]) -> Result<u32> {
         self.run_tokens(feed)?;
-        let eos = self.model.config.eos_token_id;
         let Some(run) = self.run.as_mut() else {
             return Err(Error::invalid("session", "no generation in progress"));
         };
         let next = run.sampler.sample(&mut self.logits, &self.history)?;
-        run.out.push(next);
-        run.state = if run.stop_on_eos && Some(next) == eos {
+        self.record(next);
+        Ok(next)
+    }
+
+    /// Appends a returned token to the output and decides whether it ends the generation (then
+    /// queued tokens are dropped).
+    fn record(&mut self, token: u32) {
+        let eos = self.model.config.eos_token_id;
+        let Some(run) = self.run.as_mut() else { return };
+        run.out.push(token);
+        run.state = if run.stop_on_eos && Some(token) == eos {
             RunState::Done(FinishReason::Eos)
         } else if run.out.len() >= run.max_new_tokens {
             RunState::Done(FinishReason::Length)
         } else {
-            RunState::Next(next)
+            RunState::Next(token)
         };
-        Ok(next)
+        if matches!(run.state, RunState::Done(_)) {
+            self.drop_queued();
+        }
+    }
+
+    /// Forgets queued tokens and their cached positions, leaving the cache as plain decoding
+    /// would have it.
+    fn drop_queued(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        if !run.queued.is_empty() {
+            let keep = self.history.len() - run.queued.len();
+            run.queued.clear();
+            self.cache.truncate(keep);
+            self.history.truncate(keep);
+        }
+    }
+
+    /// One verify pass: runs `next` and `draft`, accepts draft tokens left to right, queues
+    /// what follows the first token, truncates the cache to the accepted positions, and
+    /// returns (and records) the first token.
+    fn speculate(&mut self, next: u32, draft: &[u32]) -> Result<u32> {
+        let h0 = self.history.len();
+        let mut feed = Vec::with_capacity(draft.len() + 1);
+        feed.push(next);
+        feed.extend_from_slice(draft);
+        let logits = self.model.forward(&feed, &mut self.cache, true)?;
+        let all = logits.flatten_all()?.to_vec1::<f32>()?;
+        self.history.extend_from_slice(&feed);
+        let v = self.model.config.vocab_size;
+        let Some(run) = self.run.as_mut() else {
+            return Err(Error::invalid("session", "no generation in progress"));
+        };
+        let mut emitted = Vec::with_capacity(feed.len());
+        for (i, row) in all.chunks_exact(v).enumerate() {
+            self.logits.clear();
+            self.logits.extend_from_slice(row);
+            // Row i scores the token after feed[i]: the history is everything up to feed[i].
+            let history = &self.history[..h0 + 1 + i];
+            match draft.get(i) {
+                Some(&d) => {
+                    let (t, accepted) = run.sampler.sample_draft(&mut self.logits, history, d)?;
+                    emitted.push(t);
+                    if !accepted {
+                        break;
+                    }
+                }
+                None => emitted.push(run.sampler.sample(&mut self.logits, history)?),
+            }
+        }
+        let accepted = emitted.len() - 1;
+        run.stats.passes += 1;
+        run.stats.drafted += draft.len();
+        run.stats.accepted += accepted;
+        // The cache keeps `next` and the accepted draft tokens; the last emitted token is not run.
+        self.cache.truncate(h0 + 1 + accepted);
+        self.history.truncate(h0 + 1 + accepted);
+        let first = emitted[0];
+        run.queued.extend(&emitted[1..]);
+        self.record(first);
+        Ok(first)
     }
 
     /// Ends the step-wise generation and returns it. Its finish reason is `Cancelled` ("abort")
@@ -217,14 +432,21 @@ impl Session {
     /// [`Session::step`] was final (EOS, `max_new_tokens`) or `step` returned `None`. The cache
     /// keeps what was evaluated, so the next `begin` can reuse it.
     pub fn end(&mut self) -> Result<Generation> {
-        let Some(run) = self.run.take() else {
+        if self.run.is_none() {
             return Err(Error::invalid("session", "end() without begin(): no generation in progress"));
-        };
+        }
+        self.drop_queued();
+        let run = self.run.take().expect("checked above");
         let finish = match run.state {
             RunState::Done(reason) => reason,
             RunState::Prefill(_) | RunState::Next(_) => FinishReason::Cancelled,
         };
-        Ok(Generation { tokens: run.out, finish, prompt_tokens_evaluated: run.prompt_tokens_evaluated })
+        Ok(Generation {
+            tokens: run.out,
+            finish,
+            prompt_tokens_evaluated: run.prompt_tokens_evaluated,
+            speculation: run.stats,
+        })
     }
 
     /// Generates after `prompt`. Calls `on_token(id)` for each new token; returning `false` stops

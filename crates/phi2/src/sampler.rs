@@ -341,6 +341,23 @@ impl Sampler {
 
     /// Steps 6–10.
     fn draw(&mut self, logits: &[f32]) -> Result<u32> {
+        let total = self.candidates(logits)?;
+        let u = self.rng.next_f64() * total;
+        let mut cum = 0.0;
+        for c in self.cands.iter() {
+            cum += c.w;
+            if u < cum {
+                return Ok(c.id());
+            }
+        }
+        // Only reachable through rounding when u lands on the very end of the last interval.
+        Ok(self.cands.last().map(|c| c.id()).expect("the maximum logit is always a candidate"))
+    }
+
+    /// Steps 6–9: fills `self.cands` with the surviving candidates, ordered `(logit desc, id
+    /// asc)`, each with its unnormalised weight; returns the sum of the weights (their
+    /// probabilities are `w / total`).
+    fn candidates(&mut self, logits: &[f32]) -> Result<f64> {
         let logits = &logits[..self.allowed];
         let mut max = f32::NEG_INFINITY;
         for &l in logits {
@@ -409,17 +426,61 @@ impl Sampler {
             cands.truncate(keep.max(1));
         }
 
-        let total: f64 = cands.iter().map(|c| c.w).sum();
-        let u = self.rng.next_f64() * total;
+        Ok(cands.iter().map(|c| c.w).sum())
+    }
+
+    /// Speculative verification of one drafted token: the token to emit at this position and
+    /// whether it is `draft`. `logits` and `history` are as for [`Sampler::sample`] (the history
+    /// up to this position), and the same steps 1–4 are applied.
+    ///
+    /// - Greedy: the argmax (exactly what [`Sampler::sample`] returns); accepted iff it is `draft`.
+    ///   No RNG draw.
+    /// - Sampling: speculative sampling for a deterministic draft (q = δ_draft). With `p` the
+    ///   distribution `sample` would draw from (after temperature, top_k, top_p, min_p), `draft`
+    ///   is accepted with probability `p(draft)`; otherwise a token is drawn from `p` with
+    ///   `draft` removed and renormalised. The emitted token is therefore distributed exactly as
+    ///   `p`: `P(draft) = p(draft)`, `P(y) = (1 − p(draft)) · p(y) / (1 − p(draft)) = p(y)`.
+    ///   One RNG draw when accepted, two when rejected (so the token sequence for a seed differs
+    ///   from plain sampling; its distribution does not).
+    pub fn sample_draft(&mut self, logits: &mut [f32], history: &[u32], draft: u32) -> Result<(u32, bool)> {
+        if self.params.is_greedy() {
+            let t = self.sample(logits, history)?;
+            return Ok((t, t == draft));
+        }
+        if logits.len() != self.vocab {
+            return Err(Error::invalid(
+                "logits",
+                format!("expected {} entries (the vocabulary size), got {}", self.vocab, logits.len()),
+            ));
+        }
+        self.apply_penalties(logits, history);
+        for &(id, bias) in &self.params.logit_bias {
+            logits[id as usize] += bias;
+        }
+        for l in &mut logits[self.allowed..] {
+            *l = f32::NEG_INFINITY;
+        }
+        let total = self.candidates(logits)?;
+        let w_draft = self.cands.iter().find(|c| c.id() == draft).map_or(0.0, |c| c.w);
+        if self.rng.next_f64() * total < w_draft {
+            return Ok((draft, true));
+        }
+        // Residual distribution: p without the draft token, renormalised (summed in the order
+        // it is walked, so the last interval ends exactly at `rest`).
+        let rest: f64 = self.cands.iter().filter(|c| c.id() != draft).map(|c| c.w).sum();
+        let u = self.rng.next_f64() * rest;
         let mut cum = 0.0;
-        for c in cands.iter() {
+        let mut last = None;
+        for c in self.cands.iter().filter(|c| c.id() != draft) {
             cum += c.w;
+            last = Some(c.id());
             if u < cum {
-                return Ok(c.id());
+                return Ok((c.id(), false));
             }
         }
-        // Only reachable through rounding when u lands on the very end of the last interval.
-        Ok(cands.last().map(|c| c.id()).expect("the maximum logit is always a candidate"))
+        // Rounding at the very end of the last interval; or the draft was the only candidate
+        // (p(draft) = 1, so it was accepted above unless its weight underflowed).
+        Ok((last.unwrap_or(draft), last.is_none()))
     }
 }
 
