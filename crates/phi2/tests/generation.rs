@@ -23,6 +23,7 @@ fn sampled(seed: u64) -> GenerateOptions {
         max_new_tokens: 12,
         sampling: SamplingParams { do_sample: true, temperature: 1.0, top_p: 0.95, seed, ..Default::default() },
         stop_on_eos: false,
+        speculative: None,
     }
 }
 

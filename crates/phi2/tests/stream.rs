@@ -313,6 +313,7 @@ fn step_wise_generation_equals_generate() {
         max_new_tokens: 12,
         sampling: SamplingParams { do_sample: true, temperature: 0.9, top_k: 40, top_p: 0.95, seed: 1234, ..Default::default() },
         stop_on_eos: true,
+        speculative: None,
     };
     for opts in [&greedy, &sampled] {
         let whole = Session::new(m.clone()).generate(&PROMPT, opts, &AtomicBool::new(false), |_| true).unwrap();
