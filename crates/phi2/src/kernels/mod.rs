@@ -109,9 +109,12 @@ impl Family {
     }
 }
 
-/// Whether [`matmul`] takes weights of `dtype`.
+/// Whether the model runs weights of `dtype` through [`matmul`]. On wasm32 only Q4_0 and Q8_0
+/// have SIMD128 kernels here; K-quants and 16-bit floats would run the scalar twin there, far
+/// slower than candle's SIMD128 kernels (measured: a Q6_K output head alone made decode ~5×
+/// slower), so there they stay with candle until they have SIMD128 kernels of their own.
 pub fn supports(dtype: DType) -> bool {
-    Family::of(dtype).is_some()
+    Family::of(dtype).is_some() && (cfg!(not(target_arch = "wasm32")) || matches!(dtype, DType::Q4_0 | DType::Q8_0))
 }
 
 /// Activations of `tokens` rows of `cols` values, prepared for one [`Family`]. Reused across
