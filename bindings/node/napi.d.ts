@@ -66,6 +66,8 @@ export interface NativeGenerateOptions {
   logitBiasValues: Array<number>
   seed: number
   stopOnEos: boolean
+  /** Prompt-lookup speculative decoding; absent / null = off. */
+  speculative?: NativeSpeculative
 }
 
 export interface NativeGenerateResult {
@@ -75,6 +77,7 @@ export interface NativeGenerateResult {
   promptTokensEvaluated: number
   promptMs: number
   generateMs: number
+  speculation: NativeSpeculationStats
 }
 
 export interface NativeGgufVocab {
@@ -103,4 +106,19 @@ export interface NativeModelInfo {
   layerNormEps: number
   contextLength: number
   eosTokenId?: number
+}
+
+/** What speculative decoding did (all zero when off, or not used for this model's type). */
+export interface NativeSpeculationStats {
+  passes: number
+  drafted: number
+  accepted: number
+}
+
+/** Prompt-lookup speculative decoding settings (engine defaults: ngram 3, maxDraft 8). */
+export interface NativeSpeculative {
+  /** N-gram length looked up in prompt + output, 1..=16. */
+  ngram?: number
+  /** Most draft tokens per verify pass, 1..=64. */
+  maxDraft?: number
 }

@@ -100,6 +100,25 @@ pub struct NativeGenerateOptions {
     pub logit_bias_values: Vec<f64>,
     pub seed: f64,
     pub stop_on_eos: bool,
+    /// Prompt-lookup speculative decoding; absent / null = off.
+    pub speculative: Option<NativeSpeculative>,
+}
+
+/// Prompt-lookup speculative decoding settings (engine defaults: ngram 3, maxDraft 8).
+#[napi(object)]
+pub struct NativeSpeculative {
+    /// N-gram length looked up in prompt + output, 1..=16.
+    pub ngram: Option<u32>,
+    /// Most draft tokens per verify pass, 1..=64.
+    pub max_draft: Option<u32>,
+}
+
+/// What speculative decoding did (all zero when off, or not used for this model's type).
+#[napi(object)]
+pub struct NativeSpeculationStats {
+    pub passes: u32,
+    pub drafted: u32,
+    pub accepted: u32,
 }
 
 #[napi(object)]
@@ -110,6 +129,7 @@ pub struct NativeGenerateResult {
     pub prompt_tokens_evaluated: u32,
     pub prompt_ms: f64,
     pub generate_ms: f64,
+    pub speculation: NativeSpeculationStats,
 }
 
 /// One per generate/logprobs call; `cancel()` stops native work before the next token.
@@ -336,6 +356,11 @@ impl GenerateTask {
                 prompt_ms: (first - start).as_secs_f64() * 1e3,
                 generate_ms: (end - first).as_secs_f64() * 1e3,
                 finish_reason: out.finish.as_str().into(),
+                speculation: NativeSpeculationStats {
+                    passes: out.speculation.passes as u32,
+                    drafted: out.speculation.drafted as u32,
+                    accepted: out.speculation.accepted as u32,
+                },
                 tokens: out.tokens,
             })
         })
@@ -350,9 +375,20 @@ fn sampling_from(o: &NativeGenerateOptions) -> Result<GenerateOptions> {
     if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed <= 9_007_199_254_740_992.0) {
         return Err(coded("E_INVALID_ARGUMENT", format!("seed must be an integer in 0..=2^53, got {}", o.seed)));
     }
+    let speculative = o.speculative.as_ref().map(|s| {
+        let d = phi2::generate::Speculative::default();
+        phi2::generate::Speculative {
+            ngram: s.ngram.map_or(d.ngram, |n| n as usize),
+            max_draft: s.max_draft.map_or(d.max_draft, |n| n as usize),
+        }
+    });
+    if let Some(s) = &speculative {
+        s.validate().map_err(engine_err)?;
+    }
     Ok(GenerateOptions {
         max_new_tokens: o.max_new_tokens as usize,
         stop_on_eos: o.stop_on_eos,
+        speculative,
         sampling: SamplingParams {
             do_sample: o.do_sample,
             temperature: o.temperature as f32,

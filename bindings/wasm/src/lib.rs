@@ -45,10 +45,13 @@ export interface NativeGenerateOptions {
   maxNewTokens: number; doSample: boolean; temperature: number; topK: number; topP: number; minP: number;
   repetitionPenalty: number; presencePenalty: number; frequencyPenalty: number;
   logitBiasIds: number[]; logitBiasValues: number[]; seed: number; stopOnEos: boolean;
+  /** Prompt-lookup speculative decoding (engine defaults: ngram 3, maxDraft 8); null = off. */
+  speculative: { ngram?: number; maxDraft?: number } | null;
 }
 export interface NativeGenerateResult {
   tokens: number[]; finishReason: 'eos' | 'length' | 'context' | 'abort'; promptTokens: number;
   promptTokensEvaluated: number; promptMs: number; generateMs: number;
+  speculation: { passes: number; drafted: number; accepted: number };
 }
 "#;
 
@@ -385,6 +388,11 @@ fn result_object(out: &Generation, prompt_tokens: usize, start: f64, first: Opti
     set(&o, "promptTokensEvaluated", out.prompt_tokens_evaluated as u32);
     set(&o, "promptMs", first - start);
     set(&o, "generateMs", end - first);
+    let stats = Object::new();
+    set(&stats, "passes", out.speculation.passes as u32);
+    set(&stats, "drafted", out.speculation.drafted as u32);
+    set(&stats, "accepted", out.speculation.accepted as u32);
+    set(&o, "speculation", stats);
     o
 }
 
@@ -457,9 +465,24 @@ fn options_from(o: &JsValue) -> Result<GenerateOptions, JsValue> {
         return Err(invalid(format!("seed must be an integer in 0..=2^53, got {seed}")));
     }
     let f = |key: &str, default: f32| -> Result<f32, JsValue> { Ok(opt_num(o, key)?.map(|v| v as f32).unwrap_or(default)) };
+    let spec = get(o, "speculative");
+    let speculative = if spec.is_undefined() || spec.is_null() {
+        None
+    } else if !spec.is_object() {
+        return Err(invalid("option speculative must be an object { ngram, maxDraft } or null"));
+    } else {
+        let ds = phi2::generate::Speculative::default();
+        let s = phi2::generate::Speculative {
+            ngram: opt_count(&spec, "ngram")?.unwrap_or(ds.ngram),
+            max_draft: opt_count(&spec, "maxDraft")?.unwrap_or(ds.max_draft),
+        };
+        s.validate().map_err(|e| invalid(e.to_string()))?;
+        Some(s)
+    };
     Ok(GenerateOptions {
         max_new_tokens: opt_count(o, "maxNewTokens")?.unwrap_or(d.max_new_tokens),
         stop_on_eos: opt_bool(o, "stopOnEos")?.unwrap_or(d.stop_on_eos),
+        speculative,
         sampling: SamplingParams {
             do_sample: opt_bool(o, "doSample")?.unwrap_or(ds.do_sample),
             temperature: f("temperature", ds.temperature)?,
