@@ -3,7 +3,7 @@
  * accepts which flag, and every `--help` text. Defaults and ranges are the SDK's (see `options.ts`);
  * the defaults are taken from its constants so that the help cannot drift from them.
  */
-import { DEFAULT_SAMPLING } from './options.js'
+import { DEFAULT_SAMPLING, DEFAULT_SPECULATIVE } from './options.js'
 import { DEFAULT_BOT_NAME, DEFAULT_USER_NAME } from './prompts.js'
 
 export const COMMANDS = ['generate', 'chat', 'tokenize', 'info'] as const
@@ -133,6 +133,28 @@ export const FLAGS = {
     multiple: true,
     arg: 'ID=B',
     help: "add B to token ID's logit (repeatable; B a finite number, or -inf to ban the token)",
+    commands: GEN,
+    group: 'Generation',
+  },
+  speculative: {
+    type: 'boolean',
+    help:
+      'prompt-lookup speculative decoding: drafts copied from the prompt and output, verified in one\n' +
+      'forward pass; faster on repetitive text, same greedy output (default off)',
+    commands: GEN,
+    group: 'Generation',
+  },
+  'speculative-ngram': {
+    type: 'string',
+    arg: 'N',
+    help: `n-gram length looked up for drafts, integer 1..16 (default ${DEFAULT_SPECULATIVE.ngram}; implies --speculative)`,
+    commands: GEN,
+    group: 'Generation',
+  },
+  'speculative-max-draft': {
+    type: 'string',
+    arg: 'N',
+    help: `most draft tokens per forward pass, integer 1..64 (default ${DEFAULT_SPECULATIVE.maxDraft}; implies --speculative)`,
     commands: GEN,
     group: 'Generation',
   },

@@ -61,6 +61,8 @@ function kebab(s: string): string {
 function flagForPath(path: string): string | null {
   const head = path.split('.')[0]!
   if (head === 'source') return 'model'
+  if (path === 'speculative.ngram') return 'speculative-ngram'
+  if (path === 'speculative.maxDraft') return 'speculative-max-draft'
   const k = kebab(head)
   return Object.hasOwn(FLAGS, k) ? k : null
 }
@@ -109,6 +111,14 @@ function generateOptions(flags: Flags): GenerateOptions {
   if (bias) o.logitBias = Object.fromEntries(bias.map(logitBiasEntry))
   const format = str(flags, 'format')
   if (format !== undefined) o.format = format as GenerateOptions['format']
+  const ngram = num(flags, 'speculative-ngram')
+  const maxDraft = num(flags, 'speculative-max-draft')
+  if (flags.speculative || ngram !== undefined || maxDraft !== undefined) {
+    o.speculative = {
+      ...(ngram !== undefined ? { ngram } : {}),
+      ...(maxDraft !== undefined ? { maxDraft } : {}),
+    }
+  }
   // Validate before loading the model, so that a bad flag fails fast (exit 2).
   return parseOptions(GenerateOptionsSchema, o, 'generate')
 }
@@ -215,7 +225,14 @@ async function open(flags: Flags): Promise<{ model: Phi2Model; isDefault: boolea
 }
 
 function jsonResult(r: GenerateResult) {
-  return JSON.stringify({ text: r.text, tokens: r.tokens, finishReason: r.finishReason, usage: r.usage, timings: r.timings })
+  return JSON.stringify({
+    text: r.text,
+    tokens: r.tokens,
+    finishReason: r.finishReason,
+    usage: r.usage,
+    timings: r.timings,
+    ...(r.speculation ? { speculation: r.speculation } : {}),
+  })
 }
 
 /** An AbortSignal for one generation: Ctrl-C, or stdout's reader going away. */
@@ -268,7 +285,10 @@ async function cmdGenerate(flags: Flags, positionals: string[]): Promise<void> {
     out('\n')
     log(
       flags,
-      `phi2: ${r.finishReason}, ${r.usage.completionTokens} tokens, prompt ${r.usage.promptTokens} tokens in ${r.timings.promptMs.toFixed(1)} ms, ${r.timings.tokensPerSecond.toFixed(1)} tokens/s`,
+      `phi2: ${r.finishReason}, ${r.usage.completionTokens} tokens, prompt ${r.usage.promptTokens} tokens in ${r.timings.promptMs.toFixed(1)} ms, ${r.timings.tokensPerSecond.toFixed(1)} tokens/s` +
+        (r.speculation
+          ? `, speculative: ${r.speculation.accepted}/${r.speculation.drafted} draft tokens accepted in ${r.speculation.passes} passes`
+          : ''),
     )
   } catch (err) {
     // The reader went away: stop quietly.

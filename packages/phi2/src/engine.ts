@@ -50,6 +50,14 @@ export interface EngineGenerateOptions {
   logitBiasValues: number[]
   seed: number
   stopOnEos: boolean
+  /** Prompt-lookup speculative decoding; absent = off. */
+  speculative?: { ngram: number; maxDraft: number }
+}
+
+export interface EngineSpeculationStats {
+  passes: number
+  drafted: number
+  accepted: number
 }
 
 export interface EngineGenerateResult {
@@ -59,6 +67,8 @@ export interface EngineGenerateResult {
   promptTokensEvaluated: number
   promptMs: number
   generateMs: number
+  /** Absent from engines that predate speculative decoding. */
+  speculation?: EngineSpeculationStats
 }
 
 export interface EngineCancelToken {

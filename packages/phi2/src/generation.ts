@@ -5,7 +5,7 @@
  */
 import type { Engine, EngineCancelToken, EngineGenerateOptions, EngineGenerateResult, EngineSession } from './engine.js'
 import { Phi2DisposedError, Phi2Error, abortErrorFrom, fromNativeError } from './errors.js'
-import { DEFAULT_SAMPLING, type SamplingOptions, invalidOption } from './options.js'
+import { DEFAULT_SAMPLING, DEFAULT_SPECULATIVE, type SamplingOptions, invalidOption } from './options.js'
 import { TextAssembler } from './text.js'
 import type { Phi2Tokenizer } from './tokenizer.js'
 
@@ -50,6 +50,12 @@ export interface GenerateResultBase {
   tokens: number[]
   usage: Usage
   timings: Timings
+  /**
+   * What speculative decoding did, when the `speculative` option was set: verify passes run,
+   * draft tokens proposed and accepted (`accepted / drafted` is the acceptance rate). All zero
+   * when the model's type does not support it exactly (it then decoded plainly).
+   */
+  speculation?: { passes: number; drafted: number; accepted: number }
 }
 
 /** A generation ended by a stop string (`finishReason: 'stop'`): `stopString` says which. */
@@ -155,6 +161,13 @@ export function resolveGeneration(
     logitBiasValues,
     seed: opts.seed ?? Math.floor(Math.random() * 2 ** 32),
     stopOnEos: true,
+  }
+  if (opts.speculative) {
+    const s = opts.speculative === true ? {} : opts.speculative
+    native.speculative = {
+      ngram: s.ngram ?? DEFAULT_SPECULATIVE.ngram,
+      maxDraft: s.maxDraft ?? DEFAULT_SPECULATIVE.maxDraft,
+    }
   }
   return { native, stop: [...(opts.stop ?? defaultStop)], ...(opts.signal ? { signal: opts.signal } : {}) }
 }
@@ -305,6 +318,10 @@ export class GenerationJob implements CancellableWork {
           generateMs: out.generateMs,
           tokensPerSecond: out.generateMs > 0 ? (out.tokens.length * 1000) / out.generateMs : 0,
         },
+      }
+      if (this.resolved.native.speculative) {
+        const s = out.speculation
+        base.speculation = { passes: s?.passes ?? 0, drafted: s?.drafted ?? 0, accepted: s?.accepted ?? 0 }
       }
       if (finishReason === 'stop') return { ...base, finishReason, stopString: assembler.stoppedBy! }
       return { ...base, finishReason }

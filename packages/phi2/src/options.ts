@@ -164,10 +164,28 @@ export interface SamplingOptions {
    */
   logitBias?: Record<number, number>
   /**
+   * Prompt-lookup (n-gram) speculative decoding. Default off. `true` = `{ ngram: 3, maxDraft: 8 }`.
+   * Each step looks up the last `ngram` tokens earlier in the prompt + output and proposes the
+   * tokens that followed as a draft, verified in one forward pass: faster when the output repeats
+   * the prompt (editing given code, summarising given text), about as fast otherwise. Greedy output
+   * is identical to plain greedy; sampled output has the same distribution (not the same tokens
+   * for a seed). Used for models whose matrices run on the engine's own kernels (Q4_0, Q8_0, Q4_K,
+   * Q5_K, Q6_K, F16, BF16); others decode plainly (`result.speculation.passes` is 0).
+   */
+  speculative?: boolean | SpeculativeOptions
+  /**
    * Aborts the generation: `generate()` rejects with `Phi2AbortError` (`name: 'AbortError'`,
    * `code: 'E_ABORTED'`), and a `stream()` loop throws it. Native work stops within one token.
    */
   signal?: AbortSignal
+}
+
+/** Settings of {@link SamplingOptions.speculative}. */
+export interface SpeculativeOptions {
+  /** Length of the n-gram (the last tokens) looked up in prompt + output. Default 3. Range: integer 1..16. */
+  ngram?: number
+  /** Most draft tokens verified per forward pass. Default 8. Range: integer 1..64. */
+  maxDraft?: number
 }
 
 /** Options of `model.generate()` and `model.stream()`. */
@@ -200,6 +218,16 @@ const samplingShape = {
     .record(
       z.string().regex(/^(0|[1-9][0-9]*)$/, 'logit bias keys must be token ids (non-negative integers)'),
       z.union([z.number(), z.literal(-Infinity)], { error: 'must be a finite number or -Infinity (which bans the token)' }),
+    )
+    .optional(),
+  // `true` → `{}` (the defaults), `false` → off; a union would hide which field is wrong.
+  speculative: z
+    .preprocess(
+      (v) => (v === true ? {} : v === false ? undefined : v),
+      z.strictObject(
+        { ngram: int(1, 16).optional(), maxDraft: int(1, 64).optional() },
+        { error: 'expected true, false or { ngram?, maxDraft? }' },
+      ),
     )
     .optional(),
   signal: signalSchema.optional(),
@@ -273,6 +301,9 @@ export const DEFAULT_SAMPLING = Object.freeze({
   presencePenalty: 0,
   frequencyPenalty: 0,
 })
+
+/** Defaults of {@link SpeculativeOptions}. */
+export const DEFAULT_SPECULATIVE = Object.freeze({ ngram: 3, maxDraft: 8 })
 
 function describePath(path: readonly PropertyKey[]): string {
   return path.map((p) => String(p)).join('.')
