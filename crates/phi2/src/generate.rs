@@ -92,22 +92,30 @@ impl Speculative {
 
     /// The draft for `seq` (prompt + output so far, ending with the token to run next): the
     /// tokens that followed the most recent earlier occurrence of its last `ngram` tokens, at
-    /// most `limit` of them. Empty when there is no such occurrence.
-    pub fn draft<'a>(&self, seq: &'a [u32], limit: usize) -> &'a [u32] {
+    /// most `max_draft` and `limit` of them. Empty when there is no such occurrence. When the
+    /// continuation reaches the end of `seq` (a repeat that overlaps itself, e.g. a loop of a
+    /// few tokens), it goes on copying the draft itself, as an LZ77 copy does: the text is
+    /// assumed to keep repeating with the same period.
+    pub fn draft(&self, seq: &[u32], limit: usize) -> Vec<u32> {
         let n = self.ngram;
         let len = seq.len();
-        if limit == 0 || len <= n {
-            return &[];
+        let want = limit.min(self.max_draft);
+        if want == 0 || len <= n {
+            return Vec::new();
         }
         let tail = &seq[len - n..];
         // Start positions i < len - n, most recent first; seq[i + n] exists.
         for i in (0..len - n).rev() {
             if &seq[i..i + n] == tail {
-                let end = (i + n + limit.min(self.max_draft)).min(len);
-                return &seq[i + n..end];
+                let mut draft = Vec::with_capacity(want);
+                for j in 0..want {
+                    let at = i + n + j;
+                    draft.push(if at < len { seq[at] } else { draft[at - len] });
+                }
+                return draft;
             }
         }
-        &[]
+        Vec::new()
     }
 }
 
@@ -317,7 +325,7 @@ impl Session {
                     let h = self.history.len();
                     let limit = (run.max_new_tokens - run.out.len() - 1).min(ctx - 2 - h);
                     self.history.push(next);
-                    let draft = spec.draft(&self.history, limit).to_vec();
+                    let draft = spec.draft(&self.history, limit);
                     self.history.pop();
                     if !draft.is_empty() {
                         return match self.speculate(next, &draft) {

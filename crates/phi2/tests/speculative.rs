@@ -308,12 +308,15 @@ fn draft_is_the_continuation_of_the_most_recent_match() {
     let s = Speculative { ngram: 2, max_draft: 3 };
     // "1 2" occurs at 0 and 4; the most recent earlier one (4) is followed by 9 1 2.
     let seq = [1, 2, 3, 4, 1, 2, 9, 1, 2];
-    assert_eq!(s.draft(&seq, 10), &[9, 1, 2]);
-    assert_eq!(s.draft(&seq, 2), &[9, 1]);
-    assert_eq!(s.draft(&seq, 0), &[] as &[u32]);
-    assert_eq!(s.draft(&[5, 6, 7, 5, 6], 10), &[7, 5, 6]);
-    assert_eq!(s.draft(&[5, 6, 7, 8], 10), &[] as &[u32]);
-    assert_eq!(Speculative { ngram: 1, max_draft: 8 }.draft(&[4, 4], 8), &[4]);
+    assert_eq!(s.draft(&seq, 10), [9, 1, 2]);
+    assert_eq!(s.draft(&seq, 2), [9, 1]);
+    assert_eq!(s.draft(&seq, 0), [] as [u32; 0]);
+    assert_eq!(s.draft(&[5, 6, 7, 5, 6], 10), [7, 5, 6]);
+    assert_eq!(s.draft(&[5, 6, 7, 8], 10), [] as [u32; 0]);
+    // A repeat overlapping itself goes on with the same period, up to max_draft / limit.
+    assert_eq!(Speculative { ngram: 1, max_draft: 8 }.draft(&[4, 4], 8), [4; 8]);
+    assert_eq!(Speculative { ngram: 1, max_draft: 8 }.draft(&[4, 4], 3), [4; 3]);
+    assert_eq!(Speculative { ngram: 2, max_draft: 5 }.draft(&[9, 5, 6, 5, 6], 10), [5, 6, 5, 6, 5]);
 }
 
 /// Pearson chi-square statistic of two samples over the same cells (homogeneity test), and
