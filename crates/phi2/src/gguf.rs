@@ -871,21 +871,7 @@ mod tests {
     }
 
     fn type_id(v: &MetaValue) -> u32 {
-        match v {
-            MetaValue::U8(_) => 0,
-            MetaValue::I8(_) => 1,
-            MetaValue::U16(_) => 2,
-            MetaValue::I16(_) => 3,
-            MetaValue::U32(_) => 4,
-            MetaValue::I32(_) => 5,
-            MetaValue::F32(_) => 6,
-            MetaValue::Bool(_) => 7,
-            MetaValue::String(_) => 8,
-            MetaValue::Array(_) => 9,
-            MetaValue::U64(_) => 10,
-            MetaValue::I64(_) => 11,
-            MetaValue::F64(_) => 12,
-        }
+        crate::gguf_write::type_id(v)
     }
 
     struct T {

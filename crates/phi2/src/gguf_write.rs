@@ -32,7 +32,8 @@ impl TensorPlan {
     }
 }
 
-fn type_id(v: &MetaValue) -> u32 {
+/// The GGUF value-type id of `v` (also used by the reader's tests to write files).
+pub(crate) fn type_id(v: &MetaValue) -> u32 {
     match v {
         MetaValue::U8(_) => 0,
         MetaValue::I8(_) => 1,
