@@ -838,3 +838,5 @@ module.exports = nativeBinding
 module.exports.NativeCancelToken = nativeBinding.NativeCancelToken
 module.exports.NativeModel = nativeBinding.NativeModel
 module.exports.NativeSession = nativeBinding.NativeSession
+module.exports.convertFileTypes = nativeBinding.convertFileTypes
+module.exports.convertModel = nativeBinding.convertModel

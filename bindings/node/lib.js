@@ -62,4 +62,6 @@ module.exports = {
   NativeModel,
   NativeSession: wrapClass(native.NativeSession),
   NativeCancelToken: wrapClass(native.NativeCancelToken),
+  convertModel: wrapFn(native.convertModel),
+  convertFileTypes: wrapFn(native.convertFileTypes),
 }

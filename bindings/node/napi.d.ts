@@ -52,6 +52,54 @@ export declare class NativeSession {
   dispose(): void
 }
 
+/** The file types `convertModel` writes, as llama-quantize spells them. */
+export declare function convertFileTypes(): Array<string>
+
+/**
+ * Converts the HF safetensors model at `src` (a directory with config.json, a .safetensors file or
+ * a `*.index.json`) into a GGUF file at `out`. `onProgress(err, p)` is called as chunks are written.
+ */
+export declare function convertModel(src: string, out: string, options: NativeConvertOptions, onProgress?: (((err: Error | null, arg: NativeConvertProgress) => any)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeConvertReport>
+
+export interface NativeConvertedTensor {
+  name: string
+  dtype: string
+  shape: Array<number>
+  fallback: boolean
+}
+
+export interface NativeConvertOptions {
+  /** F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_M Q5_K_M Q6_K (case-insensitive). */
+  fileType: string
+  /** Quantization threads; 0 / absent = one per core. */
+  threads?: number
+  /**
+   * Tokenizer used when there is no tokenizer.json beside the weights (a tokenizer.json, or a
+   * directory with one or with GPT-2's encoder.json + vocab.bpe).
+   */
+  tokenizer?: string
+  /** `general.name` (default: the source directory's name). */
+  name?: string
+}
+
+/** Where a conversion stands (sent at most once per percent of the output written). */
+export interface NativeConvertProgress {
+  tensor: string
+  tensorIndex: number
+  tensorCount: number
+  bytesWritten: number
+  bytesTotal: number
+}
+
+export interface NativeConvertReport {
+  out: string
+  fileType: string
+  bytes: number
+  tensors: Array<NativeConvertedTensor>
+  fallbacks: number
+  tokenizer: string
+}
+
 export interface NativeGenerateOptions {
   maxNewTokens: number
   doSample: boolean

@@ -20,6 +20,8 @@ use napi_derive::napi;
 use phi2::gguf::{GgufFile, GgufVocab};
 use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
 
+mod convert;
+
 /// A JS error carrying a stable code as the message prefix.
 fn coded(code: &str, msg: impl std::fmt::Display) -> Error {
     Error::new(Status::GenericFailure, format!("{code}: {msg}"))
