@@ -8,6 +8,7 @@
 //!   [`Session::begin`] / [`Session::step`] / [`Session::end`] do the same one token per call.
 //! - Every failure is an [`Error`] with a stable code; no input makes the engine panic.
 
+pub mod batch;
 pub mod config;
 pub mod convert;
 pub mod dtype;
@@ -18,6 +19,7 @@ pub mod gguf_write;
 pub mod kernels;
 pub mod model;
 pub mod par;
+pub mod params;
 pub mod quant;
 pub mod quantize;
 pub mod safetensors;
@@ -26,10 +28,12 @@ pub mod storage;
 pub mod stream;
 pub mod weights;
 
+pub use batch::{Batch, BatchConfig, BatchEvent, SeqId, TokenLogprobs};
 pub use config::Phi2Config;
 pub use dtype::{DType, TensorData, TensorSource, TensorView};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateOptions, Generation, Session};
-pub use model::{KvCache, ModelInfo, Phi2};
+pub use model::{BatchItem, KvCache, ModelInfo, Phi2};
+pub use params::GenerationParams;
 pub use sampler::{Sampler, SamplingParams};
 pub use stream::GgufStreamLoader;

@@ -45,6 +45,15 @@ pub struct KvCache {
     len: usize,
 }
 
+/// One sequence's share of [`Phi2::forward_batch`]: its new tokens and its cache.
+#[derive(Debug)]
+pub struct BatchItem<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Logits for every token of `tokens` (else for the last one only).
+    pub all_logits: bool,
+}
+
 /// One layer's keys and values, `[1, heads, capacity, head_dim]` each, of which the first `len`
 /// positions are valid; capacity grows by [`KV_CHUNK`] positions.
 #[derive(Debug, Default)]
@@ -206,6 +215,79 @@ impl Phi2 {
         Ok(self.weights.lm_head.forward(&x)?)
     }
 
+    /// One forward pass over several sequences (continuous batching, [`crate::batch`]): the
+    /// tokens of every item are stacked so that each weight matrix is read once for all of them,
+    /// and attention runs per item against its own cache. Returns each item's f32 logits, as
+    /// [`Phi2::forward`] would (`[t, vocab]` when `all_logits`, else `[1, vocab]`).
+    ///
+    /// On the engine's own kernels every row is computed as in a forward pass of that item
+    /// alone (the products treat rows independently; norms, rotary and attention are per row or
+    /// per item), so the logits are the same bits. An invalid item fails the whole pass before
+    /// any cache is touched.
+    pub fn forward_batch(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
+        let cfg = &self.config;
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        for it in items.iter() {
+            let (t, pos) = (it.tokens.len(), it.cache.len);
+            if t == 0 {
+                return Err(Error::invalid("tokens", "at least one token is needed"));
+            }
+            if let Some(&bad) = it.tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+                return Err(Error::invalid("tokens", format!("token id {bad} is out of range for vocabulary size {}", cfg.vocab_size)));
+            }
+            if pos + t > cfg.context_length {
+                return Err(Error::invalid(
+                    "tokens",
+                    format!("{} tokens after {pos} cached exceed the context length {}", t, cfg.context_length),
+                ));
+            }
+        }
+        let ids: Vec<u32> = items.iter().flat_map(|it| it.tokens.iter().copied()).collect();
+        let mut x = self.weights.embed.forward(&ids, &self.device)?; // [ΣT, H]
+        // Per item: (first row, rows, rotary cos, sin, causal mask).
+        let mut parts = Vec::with_capacity(items.len());
+        let mut row = 0;
+        for it in items.iter() {
+            let (t, pos) = (it.tokens.len(), it.cache.len);
+            let (cos, sin) = self.rotary_tables(pos, t)?;
+            let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
+            parts.push((row, t, cos, sin, mask));
+            row += t;
+        }
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let h = layer.norm.forward(&x)?;
+            let (q, k, v) = self.qkv(layer, &h)?;
+            let mut ys = Vec::with_capacity(items.len());
+            for (it, (row, t, cos, sin, mask)) in items.iter_mut().zip(&parts) {
+                let rows = |z: &Tensor| z.narrow(0, *row, *t);
+                ys.push(self.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, &mut it.cache.layers[l], cos, sin, mask.as_ref())?);
+            }
+            let y = if ys.len() == 1 { ys.pop().expect("one item") } else { Tensor::cat(&ys, 0)? };
+            let attn = layer.dense.forward(&y)?;
+            let mlp = layer.fc2.forward(&layer.fc1.forward_gelu(&h)?)?;
+            x = ((x + attn)? + mlp)?;
+        }
+        // The rows whose logits are wanted, through the final norm and lm_head together.
+        let mut keep = Vec::with_capacity(items.len());
+        for (it, (row, t, ..)) in items.iter_mut().zip(&parts) {
+            it.cache.len += t;
+            keep.push(if it.all_logits { (*row, *t) } else { (row + t - 1, 1) });
+        }
+        let picked: Vec<Tensor> = keep.iter().map(|&(r, n)| x.narrow(0, r, n)).collect::<candle_core::Result<_>>()?;
+        let x = if picked.len() == 1 { picked[0].clone() } else { Tensor::cat(&picked, 0)? };
+        let x = self.weights.final_norm.forward(&x)?;
+        let logits = self.weights.lm_head.forward(&x)?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut at = 0;
+        for &(_, n) in &keep {
+            out.push(logits.narrow(0, at, n)?);
+            at += n;
+        }
+        Ok(out)
+    }
+
     /// h `[T, H]` → attention output after `dense`, `[T, H]`.
     fn attention(
         &self,
@@ -216,18 +298,41 @@ impl Phi2 {
         sin: &Tensor,
         mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let cfg = &self.config;
-        let (t, hidden) = h.dims2()?;
-        let (nh, hd) = (cfg.num_heads, cfg.head_dim());
-        let (q, k, v) = match &layer.qkv {
+        let (q, k, v) = self.qkv(layer, h)?;
+        let y = self.attend(&q, &k, &v, kv, cos, sin, mask)?;
+        layer.dense.forward(&y)
+    }
+
+    /// The q, k, v projections of h `[T, H]`, each `[T, H]`.
+    fn qkv(&self, layer: &crate::weights::Phi2Layer, h: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let hidden = self.config.hidden_size;
+        Ok(match &layer.qkv {
             Qkv::Fused(l) => {
                 let qkv = l.forward(h)?;
                 (qkv.narrow(1, 0, hidden)?, qkv.narrow(1, hidden, hidden)?, qkv.narrow(1, 2 * hidden, hidden)?)
             }
             Qkv::Split([lq, lk, lv]) => (lq.forward(h)?, lk.forward(h)?, lv.forward(h)?),
-        };
+        })
+    }
+
+    /// Attention of one sequence before `dense`: q, k, v `[T, H]` of its new positions (k, v
+    /// appended to its cache) → `[T, H]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        kv: &mut LayerKv,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let cfg = &self.config;
+        let (t, hidden) = q.dims2()?;
+        let (nh, hd) = (cfg.num_heads, cfg.head_dim());
         // [T, H] → [1, heads, T, head_dim]
-        let heads = |x: Tensor| x.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous();
+        let heads = |x: &Tensor| x.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let (q, k) = (self.rotary(&q, cos, sin)?, self.rotary(&k, cos, sin)?);
         let (k, v) = kv.append(&k, &v, cfg.context_length)?; // [1, heads, S, head_dim]
@@ -239,8 +344,7 @@ impl Phi2 {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs.matmul(&v)?; // [1, heads, T, head_dim]
-        let y = y.transpose(1, 2)?.reshape((t, hidden))?;
-        layer.dense.forward(&y)
+        y.transpose(1, 2)?.reshape((t, hidden))
     }
 
     /// NeoX rotary on the first `rotary_dim` dims of each head; the rest pass through.
