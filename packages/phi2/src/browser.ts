@@ -14,6 +14,7 @@ import type { EngineModelInfo } from './engine.js'
 import { Phi2BackendUnavailableError, Phi2Error, abortErrorFrom } from './errors.js'
 import { type Phi2Model, loadWithEngine } from './model.js'
 import { type LoadOptions, LoadOptionsSchema, parseOptions } from './options.js'
+import { browserHubUrl } from './hub.js'
 import { type ModelSource, sourceFromValue } from './sources.js'
 import { type WasmEnvironment, wasmEngine } from './wasm/client.js'
 
@@ -73,7 +74,9 @@ export async function loadModel(source: ModelSource, options?: LoadOptions): Pro
   }
   if (opts.signal?.aborted) throw abortErrorFrom(opts.signal)
   const base = (globalThis as { location?: { href?: string } }).location?.href
-  const { source: engineSource, display } = sourceFromValue(source, base)
+  // Hugging Face Hub ids (hf:ORG/REPO/FILE.gguf) → the Hub's file URL, at `revision`.
+  const hubUrl = typeof source === 'string' ? browserHubUrl(source, opts.revision) : null
+  const { source: engineSource, display } = sourceFromValue(hubUrl ?? source, base)
   engine ??= wasmEngine(browserEnv)
   return loadWithEngine({
     engine,

@@ -14,8 +14,15 @@
  * - `E_MODEL_TOO_LARGE`     {@link Phi2ModelLoadError}: the model cannot fit in wasm32 memory (checked before downloading).
  * - `E_UNSUPPORTED_FORMAT`  {@link Phi2ModelLoadError}: the backend cannot read this kind of file (wasm: GGUF only).
  * - `E_UNKNOWN_SIZE`        {@link Phi2ModelLoadError}: a URL's server sent no usable Content-Length.
- * - `E_INTEGRITY`           {@link Phi2ModelLoadError}: a download delivered more bytes than its Content-Length said.
+ * - `E_INTEGRITY`           {@link Phi2ModelLoadError}: a download delivered more bytes than its Content-Length said,
+ *                           or (Hub) bytes whose sha256 / git hash differs from the file's etag.
  * - `E_ENGINE_CRASHED`      {@link Phi2EngineCrashedError}: the engine worker failed (error, wasm trap, exit).
+ * - Hugging Face Hub sources ({@link Phi2ModelLoadError}; the message names the repository and file):
+ *   `E_HUB_AUTH` (401: the repository needs a token, set `HF_TOKEN`), `E_HUB_GATED` (403: a gated
+ *   or forbidden repository), `E_HUB_NOT_FOUND` (404: no such repository, revision or file),
+ *   `E_NOT_CACHED` (`HF_HUB_OFFLINE=1` and the file is not in the cache), `E_NETWORK` (the Hub
+ *   could not be reached, or a download was interrupted: loading again resumes it), `E_DISK_FULL`
+ *   (no space left in the cache); `E_INTEGRITY` also when a download does not match its sha256 etag.
  * - Native codes, kept as-is ({@link Phi2ModelLoadError} when they come from loading):
  *   `E_IO`, `E_MALFORMED_FILE`, `E_BAD_TENSOR`, `E_MISSING_TENSOR`, `E_BAD_CONFIG`,
  *   `E_INVALID_ARGUMENT`, `E_BACKEND`, `E_OUT_OF_MEMORY`, `E_BUSY`, `E_INTERNAL`.
@@ -42,6 +49,12 @@ export type Phi2ErrorCode =
   | 'E_UNKNOWN_SIZE'
   | 'E_INTEGRITY'
   | 'E_ENGINE_CRASHED'
+  | 'E_HUB_AUTH'
+  | 'E_HUB_GATED'
+  | 'E_HUB_NOT_FOUND'
+  | 'E_NOT_CACHED'
+  | 'E_NETWORK'
+  | 'E_DISK_FULL'
   | 'E_INTERNAL'
 
 /** Base class of every error thrown by `@x/phi2`. */

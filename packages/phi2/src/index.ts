@@ -11,4 +11,5 @@
  */
 export { loadModel, defaultModelPath, hasDefaultModel } from './node/load.js'
 export { bundledTokenizer } from './node/files.js'
+export { CONVERT_TYPES, convertModel, type ConvertOptions, type ConvertProgress, type ConvertResult, type ConvertType } from './node/convert.js'
 export * from './api.js'

@@ -41,6 +41,12 @@ export interface LoadProgressDownload {
   totalBytes: number
   /** Whether the bytes come from the Cache API. */
   fromCache: boolean
+  /**
+   * Node, Hugging Face Hub sources: the Hub file being downloaded into the Hugging Face cache
+   * (`ORG/REPO/PATH`); the byte counts are then those of the whole download (every file of a
+   * repository together). Absent for the wasm engine's own streaming.
+   */
+  file?: string
 }
 
 /** `phase: 'cache-invalid'`: the cached copy (of `totalBytes` bytes) failed its check and was deleted. */
@@ -102,6 +108,11 @@ export interface LoadOptions {
    * and load it from there next time (verified by sha256 and length). Default true.
    */
   cache?: boolean
+  /**
+   * Hugging Face Hub sources (`ORG/REPO`, `hf:ORG/REPO/PATH`): the branch, tag or commit to load.
+   * Default `'main'`.
+   */
+  revision?: string
   /** Called with load progress; at least `{phase:'loading', progress:0}` and `{phase:'loading', progress:1}`. */
   onProgress?: (progress: LoadProgress) => void
   /** Aborts the load: the promise rejects with `Phi2AbortError` (the weights are released). */
@@ -113,6 +124,7 @@ export const LoadOptionsSchema: z.ZodType<LoadOptions> = z.strictObject({
   contextLength: int(2, 1 << 24).optional(),
   backend: z.enum(['auto', 'cpu', 'cuda', 'wasm']).optional(),
   cache: z.boolean().optional(),
+  revision: z.string().min(1).max(256).optional(),
   onProgress: z
     .custom<(p: LoadProgress) => void>((v) => typeof v === 'function', { message: 'expected a function' })
     .optional(),

@@ -15,6 +15,7 @@ import { sourceFromValue, type ModelSource } from '../sources.js'
 import { type WasmEnvironment, type WorkerHandle, wasmEngine } from '../wasm/client.js'
 import { bundledTokenizer, packageAsset, tokenizerFromDirectory } from './files.js'
 import { nativeEngine } from './native.js'
+import { resolveNamedSource } from './named-sources.js'
 import { workerExecArgv } from './worker-exec-argv.js'
 
 function weightFilesSize(path: string, isDir: boolean): number {
@@ -61,6 +62,13 @@ let wasmNode: ReturnType<typeof wasmEngine> | undefined
  *   `config.json` next to it), or a Hugging Face model directory (`config.json` + `*.safetensors`
  *   shards, ideally `tokenizer.json`).
  * - A `file:` URL (a `URL`, e.g. `pathToFileURL(p)`, or its `href`) is read as its path on every backend.
+ * - A Hugging Face Hub id, on every backend: `ORG/REPO` (a safetensors model repository: config.json,
+ *   shards, tokenizer.json; cpu only) or `hf:ORG/REPO/PATH` (one file, e.g. a GGUF), at the
+ *   `revision` option (default `main`). Downloaded once into the Hugging Face cache shared with
+ *   Python (`HF_HUB_CACHE`, `HF_HOME`; `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE=1`), resumed
+ *   after an interruption, verified against the Hub's sha256; progress `phase: 'download'`.
+ * - `NAME.gguf` that does not exist in the current directory: phi2's model cache
+ *   (`phi2 convert --cache`; `$PHI2_CACHE/models`, default `~/.cache/phi2/models`).
  * - backend `'wasm'` (the wasm engine in a worker thread): a `.gguf` path, an `http(s)://` URL (or
  *   `URL`), a `Blob`, an `ArrayBuffer` or a `Uint8Array` (buffers are transferred to the worker:
  *   they are detached afterwards; pass `bytes.slice()` to keep a copy).
@@ -77,6 +85,8 @@ export async function loadModel(source: ModelSource, options?: LoadOptions): Pro
   }
   if (opts.signal?.aborted) throw abortErrorFrom(opts.signal)
   source = fileUrlToPath(source)
+  // Hugging Face Hub ids (into the HF cache) and models of phi2's cache (phi2 convert --cache).
+  if (typeof source === 'string') source = await resolveNamedSource(source, opts)
   if (backend === 'wasm') return loadNodeWasm(source, opts)
   if (typeof source !== 'string' || source.length === 0) {
     invalidOption(
