@@ -58,8 +58,21 @@ class NativeModel {
 }
 wrapClass(native.NativeModel)
 
+// Same facade for the batch engine's static factory.
+class NativeBatchEngine {
+  static create(model, config) {
+    return wrapFn(native.NativeBatchEngine.create).call(native.NativeBatchEngine, model, config)
+  }
+
+  static [Symbol.hasInstance](x) {
+    return x instanceof native.NativeBatchEngine
+  }
+}
+wrapClass(native.NativeBatchEngine)
+
 module.exports = {
   NativeModel,
+  NativeBatchEngine,
   NativeSession: wrapClass(native.NativeSession),
   NativeCancelToken: wrapClass(native.NativeCancelToken),
   convertModel: wrapFn(native.convertModel),

@@ -9,6 +9,29 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/**
+ * A batch engine over one model (module docs). Dispose it (or let it be collected) to stop its
+ * thread; requests still in it then end with `E_DISPOSED`.
+ */
+export declare class NativeBatchEngine {
+  /** Starts a batch engine (and its thread) over `model`. */
+  static create(model: NativeModel, config?: NativeBatchConfig | undefined | null): NativeBatchEngine
+  /**
+   * Queues a generation after `tokens`; returns its id. Options are validated here (a bad
+   * one throws `E_INVALID_ARGUMENT`); prompt problems arrive as an `"error"` event.
+   * `topLogprobs`: absent = no log-probs, n = the token's log-prob and n alternatives (<= 20).
+   */
+  submit(tokens: Array<number>, options: NativeGenerateOptions, topLogprobs: number | undefined | null, onEvent: ((err: Error | null, arg: NativeBatchEvent) => any)): number
+  /**
+   * Stops request `id` at the next step (its `"done"` event says `"abort"`). No-op for an
+   * unknown or finished id.
+   */
+  cancel(id: number): void
+  stats(): NativeBatchStats
+  /** Ends the engine: queued requests and those in the batch end with `E_DISPOSED` / abort. */
+  dispose(): void
+}
+
 /** One per generate/logprobs call; `cancel()` stops native work before the next token. */
 export declare class NativeCancelToken {
   constructor()
@@ -60,6 +83,50 @@ export declare function convertFileTypes(): Array<string>
  * a `*.index.json`) into a GGUF file at `out`. `onProgress(err, p)` is called as chunks are written.
  */
 export declare function convertModel(src: string, out: string, options: NativeConvertOptions, onProgress?: (((err: Error | null, arg: NativeConvertProgress) => any)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeConvertReport>
+
+/** Limits of the batch engine (engine defaults when absent). */
+export interface NativeBatchConfig {
+  /** Sequences decoded together; more requests wait in the engine's queue. Default 16. */
+  maxSequences?: number
+  /** Most prompt tokens of one request run per step. Default 256. */
+  prefillChunk?: number
+  /** Most rows in one step's forward pass. Default 512. */
+  stepTokens?: number
+}
+
+/**
+ * One thing that happened to a request: `kind` is `"token"` (`token`, and with log-probs
+ * `logprob`, `topIds`, `topLogprobs`), `"done"` (`finishReason`, `promptTokens`,
+ * `completionTokens`, `queueMs`, `generateMs`) or `"error"` (`error`: a coded message such as
+ * `E_INVALID_ARGUMENT: …`). `"done"`/`"error"` come last, once.
+ */
+export interface NativeBatchEvent {
+  kind: string
+  token?: number
+  logprob?: number
+  topIds?: Array<number>
+  topLogprobs?: Array<number>
+  finishReason?: string
+  promptTokens?: number
+  completionTokens?: number
+  /** From submit to the first step that ran the request. */
+  queueMs?: number
+  /** From that step to the end. */
+  generateMs?: number
+  error?: string
+}
+
+/** Counters shared with the JS side (read by `stats`). */
+export interface NativeBatchStats {
+  /** Requests in the batch (prefilling or decoding). */
+  active: number
+  /** Requests waiting for room in the batch. */
+  queued: number
+  /** Sequences in the latest step. */
+  lastBatchSize: number
+  /** Forward passes run so far. */
+  steps: number
+}
 
 export interface NativeConvertedTensor {
   name: string

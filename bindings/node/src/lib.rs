@@ -18,8 +18,9 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use phi2::gguf::{GgufFile, GgufVocab};
-use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
+use phi2::{GenerateOptions, Phi2, Session};
 
+mod batch;
 mod convert;
 
 /// A JS error carrying a stable code as the message prefix.
@@ -370,40 +371,9 @@ impl GenerateTask {
 
 }
 
-fn sampling_from(o: &NativeGenerateOptions) -> Result<GenerateOptions> {
-    if o.logit_bias_ids.len() != o.logit_bias_values.len() {
-        return Err(coded("E_INVALID_ARGUMENT", "logitBiasIds and logitBiasValues differ in length"));
-    }
-    if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed <= 9_007_199_254_740_992.0) {
-        return Err(coded("E_INVALID_ARGUMENT", format!("seed must be an integer in 0..=2^53, got {}", o.seed)));
-    }
-    let speculative = o.speculative.as_ref().map(|s| {
-        let d = phi2::generate::Speculative::default();
-        phi2::generate::Speculative {
-            ngram: s.ngram.map_or(d.ngram, |n| n as usize),
-            max_draft: s.max_draft.map_or(d.max_draft, |n| n as usize),
-        }
-    });
-    if let Some(s) = &speculative {
-        s.validate().map_err(engine_err)?;
-    }
-    Ok(GenerateOptions {
-        max_new_tokens: o.max_new_tokens as usize,
-        stop_on_eos: o.stop_on_eos,
-        speculative,
-        sampling: SamplingParams {
-            do_sample: o.do_sample,
-            temperature: o.temperature as f32,
-            top_k: o.top_k as usize,
-            top_p: o.top_p as f32,
-            min_p: o.min_p as f32,
-            repetition_penalty: o.repetition_penalty as f32,
-            presence_penalty: o.presence_penalty as f32,
-            frequency_penalty: o.frequency_penalty as f32,
-            logit_bias: o.logit_bias_ids.iter().copied().zip(o.logit_bias_values.iter().map(|&v| v as f32)).collect(),
-            seed: o.seed as u64,
-        },
-    })
+/// The options through the engine's one validated parameters type (`phi2::GenerationParams`).
+fn sampling_from(o: &NativeGenerateOptions, vocab: usize) -> Result<GenerateOptions> {
+    batch::params_of(o)?.resolve(vocab).map_err(engine_err)
 }
 
 #[napi]
@@ -422,12 +392,12 @@ impl NativeSession {
         on_token: ThreadsafeFunction<u32>,
         cancel: Option<&NativeCancelToken>,
     ) -> Result<Object<'env>> {
-        take_model(&self.model)?;
+        let vocab = take_model(&self.model)?.config.vocab_size;
         let mut task = GenerateTask {
             model: self.model.clone(),
             session: self.session.clone(),
             tokens,
-            opts: sampling_from(&options)?,
+            opts: sampling_from(&options, vocab)?,
             cancel: flag_of(cancel),
             on_token: Arc::new(on_token),
         };
