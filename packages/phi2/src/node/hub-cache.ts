@@ -173,8 +173,8 @@ function headers(env: HubEnv, extra: Record<string, string> = {}): Record<string
 }
 
 /**
- * `fetch` with redirects followed by hand: relative (same-origin) redirects keep the token,
- * a redirect to another origin (the CDN) drops it; `followCrossOrigin: false` stops there.
+ * `fetch` with redirects followed by hand: requests to the Hub's origin carry the token, others
+ * (the CDN) do not; `followCrossOrigin: false` stops at a redirect to another origin.
  */
 async function hubFetch(
   url: string,
@@ -182,7 +182,8 @@ async function hubFetch(
   followCrossOrigin: boolean,
 ): Promise<{ res: Response; url: string }> {
   let current = url
-  const origin = new URL(url).origin
+  // The token goes to the Hub's own origin only (HF_ENDPOINT), never to a CDN.
+  const origin = new URL(init.env.endpoint).origin
   for (let i = 0; i < 10; i++) {
     const sameOrigin = new URL(current).origin === origin
     const h = sameOrigin ? headers(init.env, init.headers) : { ...headers({ ...init.env, token: null }, init.headers) }
@@ -190,7 +191,7 @@ async function hubFetch(
     const loc = res.headers.get('location')
     if (res.status >= 300 && res.status < 400 && loc) {
       const next = new URL(loc, current).href
-      if (!followCrossOrigin && new URL(next).origin !== origin) return { res, url: next }
+      if (!followCrossOrigin && new URL(next).origin !== new URL(current).origin) return { res, url: next }
       await res.body?.cancel()
       current = next
       continue
