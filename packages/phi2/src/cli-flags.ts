@@ -31,12 +31,15 @@ export const FLAGS = {
     type: 'string',
     arg: 'PATH',
     help:
-      '.gguf file, .safetensors file, or Hugging Face model directory (or a file: URL).\n' +
+      '.gguf file, .safetensors file, or Hugging Face model directory (or a file: URL); a Hub id\n' +
+      'hf:ORG/REPO/FILE.gguf or ORG/REPO (downloaded once into the Hugging Face cache), or\n' +
+      'NAME.gguf from phi2 convert --cache.\n' +
       'Default: the embedded model, a TINY RANDOM-WEIGHT Phi-2-architecture GGUF\n' +
       '(it proves the pipeline; its output is gibberish). Use --model for real Phi-2.',
     commands: ALL,
     group: 'Model',
   },
+  revision: { type: 'string', arg: 'REV', help: 'Hub ids: branch, tag or commit (default main)', commands: ALL, group: 'Model' },
   threads: { type: 'string', arg: 'N', help: 'compute threads, integer 1..1024 (default: all cores; wasm: at most 8)', commands: ALL, group: 'Model' },
   'context-length': {
     type: 'string',
@@ -334,6 +337,7 @@ Commands:
   chat                   Interactive chat that keeps its context (/help lists its commands)
   tokenize [text]        Print the token ids of a text (argument, --file F, or stdin)
   info                   Print facts about the model
+  convert SRC            Convert HF safetensors (directory, file or Hub id) to GGUF (phi2 convert --help)
 
 Run "phi2 <command> --help" for a command's own flags, with their defaults and ranges.
 ${flagLines(null, common)}

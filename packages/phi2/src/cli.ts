@@ -10,6 +10,9 @@ import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { CONVERT_HELP, runConvert } from './cli-convert.js'
+import { progressBar } from './cli-progress.js'
+import { progressBarsDisabled } from './node/hub-cache.js'
 import { COMMANDS, type Command, FLAGS, type FlagName, PARSE_OPTIONS, accepts, commandHelp, globalHelp, joinDashValues } from './cli-flags.js'
 import {
   type ChatOptions,
@@ -75,6 +78,8 @@ function loadOptions(flags: Flags): LoadOptions {
   if (ctx !== undefined) o.contextLength = ctx
   const backend = str(flags, 'backend')
   if (backend !== undefined) o.backend = backend as LoadOptions['backend']
+  const revision = str(flags, 'revision')
+  if (revision !== undefined) o.revision = revision
   return parseOptions(LoadOptionsSchema, o, 'load')
 }
 
@@ -211,12 +216,23 @@ async function open(flags: Flags): Promise<{ model: Phi2Model; isDefault: boolea
     log(flags, 'phi2: using the embedded default model: a tiny RANDOM-WEIGHT Phi-2-architecture model (its output is gibberish); pass --model PATH for real Phi-2')
   }
   const t0 = performance.now()
+  // Hub downloads: a progress bar on a TTY (not with --quiet or HF_HUB_DISABLE_PROGRESS_BARS).
+  const bar = progressBar(!flags.quiet && !progressBarsDisabled())
+  let downloading = false
   const m = await loadModel(path, {
     ...loadOptions(flags),
     onProgress: (p) => {
-      if (p.phase === 'loading' && p.progress === 0) log(flags, `phi2: loading ${path}`)
+      if (p.phase === 'download' && p.file !== undefined) {
+        if (!downloading) log(flags, `phi2: downloading ${path} into the Hugging Face cache`)
+        downloading = true
+        bar.update(p.file, p.loadedBytes, p.totalBytes)
+      }
+      if (p.phase === 'loading' && p.progress === 0) {
+        bar.done()
+        log(flags, `phi2: loading ${path}`)
+      }
     },
-  })
+  }).finally(() => bar.done())
   log(
     flags,
     `phi2: loaded ${m.info.format} ${m.info.dtype}, ${m.info.numLayers} layers, context ${m.info.contextLength} in ${Math.round(performance.now() - t0)} ms`,
@@ -464,6 +480,12 @@ function notForCommand(flag: FlagName, command: Command): string {
 
 /** Runs the CLI; resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  // `phi2 convert` has its own flags and help (cli-convert.ts).
+  if (argv[0] === 'convert') return runConvert(argv.slice(1))
+  if (argv[0] === 'help' && argv[1] === 'convert') {
+    out(CONVERT_HELP)
+    return 0
+  }
   let flags: Flags
   let positionals: string[]
   try {
