@@ -7,6 +7,7 @@
 //       sha256 and X-Linked-Size; errors with X-Error-Code (RepoNotFound as 401, RevisionNotFound /
 //       EntryNotFound as 404, GatedRepo as 403).
 //   GET  /api/models/{org}/{repo}[/revision/{revision}]  {id, sha, siblings: [{rfilename}]}
+//   GET  /api/models/{org}/{repo}/tree/{revision}         [{type, path, oid, size, lfs?}] (one page)
 //   GET  (CDN) /cdn/{org}/{repo}/{sha256}   Range requests (206 + Content-Range), optional faults.
 //   A renamed repository answers 307 with a relative Location to its new name.
 // Faults per file: `dropOnce` (the first GET sends half of the body, then the connection is cut),
@@ -135,7 +136,8 @@ export async function startHub(repos, renamed = { 'old-org/tiny-gguf': 'test-org
       res.writeHead(status, { 'x-error-code': code, 'x-error-message': message, 'content-type': 'application/json' })
       res.end(req.method === 'HEAD' ? undefined : JSON.stringify({ error: message }))
     }
-    let m = /^\/api\/models\/([^/]+\/[^/]+)(?:\/revision\/(.+))?$/.exec(path)
+    const tree = /^\/api\/models\/([^/]+\/[^/]+)\/tree\/([^/]+)$/.exec(path)
+    let m = tree ?? /^\/api\/models\/([^/]+\/[^/]+)(?:\/revision\/(.+))?$/.exec(path)
     const resolveM = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(path)
     const repoId = m ? m[1] : resolveM ? resolveM[1] : null
     if (!repoId) return fail(404, 'EntryNotFound', 'not found')
@@ -155,6 +157,20 @@ export async function startHub(repos, renamed = { 'old-org/tiny-gguf': 'test-org
     const commit = repo.commits[revision] ? revision : repo.revisions[revision]
     if (!commit) return fail(404, 'RevisionNotFound', `Invalid rev id: ${revision}`)
     const files = repo.commits[commit]
+    if (tree) {
+      // The recursive file tree (huggingface_hub's snapshot_download lists files with it).
+      const entries = []
+      const dirs = new Set()
+      for (const [p, f] of Object.entries(files)) {
+        const parts = p.split('/')
+        for (let i = 1; i < parts.length; i++) dirs.add(parts.slice(0, i).join('/'))
+        entries.push({ type: 'file', oid: f.gitSha1, size: f.data.length, path: p, ...(f.lfs ? { lfs: { oid: f.sha256, size: f.data.length, pointerSize: 134 } } : {}) })
+      }
+      for (const d of dirs) entries.push({ type: 'directory', oid: '0'.repeat(40), size: 0, path: d })
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.end(JSON.stringify(entries))
+      return
+    }
     if (m) {
       res.writeHead(200, { 'content-type': 'application/json' })
       res.end(JSON.stringify({ id: repoId, sha: commit, siblings: Object.keys(files).map((rfilename) => ({ rfilename })) }))

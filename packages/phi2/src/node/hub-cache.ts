@@ -279,6 +279,18 @@ async function writeRef(env: HubEnv, repo: string, revision: string, commit: str
   await rename(tmp, p)
 }
 
+/** `CACHEDIR.TAG` at the cache's root (the cachedir.tag convention; huggingface_hub writes one too). */
+async function tagCacheDir(env: HubEnv): Promise<void> {
+  const p = join(env.cacheDir, 'CACHEDIR.TAG')
+  if (existsSync(p)) return
+  await mkdir(env.cacheDir, { recursive: true })
+  await writeFile(
+    p,
+    'Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by @x/phi2 (Hugging Face Hub cache).\n# For information about cache directory tags, see https://bford.info/cachedir/\n',
+    { flag: 'wx' },
+  ).catch(() => {})
+}
+
 /** snapshots/<commit>/<file> → ../../blobs/<etag> (relative, as huggingface_hub makes it). */
 async function linkSnapshot(env: HubEnv, repo: string, commit: string, file: string, etag: string): Promise<string> {
   const root = storage(env, repo)
@@ -504,6 +516,7 @@ async function fetchFile(
   const pointer = join(root, 'snapshots', meta.commit, file)
   const blob = join(root, 'blobs', meta.etag)
   if (existsSync(pointer) && existsSync(blob)) return pointer
+  await tagCacheDir(env)
   if (!existsSync(blob)) {
     const lockPath = join(env.cacheDir, '.locks', repoFolderName(ref.repo), `${meta.etag}.lock.phi2`)
     let release: () => Promise<void>
