@@ -6,6 +6,14 @@
 export { Phi2Model, type ModelFormat, type ModelInfo, type ModelRuntime } from './model.js'
 export type { ModelSource } from './sources.js'
 export { Phi2Chat } from './chat.js'
+export {
+  PerplexityOptionsSchema,
+  perplexityWindows,
+  type PerplexityOptions,
+  type PerplexityProgress,
+  type PerplexityResult,
+  type PerplexityWindow,
+} from './perplexity.js'
 export type {
   FinishReason,
   GenerateChunk,

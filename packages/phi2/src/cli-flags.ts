@@ -338,6 +338,7 @@ Commands:
   tokenize [text]        Print the token ids of a text (argument, --file F, or stdin)
   info                   Print facts about the model
   convert SRC            Convert HF safetensors (directory, file or Hub id) to GGUF (phi2 convert --help)
+  perplexity --file F    Perplexity of a text, measured as llama.cpp's perplexity tool does
 
 Run "phi2 <command> --help" for a command's own flags, with their defaults and ranges.
 ${flagLines(null, common)}

@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { PERPLEXITY_HELP, runPerplexity } from './cli-perplexity.js'
 import { CONVERT_HELP, runConvert } from './cli-convert.js'
 import { progressBar } from './cli-progress.js'
 import { progressBarsDisabled } from './node/hub-cache.js'
@@ -484,6 +485,12 @@ export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'convert') return runConvert(argv.slice(1))
   if (argv[0] === 'help' && argv[1] === 'convert') {
     out(CONVERT_HELP)
+    return 0
+  }
+  // `phi2 perplexity` has its own flags and help (cli-perplexity.ts).
+  if (argv[0] === 'perplexity') return runPerplexity(argv.slice(1))
+  if (argv[0] === 'help' && argv[1] === 'perplexity') {
+    out(PERPLEXITY_HELP)
     return 0
   }
   let flags: Flags

@@ -34,6 +34,7 @@ import {
   parseOptions,
 } from './options.js'
 import { formatPrompt } from './prompts.js'
+import { type PerplexityOptions, type PerplexityResult, measurePerplexity } from './perplexity.js'
 import { type Phi2Tokenizer, type TokenizerSource, tokenizerFromGguf } from './tokenizer.js'
 
 /** `model.info.runtime`: which engine build runs and why. */
@@ -378,6 +379,16 @@ export class Phi2Model {
       this.#work.delete(work)
       signal?.removeEventListener('abort', onAbort)
     }
+  }
+
+  /**
+   * Perplexity of a text (or token ids) as llama.cpp's perplexity tool measures it: windows of
+   * `contextLength` tokens, each evaluated from an empty context, the later tokens of each scored
+   * (see `perplexity.ts` for exactly which). Resolves with `{ nll, perplexity, tokens, windows, ... }`.
+   */
+  async perplexity(text: string | readonly number[], options?: PerplexityOptions): Promise<PerplexityResult> {
+    this.#checkAlive()
+    return measurePerplexity(this, text, options)
   }
 
   /**
