@@ -143,6 +143,22 @@ describe('phi2 convert (CLI)', () => {
   })
 })
 
+describe('two processes fetching the same Hub file at once', () => {
+  it('one download (the other waits for the lock, then uses the blob); both load', async () => {
+    const env = { HF_ENDPOINT: hub.endpoint, HF_HUB_CACHE: join(tmp, 'hf-two') }
+    const reqs = hub.requests as { server: string; method: string; path: string }[]
+    reqs.length = 0
+    // The loopback CDN holds the first body until both processes have asked for the metadata.
+    const args = ['info', '--model', 'hf:test-org/barrier-gguf/tiny.Q8_0.gguf', '--json']
+    const [a, b] = await Promise.all([phi2(args, env), phi2(args, env)])
+    expect(a.code, a.stderr).toBe(0)
+    expect(b.code, b.stderr).toBe(0)
+    expect(JSON.parse(a.stdout).source).toBe(JSON.parse(b.stdout).source)
+    expect(reqs.filter((r) => r.server === 'hub' && r.method === 'HEAD')).toHaveLength(2)
+    expect(reqs.filter((r) => r.server === 'cdn' && r.method === 'GET')).toHaveLength(1)
+  })
+})
+
 describe('phi2 generate --model <Hub id> (CLI contract)', () => {
   const strip = (s: string) => {
     const o = JSON.parse(s)

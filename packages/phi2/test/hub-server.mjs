@@ -11,7 +11,8 @@
 //   GET  (CDN) /cdn/{org}/{repo}/{sha256}   Range requests (206 + Content-Range), optional faults.
 //   A renamed repository answers 307 with a relative Location to its new name.
 // Faults per file: `dropOnce` (the first GET sends half of the body, then the connection is cut),
-// `corrupt` (the bytes served differ from the etag). Repos can require a token or be gated.
+// `corrupt` (the bytes served differ from the etag), `slow` (64 KiB per 5 ms), `barrier: N` (the
+// first GET's body waits until N HEAD requests for the file arrived). Repos can require a token or be gated.
 //
 // Standalone (for scripts/hub_interop.py): node hub-server.mjs FIXTURES_DIR → prints
 // {"endpoint": ..., "repos": ...} on stdout, serves until killed.
@@ -60,6 +61,7 @@ export function fixtureRepos(fixtures) {
     'test-org/flaky-gguf': ggufRepo({ dropOnce: true }),
     'test-org/corrupt-gguf': ggufRepo({ corrupt: true }),
     'test-org/slow-gguf': ggufRepo({ slow: true }),
+    'test-org/barrier-gguf': ggufRepo({ barrier: 2 }),
   }
 }
 
@@ -103,6 +105,19 @@ export async function startHub(repos, renamed = { 'old-org/tiny-gguf': 'test-org
     res.writeHead(status, headers)
     if (req.method === 'HEAD') {
       res.end()
+      return
+    }
+    if (f.barrier && (f.heads ?? 0) < f.barrier && !f.waited) {
+      // Held until `barrier` clients have asked for the file's metadata (then served normally):
+      // two concurrent downloaders are certain to overlap.
+      const t0 = Date.now()
+      const wait = () => {
+        if ((f.heads ?? 0) >= f.barrier || Date.now() - t0 > 20_000) {
+          f.waited = true
+          res.end(body)
+        } else setTimeout(wait, 10)
+      }
+      wait()
       return
     }
     if (f.dropOnce && !f.dropped) {
@@ -178,6 +193,7 @@ export async function startHub(repos, renamed = { 'old-org/tiny-gguf': 'test-org
     }
     const f = files[resolveM[3]]
     if (!f) return fail(404, 'EntryNotFound', `${resolveM[3]} does not exist on "${revision}"`)
+    if (req.method === 'HEAD') f.heads = (f.heads ?? 0) + 1
     const common = { 'x-repo-commit': commit, 'accept-ranges': 'bytes' }
     if (f.lfs) {
       res.writeHead(302, {
