@@ -211,6 +211,8 @@ function safeDispose(x: { dispose(): void }): void {
 
 /** @internal the engine model behind a Phi2Model (tests reach the wasm engine's crash hook through it). */
 export const ENGINE_MODEL: unique symbol = Symbol.for('@x/phi2/engine-model') as never
+/** @internal the tokenizer behind a Phi2Model (`phi2 serve` assembles text from the batch engine's tokens). */
+export const MODEL_TOKENIZER: unique symbol = Symbol.for('@x/phi2/model-tokenizer') as never
 
 /** A loaded Phi-2 model. Create it with {@link loadModel}; release it with `dispose()` (or `await using`). */
 export class Phi2Model {
@@ -252,6 +254,11 @@ export class Phi2Model {
   /** @internal */
   get [ENGINE_MODEL](): EngineModel {
     return this.#native
+  }
+
+  /** @internal */
+  get [MODEL_TOKENIZER](): Phi2Tokenizer {
+    return this.#tokenizer
   }
 
   /** Whether `dispose()` was called. */
