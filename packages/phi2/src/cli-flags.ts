@@ -339,6 +339,7 @@ Commands:
   info                   Print facts about the model
   convert SRC            Convert HF safetensors (directory, file or Hub id) to GGUF (phi2 convert --help)
   perplexity --file F    Perplexity of a text, measured as llama.cpp's perplexity tool does
+  serve                  HTTP server: the card's /score and an OpenAI API, batched (phi2 serve --help)
 
 Run "phi2 <command> --help" for a command's own flags, with their defaults and ranges.
 ${flagLines(null, common)}

@@ -13,6 +13,7 @@ import { parseArgs } from 'node:util'
 import { PERPLEXITY_HELP, runPerplexity } from './cli-perplexity.js'
 import { CONVERT_HELP, runConvert } from './cli-convert.js'
 import { progressBar } from './cli-progress.js'
+import { SERVE_HELP, runServe } from './serve/cli.js'
 import { progressBarsDisabled } from './node/hub-cache.js'
 import { COMMANDS, type Command, FLAGS, type FlagName, PARSE_OPTIONS, accepts, commandHelp, globalHelp, joinDashValues } from './cli-flags.js'
 import {
@@ -491,6 +492,12 @@ export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'perplexity') return runPerplexity(argv.slice(1))
   if (argv[0] === 'help' && argv[1] === 'perplexity') {
     out(PERPLEXITY_HELP)
+    return 0
+  }
+  // `phi2 serve` has its own flags and help (serve/cli.ts).
+  if (argv[0] === 'serve') return runServe(argv.slice(1))
+  if (argv[0] === 'help' && argv[1] === 'serve') {
+    out(SERVE_HELP)
     return 0
   }
   let flags: Flags
