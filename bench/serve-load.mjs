@@ -133,6 +133,7 @@ async function oneRequest(url, ids, maxTokens) {
 async function runLevel(url, clients, requests, maxTokens, promptTokens, level) {
   const lat = [];
   const ttft = [];
+  const decode = [];
   let tokens = 0;
   const errors = [];
   const t0 = performance.now();
@@ -143,6 +144,7 @@ async function runLevel(url, clients, requests, maxTokens, promptTokens, level) 
           const out = await oneRequest(url, promptIds(promptTokens, level * 100000 + c * 1000 + r), maxTokens);
           lat.push(out.ms);
           ttft.push(out.firstMs);
+          if (out.tokens > 1 && out.ms > out.firstMs) decode.push(((out.tokens - 1) * 1000) / (out.ms - out.firstMs));
           tokens += out.tokens;
           if (out.tokens !== maxTokens) errors.push(`generated ${out.tokens} tokens, not ${maxTokens}`);
         } catch (e) {
@@ -154,6 +156,8 @@ async function runLevel(url, clients, requests, maxTokens, promptTokens, level) 
   const wall = (performance.now() - t0) / 1000;
   lat.sort((a, b) => a - b);
   ttft.sort((a, b) => a - b);
+  decode.sort((a, b) => a - b);
+  const perStream = quantile(decode, 0.5);
   return {
     clients,
     requests: clients * requests,
@@ -162,6 +166,10 @@ async function runLevel(url, clients, requests, maxTokens, promptTokens, level) 
     wallSeconds: wall,
     tokens,
     tokensPerSecond: tokens / wall,
+    // Decode speed of one stream (tokens after its first / time after its first), median; the
+    // clients decode at the same time, so the aggregate decode speed is clients x that.
+    decodePerStream: perStream,
+    decodeAggregate: perStream * clients,
     latencyMs: { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) },
     firstTokenMs: { p50: quantile(ttft, 0.5), p99: quantile(ttft, 0.99) },
   };
@@ -171,11 +179,11 @@ function renderMarkdown(report) {
   const base = report.levels[0];
   const rows = report.levels.map(
     (l) =>
-      `| ${l.clients} | ${l.requests} | ${l.errors} | ${l.latencyMs.p50.toFixed(0)} / ${l.latencyMs.p99.toFixed(0)} | ${l.firstTokenMs.p50.toFixed(0)} / ${l.firstTokenMs.p99.toFixed(0)} | ${l.tokensPerSecond.toFixed(2)} | ${(l.tokensPerSecond / base.tokensPerSecond).toFixed(2)}× |`,
+      `| ${l.clients} | ${l.requests} | ${l.errors} | ${l.latencyMs.p50.toFixed(0)} / ${l.latencyMs.p99.toFixed(0)} | ${l.firstTokenMs.p50.toFixed(0)} / ${l.firstTokenMs.p99.toFixed(0)} | ${l.tokensPerSecond.toFixed(2)} | ${l.decodePerStream.toFixed(2)} | ${l.decodeAggregate.toFixed(2)} | ${(l.decodeAggregate / base.decodeAggregate).toFixed(2)}× |`,
   );
   return [
-    `| concurrent clients | requests | errors | latency p50 / p99 (ms) | first token p50 / p99 (ms) | generated tokens/s (all clients) | vs ${base.clients} client${base.clients > 1 ? 's' : ''} |`,
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    `| concurrent clients | requests | errors | latency p50 / p99 (ms) | first token p50 / p99 (ms) | tokens/s end to end (all clients) | decode tokens/s per stream (p50) | aggregate decode tokens/s | aggregate decode vs ${base.clients} client${base.clients > 1 ? 's' : ''} |`,
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...rows,
     '',
     `Server RSS: ${report.rssMiB.before?.toFixed(0) ?? '?'} MiB after loading, ${report.rssMiB.after?.toFixed(0) ?? '?'} MiB after the last level.`,
@@ -278,7 +286,7 @@ async function main() {
     for (const [i, c] of levels.entries()) {
       const level = await runLevel(url, c, requests, maxTokens, promptTokens, i + 1);
       report.levels.push(level);
-      process.stderr.write(`serve-load: ${c} clients: ${level.tokensPerSecond.toFixed(2)} tokens/s, ${level.errors} errors\n`);
+      process.stderr.write(`serve-load: ${c} clients: ${level.tokensPerSecond.toFixed(2)} tokens/s end to end, ${level.decodeAggregate.toFixed(2)} decode tokens/s, ${level.errors} errors\n`);
       if (level.errors) code = 1;
     }
     report.rssMiB.after = rssMiB(proc.pid);

@@ -32,6 +32,7 @@ test('levels of concurrent streaming clients, 0 errors, RSS, results section wri
   assert.deepEqual(report.levels.map((l) => [l.clients, l.requests, l.errors, l.tokens]), [[1, 2, 0, 10], [3, 6, 0, 30]]);
   for (const l of report.levels) {
     assert.ok(l.tokensPerSecond > 0 && Number.isFinite(l.tokensPerSecond));
+    assert.ok(l.decodePerStream > 0 && Math.abs(l.decodeAggregate - l.clients * l.decodePerStream) < 1e-9);
     assert.ok(l.latencyMs.p50 > 0 && l.latencyMs.p99 >= l.latencyMs.p50);
     assert.ok(l.firstTokenMs.p50 > 0 && l.firstTokenMs.p50 <= l.latencyMs.p99);
   }
