@@ -233,8 +233,8 @@ describe('help', () => {
       const accepted = (Object.keys(FLAGS) as FlagName[]).filter((f) => accepts(cmd, f))
       expect(flagsIn(r.stdout).sort(), cmd).toEqual(accepted.sort())
     }
-    expect(flagsIn(phi2(['tokenize', '--help']).stdout).sort()).toEqual(['backend', 'context-length', 'file', 'help', 'json', 'model', 'quiet', 'threads'])
-    expect(flagsIn(phi2(['info', '--help']).stdout).sort()).toEqual(['backend', 'context-length', 'help', 'json', 'model', 'quiet', 'threads'])
+    expect(flagsIn(phi2(['tokenize', '--help']).stdout).sort()).toEqual(['backend', 'context-length', 'file', 'help', 'json', 'model', 'quiet', 'revision', 'threads'])
+    expect(flagsIn(phi2(['info', '--help']).stdout).sort()).toEqual(['backend', 'context-length', 'help', 'json', 'model', 'quiet', 'revision', 'threads'])
     const chat = flagsIn(phi2(['chat', '--help']).stdout)
     expect(chat).toContain('user-name')
     expect(chat).not.toContain('format')
