@@ -220,27 +220,40 @@ impl Packed {
             candle_core::bail!("packed matmul: input {:?} {:?}, weight [{}, {}]", dims, x.dtype(), self.rows, self.cols);
         }
         let tokens = x.elem_count() / cols;
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; tokens * self.rows];
         let family = Family::of(self.dtype).expect("checked in Packed::new");
         thread_local! {
             /// Activation buffers reused by every product on this thread (they only grow).
             static SCRATCH: std::cell::RefCell<Activations> = std::cell::RefCell::new(Activations::default());
         }
-        SCRATCH.with(|a| {
-            let mut a = a.borrow_mut();
-            a.prepare(family, &xv, tokens, cols);
-            kernels::matmul(&self.weight_ref(), &a, &mut out, kernels::pool::threads());
-        });
-        let bias = bias.to_vec1::<f32>()?;
-        if bias.len() != self.rows {
-            candle_core::bail!("packed matmul: bias of {} for {} rows", bias.len(), self.rows);
+        with_f32(x, |xv| {
+            SCRATCH.with(|a| {
+                let mut a = a.borrow_mut();
+                a.prepare(family, xv, tokens, cols);
+                kernels::matmul(&self.weight_ref(), &a, &mut out, kernels::pool::threads());
+            })
+        })?;
+        if bias.elem_count() != self.rows {
+            candle_core::bail!("packed matmul: bias of {} for {} rows", bias.elem_count(), self.rows);
         }
-        kernels::bias_act(&mut out, &bias, gelu, kernels::pool::threads());
+        with_f32(bias, |b| kernels::bias_act(&mut out, b, gelu, kernels::pool::threads()))?;
         let mut shape = dims;
         *shape.last_mut().expect("checked: x has a last dim") = self.rows;
         Tensor::from_vec(out, shape, x.device())
     }
+}
+
+/// Runs `f` on the values of an f32 CPU tensor: in place when they are contiguous (no copy),
+/// else on a contiguous copy.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            let data = cpu.as_slice::<f32>()?;
+            return Ok(f(&data[start..end]));
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// `y = x Wᵀ + b`: x `[T, in]` f32 → y `[T, out]` f32.
@@ -253,12 +266,18 @@ pub struct Linear {
 
 impl Linear {
     /// `gelu_new(x Wᵀ + b)` (the MLP's up projection): fused into the product's output for
-    /// packed weights, candle's `gelu` (the same formula) otherwise.
+    /// packed weights; after candle's product otherwise. Either way [`kernels::gelu_new`], which
+    /// gives the same bits on every ISA and build.
     pub fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if let Matrix::Packed(p) = &self.weight {
             return p.forward(x, &self.bias, true);
         }
-        self.forward(x)?.gelu()
+        let y = self.forward(x)?;
+        let shape = y.dims().to_vec();
+        let mut v = y.flatten_all()?.to_vec1::<f32>()?;
+        let n = *shape.last().unwrap_or(&1);
+        kernels::bias_act(&mut v, &vec![0f32; n], true, kernels::pool::threads());
+        Tensor::from_vec(v, shape, y.device())
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

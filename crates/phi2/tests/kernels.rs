@@ -94,7 +94,7 @@ fn simd_kernels_give_the_scalar_bits() {
         for (rows, cols) in shapes(dtype) {
             let data = weights(dtype, rows, cols, &mut rng);
             let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
-            for tokens in [1, 2, 3, 4, 5, 7, 9] {
+            for tokens in [1, 2, 3, 4, 5, 7, 9, 16, 21, 35] {
                 let x = activations(tokens, cols, &mut rng);
                 let s = run(Isa::Scalar, &w, &x, tokens).unwrap();
                 for &isa in &sets[1..] {
@@ -176,14 +176,40 @@ fn q8_activation_blocks_follow_ggml() {
     assert!(q.iter().all(|&v| v == 0));
 }
 
+/// HF's gelu_new in f64 (the reference the f32 evaluation approximates).
+fn gelu_f64(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * x * (1.0 + 0.044715 * x * x)).tanh())
+}
+
 #[test]
-fn fused_gelu_is_candles_gelu_bit_for_bit() {
+fn gelu_is_close_to_the_exact_formula_and_the_same_bits_on_every_isa() {
     let mut rng = Rng(0x6E1);
-    let x: Vec<f32> = (0..4096).map(|_| rng.unit() * 12.0).collect();
-    let t = candle_core::Tensor::from_vec(x.clone(), x.len(), &candle_core::Device::Cpu).unwrap();
-    let want = t.gelu().unwrap().to_vec1::<f32>().unwrap();
-    let mut got = x.clone();
-    kernels::bias_act(&mut got, &vec![0.0; 64], true, 3);
+    // Dense near 0 and over the range activations take, plus the far tails.
+    let mut x: Vec<f32> = (0..8192).map(|_| rng.unit() * 12.0).collect();
+    x.extend((0..2000).map(|i| (i as f32 - 1000.0) * 1e-3));
+    x.extend([0.0, -0.0, 1e-30, -1e-30, 30.0, -30.0, 1e6, -1e6, f32::MIN_POSITIVE]);
+    let mut worst = 0f64;
+    for &v in &x {
+        let got = kernels::gelu_new(v) as f64;
+        let want = gelu_f64(v as f64);
+        // Relative to |x|: gelu ~ x for x > 0 and goes to 0 (absolutely) for x << 0.
+        let err = (got - want).abs() / (v as f64).abs().max(1e-30);
+        worst = worst.max(err);
+        assert!(err < 2e-6, "gelu({v}) = {got}, exact {want}");
+    }
+    eprintln!("gelu: worst error relative to |x|: {worst:.2e}");
+    // The fused bias + gelu (SIMD on this CPU, tails scalar) gives the scalar bits.
+    let bias: Vec<f32> = (0..x.len()).map(|i| if i % 3 == 0 { 0.0 } else { rng.unit() * 0.5 }).collect();
+    let want: Vec<f32> = x.iter().zip(&bias).map(|(&v, &b)| kernels::gelu_new(v + b)).collect();
+    for threads in [1, 3] {
+        let mut got = x.clone();
+        kernels::bias_act(&mut got, &bias, true, threads);
+        assert_eq!(bits(&want), bits(&got), "threads {threads}");
+    }
+    // Rows of odd length (SIMD body plus scalar tail), several tokens.
+    let mut got = x[..7 * 13].to_vec();
+    kernels::bias_act(&mut got, &bias[..13], true, 2);
+    let want: Vec<f32> = x[..7 * 13].iter().enumerate().map(|(i, &v)| kernels::gelu_new(v + bias[i % 13])).collect();
     assert_eq!(bits(&want), bits(&got));
 }
 

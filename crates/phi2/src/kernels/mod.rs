@@ -41,6 +41,8 @@ pub mod scalar;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
 /// A weight matrix `[rows, cols]` in its file layout: row `r` is
@@ -139,10 +141,14 @@ pub struct Activations {
     pub s: Vec<i32>,
     pub bsums: Vec<i32>,
     pub qt: Vec<i8>,
+    /// Q8_0 batches of at least `amx::MIN_TOKENS` on CPUs with AMX: the activation tiles, their
+    /// scales (see `amx::prepare`); empty otherwise.
+    pub tb: Vec<i8>,
+    pub td: Vec<f32>,
     pub f: Vec<f32>,
 }
 
-fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+pub(crate) fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
     v.clear();
     v.resize(n, T::default());
 }
@@ -182,6 +188,11 @@ impl Activations {
                             }
                         }
                     }
+                }
+                self.tb.clear();
+                #[cfg(target_arch = "x86_64")]
+                if tokens >= amx::MIN_TOKENS && amx::available() {
+                    amx::prepare(self);
                 }
             }
             Family::Q8K => {
@@ -267,6 +278,9 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX2 + AVX-VNNI (`vpdpbusd`).
     AvxVnni,
+    /// x86-64 AVX-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512 epilogue) for Q4_0 / Q8_0
+    /// batches of `amx::MIN_TOKENS` tokens or more.
+    Amx,
     /// wasm32 SIMD128.
     Simd128,
 }
@@ -277,6 +291,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::AvxVnni => "avx-vnni",
+            Isa::Amx => "amx",
             Isa::Simd128 => "simd128",
         }
     }
@@ -308,6 +323,9 @@ pub fn runnable() -> Vec<Isa> {
         if x86::vnni_available() {
             v.push(Isa::AvxVnni);
         }
+        if amx::available() {
+            v.push(Isa::Amx);
+        }
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     v.push(Isa::Simd128);
@@ -315,6 +333,10 @@ pub fn runnable() -> Vec<Isa> {
 }
 
 fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() {
+        return Isa::Amx;
+    }
     #[cfg(target_arch = "x86_64")]
     if x86::vnni_available() {
         return Isa::AvxVnni;
@@ -346,13 +368,14 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    /// Reads `y[t][r]`.
+    /// The whole output row of token `t`.
+    ///
+    /// # Safety
+    /// No other thread may touch this row while the slice lives.
     #[inline(always)]
-    pub(crate) fn get(&self, t: usize, r: usize) -> f32 {
-        let i = t * self.stride + r;
-        assert!(i < self.len);
-        // SAFETY: in bounds (checked); only the thread that owns this element touches it.
-        unsafe { *self.ptr.add(i) }
+    pub(crate) unsafe fn token_row(&self, t: usize) -> &mut [f32] {
+        assert!((t + 1) * self.stride <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(t * self.stride), self.stride)
     }
 
     /// Writes `y[t][r]`.
@@ -388,6 +411,10 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         Isa::Avx2 => x86::matmul_rows(w, act, rows, out, false),
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => x86::matmul_rows(w, act, rows, out, true),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx if amx::takes(w, act) => amx::matmul_rows(w, act, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => x86::matmul_rows(w, act, rows, out, true),
         #[cfg(target_arch = "wasm32")]
         Isa::Simd128 => wasm::matmul_rows(w, act, rows, out),
         _ => scalar::matmul_rows(w, act, rows, out),
@@ -406,8 +433,8 @@ pub fn matmul_with(isa: Isa, w: &WeightRef, act: &Activations, out: &mut [f32]) 
     Some(())
 }
 
-/// `y[t][r] += bias[r]`, then `y = gelu_new(y)` when `gelu` (candle's f32 formula, the same
-/// expression, so the same bits as `Tensor::gelu`), split over the pool by tokens.
+/// `y[t][r] += bias[r]`, then `y = gelu_new(y)` when `gelu` ([`gelu_new`]: the same bits on
+/// every ISA), split over the pool by tokens.
 pub fn bias_act(y: &mut [f32], bias: &[f32], gelu: bool, threads: usize) {
     let n = bias.len();
     assert!(n > 0 && y.len().is_multiple_of(n), "bias_act: {} values for rows of {n}", y.len());
@@ -415,21 +442,78 @@ pub fn bias_act(y: &mut [f32], bias: &[f32], gelu: bool, threads: usize) {
     let o = OutPtr { ptr: y.as_mut_ptr(), len: y.len(), stride: n };
     // Small outputs (decode's projections) are not worth waking a thread for.
     let threads = if y.len() < 16384 { 1 } else { threads };
+    let isa = isa();
     pool::run(tokens, threads, &|t| {
-        for (r, &b) in bias.iter().enumerate() {
-            // SAFETY of the read: same element this item alone writes (disjoint tokens).
-            let v = o.get(t, r) + b;
-            o.set(t, r, if gelu { gelu_new(v) } else { v });
-        }
+        // SAFETY: token t's row is this item's alone (disjoint tokens).
+        bias_act_row(isa, unsafe { o.token_row(t) }, bias, gelu);
     });
 }
 
-/// HF's `gelu_new` (tanh approximation), written exactly as candle's f32 `gelu`.
+/// One row of [`bias_act`] with the given kernel set.
+pub(crate) fn bias_act_row(isa: Isa, y: &mut [f32], bias: &[f32], gelu: bool) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni | Isa::Amx => {
+            // SAFETY: every x86 kernel set includes AVX2 (checked when it was chosen).
+            unsafe { x86::bias_act_row(y, bias, gelu) }
+        }
+        _ => {
+            for (v, &b) in y.iter_mut().zip(bias) {
+                let s = *v + b;
+                *v = if gelu { gelu_new(s) } else { s };
+            }
+        }
+    }
+}
+
+/// `gelu_new(x) = 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))` (HF's tanh approximation of
+/// GELU, Phi-2's activation), evaluated as written, left to right, each operation rounded to
+/// f32, with [`tanh`] below: a fixed sequence of IEEE operations, so every ISA (and the wasm
+/// build) computes the same bits, unlike a libm `tanhf`, which differs between C libraries.
 #[inline(always)]
 pub fn gelu_new(v: f32) -> f32 {
-    #[allow(clippy::excessive_precision)]
-    const SQRT_TWO_OVER_PI_F32: f32 = 0.79788456080286535587989211986876373;
-    0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI_F32 * v * (1.0 + 0.044715 * v * v)))
+    (0.5 * v) * (1.0 + tanh((gelu_c::SQRT_2_OVER_PI * v) * (1.0 + (gelu_c::COEF * v) * v)))
+}
+
+/// tanh(x) for f32: the odd rational minimax approximation `x·P(x²) / Q(x²)` (degrees 13 / 6)
+/// that Eigen, XLA and ONNX Runtime's MLAS use, with x clamped to ±7.905311 (where f32 tanh is
+/// ±1). Horner steps are a multiply then an add (no fused multiply-add), then one division.
+/// A few ulp from the exact tanh.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    use gelu_c::*;
+    let x = x.max(-CLAMP).min(CLAMP);
+    let x2 = x * x;
+    let mut p = A[0];
+    for &a in &A[1..] {
+        p = p * x2 + a;
+    }
+    let p = p * x;
+    let mut q = B[0];
+    for &b in &B[1..] {
+        q = q * x2 + b;
+    }
+    p / q
+}
+
+/// The constants of [`gelu_new`] and [`tanh`] (the SIMD twins use the same).
+#[allow(clippy::excessive_precision)]
+pub(crate) mod gelu_c {
+    pub const SQRT_2_OVER_PI: f32 = 0.79788456080286535587989211986876373;
+    pub const COEF: f32 = 0.044715;
+    pub const CLAMP: f32 = 7.90531110763549805;
+    /// Numerator, highest power first: α13, α11, …, α1.
+    pub const A: [f32; 7] = [
+        -2.76076847742355e-16,
+        2.00018790482477e-13,
+        -8.60467152213735e-11,
+        5.12229709037114e-08,
+        1.48572235717979e-05,
+        6.37261928875436e-04,
+        4.89352455891786e-03,
+    ];
+    /// Denominator, highest power first: β6, β4, β2, β0.
+    pub const B: [f32; 4] = [1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03];
 }
 
 /// f16 bits at `b[i..i + 2]` as f32.

@@ -17,7 +17,7 @@ pub(super) fn available() -> bool {
 /// AVX-VNNI (`vpdpbusd` on 256-bit vectors): one instruction for the u8 × i8 products and their
 /// sums in fours that AVX2 does with `vpmaddubsw` + `vpmaddwd`. Same i32 results (no
 /// intermediate i16 saturation can occur for our value ranges), so the same bits.
-pub(super) fn vnni_available() -> bool {
+pub(crate) fn vnni_available() -> bool {
     available() && is_x86_feature_detected!("avxvnni")
 }
 
@@ -476,4 +476,42 @@ unsafe fn tile_float<const R: usize, const C: usize, const BF: bool>(
         *o = super::reduce8(&lanes);
     }
     outv
+}
+
+/// [`super::bias_act_row`]: 8 values at a time, the same operations as the scalar
+/// [`super::gelu_new`] / [`super::tanh`] in the same order (so the same bits); the tail scalar.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn bias_act_row(y: &mut [f32], bias: &[f32], gelu: bool) {
+    use super::gelu_c::*;
+    let n = y.len().min(bias.len());
+    let main = n - n % 8;
+    let c = |v: f32| _mm256_set1_ps(v);
+    let one = c(1.0);
+    for i in (0..main).step_by(8) {
+        let yp = y.as_mut_ptr().add(i);
+        let mut v = _mm256_add_ps(_mm256_loadu_ps(yp), _mm256_loadu_ps(bias.as_ptr().add(i)));
+        if gelu {
+            let inner = _mm256_add_ps(one, _mm256_mul_ps(_mm256_mul_ps(c(COEF), v), v));
+            let u = _mm256_mul_ps(_mm256_mul_ps(c(SQRT_2_OVER_PI), v), inner);
+            // max then min, as `f32::max(..).min(..)` (no NaNs reach here from finite inputs).
+            let x = _mm256_min_ps(_mm256_max_ps(u, c(-CLAMP)), c(CLAMP));
+            let x2 = _mm256_mul_ps(x, x);
+            let mut p = c(A[0]);
+            for &a in &A[1..] {
+                p = _mm256_add_ps(_mm256_mul_ps(p, x2), c(a));
+            }
+            let p = _mm256_mul_ps(p, x);
+            let mut q = c(B[0]);
+            for &b in &B[1..] {
+                q = _mm256_add_ps(_mm256_mul_ps(q, x2), c(b));
+            }
+            let t = _mm256_div_ps(p, q);
+            v = _mm256_mul_ps(_mm256_mul_ps(c(0.5), v), _mm256_add_ps(one, t));
+        }
+        _mm256_storeu_ps(yp, v);
+    }
+    for i in main..n {
+        let s = y[i] + bias[i];
+        y[i] = if gelu { super::gelu_new(s) } else { s };
+    }
 }

@@ -1,0 +1,292 @@
+//! x86-64 AMX (Advanced Matrix Extensions: 2-D tile registers and the `tdpbusd` / `tdpbssd`
+//! tile products) for Q4_0 / Q8_0 weights against prompt batches, with an AVX-512 epilogue.
+//!
+//! One tile product (`tdpbssd`, signed × signed bytes) computes, for 16 weight rows × 16 tokens,
+//! the exact integer dot products of one block of 32 values: `C[m][n] = Σ_k A[m][k] · B[k][n]`
+//! in i32 (A: the weight block's integers, `q − 8` for Q4_0, `q` for Q8_0; B: the activation
+//! block's bytes, "VNNI-packed" four at a time, built by [`super::Activations::prepare`]). The
+//! epilogue then does exactly what the scalar definition does per block: `(d_w · d_x) · isum`
+//! in f32 and the add to lane `b % 8`. The 8 lanes are
+//! processed one after the other (blocks `l, l + 8, l + 16, …` for lane `l`: each lane still
+//! accumulates in block order), so a lane's 16 × 16 accumulators stay in registers. Same bits
+//! as the scalar twin, whatever the number of tokens.
+//!
+//! Linux only: a process must ask the kernel for the tile state (`arch_prctl`) before the first
+//! tile instruction; [`available`] does that once.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::{reduce8, Activations, OutPtr, WeightRef};
+use crate::dtype::DType;
+
+/// Tokens per tile (the N dimension) and weight rows per tile (M).
+pub(crate) const TILE: usize = 16;
+
+/// The smallest batch given to the tiles; smaller ones (decode, short drafts) run the AVX-VNNI
+/// row kernel (measured: a half-empty tile costs as much as a full one, and below ~10 tokens the
+/// row kernel is faster).
+pub(crate) const MIN_TOKENS: usize = 10;
+
+/// Whether this CPU and OS run the tile kernels: AMX-TILE + AMX-INT8, AVX-512F for the
+/// epilogue, AVX-VNNI for small batches, and the kernel's permission for the tile state.
+pub(crate) fn available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        if !(super::x86::vnni_available() && is_x86_feature_detected!("avx512f")) {
+            return false;
+        }
+        // CPUID.(EAX=7, ECX=0):EDX bit 24 = AMX-TILE, bit 25 = AMX-INT8.
+        let edx = __cpuid_count(7, 0).edx;
+        if edx & (3 << 24) != 3 << 24 {
+            return false;
+        }
+        request_tile_state()
+    })
+}
+
+/// Linux: `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process (it covers
+/// every thread). Any other OS: no tiles.
+fn request_tile_state() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        let ret: i64;
+        // SAFETY: a plain system call with integer arguments; it only changes which extended
+        // states this process may use.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
+/// Whether this product goes to the tiles (else to the AVX-VNNI kernels).
+pub(crate) fn takes(w: &WeightRef, a: &Activations) -> bool {
+    matches!(w.dtype, DType::Q4_0 | DType::Q8_0) && a.tokens >= MIN_TOKENS && a.tb.len() == a.tokens.div_ceil(TILE) * (a.cols / 32) * 512
+}
+
+/// The activation tiles of [`Activations`] for `tokens` tokens (`q`, `d`, `s` already made):
+/// per tile of 16 tokens and block b, 512 bytes `B[k][4n + i] = q[t0 + n][32b + 4k + i]`, the 16
+/// scales (zeros for padding tokens).
+pub(crate) fn prepare(a: &mut Activations) {
+    let (tokens, cols) = (a.tokens, a.cols);
+    let nb = cols / 32;
+    let tiles = tokens.div_ceil(TILE);
+    super::resize(&mut a.tb, tiles * nb * 512);
+    super::resize(&mut a.td, tiles * nb * TILE);
+    for t in 0..tokens {
+        let (tile, n) = (t / TILE, t % TILE);
+        for b in 0..nb {
+            let base = (tile * nb + b) * 512 + 4 * n;
+            let src = &a.q[t * cols + 32 * b..t * cols + 32 * b + 32];
+            for k in 0..8 {
+                a.tb[base + 64 * k..base + 64 * k + 4].copy_from_slice(&src[4 * k..4 * k + 4]);
+            }
+            a.td[(tile * nb + b) * TILE + n] = a.d[t * nb + b];
+        }
+    }
+}
+
+/// The tile configuration (palette 1): two sets of C (16 × 16 i32), A (16 rows × 32 bytes) and
+/// B (8 rows × 64 bytes): tmm0-2 and tmm3-5.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+const CONFIG: TileConfig = {
+    let mut c = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+    c.colsb[0] = 64;
+    c.rows[0] = 16;
+    c.colsb[1] = 32;
+    c.rows[1] = 16;
+    c.colsb[2] = 64;
+    c.rows[2] = 8;
+    c.colsb[3] = 64;
+    c.rows[3] = 16;
+    c.colsb[4] = 32;
+    c.rows[4] = 16;
+    c.colsb[5] = 64;
+    c.rows[5] = 8;
+    c
+};
+
+#[repr(C, align(64))]
+struct CTile([i32; 256]);
+
+/// Per-thread buffers: one 16-row slab of weights as A tiles (per block: 16 rows × 32 bytes),
+/// its scales `[b][row]`, and the 8 lanes' accumulators `[lane][row][token]`.
+struct Slab {
+    a: Vec<u8>,
+    dw: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+thread_local! {
+    static SLAB: std::cell::RefCell<Slab> = const { std::cell::RefCell::new(Slab { a: Vec::new(), dw: Vec::new(), acc: Vec::new() }) };
+}
+
+pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    debug_assert!(takes(w, a));
+    let mut slab = SLAB.with(|s| std::mem::replace(&mut *s.borrow_mut(), Slab { a: Vec::new(), dw: Vec::new(), acc: Vec::new() }));
+    // SAFETY: `available()` held when the kernel set was chosen (it is part of `Isa::Amx`).
+    unsafe {
+        if w.dtype == DType::Q8_0 {
+            rows_amx::<true>(w, a, rows, out, &mut slab)
+        } else {
+            rows_amx::<false>(w, a, rows, out, &mut slab)
+        }
+    }
+    SLAB.with(|s| *s.borrow_mut() = slab);
+}
+
+/// Weight rows `r0 .. r0 + m` (m ≤ 16) into A tiles (Q4_0: nibbles minus 8 as bytes, values
+/// 0..32 of the block in order; Q8_0: the bytes) and their scales; missing rows are zeros.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn pack_slab<const SIGNED: bool>(w: &WeightRef, r0: usize, m: usize, slab: &mut Slab) {
+    let nb = w.cols / 32;
+    let bytes = if SIGNED { 34 } else { 18 };
+    if m < TILE {
+        slab.a.fill(0);
+        slab.dw.fill(0.0);
+    }
+    let mask = _mm_set1_epi8(0x0F);
+    let eight = _mm_set1_epi8(8);
+    for mi in 0..m {
+        let row = w.row(r0 + mi).as_ptr();
+        for b in 0..nb {
+            let blk = row.add(b * bytes);
+            let dst = slab.a.as_mut_ptr().add(b * 512 + mi * 32);
+            if SIGNED {
+                _mm256_storeu_si256(dst as *mut __m256i, _mm256_loadu_si256(blk.add(2) as *const __m256i));
+            } else {
+                let q = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                _mm_storeu_si128(dst as *mut __m128i, _mm_sub_epi8(_mm_and_si128(q, mask), eight));
+                _mm_storeu_si128(dst.add(16) as *mut __m128i, _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), mask), eight));
+            }
+            let h = u16::from_le_bytes([*blk, *blk.add(1)]);
+            slab.dw[b * TILE + mi] = half::f16::from_bits(h).to_f32();
+        }
+    }
+}
+
+/// Starts one block's tile product on tile set `SET` (0: tmm0-2, 1: tmm3-5): loads A and B,
+/// C = A · B. [`tile_store`] writes C out later, so the product runs meanwhile.
+#[inline(always)]
+unsafe fn tile_dot<const SET: usize>(ap: *const u8, bp: *const i8) {
+    macro_rules! run {
+        ($op:literal, $c:literal, $a:literal, $b:literal) => {
+            asm!(
+                concat!("tileloadd ", $a, ", [{a} + {sa}*1]"),
+                concat!("tileloadd ", $b, ", [{b} + {sb}*1]"),
+                concat!("tilezero ", $c),
+                concat!($op, " ", $c, ", ", $a, ", ", $b),
+                a = in(reg) ap, sa = in(reg) 32usize, b = in(reg) bp, sb = in(reg) 64usize,
+                options(nostack, readonly),
+            )
+        };
+    }
+    if SET == 0 {
+        run!("tdpbssd", "tmm0", "tmm1", "tmm2")
+    } else {
+        run!("tdpbssd", "tmm3", "tmm4", "tmm5")
+    }
+}
+
+/// C of tile set `SET` → `c` (16 × 16 i32, 64-byte rows).
+#[inline(always)]
+unsafe fn tile_store<const SET: usize>(c: *mut i32) {
+    if SET == 0 {
+        asm!("tilestored [{c} + {sc}*1], tmm0", c = in(reg) c, sc = in(reg) 64usize, options(nostack));
+    } else {
+        asm!("tilestored [{c} + {sc}*1], tmm3", c = in(reg) c, sc = in(reg) 64usize, options(nostack));
+    }
+}
+
+#[target_feature(enable = "avx512f,avx2,f16c")]
+unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, slab: &mut Slab) {
+    let nb = w.cols / 32;
+    let tiles = a.tokens.div_ceil(TILE);
+    slab.a.resize(nb * 512, 0);
+    slab.dw.resize(nb * TILE, 0.0);
+    slab.acc.resize(8 * TILE * TILE, 0.0);
+    let mut c = [CTile([0; 256]), CTile([0; 256])];
+    asm!("ldtilecfg [{0}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let m = (rows.end - r0).min(TILE);
+        pack_slab::<SIGNED>(w, r0, m, slab);
+        for tile in 0..tiles {
+            for l in 0..8 {
+                let mut acc = [_mm512_setzero_ps(); TILE];
+                // Lane l takes blocks l, l + 8, …: `cnt` of them. Two tile sets in turn: while
+                // the epilogue reads block j's results (stored one step earlier), the product
+                // of block j + 2 runs and block j + 1's is written out.
+                let cnt = if l < nb { (nb - l).div_ceil(8) } else { 0 };
+                let ta = |j: usize| slab.a.as_ptr().add((l + 8 * j) * 512);
+                let tb = |j: usize| a.tb.as_ptr().add((tile * nb + l + 8 * j) * 512);
+                if cnt > 0 {
+                    tile_dot::<0>(ta(0), tb(0));
+                    tile_store::<0>(c[0].0.as_mut_ptr());
+                }
+                if cnt > 1 {
+                    tile_dot::<1>(ta(1), tb(1));
+                }
+                for j in 0..cnt {
+                    if j + 1 < cnt {
+                        if j % 2 == 0 {
+                            tile_store::<1>(c[1].0.as_mut_ptr());
+                        } else {
+                            tile_store::<0>(c[0].0.as_mut_ptr());
+                        }
+                    }
+                    if j + 2 < cnt {
+                        if j % 2 == 0 {
+                            tile_dot::<0>(ta(j + 2), tb(j + 2));
+                        } else {
+                            tile_dot::<1>(ta(j + 2), tb(j + 2));
+                        }
+                    }
+                    let b = l + 8 * j;
+                    let dx = _mm512_loadu_ps(a.td.as_ptr().add((tile * nb + b) * TILE));
+                    let cb = c[j % 2].0.as_ptr();
+                    for (mi, acc_m) in acc.iter_mut().enumerate() {
+                        let isum = _mm512_load_si512(cb.add(mi * TILE) as *const __m512i);
+                        let s = _mm512_mul_ps(_mm512_set1_ps(*slab.dw.get_unchecked(b * TILE + mi)), dx);
+                        *acc_m = _mm512_add_ps(*acc_m, _mm512_mul_ps(s, _mm512_cvtepi32_ps(isum)));
+                    }
+                }
+                for (mi, acc_m) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(slab.acc.as_mut_ptr().add((l * TILE + mi) * TILE), *acc_m);
+                }
+            }
+            let t0 = tile * TILE;
+            for mi in 0..m {
+                for n in 0..TILE.min(a.tokens - t0) {
+                    let lanes: [f32; 8] = std::array::from_fn(|l| slab.acc[(l * TILE + mi) * TILE + n]);
+                    out.set(t0 + n, r0 + mi, reduce8(&lanes));
+                }
+            }
+        }
+        r0 += m;
+    }
+    asm!("tilerelease", options(nostack, nomem));
+}
