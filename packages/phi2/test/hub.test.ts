@@ -2,7 +2,7 @@
 // and a temporary HF_HUB_CACHE: the cache layout huggingface_hub uses, revisions, resume after a
 // dropped connection, etag verification, errors, offline mode, abort, concurrent loads.
 import { createHash } from 'node:crypto'
-import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, realpathSync, rmSync, statSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, symlinkSync, readFileSync, readdirSync, readlinkSync, realpathSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
@@ -183,6 +183,16 @@ describe('loadModel from the Hub (loopback)', () => {
     const root = join(cache, 'models--test-org--corrupt-gguf')
     expect(existsSync(join(root, 'blobs')) ? readdirSync(join(root, 'blobs')) : []).toEqual([])
     expect(existsSync(join(root, 'snapshots'))).toBe(false)
+  })
+
+  it('a full disk: E_DISK_FULL naming repository and file', async () => {
+    // The partial download is a link to /dev/full, whose writes fail with ENOSPC.
+    const blobs = join(cache, 'models--test-org--tiny-gguf', 'blobs')
+    mkdirSync(blobs, { recursive: true })
+    symlinkSync('/dev/full', join(blobs, `${sha256(fixture('tiny-q8_0.gguf'))}.incomplete`))
+    const err = await loadError(GGUF)
+    expect(err.code).toBe('E_DISK_FULL')
+    expect(err.message).toMatch(/no space left.*test-org\/tiny-gguf\/tiny\.Q8_0\.gguf/)
   })
 
   it('401 / 403 gated / 404 errors name the repository and file; HF_TOKEN opens a private repository', async () => {
