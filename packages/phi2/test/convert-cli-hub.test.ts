@@ -143,6 +143,45 @@ describe('phi2 convert (CLI)', () => {
   })
 })
 
+/** The CLI on a pseudo-terminal (util-linux `script`), stdout and stderr together. */
+function phi2Tty(args: string[], env: Record<string, string> = {}): Promise<string> {
+  const cmd = [process.execPath, CLI, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ')
+  return new Promise((resolve, reject) => {
+    execFile('script', ['-qec', cmd, '/dev/null'], { env: { ...process.env, ...env }, timeout: 120_000 }, (err, stdout) => {
+      if (err) reject(new Error(`${cmd}: ${err.message}\n${stdout}`))
+      else resolve(stdout)
+    })
+  })
+}
+
+describe('progress bars on a TTY', () => {
+  it('convert and Hub downloads draw one on stderr; --quiet and HF_HUB_DISABLE_PROGRESS_BARS turn them off', async () => {
+    const conv = await phi2Tty(['convert', fixture('tiny'), '--type', 'Q8_0', '--out', join(tmp, 'tty.gguf')])
+    expect(conv).toMatch(/\r\x1b\[K.*\[#+\] 100%/)
+    const quiet = await phi2Tty(['convert', fixture('tiny'), '--type', 'Q8_0', '--out', join(tmp, 'tty2.gguf'), '--quiet'])
+    expect(quiet).not.toContain('\x1b[K')
+    const hubArgs = ['generate', '--model', 'hf:test-org/tiny-gguf/tiny.Q8_0.gguf', '--json', '--max-new-tokens', '2', 'Hi']
+    const env = { HF_ENDPOINT: hub.endpoint, HF_HUB_CACHE: join(tmp, 'hf-tty-1') }
+    const download = await phi2Tty(hubArgs, env)
+    expect(download).toMatch(/tiny-gguf\/tiny\.Q8_0\.gguf \[#+\] 100%/)
+    const off = await phi2Tty(hubArgs, { HF_ENDPOINT: hub.endpoint, HF_HUB_CACHE: join(tmp, 'hf-tty-2'), HF_HUB_DISABLE_PROGRESS_BARS: '1' })
+    expect(off).toContain('"finishReason":"length"')
+    expect(off).not.toContain('\x1b[K')
+  })
+
+  it("the browser entry refuses a safetensors repository id with the 'use a GGUF' error", async () => {
+    const r = await new Promise<string>((resolve) => {
+      execFile(
+        process.execPath,
+        ['--conditions=browser', '--input-type=module', '-e', `const m = await import('@x/phi2'); try { await m.loadModel('microsoft/phi-2') } catch (e) { console.log(e.code + ' ' + e.message) }`],
+        { cwd: join(CLI, '..', '..') },
+        (_err, stdout) => resolve(stdout),
+      )
+    })
+    expect(r).toMatch(/^E_UNSUPPORTED_FORMAT .*microsoft\/phi-2.*GGUF/)
+  })
+})
+
 describe('two processes fetching the same Hub file at once', () => {
   it('one download (the other waits for the lock, then uses the blob); both load', async () => {
     const env = { HF_ENDPOINT: hub.endpoint, HF_HUB_CACHE: join(tmp, 'hf-two') }
