@@ -6,6 +6,7 @@
 export { Phi2Model, type ModelFormat, type ModelInfo, type ModelRuntime } from './model.js'
 export type { ModelSource } from './sources.js'
 export { Phi2Chat } from './chat.js'
+export { Phi2RemoteChat, Phi2RemoteError, Phi2RemoteModel, type RemoteModelInfo, type RemoteSource } from './remote.js'
 export {
   PerplexityOptionsSchema,
   perplexityWindows,

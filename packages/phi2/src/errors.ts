@@ -26,10 +26,15 @@
  * - Native codes, kept as-is ({@link Phi2ModelLoadError} when they come from loading):
  *   `E_IO`, `E_MALFORMED_FILE`, `E_BAD_TENSOR`, `E_MISSING_TENSOR`, `E_BAD_CONFIG`,
  *   `E_INVALID_ARGUMENT`, `E_BACKEND`, `E_OUT_OF_MEMORY`, `E_BUSY`, `E_INTERNAL`.
+ * - Remote models (`loadModel({ remote })`, `Phi2RemoteError` with the HTTP `status`): `E_REMOTE`
+ *   (the server answered an error), `E_REMOTE_AUTH` (401/403: check apiKey), `E_BUSY` (429),
+ *   `E_NETWORK` (unreachable or no answer in time), `E_PROMPT_TOO_LONG`.
  */
 
 export type Phi2ErrorCode =
   | 'E_INVALID_OPTION'
+  | 'E_REMOTE'
+  | 'E_REMOTE_AUTH'
   | 'E_ABORTED'
   | 'E_DISPOSED'
   | 'E_BACKEND_UNAVAILABLE'

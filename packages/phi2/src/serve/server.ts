@@ -325,12 +325,14 @@ export function createServer(opts: ServeOptions): Phi2Server {
                 message: { role: 'assistant', content: o.text.trim() },
                 logprobs: q.topLogprobs !== undefined ? { content: chatLogprobs(r, o.logprobs) } : null,
                 finish_reason: FINISH[o.finishReason],
+                stop_reason: stopReason(r, o),
               }
             : {
                 index: jobs[i]!.choice,
                 text: o.text,
                 logprobs: q.topLogprobs !== undefined ? completionLogprobs(r, o.logprobs) : null,
                 finish_reason: FINISH[o.finishReason],
+                stop_reason: stopReason(r, o),
               },
         )
         return { id, object: kind === 'chat' ? 'chat.completion' : 'text_completion', created, model: modelName, choices, usage }
@@ -377,8 +379,9 @@ export function createServer(opts: ServeOptions): Phi2Server {
             }
           }).then((o) => {
             const finish = FINISH[o.finishReason]
-            if (kind === 'chat') send(chunk([{ index: j.choice, delta: {}, logprobs: null, finish_reason: finish }]))
-            else send(chunk([{ index: j.choice, text: '', logprobs: null, finish_reason: finish }]))
+            const stop_reason = stopReason(r, o)
+            if (kind === 'chat') send(chunk([{ index: j.choice, delta: {}, logprobs: null, finish_reason: finish, stop_reason }]))
+            else send(chunk([{ index: j.choice, text: '', logprobs: null, finish_reason: finish, stop_reason }]))
             return o
           })
         }),
@@ -411,6 +414,13 @@ export function createServer(opts: ServeOptions): Phi2Server {
       model?.dispose()
     },
   }
+}
+
+/** vLLM's `stop_reason`: the stop string that ended the choice, the end-of-text id, or null. */
+function stopReason(r: BatchRunner, o: RunResult): string | number | null {
+  if (o.finishReason === 'stop') return o.stopString
+  if (o.finishReason === 'eos') return r.model.info.eosTokenId
+  return null
 }
 
 function tokenText(r: BatchRunner, id: number): string {
