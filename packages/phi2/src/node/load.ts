@@ -12,6 +12,7 @@ import { Phi2BackendUnavailableError, Phi2ModelLoadError, Phi2OptionsError, abor
 import { type Phi2Model, loadWithEngine } from '../model.js'
 import { type LoadOptions, LoadOptionsSchema, invalidOption, parseOptions } from '../options.js'
 import { sourceFromValue, type ModelSource } from '../sources.js'
+import { type Phi2RemoteModel, type RemoteSource, isRemoteSource, loadRemoteModel } from '../remote.js'
 import { type WasmEnvironment, type WorkerHandle, wasmEngine } from '../wasm/client.js'
 import { bundledTokenizer, packageAsset, tokenizerFromDirectory } from './files.js'
 import { nativeEngine } from './native.js'
@@ -72,12 +73,18 @@ let wasmNode: ReturnType<typeof wasmEngine> | undefined
  * - backend `'wasm'` (the wasm engine in a worker thread): a `.gguf` path, an `http(s)://` URL (or
  *   `URL`), a `Blob`, an `ArrayBuffer` or a `Uint8Array` (buffers are transferred to the worker:
  *   they are detached afterwards; pass `bytes.slice()` to keep a copy).
+ * - `{ remote: 'http://host:8000/v1', model?, apiKey? }`: an OpenAI-compatible server (`phi2 serve`,
+ *   vLLM, ...); resolves with a `Phi2RemoteModel` (same generate / stream / chat API, see remote.ts).
  *
  * Rejects with {@link Phi2ModelLoadError} (`E_IO`, `E_MALFORMED_FILE`, `E_BAD_CONFIG`,
  * `E_MODEL_TOO_LARGE`, ...), {@link Phi2OptionsError}, {@link Phi2BackendUnavailableError} or
  * {@link Phi2AbortError}.
  */
-export async function loadModel(source: ModelSource, options?: LoadOptions): Promise<Phi2Model> {
+export function loadModel(source: RemoteSource): Promise<Phi2RemoteModel>
+export function loadModel(source: ModelSource, options?: LoadOptions): Promise<Phi2Model>
+export async function loadModel(source: ModelSource | RemoteSource, options?: LoadOptions): Promise<Phi2Model | Phi2RemoteModel> {
+  // An OpenAI-compatible server (phi2 serve, vLLM, ...) instead of a model file (remote.ts).
+  if (isRemoteSource(source)) return loadRemoteModel(source)
   const opts = parseOptions(LoadOptionsSchema, options, 'loadModel')
   const backend = opts.backend ?? 'auto'
   if (backend === 'cuda') {
