@@ -661,10 +661,11 @@ export async function fetchFromHub(ref: HubRef, options: HubFetchOptions = {}): 
         (ggufs.length ? `; it has GGUF files: load one as hf:${ref.repo}/${ggufs[0]} (${ggufs.length} in all: ${ggufs.slice(0, 6).join(', ')}${ggufs.length > 6 ? ', ...' : ''})` : ''),
     )
   }
-  // Every file's metadata first (pinned to the listing's commit), for the total size.
+  // Every file's metadata first (pinned to the listing's commit), for the size still to fetch.
   const metas: FileMeta[] = []
   for (const f of files) metas.push(await fileMeta(ref, f, commit, env, signal))
-  const total = metas.reduce((s, m) => s + m.size, 0)
+  const root = storage(env, ref.repo)
+  const total = metas.reduce((s, m, i) => (existsSync(join(root, 'snapshots', commit, files[i]!)) && existsSync(join(root, 'blobs', m.etag)) ? s : s + m.size), 0)
   let loaded = 0
   for (let i = 0; i < files.length; i++) {
     const meta = { ...metas[i]!, commit }
