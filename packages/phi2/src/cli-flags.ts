@@ -31,9 +31,9 @@ export const FLAGS = {
     type: 'string',
     arg: 'PATH',
     help:
-      '.gguf file, .safetensors file, or Hugging Face model directory (or a file: URL); a Hub id\n' +
-      'hf:ORG/REPO/FILE.gguf or ORG/REPO (downloaded once into the Hugging Face cache), or\n' +
-      'NAME.gguf from phi2 convert --cache.\n' +
+      '.gguf file, .safetensors file, or Hugging Face model directory (or a\n' +
+      'file: URL); a Hub id hf:ORG/REPO/FILE.gguf or ORG/REPO (downloaded once\n' +
+      'into the Hugging Face cache); NAME.gguf from phi2 convert --cache.\n' +
       'Default: the embedded model, a TINY RANDOM-WEIGHT Phi-2-architecture GGUF\n' +
       '(it proves the pipeline; its output is gibberish). Use --model for real Phi-2.',
     commands: ALL,
