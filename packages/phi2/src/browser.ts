@@ -75,7 +75,7 @@ export async function loadModel(source: ModelSource, options?: LoadOptions): Pro
   if (opts.signal?.aborted) throw abortErrorFrom(opts.signal)
   const base = (globalThis as { location?: { href?: string } }).location?.href
   // Hugging Face Hub ids (hf:ORG/REPO/FILE.gguf) → the Hub's file URL, at `revision`.
-  const hubUrl = typeof source === 'string' ? browserHubUrl(source, opts.revision) : null
+  const hubUrl = typeof source === 'string' ? browserHubUrl(source, opts.revision, opts.hubEndpoint) : null
   const { source: engineSource, display } = sourceFromValue(hubUrl ?? source, base)
   engine ??= wasmEngine(browserEnv)
   return loadWithEngine({

@@ -73,7 +73,7 @@ export function hubFileUrl(endpoint: string, repo: string, revision: string, pat
  * null when `source` is not a Hub id. A repository id (safetensors) is refused: its f32 / bf16
  * weights cannot stream into wasm32's memory, a GGUF of the model can.
  */
-export function browserHubUrl(source: string, revision: string | undefined, endpoint = DEFAULT_HUB_ENDPOINT): string | null {
+export function browserHubUrl(source: string, revision: string | undefined, endpoint: string = DEFAULT_HUB_ENDPOINT): string | null {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(source) || source.startsWith('/') || source.startsWith('.')) return null
   const ref = parseHubId(source, true)
   if (!ref) return null

@@ -113,6 +113,11 @@ export interface LoadOptions {
    * Default `'main'`.
    */
   revision?: string
+  /**
+   * Hugging Face Hub ids: the Hub's base URL (a mirror, a self-hosted Hub). Default: `$HF_ENDPOINT`
+   * in Node, else `https://huggingface.co`.
+   */
+  hubEndpoint?: string
   /** Called with load progress; at least `{phase:'loading', progress:0}` and `{phase:'loading', progress:1}`. */
   onProgress?: (progress: LoadProgress) => void
   /** Aborts the load: the promise rejects with `Phi2AbortError` (the weights are released). */
@@ -125,6 +130,7 @@ export const LoadOptionsSchema: z.ZodType<LoadOptions> = z.strictObject({
   backend: z.enum(['auto', 'cpu', 'cuda', 'wasm']).optional(),
   cache: z.boolean().optional(),
   revision: z.string().min(1).max(256).optional(),
+  hubEndpoint: z.url({ protocol: /^https?$/ }).optional(),
   onProgress: z
     .custom<(p: LoadProgress) => void>((v) => typeof v === 'function', { message: 'expected a function' })
     .optional(),

@@ -229,6 +229,14 @@ describe('loadModel from the Hub (loopback)', () => {
     expect(hub.requests).toHaveLength(0)
   })
 
+  it('the hubEndpoint option instead of HF_ENDPOINT; a bad one is an option error', async () => {
+    delete process.env.HF_ENDPOINT
+    expect((await tokensOf(GGUF, { hubEndpoint: hub.endpoint })).tokens).toEqual((await tokensOf(fixture('tiny-q8_0.gguf'))).tokens)
+    const err = await loadError(GGUF, { hubEndpoint: 'ftp://example.com' })
+    expect(err.code).toBe('E_INVALID_OPTION')
+    expect((err as Phi2Error & { path: string }).path).toBe('hubEndpoint')
+  })
+
   it('a relative redirect (renamed repository) is followed', async () => {
     const r = await tokensOf('hf:old-org/tiny-gguf/tiny.Q8_0.gguf')
     expect(r.tokens).toEqual((await tokensOf(fixture('tiny-q8_0.gguf'))).tokens)

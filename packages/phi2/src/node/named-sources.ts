@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path'
 import { Phi2ModelLoadError } from '../errors.js'
 import { parseHubId } from '../hub.js'
 import type { LoadOptions } from '../options.js'
-import { fetchFromHub } from './hub-cache.js'
+import { fetchFromHub, hubEnv } from './hub-cache.js'
 
 /**
  * phi2's own model cache, where `phi2 convert --cache` writes: `$PHI2_CACHE`, else
@@ -44,7 +44,9 @@ export async function resolveNamedSource(source: string, opts: LoadOptions): Pro
       )
     }
     const onProgress = opts.onProgress
+    const env = hubEnv()
     const r = await fetchFromHub(ref, {
+      env: opts.hubEndpoint ? { ...env, endpoint: opts.hubEndpoint.replace(/\/+$/, '') } : env,
       revision: opts.revision,
       signal: opts.signal,
       onProgress: onProgress
