@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use js_sys::{Array, ArrayBuffer, Float32Array, Function, Object, Reflect, Uint8Array};
 use phi2::gguf::GgufVocab;
-use phi2::{GenerateOptions, Generation, GgufStreamLoader, Phi2, SamplingParams, Session};
+use phi2::{GenerateOptions, GenerationParams, Generation, GgufStreamLoader, Phi2, Session};
 use wasm_bindgen::prelude::*;
 
 mod threads;
@@ -416,14 +416,6 @@ fn opt_bool(o: &JsValue, key: &str) -> Result<Option<bool>, JsValue> {
     v.as_bool().map(Some).ok_or_else(|| invalid(format!("option {key} must be a boolean")))
 }
 
-fn opt_count(o: &JsValue, key: &str) -> Result<Option<usize>, JsValue> {
-    match opt_num(o, key)? {
-        None => Ok(None),
-        Some(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= u32::MAX as f64 => Ok(Some(n as usize)),
-        Some(n) => Err(invalid(format!("option {key} must be an integer in 0..=2^32-1, got {n}"))),
-    }
-}
-
 fn num_array(o: &JsValue, key: &str) -> Result<Vec<f64>, JsValue> {
     let v = get(o, key);
     if v.is_undefined() || v.is_null() {
@@ -438,64 +430,46 @@ fn num_array(o: &JsValue, key: &str) -> Result<Vec<f64>, JsValue> {
         .collect()
 }
 
-/// `NativeGenerateOptions` (camelCase keys); missing keys take the engine's defaults (greedy).
-fn options_from(o: &JsValue) -> Result<GenerateOptions, JsValue> {
-    let d = GenerateOptions::default();
+/// `NativeGenerateOptions` (camelCase keys) read into the engine's one parameters type
+/// (`phi2::GenerationParams`, which applies the defaults and validates); missing keys take the
+/// engine's defaults (greedy). `vocab` bounds logit-bias ids.
+fn options_from(o: &JsValue, vocab: usize) -> Result<GenerateOptions, JsValue> {
     if o.is_undefined() || o.is_null() {
-        return Ok(d);
+        return GenerationParams::default().resolve(vocab).map_err(engine_err);
     }
     if !o.is_object() {
         return Err(invalid("options must be an object"));
     }
-    let ds = SamplingParams::default();
     let ids = num_array(o, "logitBiasIds")?;
     let values = num_array(o, "logitBiasValues")?;
     if ids.len() != values.len() {
         return Err(invalid("logitBiasIds and logitBiasValues differ in length"));
     }
-    let mut logit_bias = Vec::with_capacity(ids.len());
-    for (id, v) in ids.into_iter().zip(values) {
-        if !(id.is_finite() && id >= 0.0 && id.fract() == 0.0 && id <= u32::MAX as f64) {
-            return Err(invalid(format!("logitBiasIds must hold token ids, got {id}")));
-        }
-        logit_bias.push((id as u32, v as f32));
-    }
-    let seed = opt_num(o, "seed")?.unwrap_or(0.0);
-    if !(seed.is_finite() && seed >= 0.0 && seed.fract() == 0.0 && seed <= 9_007_199_254_740_992.0) {
-        return Err(invalid(format!("seed must be an integer in 0..=2^53, got {seed}")));
-    }
-    let f = |key: &str, default: f32| -> Result<f32, JsValue> { Ok(opt_num(o, key)?.map(|v| v as f32).unwrap_or(default)) };
     let spec = get(o, "speculative");
     let speculative = if spec.is_undefined() || spec.is_null() {
         None
     } else if !spec.is_object() {
         return Err(invalid("option speculative must be an object { ngram, maxDraft } or null"));
     } else {
-        let ds = phi2::generate::Speculative::default();
-        let s = phi2::generate::Speculative {
-            ngram: opt_count(&spec, "ngram")?.unwrap_or(ds.ngram),
-            max_draft: opt_count(&spec, "maxDraft")?.unwrap_or(ds.max_draft),
-        };
-        s.validate().map_err(|e| invalid(e.to_string()))?;
-        Some(s)
+        Some((opt_num(&spec, "ngram")?, opt_num(&spec, "maxDraft")?))
     };
-    Ok(GenerateOptions {
-        max_new_tokens: opt_count(o, "maxNewTokens")?.unwrap_or(d.max_new_tokens),
-        stop_on_eos: opt_bool(o, "stopOnEos")?.unwrap_or(d.stop_on_eos),
+    GenerationParams {
+        max_new_tokens: opt_num(o, "maxNewTokens")?,
+        do_sample: opt_bool(o, "doSample")?,
+        temperature: opt_num(o, "temperature")?,
+        top_k: opt_num(o, "topK")?,
+        top_p: opt_num(o, "topP")?,
+        min_p: opt_num(o, "minP")?,
+        repetition_penalty: opt_num(o, "repetitionPenalty")?,
+        presence_penalty: opt_num(o, "presencePenalty")?,
+        frequency_penalty: opt_num(o, "frequencyPenalty")?,
+        logit_bias: ids.into_iter().zip(values).collect(),
+        seed: opt_num(o, "seed")?,
+        stop_on_eos: opt_bool(o, "stopOnEos")?,
         speculative,
-        sampling: SamplingParams {
-            do_sample: opt_bool(o, "doSample")?.unwrap_or(ds.do_sample),
-            temperature: f("temperature", ds.temperature)?,
-            top_k: opt_count(o, "topK")?.unwrap_or(ds.top_k),
-            top_p: f("topP", ds.top_p)?,
-            min_p: f("minP", ds.min_p)?,
-            repetition_penalty: f("repetitionPenalty", ds.repetition_penalty)?,
-            presence_penalty: f("presencePenalty", ds.presence_penalty)?,
-            frequency_penalty: f("frequencyPenalty", ds.frequency_penalty)?,
-            logit_bias,
-            seed: seed as u64,
-        },
-    })
+    }
+    .resolve(vocab)
+    .map_err(engine_err)
 }
 
 fn now_ms() -> f64 {
@@ -517,8 +491,8 @@ impl WasmSession {
         on_token: Option<Function>,
         #[wasm_bindgen(unchecked_param_type = "WasmCancelToken | null | undefined")] cancel: JsValue,
     ) -> Result<Object, JsValue> {
-        take_model(&self.model)?;
-        let opts = options_from(&options)?;
+        let vocab = take_model(&self.model)?.config.vocab_size;
+        let opts = options_from(&options, vocab)?;
         let flag = AtomicBool::new(cancelled(&cancel)?);
         let mut guard = self
             .session
@@ -565,8 +539,8 @@ impl WasmSession {
         tokens: Vec<u32>,
         #[wasm_bindgen(unchecked_param_type = "Partial<NativeGenerateOptions> | null | undefined")] options: JsValue,
     ) -> Result<(), JsValue> {
-        take_model(&self.model)?;
-        let opts = options_from(&options)?;
+        let vocab = take_model(&self.model)?.config.vocab_size;
+        let opts = options_from(&options, vocab)?;
         let mut guard = self.session.try_borrow_mut().map_err(|_| coded("E_BUSY", "this session is generating"))?;
         let session = guard.as_mut().ok_or_else(|| disposed("session"))?;
         let start = now_ms();
