@@ -76,18 +76,28 @@ fn request_tile_state() -> bool {
 
 /// Whether this product goes to the tiles (else to the AVX-VNNI kernels).
 pub(crate) fn takes(w: &WeightRef, a: &Activations) -> bool {
-    matches!(w.dtype, DType::Q4_0 | DType::Q8_0) && a.tokens >= MIN_TOKENS && a.tb.len() == a.tokens.div_ceil(TILE) * (a.cols / 32) * 512
+    matches!(w.dtype, DType::Q4_0 | DType::Q8_0 | DType::Q4K | DType::Q5K | DType::Q6K)
+        && a.tokens >= MIN_TOKENS
+        && a.tb.len() == a.tokens.div_ceil(TILE) * (a.cols / 32) * 512
 }
 
-/// The activation tiles of [`Activations`] for `tokens` tokens (`q`, `d`, `s` already made):
-/// per tile of 16 tokens and block b, 512 bytes `B[k][4n + i] = q[t0 + n][32b + 4k + i]`, the 16
-/// scales (zeros for padding tokens).
+/// The activation tiles of [`Activations`] for `tokens` tokens (`q` and the scales already
+/// made): per tile of 16 tokens and 32 values (block g), 512 bytes
+/// `B[k][4n + i] = q[t0 + n][32g + 4k + i]` (for Q6_K's sub-blocks of 16, rows 0..4 and 4..8 of
+/// it are the two halves); the activation scales per tile and block (Q8_0) or super-block (Q8_K)
+/// `[..][n]`; for Q8_K also the sums of each 32 values (`bsums` in pairs) `[.., j][n]`. Zeros for
+/// padding tokens.
 pub(crate) fn prepare(a: &mut Activations) {
     let (tokens, cols) = (a.tokens, a.cols);
     let nb = cols / 32;
     let tiles = tokens.div_ceil(TILE);
+    let k_family = a.family == Some(super::Family::Q8K);
+    let nsb = if k_family { cols / 256 } else { nb };
     super::resize(&mut a.tb, tiles * nb * 512);
-    super::resize(&mut a.td, tiles * nb * TILE);
+    super::resize(&mut a.td, tiles * nsb * TILE);
+    if k_family {
+        super::resize(&mut a.tbs, tiles * nsb * 8 * TILE);
+    }
     for t in 0..tokens {
         let (tile, n) = (t / TILE, t % TILE);
         for b in 0..nb {
@@ -96,7 +106,17 @@ pub(crate) fn prepare(a: &mut Activations) {
             for k in 0..8 {
                 a.tb[base + 64 * k..base + 64 * k + 4].copy_from_slice(&src[4 * k..4 * k + 4]);
             }
-            a.td[(tile * nb + b) * TILE + n] = a.d[t * nb + b];
+        }
+        for b in 0..nsb {
+            if k_family {
+                a.td[(tile * nsb + b) * TILE + n] = a.d[b * tokens + t];
+                for j in 0..8 {
+                    let bs = &a.bsums[(t * nsb + b) * 16..];
+                    a.tbs[((tile * nsb + b) * 8 + j) * TILE + n] = bs[2 * j] + bs[2 * j + 1];
+                }
+            } else {
+                a.td[(tile * nsb + b) * TILE + n] = a.d[t * nb + b];
+            }
         }
     }
 }
@@ -129,6 +149,16 @@ const CONFIG: TileConfig = {
     c
 };
 
+/// [`CONFIG`] for Q6_K's sub-blocks of 16: A is 16 rows × 16 bytes, B 4 rows × 64 bytes.
+const CONFIG16: TileConfig = {
+    let mut c = CONFIG;
+    c.colsb[1] = 16;
+    c.rows[2] = 4;
+    c.colsb[4] = 16;
+    c.rows[5] = 4;
+    c
+};
+
 #[repr(C, align(64))]
 struct CTile([i32; 256]);
 
@@ -138,21 +168,29 @@ struct Slab {
     a: Vec<u8>,
     dw: Vec<f32>,
     acc: Vec<f32>,
+    /// K-quants: sub-block scales `[b·S + j][row]`, mins `[b·8 + j][row]`, dmin `[b][row]`.
+    sc: Vec<i32>,
+    mins: Vec<i32>,
+    dmin: Vec<f32>,
 }
 
+const EMPTY_SLAB: Slab = Slab { a: Vec::new(), dw: Vec::new(), acc: Vec::new(), sc: Vec::new(), mins: Vec::new(), dmin: Vec::new() };
+
 thread_local! {
-    static SLAB: std::cell::RefCell<Slab> = const { std::cell::RefCell::new(Slab { a: Vec::new(), dw: Vec::new(), acc: Vec::new() }) };
+    static SLAB: std::cell::RefCell<Slab> = const { std::cell::RefCell::new(EMPTY_SLAB) };
 }
 
 pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     debug_assert!(takes(w, a));
-    let mut slab = SLAB.with(|s| std::mem::replace(&mut *s.borrow_mut(), Slab { a: Vec::new(), dw: Vec::new(), acc: Vec::new() }));
+    let mut slab = SLAB.with(|s| std::mem::replace(&mut *s.borrow_mut(), EMPTY_SLAB));
     // SAFETY: `available()` held when the kernel set was chosen (it is part of `Isa::Amx`).
     unsafe {
-        if w.dtype == DType::Q8_0 {
-            rows_amx::<true>(w, a, rows, out, &mut slab)
-        } else {
-            rows_amx::<false>(w, a, rows, out, &mut slab)
+        match w.dtype {
+            DType::Q8_0 => rows_amx::<true>(w, a, rows, out, &mut slab),
+            DType::Q4_0 => rows_amx::<false>(w, a, rows, out, &mut slab),
+            DType::Q4K => rows_amx_k::<K4>(w, a, rows, out, &mut slab),
+            DType::Q5K => rows_amx_k::<K5>(w, a, rows, out, &mut slab),
+            _ => rows_amx_k::<K6>(w, a, rows, out, &mut slab),
         }
     }
     SLAB.with(|s| *s.borrow_mut() = slab);
@@ -191,7 +229,7 @@ unsafe fn pack_slab<const SIGNED: bool>(w: &WeightRef, r0: usize, m: usize, slab
 /// Starts one block's tile product on tile set `SET` (0: tmm0-2, 1: tmm3-5): loads A and B,
 /// C = A · B. [`tile_store`] writes C out later, so the product runs meanwhile.
 #[inline(always)]
-unsafe fn tile_dot<const SET: usize>(ap: *const u8, bp: *const i8) {
+unsafe fn tile_dot<const SET: usize>(ap: *const u8, sa: usize, bp: *const i8) {
     macro_rules! run {
         ($op:literal, $c:literal, $a:literal, $b:literal) => {
             asm!(
@@ -199,7 +237,7 @@ unsafe fn tile_dot<const SET: usize>(ap: *const u8, bp: *const i8) {
                 concat!("tileloadd ", $b, ", [{b} + {sb}*1]"),
                 concat!("tilezero ", $c),
                 concat!($op, " ", $c, ", ", $a, ", ", $b),
-                a = in(reg) ap, sa = in(reg) 32usize, b = in(reg) bp, sb = in(reg) 64usize,
+                a = in(reg) ap, sa = in(reg) sa, b = in(reg) bp, sb = in(reg) 64usize,
                 options(nostack, readonly),
             )
         };
@@ -244,11 +282,11 @@ unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Ran
                 let ta = |j: usize| slab.a.as_ptr().add((l + 8 * j) * 512);
                 let tb = |j: usize| a.tb.as_ptr().add((tile * nb + l + 8 * j) * 512);
                 if cnt > 0 {
-                    tile_dot::<0>(ta(0), tb(0));
+                    tile_dot::<0>(ta(0), 32, tb(0));
                     tile_store::<0>(c[0].0.as_mut_ptr());
                 }
                 if cnt > 1 {
-                    tile_dot::<1>(ta(1), tb(1));
+                    tile_dot::<1>(ta(1), 32, tb(1));
                 }
                 for j in 0..cnt {
                     if j + 1 < cnt {
@@ -260,9 +298,9 @@ unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Ran
                     }
                     if j + 2 < cnt {
                         if j % 2 == 0 {
-                            tile_dot::<0>(ta(j + 2), tb(j + 2));
+                            tile_dot::<0>(ta(j + 2), 32, tb(j + 2));
                         } else {
-                            tile_dot::<1>(ta(j + 2), tb(j + 2));
+                            tile_dot::<1>(ta(j + 2), 32, tb(j + 2));
                         }
                     }
                     let b = l + 8 * j;
@@ -283,6 +321,183 @@ unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Ran
                 for n in 0..TILE.min(a.tokens - t0) {
                     let lanes: [f32; 8] = std::array::from_fn(|l| slab.acc[(l * TILE + mi) * TILE + n]);
                     out.set(t0 + n, r0 + mi, reduce8(&lanes));
+                }
+            }
+        }
+        r0 += m;
+    }
+    asm!("tilerelease", options(nostack, nomem));
+}
+
+const K4: u8 = 4;
+const K5: u8 = 5;
+const K6: u8 = 6;
+
+/// K-quant rows `r0 .. r0 + m` into A tiles: per super-block b and sub-block j (8 of 32 values
+/// for Q4_K / Q5_K, 16 of 16 for Q6_K), 16 rows of signed bytes (Q4_K: q, Q5_K: q with its fifth
+/// bit, Q6_K: q − 32), with the integer scales (and mins), d (and dmin) per row.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn pack_kslab<const KIND: u8>(w: &WeightRef, r0: usize, m: usize, slab: &mut Slab) {
+    let nsb = w.cols / 256;
+    let (bytes, l, subs) = match KIND {
+        K4 => (144, 32, 8),
+        K5 => (176, 32, 8),
+        _ => (210, 16, 16),
+    };
+    if m < TILE {
+        slab.a.fill(0);
+        slab.dw.fill(0.0);
+        slab.dmin.fill(0.0);
+        slab.sc.fill(0);
+        slab.mins.fill(0);
+    }
+    let m4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let three = _mm256_set1_epi8(3);
+    let x32 = _mm256_set1_epi8(32);
+    let abase = slab.a.as_mut_ptr();
+    for mi in 0..m {
+        let row = w.row(r0 + mi);
+        for b in 0..nsb {
+            let blk = &row[b * bytes..(b + 1) * bytes];
+            let dst = |s: usize| abase.add(((b * subs + s) * TILE + mi) * l);
+            if KIND == K6 {
+                slab.dw[b * TILE + mi] = super::f16_at(blk, 208);
+                for s in 0..16 {
+                    slab.sc[(b * 16 + s) * TILE + mi] = blk[192 + s] as i8 as i32;
+                }
+                for n in 0..2 {
+                    let qh = load32(blk.as_ptr().add(128 + 32 * n));
+                    for grp in 0..4 {
+                        let ql = load32(blk.as_ptr().add(64 * n + 32 * (grp % 2)));
+                        let lo = if grp < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
+                        let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * grp as i32)), three);
+                        let q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), x32);
+                        let s = 8 * n + 2 * grp;
+                        _mm_storeu_si128(dst(s) as *mut __m128i, _mm256_castsi256_si128(q));
+                        _mm_storeu_si128(dst(s + 1) as *mut __m128i, _mm256_extracti128_si256(q, 1));
+                    }
+                }
+            } else {
+                slab.dw[b * TILE + mi] = super::f16_at(blk, 0);
+                slab.dmin[b * TILE + mi] = super::f16_at(blk, 2);
+                let qs_off = if KIND == K5 { 48 } else { 16 };
+                let qh = if KIND == K5 { load32(blk.as_ptr().add(16)) } else { _mm256_setzero_si256() };
+                for j in 0..8 {
+                    let (sc, mn) = super::scale_min_k4(j, &blk[4..16]);
+                    slab.sc[(b * 8 + j) * TILE + mi] = sc as i32;
+                    slab.mins[(b * 8 + j) * TILE + mi] = mn as i32;
+                    let q = load32(blk.as_ptr().add(qs_off + 32 * (j / 2)));
+                    let mut v = if j % 2 == 0 { _mm256_and_si256(q, m4) } else { _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) };
+                    if KIND == K5 {
+                        let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
+                        v = _mm256_or_si256(v, _mm256_slli_epi16(bit, 4));
+                    }
+                    _mm256_storeu_si256(dst(j) as *mut __m256i, v);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn load32(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// Q4_K / Q5_K / Q6_K rows against the activation tiles: per super-block, the tile product of
+/// each sub-block, `isum += sc_j · C_j` in i32 (exact), then (Q4_K / Q5_K) `msum = Σ_j m_j ·
+/// (pair sums)` in i32 and `acc += (d·dx)·isum − (dmin·dx)·msum`, (Q6_K) `acc += (d·dx)·isum`:
+/// the scalar twin's operations, in super-block order.
+#[target_feature(enable = "avx512f,avx2,f16c")]
+unsafe fn rows_amx_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, slab: &mut Slab) {
+    let nsb = w.cols / 256;
+    let nb32 = w.cols / 32;
+    let tiles = a.tokens.div_ceil(TILE);
+    let (l, subs) = if KIND == K6 { (16usize, 16usize) } else { (32, 8) };
+    slab.a.resize(nsb * 256 * TILE, 0);
+    slab.dw.resize(nsb * TILE, 0.0);
+    slab.dmin.resize(nsb * TILE, 0.0);
+    slab.sc.resize(nsb * subs * TILE, 0);
+    slab.mins.resize(nsb * 8 * TILE, 0);
+    let mut c = [CTile([0; 256]), CTile([0; 256])];
+    let cfg = if KIND == K6 { &CONFIG16 } else { &CONFIG };
+    asm!("ldtilecfg [{0}]", in(reg) cfg as *const TileConfig, options(nostack, readonly));
+    let steps = nsb * subs;
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let m = (rows.end - r0).min(TILE);
+        pack_kslab::<KIND>(w, r0, m, slab);
+        for tile in 0..tiles {
+            // Step i = sub-block i % subs of super-block i / subs: its A tile and B tile.
+            let ta = |i: usize| slab.a.as_ptr().add(i * TILE * l);
+            let tb = |i: usize| {
+                let (b, j) = (i / subs, i % subs);
+                let e = 256 * b + l * j; // first value of the sub-block
+                a.tb.as_ptr().add((tile * nb32 + e / 32) * 512 + (e % 32) * 16)
+            };
+            let mut acc = [_mm512_setzero_ps(); TILE];
+            let mut isum = [_mm512_setzero_si512(); TILE];
+            tile_dot::<0>(ta(0), l, tb(0));
+            tile_store::<0>(c[0].0.as_mut_ptr());
+            if steps > 1 {
+                tile_dot::<1>(ta(1), l, tb(1));
+            }
+            for i in 0..steps {
+                if i + 1 < steps {
+                    if i % 2 == 0 {
+                        tile_store::<1>(c[1].0.as_mut_ptr());
+                    } else {
+                        tile_store::<0>(c[0].0.as_mut_ptr());
+                    }
+                }
+                if i + 2 < steps {
+                    if i % 2 == 0 {
+                        tile_dot::<0>(ta(i + 2), l, tb(i + 2));
+                    } else {
+                        tile_dot::<1>(ta(i + 2), l, tb(i + 2));
+                    }
+                }
+                let cb = c[i % 2].0.as_ptr();
+                for (mi, is) in isum.iter_mut().enumerate() {
+                    let v = _mm512_load_si512(cb.add(mi * TILE) as *const __m512i);
+                    let sc = _mm512_set1_epi32(*slab.sc.get_unchecked(i * TILE + mi));
+                    *is = _mm512_add_epi32(*is, _mm512_mullo_epi32(sc, v));
+                }
+                if i % subs == subs - 1 {
+                    let b = i / subs;
+                    let dx = _mm512_loadu_ps(a.td.as_ptr().add((tile * nsb + b) * TILE));
+                    if KIND == K6 {
+                        for (mi, (acc_m, is)) in acc.iter_mut().zip(&isum).enumerate() {
+                            let d = _mm512_set1_ps(*slab.dw.get_unchecked(b * TILE + mi));
+                            *acc_m = _mm512_add_ps(*acc_m, _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(*is)));
+                        }
+                    } else {
+                        let ps: [__m512i; 8] = std::array::from_fn(|j| {
+                            _mm512_loadu_si512(a.tbs.as_ptr().add(((tile * nsb + b) * 8 + j) * TILE) as *const __m512i)
+                        });
+                        for (mi, (acc_m, is)) in acc.iter_mut().zip(&isum).enumerate() {
+                            let mut msum = _mm512_setzero_si512();
+                            for (j, p) in ps.iter().enumerate() {
+                                let mn = _mm512_set1_epi32(*slab.mins.get_unchecked((b * 8 + j) * TILE + mi));
+                                msum = _mm512_add_epi32(msum, _mm512_mullo_epi32(mn, *p));
+                            }
+                            let d = _mm512_set1_ps(*slab.dw.get_unchecked(b * TILE + mi));
+                            let dmin = _mm512_set1_ps(*slab.dmin.get_unchecked(b * TILE + mi));
+                            let av = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(*is));
+                            let mv = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(msum));
+                            *acc_m = _mm512_add_ps(*acc_m, _mm512_sub_ps(av, mv));
+                        }
+                    }
+                    isum = [_mm512_setzero_si512(); TILE];
+                }
+            }
+            let t0 = tile * TILE;
+            for (mi, acc_m) in acc.iter().enumerate().take(m) {
+                let mut v = [0f32; TILE];
+                _mm512_storeu_ps(v.as_mut_ptr(), *acc_m);
+                for (n, &y) in v.iter().enumerate().take(TILE.min(a.tokens - t0)) {
+                    out.set(t0 + n, r0 + mi, y);
                 }
             }
         }

@@ -141,10 +141,11 @@ pub struct Activations {
     pub s: Vec<i32>,
     pub bsums: Vec<i32>,
     pub qt: Vec<i8>,
-    /// Q8_0 batches of at least `amx::MIN_TOKENS` on CPUs with AMX: the activation tiles, their
-    /// scales (see `amx::prepare`); empty otherwise.
+    /// Batches of at least `amx::MIN_TOKENS` on CPUs with AMX (Q8_0 and Q8_K families): the
+    /// activation tiles, their scales and (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
     pub tb: Vec<i8>,
     pub td: Vec<f32>,
+    pub tbs: Vec<i32>,
     pub f: Vec<f32>,
 }
 
@@ -207,6 +208,11 @@ impl Activations {
                         let bs = &mut self.bsums[(t * nb + b) * 16..(t * nb + b) * 16 + 16];
                         self.d[b * tokens + t] = quantize_block_q8_k(xs, qs, bs);
                     }
+                }
+                self.tb.clear();
+                #[cfg(target_arch = "x86_64")]
+                if tokens >= amx::MIN_TOKENS && amx::available() {
+                    amx::prepare(self);
                 }
             }
             Family::F16 => {

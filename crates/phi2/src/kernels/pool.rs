@@ -36,7 +36,11 @@ fn default_threads() -> usize {
         }
     }
     #[cfg(not(target_arch = "wasm32"))]
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    {
+        // Asked once: on Linux it reads cgroup files, and `threads()` runs for every product.
+        static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *N.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    }
 }
 
 /// Runs `f(0) .. f(items − 1)`, each exactly once, on up to `threads` threads; returns when all

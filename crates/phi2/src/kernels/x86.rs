@@ -111,8 +111,9 @@ unsafe fn rows_q32_vnni<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows
     rows_q32::<SIGNED, true>(w, a, rows, out)
 }
 
-/// How far ahead (in blocks) the weight stream is prefetched.
-const PREFETCH_BLOCKS: usize = 64;
+/// How far ahead (in blocks) the weight stream is prefetched (measured on one thread: 64 → 160
+/// saves ~5% of decode time, 0 costs ~25%).
+const PREFETCH_BLOCKS: usize = 160;
 
 /// Weights of one row regrouped for 8-block lanes (`transpose_q32`), reused across token tiles.
 struct RowCache {
