@@ -18,7 +18,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use phi2::gguf::{GgufFile, GgufVocab};
-use phi2::{GenerateOptions, Phi2, Session};
+use phi2::{Phi2, Session};
 
 mod batch;
 mod convert;
@@ -304,7 +304,9 @@ pub struct GenerateTask {
     model: ModelSlot,
     session: Arc<Mutex<Option<Session>>>,
     tokens: Vec<u32>,
-    opts: GenerateOptions,
+    /// Validated when the generation starts (bad values reject the promise).
+    params: phi2::GenerationParams,
+    vocab: usize,
     cancel: Arc<AtomicBool>,
     on_token: Arc<ThreadsafeFunction<u32>>,
 }
@@ -317,6 +319,7 @@ impl GenerateTask {
             // The model may have been disposed while this call waited in the queue.
             take_model(&self.model)?;
             let session = guard.as_mut().ok_or_else(|| disposed("session"))?;
+            let opts = self.params.resolve(self.vocab).map_err(engine_err)?;
             let start = Instant::now();
             let mut first_token_at = None;
             let on_token = self.on_token.clone();
@@ -326,7 +329,7 @@ impl GenerateTask {
             let mut queued = 0usize;
             let delivered = Arc::new(AtomicUsize::new(0));
             let out = session
-                .generate(&self.tokens, &self.opts, &self.cancel, |id| {
+                .generate(&self.tokens, &opts, &self.cancel, |id| {
                     first_token_at.get_or_insert_with(Instant::now);
                     let delivered = delivered.clone();
                     // NonBlocking: the queue is unbounded, tokens are never dropped or reordered.
@@ -371,9 +374,13 @@ impl GenerateTask {
 
 }
 
-/// The options through the engine's one validated parameters type (`phi2::GenerationParams`).
-fn sampling_from(o: &NativeGenerateOptions, vocab: usize) -> Result<GenerateOptions> {
-    batch::params_of(o)?.resolve(vocab).map_err(engine_err)
+/// The options as the engine's one parameters type (`phi2::GenerationParams`). Structural
+/// problems (logit-bias lengths) and a bad seed throw at once; the sampling values are checked
+/// by `resolve` when the generation starts, rejecting its promise.
+fn params_from(o: &NativeGenerateOptions, vocab: usize) -> Result<phi2::GenerationParams> {
+    let params = batch::params_of(o)?;
+    phi2::GenerationParams { seed: params.seed, ..Default::default() }.resolve(vocab).map_err(engine_err)?;
+    Ok(params)
 }
 
 #[napi]
@@ -397,7 +404,8 @@ impl NativeSession {
             model: self.model.clone(),
             session: self.session.clone(),
             tokens,
-            opts: sampling_from(&options, vocab)?,
+            params: params_from(&options, vocab)?,
+            vocab,
             cancel: flag_of(cancel),
             on_token: Arc::new(on_token),
         };
