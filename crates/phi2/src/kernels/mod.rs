@@ -165,31 +165,28 @@ impl Activations {
         match family {
             Family::Q8_0 => {
                 let nb = cols / 32;
+                let groups = nb / 8;
                 resize(&mut self.q, tokens * cols);
                 resize(&mut self.d, tokens * nb);
                 resize(&mut self.s, tokens * nb);
-                for t in 0..tokens {
-                    for b in 0..nb {
-                        let xs = &x[t * cols + 32 * b..t * cols + 32 * b + 32];
-                        let qs = &mut self.q[t * cols + 32 * b..t * cols + 32 * b + 32];
-                        let (d, s) = quantize_block_q8_0(xs, qs);
-                        self.d[t * nb + b] = d;
-                        self.s[t * nb + b] = s;
-                    }
-                }
-                let groups = nb / 8;
                 resize(&mut self.qt, tokens * groups * 256);
-                for t in 0..tokens {
+                let (q, d, s, qt) = (Shared(self.q.as_mut_ptr()), Shared(self.d.as_mut_ptr()), Shared(self.s.as_mut_ptr()), Shared(self.qt.as_mut_ptr()));
+                par_tokens(tokens, cols, &|t| {
+                    // SAFETY: token t's ranges of each buffer (sized above) are this item's alone.
+                    let (q, d, s, qt) = unsafe { (q.slice(t * cols, cols), d.slice(t * nb, nb), s.slice(t * nb, nb), qt.slice(t * groups * 256, groups * 256)) };
+                    for b in 0..nb {
+                        (d[b], s[b]) = quantize_block_q8_0(&x[t * cols + 32 * b..t * cols + 32 * b + 32], &mut q[32 * b..32 * b + 32]);
+                    }
                     for g in 0..groups {
                         for k in 0..8 {
                             for j in 0..8 {
-                                let src = t * cols + 32 * (8 * g + j) + 4 * k;
-                                let dst = ((t * groups + g) * 8 + k) * 32 + 4 * j;
-                                self.qt[dst..dst + 4].copy_from_slice(&self.q[src..src + 4]);
+                                let src = 32 * (8 * g + j) + 4 * k;
+                                let dst = (g * 8 + k) * 32 + 4 * j;
+                                qt[dst..dst + 4].copy_from_slice(&q[src..src + 4]);
                             }
                         }
                     }
-                }
+                });
                 self.tb.clear();
                 #[cfg(target_arch = "x86_64")]
                 if tokens >= amx::MIN_TOKENS && amx::available() {
@@ -201,12 +198,19 @@ impl Activations {
                 resize(&mut self.q, tokens * cols);
                 resize(&mut self.d, tokens * nb);
                 resize(&mut self.bsums, tokens * nb * 16);
+                let mut dt = vec![0f32; tokens * nb];
+                let (q, d, bsums) = (Shared(self.q.as_mut_ptr()), Shared(dt.as_mut_ptr()), Shared(self.bsums.as_mut_ptr()));
+                par_tokens(tokens, cols, &|t| {
+                    // SAFETY: token t's ranges of each buffer (sized above) are this item's alone.
+                    let (q, d, bs) = unsafe { (q.slice(t * cols, cols), d.slice(t * nb, nb), bsums.slice(t * nb * 16, nb * 16)) };
+                    for b in 0..nb {
+                        d[b] = quantize_block_q8_k(&x[t * cols + 256 * b..t * cols + 256 * b + 256], &mut q[256 * b..256 * b + 256], &mut bs[16 * b..16 * b + 16]);
+                    }
+                });
+                // Block-major scales (a tile's tokens contiguous).
                 for t in 0..tokens {
                     for b in 0..nb {
-                        let xs = &x[t * cols + 256 * b..t * cols + 256 * b + 256];
-                        let qs = &mut self.q[t * cols + 256 * b..t * cols + 256 * b + 256];
-                        let bs = &mut self.bsums[(t * nb + b) * 16..(t * nb + b) * 16 + 16];
-                        self.d[b * tokens + t] = quantize_block_q8_k(xs, qs, bs);
+                        self.d[b * tokens + t] = dt[t * nb + b];
                     }
                 }
                 self.tb.clear();
@@ -225,6 +229,29 @@ impl Activations {
             }
         }
     }
+}
+
+/// A buffer's base pointer shared by the items of one [`par_tokens`] call, each of which takes
+/// a disjoint range of it.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+// SAFETY: items only form slices of disjoint ranges (see `slice`'s contract).
+unsafe impl<T> Sync for Shared<T> {}
+unsafe impl<T> Send for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// # Safety
+    /// `start + len` within the buffer, and no other live slice overlaps this one.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+/// Runs `f(t)` for every token, over the pool when the batch is large enough to pay for it.
+fn par_tokens(tokens: usize, cols: usize, f: &(dyn Fn(usize) + Sync)) {
+    let threads = if tokens > 1 && tokens * cols >= 16384 { pool::threads() } else { 1 };
+    pool::run(tokens, threads, f);
 }
 
 /// Round to nearest, ties to even, for |v| < 2²² (all our callers: |v| ≤ 128), as ggml's
