@@ -14,11 +14,18 @@
 //! - **Leaving.** A sequence leaves the batch on EOS, its token budget, a full context, or
 //!   [`Batch::cancel`] (taken into account at the next step); the others go on.
 //! - **Exactness.** On the engine's own kernels (see [`crate::generate`]) a row's logits do not
-//!   depend on the other rows of the pass, so each sequence gets the tokens it gets alone with
-//!   [`crate::Session`] and the same seed (tests/batch.rs checks tokens and log-probs bit for bit,
-//!   with joins and leaves mid-run, and chunked prefill against one-pass prefill). Matrices that
-//!   go through candle's products (F32, Q4_1, Q5_0, Q5_1) round differently with the batch size,
-//!   so there a token can differ where two candidates are within ~1e-5.
+//!   depend on the other rows of the pass, and attention runs per sequence with the shapes it
+//!   has alone, so each sequence gets the tokens and log-probs it gets alone with
+//!   [`crate::Session`] and the same seed, bit for bit (tests/batch.rs, with joins and leaves
+//!   mid-run), as long as its prompt runs in one pass: prompts of at most
+//!   [`BatchConfig::prefill_chunk`] tokens always do (a chunk is never cut to fit a step).
+//!   Longer prompts are prefilled in chunks, and there the attention products (candle's gemm)
+//!   round differently from a one-pass prefill: scores of a 1-row query against S keys differ
+//!   from the same row in a T-row block by ~1e-6, which an 8-bit activation rounding can turn
+//!   into ~0.1 in the logits (measured on the Q4_0 fixture); greedy tokens stayed equal on the
+//!   fixtures. Matrices that go through candle's products (F32, Q4_1, Q5_0, Q5_1) round
+//!   differently with the batch size too, so there a token can differ where two candidates are
+//!   within ~1e-5.
 //! - Speculative decoding is not used in a batch (the batch already amortises the weight reads);
 //!   [`GenerateOptions::speculative`] is ignored and [`Generation::speculation`] stays zero.
 
@@ -253,8 +260,10 @@ impl Batch {
             return Ok(events);
         }
 
-        // What each sequence feeds this step: decoders their pending token, prefillers a chunk
-        // within the remaining row budget (the oldest first, and at least one token).
+        // What each sequence feeds this step: decoders their pending token, prefillers their next
+        // chunk when it fits in the remaining row budget (the oldest first). A chunk is never cut
+        // to fit, except the oldest prefiller's when no chunk fits at all (progress), so a prompt
+        // of at most `prefill_chunk` tokens runs in one pass, as it does alone.
         let decoders = self.seqs.iter().filter(|s| s.produced() > 0).count();
         let mut budget = self.config.step_tokens.saturating_sub(decoders);
         let mut feeds: Vec<(usize, usize)> = Vec::with_capacity(self.seqs.len()); // (index, tokens)
@@ -263,11 +272,14 @@ impl Batch {
             if s.produced() > 0 {
                 feeds.push((i, 1));
             } else {
-                let left = s.prompt_len - s.fed;
-                let mut n = left.min(self.config.prefill_chunk).min(budget);
-                if n == 0 && !any_prefill && decoders == 0 {
-                    n = 1;
-                }
+                let want = (s.prompt_len - s.fed).min(self.config.prefill_chunk);
+                let n = if want <= budget {
+                    want
+                } else if !any_prefill {
+                    want.min(budget.max(1))
+                } else {
+                    0
+                };
                 if n > 0 {
                     any_prefill = true;
                     budget -= n.min(budget);
