@@ -275,6 +275,28 @@ describe('phi2 serve: OpenAI API', () => {
 })
 
 describe('phi2 serve: lifecycle', () => {
+  it('help and usage errors', async () => {
+    const runCli = async (args: string[]) => {
+      const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+      let out = ''
+      p.stdout!.on('data', (d) => (out += d))
+      p.stderr!.on('data', (d) => (out += d))
+      const [code] = await once(p, 'exit')
+      return { code, out }
+    }
+    const help = await runCli(['serve', '--help'])
+    expect(help.code).toBe(0)
+    expect(help.out).toMatch(/POST \/score/)
+    expect((await runCli(['help', 'serve'])).out).toBe(help.out)
+    const bad = await runCli(['serve', '--port', 'eighty'])
+    expect(bad.code).toBe(2)
+    expect(bad.out).toMatch(/E_USAGE: --port must be an integer/)
+    expect((await runCli(['serve', '--colour'])).code).toBe(2)
+    const missing = await runCli(['serve', '--model', '/nonexistent/m.gguf', '--port', '0'])
+    expect(missing.code).toBe(1)
+    expect(missing.out).toMatch(/phi2: E_IO: /)
+  })
+
   it('SIGTERM lets a running stream finish, then exits 0; binds 127.0.0.1; CORS only with --cors', async () => {
     const s = await serve(['--model', fixture('tiny-q8_0.gguf'), '--cors', 'https://app.example'])
     expect(new URL(s.url).hostname).toBe('127.0.0.1')
