@@ -205,8 +205,9 @@ impl Phi2 {
         let (cos, sin) = self.rotary_tables(pos, t)?;
         for (layer, kv) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
             let h = layer.norm.forward(&x)?;
-            let attn = self.attention(layer, &h, kv, &cos, &sin, mask.as_ref())?;
-            let mlp = layer.fc2.forward(&layer.fc1.forward_gelu(&h)?)?;
+            let (q, k, v, up) = self.project(layer, &h)?;
+            let attn = layer.dense.forward(&self.attend(&q, &k, &v, kv, &cos, &sin, mask.as_ref())?)?;
+            let mlp = layer.fc2.forward(&up)?;
             x = ((x + attn)? + mlp)?;
         }
         cache.len += t;
@@ -258,7 +259,7 @@ impl Phi2 {
         }
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let h = layer.norm.forward(&x)?;
-            let (q, k, v) = self.qkv(layer, &h)?;
+            let (q, k, v, up) = self.project(layer, &h)?;
             let mut ys = Vec::with_capacity(items.len());
             for (it, (row, t, cos, sin, mask)) in items.iter_mut().zip(&parts) {
                 let rows = |z: &Tensor| z.narrow(0, *row, *t);
@@ -266,7 +267,7 @@ impl Phi2 {
             }
             let y = if ys.len() == 1 { ys.pop().expect("one item") } else { Tensor::cat(&ys, 0)? };
             let attn = layer.dense.forward(&y)?;
-            let mlp = layer.fc2.forward(&layer.fc1.forward_gelu(&h)?)?;
+            let mlp = layer.fc2.forward(&up)?;
             x = ((x + attn)? + mlp)?;
         }
         // The rows whose logits are wanted, through the final norm and lm_head together.
@@ -288,30 +289,25 @@ impl Phi2 {
         Ok(out)
     }
 
-    /// h `[T, H]` → attention output after `dense`, `[T, H]`.
-    fn attention(
-        &self,
-        layer: &crate::weights::Phi2Layer,
-        h: &Tensor,
-        kv: &mut LayerKv,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        let (q, k, v) = self.qkv(layer, h)?;
-        let y = self.attend(&q, &k, &v, kv, cos, sin, mask)?;
-        layer.dense.forward(&y)
-    }
-
-    /// The q, k, v projections of h `[T, H]`, each `[T, H]`.
-    fn qkv(&self, layer: &crate::weights::Phi2Layer, h: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    /// The projections of the layer input h `[T, H]` (Phi-2's attention and MLP read the same
+    /// h): q, k, v `[T, H]` and the MLP's `gelu_new(fc1(h))` `[T, I]`, computed by one product
+    /// over all their weights where the engine's kernels take them ([`Linear::forward_many`]).
+    fn project(&self, layer: &crate::weights::Phi2Layer, h: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor, Tensor)> {
         let hidden = self.config.hidden_size;
         Ok(match &layer.qkv {
             Qkv::Fused(l) => {
-                let qkv = l.forward(h)?;
-                (qkv.narrow(1, 0, hidden)?, qkv.narrow(1, hidden, hidden)?, qkv.narrow(1, 2 * hidden, hidden)?)
+                let [qkv, up]: [Tensor; 2] = crate::weights::Linear::forward_many(&[(l, false), (&layer.fc1, true)], h)?
+                    .try_into()
+                    .expect("two outputs");
+                (qkv.narrow(1, 0, hidden)?, qkv.narrow(1, hidden, hidden)?, qkv.narrow(1, 2 * hidden, hidden)?, up)
             }
-            Qkv::Split([lq, lk, lv]) => (lq.forward(h)?, lk.forward(h)?, lv.forward(h)?),
+            Qkv::Split([lq, lk, lv]) => {
+                let [q, k, v, up]: [Tensor; 4] =
+                    crate::weights::Linear::forward_many(&[(lq, false), (lk, false), (lv, false), (&layer.fc1, true)], h)?
+                        .try_into()
+                        .expect("four outputs");
+                (q, k, v, up)
+            }
         })
     }
 

@@ -222,10 +222,6 @@ impl Packed {
         let tokens = x.elem_count() / cols;
         let mut out = vec![0f32; tokens * self.rows];
         let family = Family::of(self.dtype).expect("checked in Packed::new");
-        thread_local! {
-            /// Activation buffers reused by every product on this thread (they only grow).
-            static SCRATCH: std::cell::RefCell<Activations> = std::cell::RefCell::new(Activations::default());
-        }
         with_f32(x, |xv| {
             SCRATCH.with(|a| {
                 let mut a = a.borrow_mut();
@@ -241,6 +237,53 @@ impl Packed {
         *shape.last_mut().expect("checked: x has a last dim") = self.rows;
         Tensor::from_vec(out, shape, x.device())
     }
+}
+
+/// `x · Wᵢᵀ + biasᵢ` (then `gelu_new` where asked) for several packed weights of the same input
+/// width and activation family: the activations are prepared once and the products split over
+/// the pool together ([`kernels::matmul_many`]). `None` when the weights do not qualify.
+pub fn packed_forward_many(parts: &[(&Packed, &Tensor, bool)], x: &Tensor) -> Option<candle_core::Result<Vec<Tensor>>> {
+    let (first, ..) = parts.first()?;
+    let family = Family::of(first.dtype)?;
+    if parts.iter().any(|(p, ..)| p.cols != first.cols || Family::of(p.dtype) != Some(family)) {
+        return None;
+    }
+    Some((|| {
+        let dims = x.dims().to_vec();
+        let cols = *dims.last().unwrap_or(&0);
+        if cols != first.cols || x.dtype() != candle_core::DType::F32 {
+            candle_core::bail!("packed matmul: input {:?} {:?}, weight columns {}", dims, x.dtype(), first.cols);
+        }
+        let tokens = x.elem_count() / cols;
+        let mut outs: Vec<Vec<f32>> = parts.iter().map(|(p, ..)| vec![0f32; tokens * p.rows]).collect();
+        with_f32(x, |xv| {
+            SCRATCH.with(|a| {
+                let mut a = a.borrow_mut();
+                a.prepare(family, xv, tokens, cols);
+                let mut refs: Vec<(WeightRef, &mut [f32])> =
+                    parts.iter().zip(outs.iter_mut()).map(|((p, ..), o)| (p.weight_ref(), o.as_mut_slice())).collect();
+                kernels::matmul_many(&mut refs, &a, kernels::pool::threads());
+            })
+        })?;
+        parts
+            .iter()
+            .zip(outs)
+            .map(|((p, bias, gelu), mut out)| {
+                if bias.elem_count() != p.rows {
+                    candle_core::bail!("packed matmul: bias of {} for {} rows", bias.elem_count(), p.rows);
+                }
+                with_f32(bias, |b| kernels::bias_act(&mut out, b, *gelu, kernels::pool::threads()))?;
+                let mut shape = dims.clone();
+                *shape.last_mut().expect("checked: x has a last dim") = p.rows;
+                Tensor::from_vec(out, shape, x.device())
+            })
+            .collect()
+    })())
+}
+
+thread_local! {
+    /// Activation buffers reused by every product on this thread (they only grow).
+    static SCRATCH: std::cell::RefCell<Activations> = std::cell::RefCell::new(Activations::default());
 }
 
 /// Runs `f` on the values of an f32 CPU tensor: in place when they are contiguous (no copy),
@@ -265,6 +308,23 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Several layers of the same input `x` (`gelu` per layer: [`Linear::forward_gelu`] or
+    /// [`Linear::forward`]): one product over all of them when they are packed with the same
+    /// activation family, else one by one. Same bits either way.
+    pub fn forward_many(layers: &[(&Linear, bool)], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let packed: Option<Vec<(&Packed, &Tensor, bool)>> = layers
+            .iter()
+            .map(|(l, gelu)| match &l.weight {
+                Matrix::Packed(p) => Some((p, &l.bias, *gelu)),
+                _ => None,
+            })
+            .collect();
+        if let Some(r) = packed.and_then(|p| packed_forward_many(&p, x)) {
+            return r;
+        }
+        layers.iter().map(|(l, gelu)| if *gelu { l.forward_gelu(x) } else { l.forward(x) }).collect()
+    }
+
     /// `gelu_new(x Wᵀ + b)` (the MLP's up projection): fused into the product's output for
     /// packed weights; after candle's product otherwise. Either way [`kernels::gelu_new`], which
     /// gives the same bits on every ISA and build.

@@ -437,6 +437,33 @@ pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize)
     });
 }
 
+/// Several products of the same activations at once (weights with the same columns and
+/// activation family, e.g. a layer's q, k, v and MLP up projections): one split over the pool
+/// for all of them, so the threads start and finish once. Each output as [`matmul`]'s.
+pub fn matmul_many(parts: &mut [(WeightRef, &mut [f32])], act: &Activations, threads: usize) {
+    let mut starts = Vec::with_capacity(parts.len() + 1);
+    let mut total = 0;
+    let outs: Vec<(WeightRef, OutPtr)> = parts
+        .iter_mut()
+        .map(|(w, out)| {
+            assert_eq!(act.family, Family::of(w.dtype), "activations prepared for another weight type");
+            assert_eq!(act.cols, w.cols, "activations have {} columns, the weights {}", act.cols, w.cols);
+            assert_eq!(out.len(), act.tokens * w.rows, "output size");
+            starts.push(total);
+            total += w.rows.div_ceil(CHUNK_ROWS);
+            (*w, OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows })
+        })
+        .collect();
+    starts.push(total);
+    let isa = isa();
+    pool::run(total, threads, &|i| {
+        let p = starts.partition_point(|&s| s <= i) - 1;
+        let (w, o) = &outs[p];
+        let c = i - starts[p];
+        matmul_rows(isa, w, act, c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(w.rows), *o);
+    });
+}
+
 /// The rows `rows` of [`matmul`] on the calling thread, with the given kernel set.
 pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     match isa {
