@@ -17,13 +17,9 @@
 //!   depend on the other rows of the pass, and attention runs per sequence with the shapes it
 //!   has alone, so each sequence gets the tokens and log-probs it gets alone with
 //!   [`crate::Session`] and the same seed, bit for bit (tests/batch.rs, with joins and leaves
-//!   mid-run), as long as its prompt runs in one pass: prompts of at most
-//!   [`BatchConfig::prefill_chunk`] tokens always do (a chunk is never cut to fit a step).
-//!   Longer prompts are prefilled in chunks, and there the attention products (candle's gemm)
-//!   round differently from a one-pass prefill: scores of a 1-row query against S keys differ
-//!   from the same row in a T-row block by ~1e-6, which an 8-bit activation rounding can turn
-//!   into ~0.1 in the logits (measured on the Q4_0 fixture); greedy tokens stayed equal on the
-//!   fixtures. Matrices that go through candle's products (F32, Q4_1, Q5_0, Q5_1) round
+//!   mid-run), also when a long prompt is prefilled in chunks: the engine's attention
+//!   ([`crate::kernels::attention`]) computes each row the same way in any pass. Matrices that
+//!   go through candle's products (F32, Q4_1, Q5_0, Q5_1) round
 //!   differently with the batch size too, so there a token can differ where two candidates are
 //!   within ~1e-5.
 //! - Speculative decoding is not used in a batch (the batch already amortises the weight reads);

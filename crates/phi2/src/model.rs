@@ -15,7 +15,8 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::safetensors::SafetensorsModel;
-use crate::weights::{Layout, Phi2Weights, Qkv};
+use crate::kernels;
+use crate::weights::{with_f32, Layout, Phi2Weights, Qkv};
 
 /// What a loaded model reports about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,12 +202,11 @@ impl Phi2 {
             ));
         }
         let mut x = self.weights.embed.forward(tokens, &self.device)?; // [T, H]
-        let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
         let (cos, sin) = self.rotary_tables(pos, t)?;
         for (layer, kv) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
             let h = layer.norm.forward(&x)?;
             let (q, k, v, up) = self.project(layer, &h)?;
-            let attn = layer.dense.forward(&self.attend(&q, &k, &v, kv, &cos, &sin, mask.as_ref())?)?;
+            let attn = layer.dense.forward(&self.attend(&q, &k, &v, kv, &cos, &sin)?)?;
             let mlp = layer.fc2.forward(&up)?;
             x = ((x + attn)? + mlp)?;
         }
@@ -247,23 +247,22 @@ impl Phi2 {
         }
         let ids: Vec<u32> = items.iter().flat_map(|it| it.tokens.iter().copied()).collect();
         let mut x = self.weights.embed.forward(&ids, &self.device)?; // [ΣT, H]
-        // Per item: (first row, rows, rotary cos, sin, causal mask).
+        // Per item: (first row, rows, rotary cos, sin).
         let mut parts = Vec::with_capacity(items.len());
         let mut row = 0;
         for it in items.iter() {
             let (t, pos) = (it.tokens.len(), it.cache.len);
             let (cos, sin) = self.rotary_tables(pos, t)?;
-            let mask = if t > 1 { Some(causal_mask(t, pos, &self.device)?) } else { None };
-            parts.push((row, t, cos, sin, mask));
+            parts.push((row, t, cos, sin));
             row += t;
         }
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let h = layer.norm.forward(&x)?;
             let (q, k, v, up) = self.project(layer, &h)?;
             let mut ys = Vec::with_capacity(items.len());
-            for (it, (row, t, cos, sin, mask)) in items.iter_mut().zip(&parts) {
+            for (it, (row, t, cos, sin)) in items.iter_mut().zip(&parts) {
                 let rows = |z: &Tensor| z.narrow(0, *row, *t);
-                ys.push(self.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, &mut it.cache.layers[l], cos, sin, mask.as_ref())?);
+                ys.push(self.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, &mut it.cache.layers[l], cos, sin)?);
             }
             let y = if ys.len() == 1 { ys.pop().expect("one item") } else { Tensor::cat(&ys, 0)? };
             let attn = layer.dense.forward(&y)?;
@@ -313,7 +312,6 @@ impl Phi2 {
 
     /// Attention of one sequence before `dense`: q, k, v `[T, H]` of its new positions (k, v
     /// appended to its cache) → `[T, H]`.
-    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         q: &Tensor,
@@ -322,7 +320,6 @@ impl Phi2 {
         kv: &mut LayerKv,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let cfg = &self.config;
         let (t, hidden) = q.dims2()?;
@@ -331,16 +328,18 @@ impl Phi2 {
         let heads = |x: &Tensor| x.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let (q, k) = (self.rotary(&q, cos, sin)?, self.rotary(&k, cos, sin)?);
-        let (k, v) = kv.append(&k, &v, cfg.context_length)?; // [1, heads, S, head_dim]
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?; // [1, heads, T, S], f32
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?; // [1, heads, T, head_dim]
-        y.transpose(1, 2)?.reshape((t, hidden))
+        kv.append(&k, &v, cfg.context_length)?;
+        // The engine's attention ([`kernels::attention`]), causal by construction (row i sees
+        // positions ..= pos + i): each row's bits do not depend on how the prompt was split into
+        // passes or batched with other sequences, nor on the ISA.
+        let (kc, vc) = (kv.k.as_ref().expect("appended above"), kv.v.as_ref().expect("appended above"));
+        let shape = kernels::attention::AttnShape { heads: nh, head_dim: hd, cap: kc.dim(2)?, pos: kv.len - t, tokens: t };
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let q = q.contiguous()?;
+        let mut y = vec![0f32; t * hidden];
+        let threads = kernels::pool::threads();
+        with_f32(&q, |qs| with_f32(kc, |ks| with_f32(vc, |vs| kernels::attention::attention(qs, ks, vs, shape, scale, &mut y, threads))))???;
+        Tensor::from_vec(y, (t, hidden), q.device())
     }
 
     /// NeoX rotary on the first `rotary_dim` dims of each head; the rest pass through.
@@ -397,14 +396,6 @@ pub(crate) fn pin_cpu_kernels() {
             std::env::set_var("MISTRALRS_FORCE_AVX2", "1");
         }
     });
-}
-
-/// Additive mask `[T, pos + T]`: query i (at position pos + i) sees keys 0..=pos + i.
-fn causal_mask(t: usize, pos: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let s = pos + t;
-    let mask: Vec<f32> =
-        (0..t).flat_map(|i| (0..s).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Tensor::from_vec(mask, (t, s), device)
 }
 
 fn has_gguf_magic(path: &Path) -> bool {

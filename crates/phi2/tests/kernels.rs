@@ -222,3 +222,76 @@ fn round_ties_even_matches_std_in_range() {
         assert_eq!(kernels::round_ties_even(v), v.round_ties_even(), "{v}");
     }
 }
+
+#[test]
+fn exp_is_within_two_ulp_of_the_exact_value() {
+    let mut rng = Rng(0xE4B);
+    let mut worst = 0f64;
+    for i in 0..200_000 {
+        let x = if i < 1000 { -(i as f32) * 0.087 } else { -rng.unit().abs() * 87.0 };
+        let got = kernels::attention::exp(x) as f64;
+        let want = (x as f64).exp();
+        let rel = (got - want).abs() / want;
+        worst = worst.max(rel);
+        assert!(rel < 2.5e-7, "exp({x}) = {got}, exact {want}");
+    }
+    eprintln!("exp: worst relative error {worst:.2e}");
+}
+
+/// Attention of every query row against a cache, in f64 (the reference).
+fn attention_f64(q: &[f32], k: &[f32], v: &[f32], s: kernels::attention::AttnShape, scale: f32) -> Vec<f64> {
+    let (h_n, hd) = (s.heads, s.head_dim);
+    let mut out = vec![0f64; s.tokens * h_n * hd];
+    for h in 0..h_n {
+        for i in 0..s.tokens {
+            let n = s.pos + i + 1;
+            let qr = &q[(h * s.tokens + i) * hd..][..hd];
+            let sc: Vec<f64> = (0..n)
+                .map(|j| qr.iter().zip(&k[(h * s.cap + j) * hd..][..hd]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64)
+                .collect();
+            let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for d in 0..hd {
+                out[(i * h_n + h) * hd + d] = (0..n).map(|j| e[j] / sum * v[(h * s.cap + j) * hd + d] as f64).sum();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_f64_and_gives_the_same_bits_for_any_split() {
+    use kernels::attention::{attention, AttnShape};
+    let mut rng = Rng(0xA77);
+    for (heads, hd, pos, tokens) in [(2, 80, 0, 1), (3, 80, 5, 7), (2, 13, 9, 3), (4, 32, 0, 19), (1, 8, 40, 1), (2, 24, 3, 33)] {
+        let cap = pos + tokens + 5;
+        let q: Vec<f32> = (0..heads * tokens * hd).map(|_| rng.unit() * 2.0).collect();
+        let k: Vec<f32> = (0..heads * cap * hd).map(|_| rng.unit() * 2.0).collect();
+        let v: Vec<f32> = (0..heads * cap * hd).map(|_| rng.unit()).collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let s = AttnShape { heads, head_dim: hd, cap, pos, tokens };
+        let mut out = vec![0f32; tokens * heads * hd];
+        attention(&q, &k, &v, s, scale, &mut out, 2);
+        let want = attention_f64(&q, &k, &v, s, scale);
+        for (g, w) in out.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() < 1e-5, "heads {heads} hd {hd} pos {pos} tokens {tokens}: {g} vs {w}");
+        }
+        // The scalar twin: same bits.
+        for h in 0..heads {
+            for i in 0..tokens {
+                let n = pos + i + 1;
+                let mut y = vec![0f32; hd];
+                kernels::attention::row_scalar(&q[(h * tokens + i) * hd..][..hd], &k[h * cap * hd..(h * cap + n) * hd], &v[h * cap * hd..(h * cap + n) * hd], scale, &mut y);
+                assert_eq!(bits(&y), bits(&out[(i * heads + h) * hd..][..hd]), "scalar twin, head {h} row {i}");
+            }
+        }
+        // Each row alone (a one-token step at its position): same bits as inside the batch.
+        for i in 0..tokens {
+            let qi: Vec<f32> = (0..heads).flat_map(|h| q[(h * tokens + i) * hd..][..hd].to_vec()).collect();
+            let mut y = vec![0f32; heads * hd];
+            attention(&qi, &k, &v, AttnShape { tokens: 1, pos: pos + i, ..s }, scale, &mut y, 1);
+            assert_eq!(bits(&y), bits(&out[i * heads * hd..(i + 1) * heads * hd]), "row {i} alone vs in a batch of {tokens}");
+        }
+    }
+}

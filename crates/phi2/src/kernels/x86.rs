@@ -516,3 +516,77 @@ pub(super) unsafe fn bias_act_row(y: &mut [f32], bias: &[f32], gelu: bool) {
         y[i] = if gelu { super::gelu_new(s) } else { s };
     }
 }
+
+/// [`super::attention::row_scalar`] with 8-wide vectors: the dot products' 8 lanes are one
+/// vector (10 steps for head_dim 80), the exponentials 8 scores at a time with the same
+/// operations as [`super::attention::exp`], the sum in lanes j % 8, the weighted sum of values
+/// 8 dimensions at a time in j order. Tails (head_dim or scores not a multiple of 8) take the
+/// scalar steps of the same lanes, so the bits are the scalar twin's.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+    use super::attention::exp_c::*;
+    let hd = q.len();
+    let n = k.len() / hd;
+    let hd8 = hd - hd % 8;
+    let mut scores = vec![0f32; n.next_multiple_of(8)];
+    for (j, s) in scores.iter_mut().enumerate().take(n) {
+        let kj = k.as_ptr().add(j * hd);
+        let mut acc = _mm256_setzero_ps();
+        for d in (0..hd8).step_by(8) {
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(q.as_ptr().add(d)), _mm256_loadu_ps(kj.add(d))));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        for d in hd8..hd {
+            lanes[d % 8] += q[d] * *kj.add(d);
+        }
+        *s = super::reduce8(&lanes) * scale;
+    }
+    let m = scores[..n].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let c = |x: f32| _mm256_set1_ps(x);
+    let magic = c(12_582_912.0);
+    let mut sum = _mm256_setzero_ps();
+    let n8 = n - n % 8;
+    for j in (0..n8).step_by(8) {
+        let x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(scores.as_ptr().add(j)), c(m)), c(LOW));
+        let nn = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, c(LOG2E)), magic), magic);
+        let r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(nn, c(LN2_HI))), _mm256_mul_ps(nn, c(LN2_LO)));
+        let mut p = c(P[0]);
+        for &cf in &P[1..] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), c(cf));
+        }
+        let e = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), c(1.0));
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(nn), _mm256_set1_epi32(127)), 23));
+        let e = _mm256_mul_ps(e, pow2);
+        _mm256_storeu_ps(scores.as_mut_ptr().add(j), e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    for j in n8..n {
+        scores[j] = super::attention::exp(scores[j] - m);
+        lanes[j % 8] += scores[j];
+    }
+    let total = super::reduce8(&lanes);
+    y.fill(0.0);
+    let mut accs = [_mm256_setzero_ps(); 16];
+    let chunks = hd8 / 8;
+    if chunks <= 16 {
+        for j in 0..n {
+            let p = scores[j] / total;
+            let pv = c(p);
+            let vj = v.as_ptr().add(j * hd);
+            for (ci, acc) in accs.iter_mut().enumerate().take(chunks) {
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, _mm256_loadu_ps(vj.add(8 * ci))));
+            }
+            for d in hd8..hd {
+                y[d] += p * *vj.add(d);
+            }
+        }
+        for (ci, acc) in accs.iter().enumerate().take(chunks) {
+            _mm256_storeu_ps(y.as_mut_ptr().add(8 * ci), *acc);
+        }
+    } else {
+        super::attention::row_scalar(q, k, v, scale, y);
+    }
+}

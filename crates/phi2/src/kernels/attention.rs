@@ -1,0 +1,120 @@
+//! Causal attention of one sequence against its KV cache, with one numerical definition for every
+//! ISA and every batch shape (like the matrix products, see [`super`]): query row i at absolute
+//! position p = pos + i, head h, keys 0..=p:
+//!
+//! - `s_j = dot(q, k_j) · scale`, the dot accumulated in 8 lanes (element d in lane d % 8, in
+//!   order, multiply then add) and reduced as [`super::reduce8`];
+//! - `m = max_j s_j`, `e_j = exp(s_j − m)` with [`exp`] (fixed operations, no libm);
+//! - `sum`: e_j added to lane j % 8 in order, then `reduce8`; `p_j = e_j / sum`;
+//! - `y[d] = Σ_j p_j · v_j[d]` in j order (multiply then add).
+//!
+//! A row's result depends only on its own query, position and the cache, so a prompt gives the
+//! same bits in one pass, in chunks, token by token (decode, speculative verification) or inside
+//! a continuous batch, and native and wasm builds agree. Split over the pool by (head, row).
+
+use super::{pool, reduce8};
+
+/// Shapes of one call: `heads × head_dim` values per row; the cache holds `cap` positions per
+/// head (`[heads, cap, head_dim]`), the first `pos + tokens` of them valid.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub cap: usize,
+    /// Position of the first query row (tokens already in the cache before this call).
+    pub pos: usize,
+    pub tokens: usize,
+}
+
+/// `out[i][h·hd + d]` (`[tokens, heads·head_dim]`) for queries `q` laid out `[heads, tokens,
+/// head_dim]` and caches `k`, `v` laid out `[heads, cap, head_dim]`.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, scale: f32, out: &mut [f32], threads: usize) {
+    let AttnShape { heads, head_dim: hd, cap, pos, tokens } = s;
+    assert!(pos + tokens <= cap, "attention: {} positions in a cache of {cap}", pos + tokens);
+    assert!(q.len() >= heads * tokens * hd && k.len() >= heads * cap * hd && v.len() >= heads * cap * hd, "attention: short inputs");
+    assert_eq!(out.len(), tokens * heads * hd, "attention: output size");
+    let o = super::OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: heads * hd };
+    let isa = super::isa();
+    // Small products (decode at short context) stay on this thread.
+    let work = heads * tokens * (pos + tokens) * hd;
+    let threads = if work < 1 << 16 { 1 } else { threads };
+    pool::run(heads * tokens, threads, &|item| {
+        let (h, i) = (item / tokens, item % tokens);
+        let n = pos + i + 1;
+        let qr = &q[(h * tokens + i) * hd..(h * tokens + i + 1) * hd];
+        let kh = &k[h * cap * hd..(h * cap + n) * hd];
+        let vh = &v[h * cap * hd..(h * cap + n) * hd];
+        // SAFETY: row i's slice of head h is this item's alone.
+        let y = unsafe { &mut o.token_row(i)[h * hd..(h + 1) * hd] };
+        row(isa, qr, kh, vh, scale, y);
+    });
+}
+
+fn row(isa: super::Isa, q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Amx) {
+        // SAFETY: every x86 kernel set includes AVX2 (checked when it was chosen).
+        unsafe { super::x86::attention_row(q, k, v, scale, y) };
+        return;
+    }
+    let _ = isa;
+    row_scalar(q, k, v, scale, y);
+}
+
+/// The definition, one value at a time.
+pub fn row_scalar(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+    let hd = q.len();
+    let n = k.len() / hd;
+    let scores: Vec<f32> = (0..n)
+        .map(|j| {
+            let mut lanes = [0f32; 8];
+            for (d, (&a, &b)) in q.iter().zip(&k[j * hd..(j + 1) * hd]).enumerate() {
+                lanes[d % 8] += a * b;
+            }
+            reduce8(&lanes) * scale
+        })
+        .collect();
+    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let e: Vec<f32> = scores.iter().map(|&s| exp(s - m)).collect();
+    let mut lanes = [0f32; 8];
+    for (j, &ej) in e.iter().enumerate() {
+        lanes[j % 8] += ej;
+    }
+    let sum = reduce8(&lanes);
+    y.fill(0.0);
+    for (j, &ej) in e.iter().enumerate() {
+        let p = ej / sum;
+        for (yd, &vd) in y.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+            *yd += p * vd;
+        }
+    }
+}
+
+/// e^x for x ≤ 0 (attention's `s − max`): x clamped at −87; `n = round(x·log2 e)`,
+/// `r = (x − n·ln2_hi) − n·ln2_lo` (Cody–Waite; n·ln2_hi is exact), Cephes' degree-5 polynomial
+/// `e^r ≈ ((P(r)·r²) + r) + 1`, times 2ⁿ built from the exponent bits. Each step one rounded
+/// f32 operation, no fused multiply-add: the same bits on every ISA. About 1 ulp.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    use exp_c::*;
+    let x = x.max(LOW);
+    let n = super::round_ties_even(x * LOG2E);
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = P[0];
+    for &c in &P[1..] {
+        p = p * r + c;
+    }
+    let e = (p * (r * r) + r) + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// The constants of [`exp`] (the SIMD twin uses the same).
+#[allow(clippy::excessive_precision)]
+pub(crate) mod exp_c {
+    pub const LOW: f32 = -87.0;
+    pub const LOG2E: f32 = 1.44269504088896341;
+    pub const LN2_HI: f32 = 0.693359375;
+    pub const LN2_LO: f32 = -2.12194440e-4;
+    /// Highest power first.
+    pub const P: [f32; 6] = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
+}
