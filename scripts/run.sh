@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: builds the engine, the Node addon and the @x/phi2 SDK/CLI (whatever is missing),
 # then runs `phi2 generate` on the Phi-2 model card's three sample prompts (QA, chat, code) with the
-# card's sampling parameters, on the embedded default model (a deterministic tiny random-weight
-# Phi-2: the output is gibberish by construction, see README).
+# card's sampling parameters, on the embedded default model: NOT Microsoft's Phi-2 but a 14M-parameter
+# model with Phi-2's architecture and tokenizer, trained here on CPython's standard library and
+# documentation (scripts/train; see README "The embedded default model"). Its answers read as
+# Python-documentation English and its code as Python, without being right.
 # Real Phi-2: ./scripts/run.sh --model /path/to/phi-2 (HF directory, .safetensors or .gguf).
 set -euo pipefail
 cd "$(dirname "$0")/.."

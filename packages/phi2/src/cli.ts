@@ -215,7 +215,7 @@ async function open(flags: Flags): Promise<{ model: Phi2Model; isDefault: boolea
   const isDefault = model === undefined
   const path = model ?? defaultModelPath()
   if (isDefault) {
-    log(flags, 'phi2: using the embedded default model: a tiny RANDOM-WEIGHT Phi-2-architecture model (its output is gibberish); pass --model PATH for real Phi-2')
+    log(flags, 'phi2: using the embedded default model: a 14M-parameter Phi-2-architecture model trained on Python\'s standard library and docs (NOT Microsoft\'s Phi-2); pass --model PATH for real Phi-2')
   }
   const t0 = performance.now()
   // Hub downloads: a progress bar on a TTY (not with --quiet or HF_HUB_DISABLE_PROGRESS_BARS).
@@ -447,15 +447,16 @@ function infoLines(obj: Record<string, unknown>, prefix = ''): string[] {
 async function cmdInfo(flags: Flags): Promise<void> {
   const { model, isDefault } = await open({ ...flags, quiet: Boolean(flags.quiet || flags.json) })
   try {
-    const info = { ...model.info, randomWeights: isDefault }
+    const info = { ...model.info, embeddedDefault: isDefault }
     if (flags.json) {
       out(`${JSON.stringify(info)}\n`)
       return
     }
     const lines: string[] = []
     if (isDefault) {
-      lines.push('NOTE: this is the embedded default model, a tiny RANDOM-WEIGHT model with Phi-2\'s architecture and')
-      lines.push('      tokenizer. Its output is gibberish by construction. Use --model PATH for the real Phi-2.')
+      lines.push('NOTE: this is the embedded default model, NOT Microsoft\'s Phi-2: a 14M-parameter model with Phi-2\'s')
+      lines.push('      architecture and tokenizer, trained on CPython\'s standard library and documentation (see the')
+      lines.push('      README). Use --model PATH for the real Phi-2.')
     }
     lines.push(...infoLines(model.info))
     out(`${lines.join('\n')}\n`)

@@ -75,16 +75,16 @@ describe('phi2 CLI', () => {
     expect(phi2Tokenize(fixture('tiny'), '\n    the')).toEqual([198, 50284, 1169]) // bundled tokenizer
   })
 
-  it('info says plainly that the default model has random weights', () => {
+  it('info says plainly that the default model is not Phi-2 (the trained embedded model)', () => {
     const r = phi2(['info'])
     expect(r.code).toBe(0)
-    expect(r.stdout).toMatch(/RANDOM-WEIGHT/)
-    expect(r.stdout).toMatch(/contextLength\s+128/)
+    expect(r.stdout).toMatch(/NOT Microsoft's Phi-2/)
+    expect(r.stdout).toMatch(/hiddenSize\s+128/)
     const j = JSON.parse(phi2(['info', '--json']).stdout)
-    expect(j).toMatchObject({ architecture: 'phi2', format: 'gguf', dtype: 'q8_0', randomWeights: true, vocabSize: 51200 })
+    expect(j).toMatchObject({ architecture: 'phi2', format: 'gguf', dtype: 'q8_0', embeddedDefault: true, vocabSize: 51200, numLayers: 4 })
     const real = JSON.parse(phi2(['info', '--json', '--model', fixture('tiny')]).stdout)
-    expect(real).toMatchObject({ format: 'safetensors', dtype: 'f32', randomWeights: false, tokenizer: 'bundled' })
-    expect(phi2(['--help']).stdout).toMatch(/RANDOM-WEIGHT/)
+    expect(real).toMatchObject({ format: 'safetensors', dtype: 'f32', embeddedDefault: false, tokenizer: 'bundled' })
+    expect(phi2(['--help']).stdout).toMatch(/NOT Microsoft's Phi-2/)
   })
 
   it('chat keeps context across turns, /reset clears it, /exit quits', () => {

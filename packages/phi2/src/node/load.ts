@@ -187,7 +187,7 @@ async function loadNodeWasm(source: ModelSource, opts: LoadOptions): Promise<Phi
   })
 }
 
-/** Path of the embedded default model: a tiny *random-weight* Phi-2-architecture GGUF (gibberish output). */
+/** Path of the embedded default model: a small Phi-2-architecture GGUF trained on CPython's stdlib and docs (not Phi-2; scripts/train). */
 export function defaultModelPath(): string {
   return packageAsset('default.gguf', 'models')
 }
