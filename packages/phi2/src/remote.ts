@@ -29,7 +29,10 @@ export interface RemoteSource {
   apiKey?: string
   /** Extra HTTP headers on every request. */
   headers?: Record<string, string>
-  /** How long to wait for the server to answer a request (its headers), ms (default: no limit). */
+  /**
+   * How long to wait for the server, ms (default: no limit): for its answer's headers, and then
+   * between two pieces of its body (a server that stalls mid-stream fails with `E_NETWORK`).
+   */
   timeoutMs?: number
   /** Aborts the connection check. */
   signal?: AbortSignal
@@ -105,12 +108,69 @@ async function httpError(res: Response, what: string): Promise<Phi2Error> {
   return new Phi2RemoteError('E_REMOTE', msg, res.status, e.type ?? null, e.param ?? null)
 }
 
+/**
+ * `res`'s body with typed read errors: `timeoutMs` without a piece of it (idle timer, reset on
+ * every piece) or a lost connection → `E_NETWORK` naming the server, the caller's abort →
+ * `Phi2AbortError`. `ctl` aborts the underlying fetch.
+ */
+function guardedBody(res: Response, ep: Endpoint, ctl: AbortController, signal: AbortSignal | undefined, what: string, cleanup: () => void): Response {
+  if (!res.body) return res
+  const reader = res.body.getReader()
+  let timer: ReturnType<typeof setTimeout> | null = null
+  let timedOut = false
+  const arm = () => {
+    if (timer) clearTimeout(timer)
+    timer = ep.timeoutMs
+      ? setTimeout(() => {
+          timedOut = true
+          ctl.abort(new Error('timeout'))
+        }, ep.timeoutMs)
+      : null
+  }
+  const finish = () => {
+    if (timer) clearTimeout(timer)
+    timer = null
+    cleanup()
+  }
+  arm()
+  const body = new ReadableStream<Uint8Array>({
+    async pull(c) {
+      try {
+        const { done, value } = await reader.read()
+        if (done) {
+          finish()
+          c.close()
+          return
+        }
+        arm()
+        c.enqueue(value)
+      } catch (err) {
+        finish()
+        if (signal?.aborted) c.error(sameAbort(signal))
+        else if (timedOut) c.error(new Phi2RemoteError('E_NETWORK', `${what}: ${ep.base} sent nothing for ${ep.timeoutMs} ms (timeoutMs) while answering`, null, null, null, { cause: err }))
+        else c.error(networkError(err, ep, what, 'lost the connection while reading the answer from'))
+      }
+    },
+    cancel(reason) {
+      finish()
+      return reader.cancel(reason)
+    },
+  })
+  return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers })
+}
+
+function networkError(err: unknown, ep: Endpoint, what: string, doing: string): Phi2RemoteError {
+  if (err instanceof Phi2RemoteError) return err
+  const cause = (err as { cause?: { code?: string; message?: string } }).cause
+  return new Phi2RemoteError('E_NETWORK', `${what}: ${doing} ${ep.base}: ${cause?.code ?? cause?.message ?? (err as Error)?.message ?? String(err)}`, null, null, null, { cause: err })
+}
+
 async function request(ep: Endpoint, path: string, body: unknown, signal: AbortSignal | undefined, what: string): Promise<Response> {
   const ctl = new AbortController()
   const onAbort = () => ctl.abort(signal?.reason)
   if (signal?.aborted) throw sameAbort(signal)
   signal?.addEventListener('abort', onAbort, { once: true })
-  const timer = ep.timeoutMs ? setTimeout(() => ctl.abort(new Error('timeout')), ep.timeoutMs) : null
+  let timer = ep.timeoutMs ? setTimeout(() => ctl.abort(new Error('timeout')), ep.timeoutMs) : null
   try {
     const res = await fetch(`${ep.base}${path}`, {
       method: body === undefined ? 'GET' : 'POST',
@@ -119,23 +179,24 @@ async function request(ep: Endpoint, path: string, body: unknown, signal: AbortS
       signal: ctl.signal,
     })
     if (!res.ok) throw await httpError(res, what)
-    // The body is read after this returns: the caller's signal keeps aborting it (the listener
-    // goes with the signal).
-    return res
+    // The body is read after this returns: the caller's signal keeps aborting it, and the idle
+    // timer of `guardedBody` takes over from the headers' timer.
+    if (timer) clearTimeout(timer)
+    timer = null
+    return guardedBody(res, ep, ctl, signal, what, () => signal?.removeEventListener('abort', onAbort))
   } catch (err) {
     signal?.removeEventListener('abort', onAbort)
     if (err instanceof Phi2Error) throw err
     if (signal?.aborted) throw sameAbort(signal)
-    if (ctl.signal.aborted) throw new Phi2RemoteError('E_NETWORK', `${what}: no answer within ${ep.timeoutMs} ms`, null)
-    const cause = (err as { cause?: { code?: string; message?: string } }).cause
-    throw new Phi2RemoteError('E_NETWORK', `${what}: cannot reach ${ep.base}: ${cause?.code ?? cause?.message ?? (err as Error).message}`, null, null, null, { cause: err })
+    if (ctl.signal.aborted) throw new Phi2RemoteError('E_NETWORK', `${what}: no answer from ${ep.base} within ${ep.timeoutMs} ms (timeoutMs)`, null)
+    throw networkError(err, ep, what, 'cannot reach')
   } finally {
     if (timer) clearTimeout(timer)
   }
 }
 
-/** The `data:` payloads of a server-sent-events body, until `[DONE]` or the end. */
-export async function* sseData(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+/** The `data:` payloads of a server-sent-events body, until `[DONE]` (sets `state.done`) or the end. */
+export async function* sseData(body: ReadableStream<Uint8Array>, state: { done: boolean } = { done: false }): AsyncGenerator<string> {
   const dec = new TextDecoder()
   let buf = ''
   let data: string[] = []
@@ -152,7 +213,10 @@ export async function* sseData(body: ReadableStream<Uint8Array>): AsyncGenerator
           if (data.length) {
             const payload = data.join('\n')
             data = []
-            if (payload === '[DONE]') return
+            if (payload === '[DONE]') {
+              state.done = true
+              return
+            }
             yield payload
           }
         } else if (line.startsWith('data:')) {
@@ -160,7 +224,8 @@ export async function* sseData(body: ReadableStream<Uint8Array>): AsyncGenerator
         } // comments (":…"), event:, id:, retry: are ignored
       }
       if (done) {
-        if (data.length && data.join('\n') !== '[DONE]') yield data.join('\n')
+        if (data.length && data.join('\n') === '[DONE]') state.done = true
+        else if (data.length) yield data.join('\n')
         return
       }
     }
@@ -186,15 +251,18 @@ interface Completion {
 }
 
 /** OpenAI finish_reason (+ vLLM stop_reason) → ours. */
-function finishOf(c: Choice, stop: readonly string[]): { finishReason: FinishReason; stopString?: string } {
+function finishOf(c: Choice, stop: readonly string[], text: string): { finishReason: FinishReason; stopString?: string } {
   if (c.finish_reason === 'length') return { finishReason: 'length' }
   if (c.finish_reason === 'stop' || c.finish_reason === 'eos') {
     if (typeof c.stop_reason === 'string') return { finishReason: 'stop', stopString: c.stop_reason }
-    // Servers that do not say which stop matched (OpenAI): an end-of-text unless no stop was asked.
+    if (typeof c.stop_reason === 'number') return { finishReason: 'eos' }
+    // Servers that do not say which stop matched (OpenAI, llama-server): a stop string when the
+    // text ended on one of the request's (servers that keep it in the text), else an end-of-text.
+    const ended = stop.find((s) => s && text.endsWith(s))
+    if (ended !== undefined) return { finishReason: 'stop', stopString: ended }
     return { finishReason: 'eos' }
   }
   if (c.finish_reason === 'abort' || c.finish_reason === null || c.finish_reason === undefined) return { finishReason: 'abort' }
-  void stop
   return { finishReason: 'eos' }
 }
 
@@ -248,7 +316,14 @@ function startRemote(
       const streaming = onChunk !== null
       const res = await request(ep, path, { ...body, ...(stop.length ? { stop } : {}), stream: streaming, ...(streaming ? { stream_options: { include_usage: true } } : {}) }, ctl.signal, what)
       if (!streaming) {
-        const j = (await res.json()) as Completion
+        // Read errors are typed by request() (E_NETWORK / abort); a body that is not JSON is E_REMOTE.
+        const raw = await res.text()
+        let j: Completion
+        try {
+          j = JSON.parse(raw) as Completion
+        } catch (err) {
+          throw new Phi2RemoteError('E_REMOTE', `${what}: ${ep.base}${path} answered something that is not JSON: ${JSON.stringify(raw.slice(0, 100))}`, res.status, null, null, { cause: err })
+        }
         choice = j.choices?.[0] ?? {}
         text = (chat ? choice.message?.content : choice.text) ?? ''
         if (chat) text = text.trim()
@@ -256,8 +331,14 @@ function startRemote(
         first = performance.now() - t0
       } else {
         let started = false
-        for await (const data of sseData(res.body!)) {
-          const j = JSON.parse(data) as Completion
+        const sse = { done: false }
+        for await (const data of sseData(res.body!, sse)) {
+          let j: Completion
+          try {
+            j = JSON.parse(data) as Completion
+          } catch (err) {
+            throw new Phi2RemoteError('E_REMOTE', `${what}: ${ep.base}${path} sent an event that is not JSON: ${JSON.stringify(data.slice(0, 100))}`, res.status, null, null, { cause: err })
+          }
           if (j.error) throw new Phi2RemoteError('E_REMOTE', `${what}: the server reported an error mid-stream: ${j.error.message ?? 'unknown'}`, null, j.error.type ?? null)
           if (j.usage) usage = j.usage
           const c = j.choices?.[0]
@@ -274,20 +355,26 @@ function startRemote(
             onChunk({ text: piece, tokens: [] })
           }
         }
+        // Neither a finish_reason nor [DONE]: the server went away mid-generation.
+        if (!cancelled && !choice.finish_reason && !sse.done) {
+          throw new Phi2RemoteError('E_NETWORK', `${what}: the stream from ${ep.base}${path} ended before the generation finished (the server closed the connection)`, null)
+        }
       }
     } catch (err) {
       if (cancelled && !(signal?.aborted ?? false)) {
         choice = { finish_reason: null }
       } else if (signal?.aborted) {
         throw sameAbort(signal)
-      } else {
+      } else if (err instanceof Phi2Error) {
         throw err
+      } else {
+        throw networkError(err, ep, what, 'lost the connection to')
       }
     } finally {
       signal?.removeEventListener('abort', onAbort)
     }
     if (chat && onChunk) text = text.trimEnd()
-    const f = cancelled ? { finishReason: 'abort' as const } : finishOf(choice, stop)
+    const f = cancelled ? { finishReason: 'abort' as const } : finishOf(choice, stop, text)
     const end = performance.now() - t0
     const promptTokens = usage?.prompt_tokens ?? 0
     const completionTokens = usage?.completion_tokens ?? 0

@@ -130,6 +130,29 @@ describe('remote backend against recorded vLLM responses', () => {
         res.on('close', () => hangClosed.resolve())
         return
       }
+      const firstEvent = rec('vllm-completions-stream.sse').toString().split('\n\n')[0] + '\n\n'
+      if (body.prompt === 'ends' || body.prompt === 'dies' || body.prompt === 'stalls') {
+        // One event, then: a clean end without finish_reason or [DONE], a reset connection, or silence.
+        res.writeHead(200, { 'content-type': 'text/event-stream' })
+        res.write(firstEvent)
+        if (body.prompt === 'ends') res.end()
+        else if (body.prompt === 'dies') setTimeout(() => res.socket?.destroy(), 20)
+        return
+      }
+      if (body.prompt === 'garbage') {
+        res.writeHead(200, { 'content-type': 'text/event-stream' })
+        res.end(firstEvent + 'data: {"choices": [oops\n\n')
+        return
+      }
+      if (body.prompt === 'plain garbage') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"choices": [')
+        return
+      }
+      if (body.prompt === 'kept stop') {
+        // An OpenAI-style answer (no stop_reason) whose text ends on a requested stop string.
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ choices: [{ index: 0, text: ' yes END', finish_reason: 'stop' }], usage: { prompt_tokens: 2, completion_tokens: 2, total_tokens: 4 } }))
+        return
+      }
       const file = req.url === '/v1/chat/completions' ? 'vllm-chat-stream.sse' : body.stream ? 'vllm-completions-stream.sse' : 'vllm-completions.json'
       const data = rec(file)
       if (!body.stream) {
@@ -192,6 +215,44 @@ describe('remote backend against recorded vLLM responses', () => {
     }
     expect(got.at(-1)!.finishReason).toBe('abort')
     expect(await c.result).toMatchObject({ text: ' A', finishReason: 'abort' })
+    m.dispose()
+  })
+
+  it('a stream that ends early, a lost connection or a bad event is a typed error naming the server, not abort', async () => {
+    const m = await loadModel({ remote: base, apiKey: 'vllm-key' })
+    for (const prompt of ['ends', 'dies']) {
+      const s = m.stream(prompt)
+      const seen: string[] = []
+      const err = await (async () => {
+        for await (const c of s) seen.push(c.text)
+      })().then(
+        () => null,
+        (e: unknown) => e,
+      )
+      expect(seen).toEqual([' A'])
+      expect(err).toBeInstanceOf(Phi2Error)
+      expect(err).toMatchObject({ name: 'Phi2RemoteError', code: 'E_NETWORK' })
+      expect((err as Error).message).toContain(base)
+      await expect(s.result).rejects.toMatchObject({ code: 'E_NETWORK' })
+    }
+    const bad = m.stream('garbage')
+    await expect(collect(bad)).rejects.toMatchObject({ name: 'Phi2RemoteError', code: 'E_REMOTE', message: expect.stringContaining('not JSON') })
+    await expect(m.generate('plain garbage')).rejects.toMatchObject({ name: 'Phi2RemoteError', code: 'E_REMOTE', message: expect.stringContaining('not JSON') })
+    m.dispose()
+  })
+
+  it('timeoutMs also bounds the wait between pieces of a body (a server stalling mid-stream)', async () => {
+    const m = await loadModel({ remote: base, apiKey: 'vllm-key', timeoutMs: 1000 })
+    const s = m.stream('stalls')
+    await expect(collect(s)).rejects.toMatchObject({ name: 'Phi2RemoteError', code: 'E_NETWORK', message: expect.stringContaining('timeoutMs') })
+    await expect(s.result).rejects.toMatchObject({ code: 'E_NETWORK' })
+    m.dispose()
+  })
+
+  it('without stop_reason, a text that ends on a requested stop string is finishReason stop', async () => {
+    const m = await loadModel({ remote: base, apiKey: 'vllm-key' })
+    expect(await m.generate('kept stop', { stop: ['END'] })).toMatchObject({ finishReason: 'stop', stopString: 'END' })
+    expect(await m.generate('kept stop', { stop: ['NOPE'] })).toMatchObject({ finishReason: 'eos' })
     m.dispose()
   })
 
