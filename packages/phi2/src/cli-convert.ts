@@ -122,7 +122,7 @@ export async function runConvert(argv: string[]): Promise<number> {
     downloadBar.done()
     bar.done()
     if (err instanceof Phi2Error) {
-      process.stderr.write(`phi2: ${err.code}: ${err.message.replace(/\s*\n\s*/g, ' ')}${err.code === 'E_INVALID_OPTION' ? '' : ''}\n`)
+      process.stderr.write(`phi2: ${err.code}: ${err.message.replace(/\s*\n\s*/g, ' ')}\n`)
       return err.code === 'E_INVALID_OPTION' ? 2 : 1
     }
     process.stderr.write(`phi2: E_INTERNAL: ${err instanceof Error ? err.message : String(err)}\n`)

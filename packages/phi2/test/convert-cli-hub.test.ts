@@ -3,7 +3,7 @@
 // contract: `phi2 generate --model hf:ORG/REPO/FILE.gguf [--revision REV]` and `--model ORG/REPO`
 // print the same JSON as with the local file, against the loopback Hub.
 import { execFile } from 'node:child_process'
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -96,6 +96,44 @@ describe('convertModel (SDK)', () => {
     expect(err.code).toBe('E_ABORTED')
     expect(err.name).toBe('AbortError')
     expect(readdirSync(tmp)).toEqual(before)
+  })
+
+  it('an onProgress that throws rejects convertModel with its error; the process lives on and no file is left', async () => {
+    const before = readdirSync(tmp)
+    const boom = new Error('progress callback failed')
+    const err = await rejection(
+      convertModel(fixture('tiny'), {
+        type: 'F32',
+        out: join(tmp, 'throws.gguf'),
+        onProgress: () => {
+          throw boom
+        },
+      }),
+    )
+    expect(err).toBe(boom)
+    expect(readdirSync(tmp)).toEqual(before)
+    // The addon still works after it.
+    const ok = await convertModel(fixture('tiny'), { type: 'F16', out: join(tmp, 'after-throw.gguf') })
+    expect(existsSync(ok.out)).toBe(true)
+    rmSync(ok.out)
+  })
+
+  it('an abort after the last chunk leaves an existing output file as it was', async () => {
+    const out = join(tmp, 'existing.gguf')
+    writeFileSync(out, 'an older file the user keeps')
+    const before = readdirSync(tmp)
+    const ac = new AbortController()
+    const err = await rejection(
+      convertModel(fixture('tiny'), { type: 'F32', out, signal: ac.signal, onProgress: (p) => p.progress === 1 && ac.abort() }),
+    )
+    expect(err.code).toBe('E_ABORTED')
+    expect(readFileSync(out, 'utf8')).toBe('an older file the user keeps')
+    expect(readdirSync(tmp)).toEqual(before)
+    // A completed conversion replaces it.
+    const r = await convertModel(fixture('tiny'), { type: 'F32', out })
+    expect(statSync(out).size).toBe(r.bytes)
+    expect(readdirSync(tmp)).toEqual(before)
+    rmSync(out)
   })
 })
 

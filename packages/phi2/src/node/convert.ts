@@ -4,7 +4,7 @@
  * the addon). Node only; the `phi2 convert` command calls it.
  */
 import { createRequire } from 'node:module'
-import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs'
+import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
 import { z } from 'zod'
 import { Phi2BackendUnavailableError, Phi2Error, Phi2OptionsError, abortErrorFrom, fromNativeError } from '../errors.js'
@@ -161,31 +161,51 @@ export async function convertModel(src: string, options: ConvertOptions): Promis
   signal?.addEventListener('abort', onAbort, { once: true })
   const tokenizer = opts.tokenizer ?? (existsSync(join(statSync(path).isDirectory() ? path : dirname(path), 'tokenizer.json')) ? undefined : packageAsset('phi2-tokenizer.json'))
   const onProgress = opts.onProgress
+  // The engine writes (through its own partial file) to `tmp` beside `out`; `out` is replaced only
+  // by the final rename, so an abort or failure at any point leaves an existing file untouched.
+  const tmp = join(dirname(out), `.${basename(out)}.${process.pid}.${Date.now().toString(36)}.converting`)
+  // A throw from the user's onProgress must not escape the native callback (napi-rs treats it as
+  // a fatal uncaught exception): it cancels the conversion and becomes the rejection.
+  let progressError: { error: unknown } | null = null
   try {
-    const r = await native.convertModel(
-      path,
-      out,
-      {
-        fileType: type,
-        ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
-        ...(tokenizer !== undefined ? { tokenizer: resolve(tokenizer) } : {}),
-        ...(opts.name !== undefined ? { name: opts.name } : {}),
-      },
-      onProgress
-        ? (err, p) => {
-            if (err || signal?.aborted) return
-            onProgress({ phase: 'convert', progress: p.bytesTotal ? p.bytesWritten / p.bytesTotal : 1, loadedBytes: p.bytesWritten, totalBytes: p.bytesTotal, item: p.tensor })
-          }
-        : null,
-      token,
-    )
-    // An abort that came after the last chunk still wins: no output is left.
-    if (signal?.aborted) {
-      rmSync(r.out, { force: true })
-      throw abortErrorFrom(signal)
+    let r
+    try {
+      r = await native.convertModel(
+        path,
+        tmp,
+        {
+          fileType: type,
+          ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
+          ...(tokenizer !== undefined ? { tokenizer: resolve(tokenizer) } : {}),
+          ...(opts.name !== undefined ? { name: opts.name } : {}),
+        },
+        onProgress
+          ? (err, p) => {
+              if (err || signal?.aborted || progressError) return
+              try {
+                onProgress({ phase: 'convert', progress: p.bytesTotal ? p.bytesWritten / p.bytesTotal : 1, loadedBytes: p.bytesWritten, totalBytes: p.bytesTotal, item: p.tensor })
+              } catch (error) {
+                progressError = { error }
+                token.cancel()
+              }
+            }
+          : null,
+        token,
+      )
+    } catch (err) {
+      if (progressError) throw (progressError as { error: unknown }).error
+      throw err
+    }
+    if (progressError) throw (progressError as { error: unknown }).error
+    // An abort that came after the last chunk still wins: no output is written.
+    if (signal?.aborted) throw abortErrorFrom(signal)
+    try {
+      renameSync(tmp, out)
+    } catch (err) {
+      throw new Phi2Error('E_IO', `convertModel: cannot rename the converted file to ${out}: ${(err as Error).message}`, { cause: err })
     }
     return {
-      out: r.out,
+      out,
       type,
       bytes: r.bytes,
       tokenizer: r.tokenizer,
@@ -193,6 +213,8 @@ export async function convertModel(src: string, options: ConvertOptions): Promis
       tensors: r.tensors.map((t) => ({ name: t.name, type: t.dtype, shape: t.shape, fallback: t.fallback })),
     }
   } catch (err) {
+    rmSync(tmp, { force: true })
+    if (progressError) throw (progressError as { error: unknown }).error
     if (err instanceof Phi2Error) throw err
     if ((err as { code?: string }).code === 'E_CANCELLED' || signal?.aborted) throw abortErrorFrom(signal)
     throw fromNativeError(err)
