@@ -12,7 +12,7 @@
 //   A renamed repository answers 307 with a relative Location to its new name.
 // Faults per file: `dropOnce` (the first GET sends half of the body, then the connection is cut),
 // `corrupt` (the bytes served differ from the etag), `slow` (64 KiB per 5 ms), `barrier: N` (the
-// first GET's body waits until N HEAD requests for the file arrived). Repos can require a token or be gated.
+// first GET's body waits until N HEAD requests for the file arrived), `etag` (sent instead of the sha256). Repos can require a token or be gated.
 //
 // Standalone (for scripts/hub_interop.py): node hub-server.mjs FIXTURES_DIR → prints
 // {"endpoint": ..., "repos": ...} on stdout, serves until killed.
@@ -199,7 +199,7 @@ export async function startHub(repos, renamed = { 'old-org/tiny-gguf': 'test-org
       res.writeHead(302, {
         ...common,
         location: `${cdnBase}/cdn/${repoId}/${f.sha256}`,
-        'x-linked-etag': `"${f.sha256}"`,
+        'x-linked-etag': `"${f.etag ?? f.sha256}"`,
         'x-linked-size': String(f.data.length),
         etag: `"${f.gitSha1}"`,
         'content-length': '0',

@@ -185,6 +185,23 @@ describe('loadModel from the Hub (loopback)', () => {
     expect(existsSync(join(root, 'snapshots'))).toBe(false)
   })
 
+  it('an etag that is a path (..) is refused, nothing written outside blobs/', async () => {
+    const repos = fixtureRepos(join(fixture('tiny'), '..')) as Record<string, { commits: Record<string, Record<string, { etag?: string }>> }>
+    repos['test-org/tiny-gguf']!.commits[COMMIT_MAIN]!['tiny.Q8_0.gguf']!.etag = '..'
+    const evil = (await startHub(repos)) as Hub
+    try {
+      process.env.HF_ENDPOINT = evil.endpoint
+      const err = await loadError(GGUF)
+      expect(err.code).toBe('E_NETWORK')
+      expect(err.message).toMatch(/test-org\/tiny-gguf\/tiny\.Q8_0\.gguf.*ETag/)
+      const root = join(cache, 'models--test-org--tiny-gguf')
+      expect(existsSync(root) ? readdirSync(root) : []).not.toContain('blobs')
+      expect(readdirSync(cache).filter((f) => f.endsWith('.incomplete'))).toEqual([])
+    } finally {
+      await evil.close()
+    }
+  })
+
   it('a full disk: E_DISK_FULL naming repository and file', async () => {
     // The partial download is a link to /dev/full, whose writes fail with ENOSPC.
     const blobs = join(cache, 'models--test-org--tiny-gguf', 'blobs')

@@ -228,7 +228,7 @@ async function fileMeta(ref: HubRef, file: string, revision: string, env: HubEnv
   const commit = res.headers.get('x-repo-commit')
   const etag = normalizeEtag(res.headers.get('x-linked-etag') ?? res.headers.get('etag'))
   const size = Number(res.headers.get('x-linked-size') ?? res.headers.get('content-length'))
-  if (!commit || !COMMIT.test(commit) || !etag || !/^[A-Za-z0-9._-]+$/.test(etag) || !Number.isSafeInteger(size) || size < 0) {
+  if (!commit || !COMMIT.test(commit) || !etag || !isSafeEtag(etag) || !Number.isSafeInteger(size) || size < 0) {
     throw hubError(
       'E_NETWORK',
       ref,
@@ -236,6 +236,14 @@ async function fileMeta(ref: HubRef, file: string, revision: string, env: HubEnv
     )
   }
   return { commit, etag, size, url: r.url === url ? url : r.url }
+}
+
+/**
+ * An etag names a file in blobs/: only a plain name (letters, digits, `.`, `_`, `-`; starting with
+ * a letter or digit; no `..`; not one of our own suffixes) can be used, never a path.
+ */
+function isSafeEtag(etag: string): boolean {
+  return etag.length <= 256 && /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(etag) && !etag.includes('..') && !/\.(incomplete|lock|phi2)$/.test(etag)
 }
 
 // -------------------------------------------------------------------------------- cache files
@@ -401,7 +409,12 @@ async function downloadBlob(
   }
   const verify = hasherFor(meta.etag, meta.size)
   if (start > 0 && verify) {
-    for await (const chunk of createReadStream(partial)) verify.hash.update(chunk as Buffer)
+    // Re-hashing a large partial file takes a while: the signal is honoured between chunks.
+    if (signal?.aborted) throw abortErrorFrom(signal)
+    for await (const chunk of createReadStream(partial)) {
+      if (signal?.aborted) throw abortErrorFrom(signal)
+      verify.hash.update(chunk as Buffer)
+    }
   }
   onBytes(start)
   let res: Response | null = null
