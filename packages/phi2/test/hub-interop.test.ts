@@ -86,18 +86,32 @@ async function tokens(source: string, revision?: string): Promise<number[]> {
 }
 
 describe('Hugging Face cache interoperability (scripts/hub_interop.py output)', () => {
-  it('the committed run passed: identical layouts, each side used the other\'s files', () => {
+  it('fixture check: the committed scripts/hub_interop.py run reports success (identical layouts, each side used the other\'s files)', () => {
+    // This only checks the committed file is a passing run; the next test compares it with what
+    // @x/phi2 writes now.
     expect(committed.ok).toBe(true)
     expect(committed.node_layout).toEqual(committed.python_layout)
     expect(committed.python_scan_cache_dir_on_node_cache.map((r) => r.repo_id)).toEqual(['test-org/tiny', 'test-org/tiny-gguf'])
   })
 
-  it("@x/phi2 writes exactly huggingface_hub's layout (blobs by sha256 / git sha1, relative snapshot links, refs)", async () => {
+  it("@x/phi2 writes now exactly what the committed run saw (huggingface_hub's layout, and what its scan_cache_dir found)", async () => {
     const cache = join(tmp, 'ours')
     process.env.HF_HUB_CACHE = cache
     delete process.env.HF_HUB_OFFLINE
     for (const { source, revision } of IDS) await tokens(source, revision)
-    expect(layout(cache)).toEqual(committed.python_layout)
+    const live = layout(cache)
+    // Blobs by sha256 / git sha1, relative snapshot links, refs: the layout Python wrote ...
+    expect(live).toEqual(committed.python_layout)
+    // ... and the layout of the @x/phi2 cache that Python's scan_cache_dir read in that run.
+    expect(live).toEqual(committed.node_layout)
+    // Every revision, ref and file that scan found is in the cache written now.
+    for (const repo of committed.python_scan_cache_dir_on_node_cache) {
+      const folder = `models--${repo.repo_id.replace('/', '--')}`
+      for (const rev of repo.revisions) {
+        for (const f of rev.files) expect(live.some((l) => l.startsWith(`L ${folder}/snapshots/${rev.commit}/${f} -> `))).toBe(true)
+        for (const r of rev.refs) expect(live).toContain(`F ${folder}/refs/${r} = ${rev.commit}`)
+      }
+    }
   })
 
   it("a cache in huggingface_hub's layout (rebuilt from its committed entries) loads offline, without a request", async () => {
