@@ -102,6 +102,16 @@ describe('phi2 serve: /score (the model card contract)', () => {
     expect(json).toEqual([{ '0': cut.text }])
   })
 
+  it('more input strings than the server can ever admit are a 400 naming input_string, not a 429', async () => {
+    // Defaults: --parallel 8 + --max-queue 64 = 72.
+    const r = await post(`${s.url}/score`, { input_data: { input_string: Array.from({ length: 73 }, () => 'x'), parameters: { max_new_tokens: 1 } } })
+    expect(r.status).toBe(400)
+    expect(r.json.error).toMatchObject({ type: 'invalid_request_error', param: 'input_data.input_string' })
+    const cap = await post(`${s.url}/score`, { inputs: { input_string: Array.from({ length: 1025 }, () => 'x') } })
+    expect(cap.status).toBe(400)
+    expect(cap.json.error).toMatchObject({ param: 'inputs.input_string', message: expect.stringMatching(/at most 1024/) })
+  })
+
   it('unsupported Azure parameters, unknown ones, bad types and bad JSON are 400s naming the field', async () => {
     const bad = async (body: unknown, param: string | null, re: RegExp) => {
       const r = await post(`${s.url}/score`, body)
@@ -241,6 +251,42 @@ describe('phi2 serve: OpenAI API', () => {
     expect(big.json.error.message).toMatch(/larger than the limit/)
   })
 
+  it('requests that could never be admitted, out-of-range token ids and huge prompts are 400s naming the field', async () => {
+    const auth = { authorization: `Bearer ${KEY}` }
+    // --parallel 4 + --max-queue 4: 9 generations never fit (a 429 would invite endless retries).
+    const many = await post(`${s.url}/v1/completions`, { prompt: 'x', n: 9, max_tokens: 1 }, auth)
+    expect(many.status).toBe(400)
+    expect(many.json.error).toMatchObject({ type: 'invalid_request_error', param: 'n' })
+    const prompts = await post(`${s.url}/v1/completions`, { prompt: Array.from({ length: 9 }, () => 'x'), max_tokens: 1 }, auth)
+    expect(prompts.status).toBe(400)
+    expect(prompts.json.error.param).toBe('prompt')
+    const tooMany = await post(`${s.url}/v1/completions`, { prompt: Array.from({ length: 1025 }, () => 'x'), max_tokens: 1 }, auth)
+    expect(tooMany.json.error).toMatchObject({ param: 'prompt', message: expect.stringMatching(/at most 1024 prompts/) })
+    // Token ids beyond the vocabulary (51200) or u32 are refused, not wrapped.
+    for (const [prompt, param] of [
+      [[464, 4294967296], 'prompt.1'],
+      [[464, 51200], 'prompt.1'],
+      [[464, -1], 'prompt.1'],
+      [[[464], [464, 2068, 4294967297]], 'prompt.1.2'],
+    ] as const) {
+      const r = await post(`${s.url}/v1/completions`, { prompt, max_tokens: 1 }, auth)
+      expect(r.status).toBe(400)
+      expect(r.json.error).toMatchObject({ type: 'invalid_request_error', param })
+    }
+    // Far more characters than the context can hold: refused before tokenizing.
+    const huge = await post(`${s.url}/v1/completions`, { prompt: 'a'.repeat(900_000) }, auth)
+    expect(huge.status).toBe(400)
+    expect(huge.json.error).toMatchObject({ param: 'prompt', code: 'context_length_exceeded' })
+    // The server still serves.
+    expect((await post(`${s.url}/v1/completions`, { prompt: 'x', max_tokens: 1 }, auth)).status).toBe(200)
+  })
+
+  it('/v1/completions without max_tokens generates 16 tokens (OpenAI and vLLM default)', async () => {
+    const r = await client.completions.create({ model: 'phi-2-test', prompt: 'Hello', logit_bias: { '50256': -100 } })
+    expect(r.usage!.completion_tokens).toBe(16)
+    expect(r.choices[0]!.finish_reason).toBe('length')
+  })
+
   it('a client that disconnects frees its sequence; a full queue answers 429 with Retry-After', async () => {
     const auth = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' }
     // Long streams fill the 4 batch slots and the 4 queue places.
@@ -322,6 +368,11 @@ describe('phi2 serve: lifecycle', () => {
     const plain = await serve(['--model', fixture('tiny-q8_0.gguf')])
     const r = await fetch(`${plain.url}/health`, { headers: { origin: 'https://evil.example' } })
     expect(r.headers.get('access-control-allow-origin')).toBeNull()
+    expect(plain.stderr()).not.toMatch(/warning/)
     expect(await plain.stop()).toBe(0)
+    // Every interface without an API key: a warning on stderr.
+    const open = await serve(['--model', fixture('tiny-q8_0.gguf'), '--host', '0.0.0.0'])
+    expect(open.stderr()).toMatch(/warning: listening on 0\.0\.0\.0 .*without an API key.*PHI2_API_KEY/)
+    expect(await open.stop()).toBe(0)
   })
 })

@@ -31,17 +31,25 @@ Options:
   --timeout S            time limit per request in seconds (default: 300)
   --body-limit BYTES     largest request body (default: 1048576)
   --api-key KEY          require "Authorization: Bearer KEY" (all routes but /health);
-                         also read from PHI2_API_KEY
+                         default: the PHI2_API_KEY environment variable (keeps the key out
+                         of the process list)
   --cors ORIGIN          allow browser requests from ORIGIN (or *); off by default
   --threads N            compute threads, integer 1..1024 (default: all cores)
   --quiet                no log line per request
   -h, --help             this help
 
-SIGTERM / SIGINT: stop accepting requests, finish the running ones, exit 0.
+SIGTERM / SIGINT: stop accepting requests, finish the running ones, exit 0 (during the model
+load: abort it and exit 0).
 Exit codes: 0 ok, 1 error (one line "phi2: CODE: message" on stderr), 2 bad usage.
 `
 
 class UsageError extends Error {}
+
+/** Whether `host` is a loopback address (reachable from this machine only). */
+function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase()
+  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h) || h === '::ffff:127.0.0.1'
+}
 
 function int(name: string, v: string | undefined, min: number, max: number): number | undefined {
   if (v === undefined) return undefined
@@ -97,7 +105,7 @@ export async function runServe(argv: string[]): Promise<number> {
   const modelPath = (values.model as string | undefined) ?? defaultModelPath()
   const apiKey = (values['api-key'] as string | undefined) ?? (process.env.PHI2_API_KEY || undefined)
   const server = createServer({
-    load: () => loadModel(modelPath, { backend: 'cpu', ...(threads ? { threads } : {}) }),
+    load: (signal) => loadModel(modelPath, { backend: 'cpu', signal, ...(threads ? { threads } : {}) }),
     ...(values['model-name'] ? { modelName: values['model-name'] as string } : {}),
     ...(parallel ? { parallel } : {}),
     ...(maxQueue !== undefined ? { maxQueue } : {}),
@@ -115,11 +123,16 @@ export async function runServe(argv: string[]): Promise<number> {
     return 1
   }
   process.stderr.write(`phi2 serve: listening on ${address} (loading ${modelPath})\n`)
+  if (!apiKey && !isLoopback(host)) {
+    process.stderr.write(`phi2 serve: warning: listening on ${host} (not only this machine) without an API key: anyone who can reach it can use it; set --api-key or PHI2_API_KEY\n`)
+  }
+  let stopping = false
   const stopped = new Promise<number>((resolve) => {
     let draining = false
     const drain = (signal: string) => {
       if (draining) return
       draining = true
+      stopping = true
       process.stderr.write(`phi2 serve: ${signal}: finishing running requests\n`)
       server.close().then(
         () => resolve(0),
@@ -133,9 +146,12 @@ export async function runServe(argv: string[]): Promise<number> {
     process.once('SIGINT', () => drain('SIGINT'))
   })
   try {
-    await server.ready
+    // A signal during the load aborts it (server.close) and ends the wait.
+    await Promise.race([server.ready, stopped])
+    if (stopping) return stopped
     process.stderr.write(`phi2 serve: ready\n`)
   } catch (err) {
+    if (stopping) return stopped
     const code = err instanceof Phi2Error ? err.code : 'E_INTERNAL'
     process.stderr.write(`phi2: ${code}: ${(err as Error).message.replace(/\s*\n\s*/g, ' ')}\n`)
     await server.close().catch(() => {})

@@ -78,6 +78,9 @@ export function wireError(err: unknown, names: WireNames): unknown {
 export const SCORE_UNSUPPORTED = ['best_of', 'typical_p', 'truncate', 'watermark', 'decoder_input_details'] as const
 
 const num = z.number({ error: 'must be a number' })
+
+/** Most prompts in one request (`input_string`, a list `prompt`); the queue bounds it further. */
+export const MAX_PROMPTS = 1024
 const ScoreParams = z.strictObject({
   do_sample: z.boolean({ error: 'must be a boolean' }).optional(),
   max_new_tokens: num.int('must be an integer').optional(),
@@ -95,7 +98,8 @@ const ScoreParams = z.strictObject({
 const ScoreInput = z.strictObject({
   input_string: z
     .array(z.string({ error: 'must be a string' }), { error: 'must be a list of strings' })
-    .min(1, 'must hold at least one prompt'),
+    .min(1, 'must hold at least one prompt')
+    .max(MAX_PROMPTS, `must hold at most ${MAX_PROMPTS} prompts`),
   parameters: z.record(z.string(), z.unknown(), { error: 'must be an object' }).optional(),
 })
 
@@ -262,7 +266,7 @@ export function openaiNames(kind: 'completion' | 'chat'): WireNames {
   return kind === 'chat' ? { ...OPENAI_NAMES, prompt: 'messages' } : OPENAI_NAMES
 }
 
-/** Default max_tokens of /v1/completions (OpenAI's). */
+/** Default max_tokens of /v1/completions (OpenAI's and vLLM's); chat completions fill the context. */
 export const COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 export function parseOpenAI(kind: 'completion' | 'chat', body: unknown): OpenAIRequest {
@@ -309,6 +313,7 @@ export function parseOpenAI(kind: 'completion' | 'chat', body: unknown): OpenAIR
     else if (p.every((x) => typeof x === 'string')) prompts = (p as string[]).map((text) => ({ text }))
     else if (p.every((x) => typeof x === 'number')) prompts = [{ ids: p as number[] }]
     else prompts = (p as number[][]).map((ids) => ({ ids }))
+    if (prompts.length > MAX_PROMPTS) throw badRequest(`Invalid field "prompt": at most ${MAX_PROMPTS} prompts per request, got ${prompts.length}`, 'prompt')
     topLogprobs = b.logprobs ?? undefined
   }
   return {

@@ -169,7 +169,25 @@ export class BatchRunner {
         pendingLogprobs = pendingLogprobs.slice(p.tokens.length)
         req.onPiece({ text: p.text, tokens: p.tokens, logprobs: lp })
       }
+      // Called by the addon's threadsafe function: nothing may throw out of it (in napi-rs 3 a
+      // throw there is a fatal exception). A throw (the caller's onPiece, the text assembly) fails
+      // just this request and takes its sequence out of the batch.
       const onEvent = (err: Error | null, e: NativeBatchEvent) => {
+        try {
+          handle(err, e)
+        } catch (thrown) {
+          if (settled) return
+          settled = true
+          signal?.removeEventListener('abort', onAbort)
+          try {
+            if (id >= 0) this.#engine.cancel(id)
+          } catch {
+            // the engine is gone: the sequence is too
+          }
+          reject(thrown instanceof Phi2Error ? thrown : new Phi2Error('E_INTERNAL', `A generation failed while handling its output: ${thrown instanceof Error ? thrown.message : String(thrown)}`, { cause: thrown }))
+        }
+      }
+      const handle = (err: Error | null, e: NativeBatchEvent) => {
         if (settled) return
         if (err) {
           settled = true

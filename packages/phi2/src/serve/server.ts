@@ -16,11 +16,13 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto'
 import { basename } from 'node:path'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { Phi2Error, Phi2OptionsError } from '../errors.js'
+import { checkTokenIds } from '../generation.js'
 import type { Phi2Model } from '../model.js'
 import type { SamplingOptions } from '../options.js'
 import { ServerMetrics } from './metrics.js'
 import {
   ApiError,
+  COMPLETIONS_DEFAULT_MAX_TOKENS,
   type OpenAIRequest,
   badRequest,
   chatStops,
@@ -34,8 +36,11 @@ import {
 import { BatchRunner, type Piece, type RunResult, type TokenLogprob } from './runner.js'
 
 export interface ServeOptions {
-  /** Loads the model (called once, after the server listens, so that /health can say "loading"). */
-  load: () => Promise<Phi2Model>
+  /**
+   * Loads the model (called once, after the server listens, so that /health can say "loading").
+   * `signal` is aborted when the server is closed during the load.
+   */
+  load: (signal: AbortSignal) => Promise<Phi2Model>
   /** The id reported by /v1/models and accepted as `model` (default: the model file's name). */
   modelName?: string
   /** Sequences decoded together. Default 8. */
@@ -95,10 +100,12 @@ export function createServer(opts: ServeOptions): Phi2Server {
   /** Generations admitted (running or waiting in the engine). */
   let admitted = 0
   let closing = false
+  const loading = new AbortController()
 
   const ready = (async () => {
     try {
-      model = await opts.load()
+      model = await opts.load(loading.signal)
+      if (closing) throw new Phi2Error('E_ABORTED', 'The server was closed while the model was loading')
       if (!opts.modelName) modelName = basename(model.info.source).replace(/\.gguf$/i, '') || modelName
       runner = new BatchRunner(model, { maxSequences: parallel })
     } catch (err) {
@@ -169,9 +176,18 @@ export function createServer(opts: ServeOptions): Phi2Server {
     throw new ApiError(503, 'The model is still loading', 'server_error', null, 'model_loading', { 'retry-after': '1' })
   }
 
-  /** Reserves `count` generations in the queue, or throws 429. */
-  const admit = (count: number): (() => void) => {
+  /**
+   * Reserves `count` generations in the queue, or throws 429 (400 when `count` could never fit:
+   * `param` names the field that makes it that many).
+   */
+  const admit = (count: number, param: string): (() => void) => {
     if (closing) throw new ApiError(503, 'The server is shutting down', 'server_error', null, 'shutting_down')
+    if (count > parallel + maxQueue) {
+      throw badRequest(
+        `The request asks for ${count} generations; this server runs at most ${parallel + maxQueue} at once (--parallel ${parallel} + --max-queue ${maxQueue}): send fewer in "${param}"`,
+        param,
+      )
+    }
     if (admitted + count > parallel + maxQueue) {
       metrics.rejected.inc()
       throw new ApiError(429, `The server is busy (${admitted} generations running or queued); retry later`, 'rate_limit_error', null, 'queue_full', {
@@ -201,12 +217,52 @@ export function createServer(opts: ServeOptions): Phi2Server {
     req.raw.on('aborted', onClose)
     return {
       signal: ctl.signal,
+      /** Stops every sequence of the request (one of them failed). */
+      abort(reason: unknown) {
+        ctl.abort(reason)
+      },
       get timedOut() {
         return timedOut
       },
       done() {
         clearTimeout(timer)
       },
+    }
+  }
+
+  /**
+   * Longest token in UTF-16 units (≤ its bytes): a text longer than context × this cannot fit,
+   * whatever it holds, so it is refused before the tokenizer runs on the JS thread.
+   */
+  let maxTokenChars = 0
+  const tooLong = (r: BatchRunner, text: string, param: string): ApiError | null => {
+    if (maxTokenChars === 0) {
+      for (let id = 0; id < r.model.info.vocabSize; id++) {
+        try {
+          maxTokenChars = Math.max(maxTokenChars, r.tokenizer.tokenBytes(id).length)
+        } catch {
+          // ids of the embedding beyond the tokenizer's vocabulary have no text
+        }
+      }
+      maxTokenChars = Math.max(maxTokenChars, 1)
+    }
+    const ctx = r.model.info.contextLength
+    if (text.length <= ctx * maxTokenChars) return null
+    return badRequest(
+      `The prompt has ${text.length} characters, more than the context of ${ctx} tokens can hold (at most ${maxTokenChars} characters per token)`,
+      param,
+      'context_length_exceeded',
+    )
+  }
+
+  /** Waits for all of a request's generations; the first failure aborts the others, then is thrown once they ended. */
+  const all = async <T>(runs: Promise<T>[], life: { abort(reason: unknown): void }): Promise<T[]> => {
+    try {
+      return await Promise.all(runs)
+    } catch (err) {
+      life.abort(err)
+      await Promise.allSettled(runs)
+      throw err
     }
   }
 
@@ -250,18 +306,27 @@ export function createServer(opts: ServeOptions): Phi2Server {
     const r = loaded()
     const score = parseScore(req.body)
     const names = scoreNames(score.key)
-    const jobs = score.prompts.map((text) => ({ text, ids: promptIds(r, text) }))
+    const release = admit(score.prompts.length, `${score.key}.input_string`)
+    let jobs: { text: string; ids: number[] }[]
     const stop = score.options.stop ?? []
     try {
+      score.prompts.forEach((text, i) => {
+        const e = tooLong(r, text, `${score.key}.input_string.${i}`)
+        if (e) throw e
+      })
+      jobs = score.prompts.map((text) => ({ text, ids: promptIds(r, text) }))
       for (const j of jobs) r.resolve({ ids: j.ids, options: score.options, stop, what: 'score' })
     } catch (err) {
+      release()
       throw engineError(err, names)
     }
-    const release = admit(jobs.length)
     const life = lifetime(req, reply)
     const t0 = performance.now()
     try {
-      const outs = await Promise.all(jobs.map((j) => r.run({ ids: j.ids, options: score.options, stop, signal: life.signal, what: 'score' })))
+      const outs = await all(
+        jobs.map((j) => r.run({ ids: j.ids, options: score.options, stop, signal: life.signal, what: 'score' })),
+        life,
+      )
       if (life.timedOut) throw new ApiError(504, `The request ran past the time limit of ${timeoutMs} ms`, 'server_error', null, 'timeout')
       outs.forEach((o) => record(o, t0))
       return outs.map((o, i) => ({ [String(i)]: score.returnFullText ? jobs[i]!.text + o.text : o.text }))
@@ -281,21 +346,32 @@ export function createServer(opts: ServeOptions): Phi2Server {
       throw new ApiError(404, `The model "${q.model}" does not exist (this server serves "${modelName}")`, 'invalid_request_error', 'model', 'model_not_found')
     }
     const stop = kind === 'chat' ? [...q.stop, ...chatStops()] : q.stop
-    const prompts = q.prompts.map((p) => ('ids' in p ? p.ids : promptIds(r, p.text)))
+    const release = admit(q.prompts.length * q.n, q.prompts.length > 1 && q.n > 1 ? 'prompt' : q.n > 1 ? 'n' : kind === 'chat' ? 'messages' : 'prompt')
     const jobs: { prompt: number; choice: number; ids: number[]; options: SamplingOptions }[] = []
-    for (const [pi, ids] of prompts.entries()) {
-      for (let i = 0; i < q.n; i++) {
-        const options =
-          q.options.seed !== undefined ? { ...q.options, seed: Math.min(q.options.seed + i, Number.MAX_SAFE_INTEGER) } : { ...q.options }
-        jobs.push({ prompt: pi, choice: pi * q.n + i, ids, options })
-      }
-    }
+    let prompts: number[][]
     try {
+      const vocab = r.model.info.vocabSize
+      const ctx = r.model.info.contextLength
+      const param = (pi: number) => (kind === 'chat' ? 'messages' : q.prompts.length > 1 ? `prompt.${pi}` : 'prompt')
+      q.prompts.forEach((p, pi) => {
+        const e = 'text' in p ? tooLong(r, p.text, param(pi)) : null
+        if (e) throw e
+      })
+      prompts = q.prompts.map((p, pi) => ('ids' in p ? checkTokenIds(p.ids, vocab, param(pi), kind) : promptIds(r, p.text)))
+      for (const [pi, ids] of prompts.entries()) {
+        for (let i = 0; i < q.n; i++) {
+          const options: SamplingOptions =
+            q.options.seed !== undefined ? { ...q.options, seed: Math.min(q.options.seed + i, Number.MAX_SAFE_INTEGER) } : { ...q.options }
+          // OpenAI's (and vLLM's) completions default: 16 new tokens, within the context's room.
+          if (kind === 'completion' && !q.maxTokensGiven) options.maxNewTokens = Math.max(1, Math.min(COMPLETIONS_DEFAULT_MAX_TOKENS, ctx - ids.length))
+          jobs.push({ prompt: pi, choice: pi * q.n + i, ids, options })
+        }
+      }
       for (const j of jobs) r.resolve({ ids: j.ids, options: j.options, stop, what: kind })
     } catch (err) {
+      release()
       throw engineError(err, names)
     }
-    const release = admit(jobs.length)
     const life = lifetime(req, reply)
     const t0 = performance.now()
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`
@@ -313,7 +389,10 @@ export function createServer(opts: ServeOptions): Phi2Server {
       })
     if (!q.stream) {
       try {
-        const outs = await Promise.all(jobs.map((j) => run(j)))
+        const outs = await all(
+          jobs.map((j) => run(j)),
+          life,
+        )
         if (life.timedOut) throw new ApiError(504, `The request ran past the time limit of ${timeoutMs} ms`, 'server_error', null, 'timeout')
         outs.forEach((o) => record(o, t0))
         const completionTokens = outs.reduce((s, o) => s + o.completionTokens, 0)
@@ -362,7 +441,7 @@ export function createServer(opts: ServeOptions): Phi2Server {
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) => ({ id, object, created, model: modelName, choices, ...extra })
     try {
       if (kind === 'chat') send(chunk(jobs.map((j) => ({ index: j.choice, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }))))
-      const outs = await Promise.all(
+      const outs = await all(
         jobs.map((j) => {
           let started = false
           return run(j, (p) => {
@@ -385,6 +464,7 @@ export function createServer(opts: ServeOptions): Phi2Server {
             return o
           })
         }),
+        life,
       )
       outs.forEach((o) => record(o, t0))
       if (life.timedOut) {
@@ -409,7 +489,10 @@ export function createServer(opts: ServeOptions): Phi2Server {
     ready,
     async close() {
       closing = true
+      // A load still running is aborted, and waited for so that its model is freed too.
+      loading.abort(new Error('the server is closing'))
       await app.close()
+      await ready.catch(() => {})
       runner?.dispose()
       model?.dispose()
     },
