@@ -8,6 +8,9 @@ import { once } from 'node:events'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Phi2Model, defaultModelPath, loadModel } from '@x/phi2'
+import { loadModel as loadModelSrc } from '../src/index.js'
+import { BatchRunner } from '../src/serve/runner.js'
+import { createServer } from '../src/serve/server.js'
 import { CLI, fixture } from './helpers.js'
 
 interface Served {
@@ -320,7 +323,44 @@ describe('phi2 serve: OpenAI API', () => {
   })
 })
 
+describe('phi2 serve: batch runner', () => {
+  it('a callback that throws inside the engine event fails just its request (never into napi)', async () => {
+    const m = await loadModelSrc(fixture('tiny-q8_0.gguf'))
+    const r = new BatchRunner(m, { maxSequences: 2 })
+    try {
+      const ids = r.tokenizer.encode('Hello')
+      const boom = () => {
+        throw new Error('boom')
+      }
+      const bad = r.run({ ids, options: { maxNewTokens: 20 }, stop: [], onPiece: boom })
+      await expect(bad).rejects.toMatchObject({ code: 'E_INTERNAL', message: expect.stringContaining('boom') })
+      const ok = await r.run({ ids, options: { maxNewTokens: 5 }, stop: [] })
+      expect(ok.completionTokens).toBe(5)
+    } finally {
+      r.dispose()
+      m.dispose()
+    }
+  })
+})
+
 describe('phi2 serve: lifecycle', () => {
+  it('closing the server during the model load aborts the load', async () => {
+    let loadSignal: AbortSignal | null = null
+    const server = createServer({
+      // A load that only ends when aborted (as loadModel does with its signal).
+      load: (signal) =>
+        new Promise((_resolve, reject) => {
+          loadSignal = signal
+          signal.addEventListener('abort', () => reject(new Error('load aborted')), { once: true })
+        }),
+    })
+    const health = await server.app.inject({ method: 'GET', url: '/health' })
+    expect(health.json()).toEqual({ status: 'loading' })
+    await server.close()
+    expect(loadSignal!.aborted).toBe(true)
+    await expect(server.ready).rejects.toThrow(/load aborted/)
+  })
+
   it('help and usage errors', async () => {
     const runCli = async (args: string[]) => {
       const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
