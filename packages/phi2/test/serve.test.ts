@@ -8,7 +8,7 @@ import { once } from 'node:events'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Phi2Model, defaultModelPath, loadModel } from '@x/phi2'
-import { loadModel as loadModelSrc } from '../src/index.js'
+import { Phi2Error as Phi2ErrorSrc, loadModel as loadModelSrc } from '../src/index.js'
 import { BatchRunner } from '../src/serve/runner.js'
 import { createServer } from '../src/serve/server.js'
 import { CLI, fixture } from './helpers.js'
@@ -339,6 +339,35 @@ describe('phi2 serve: batch runner', () => {
     } finally {
       r.dispose()
       m.dispose()
+    }
+  })
+
+  it('when one choice fails, the request aborts its other choices before answering', async () => {
+    const server = createServer({ load: () => loadModelSrc(fixture('tiny-q8_0.gguf'), { backend: 'cpu' }), parallel: 4, maxQueue: 0 })
+    await server.ready
+    const orig = BatchRunner.prototype.run
+    const seen: { signal: AbortSignal | undefined; result?: Promise<unknown> }[] = []
+    BatchRunner.prototype.run = function (this: BatchRunner, req) {
+      const entry: (typeof seen)[number] = { signal: req.signal }
+      seen.push(entry)
+      // The second choice fails once the first is running.
+      const p = seen.length === 2 ? Promise.reject(new Phi2ErrorSrc('E_INTERNAL', 'injected failure')) : orig.call(this, req)
+      entry.result = p.catch((e: unknown) => e)
+      return p
+    }
+    try {
+      const res = await server.app.inject({ method: 'POST', url: '/v1/completions', payload: { prompt: 'x', n: 2, max_tokens: 100, logit_bias: { '50256': -100 } } })
+      expect(res.statusCode).toBe(500)
+      expect(res.json().error.message).toMatch(/injected failure/)
+      expect(seen).toHaveLength(2)
+      expect(seen[0]!.signal!.aborted).toBe(true)
+      // The sibling had already ended (aborted) when the answer came: its queue place is free again.
+      const first = (await seen[0]!.result) as { finishReason?: string; completionTokens?: number }
+      expect(first.finishReason).toBe('abort')
+      expect(first.completionTokens).toBeLessThan(100)
+    } finally {
+      BatchRunner.prototype.run = orig
+      await server.close()
     }
   })
 })
