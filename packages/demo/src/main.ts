@@ -106,8 +106,8 @@ function selectedSource(): { source: LoadSource; label: string } {
   if (which === 'url') {
     const url = ui.modelUrl.value.trim()
     if (!url) throw new Error('Enter the URL of a GGUF file, or a Hugging Face id hf:ORG/REPO/FILE.gguf.')
-    // Hugging Face ids (hf:ORG/REPO/FILE.gguf; a bare ORG/REPO gets the SDK's "use a GGUF" error)
-    // go to loadModel as they are: it resolves them to the Hub's URL.
+    // Hugging Face ids (hf:ORG/REPO/FILE.gguf) go to loadModel as they are: it resolves them to the
+    // Hub's URL. A bare ORG/REPO is a relative URL to the SDK too (its error then suggests hf:).
     if (/^hf:/i.test(url) || /^[A-Za-z0-9][\w.-]*\/[A-Za-z0-9][\w.-]*$/.test(url)) return { source: url, label: url }
     return { source: new URL(url, location.href).href, label: url }
   }

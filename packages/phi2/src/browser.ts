@@ -11,10 +11,10 @@
  * ```
  */
 import type { EngineModelInfo } from './engine.js'
-import { Phi2BackendUnavailableError, Phi2Error, abortErrorFrom } from './errors.js'
+import { Phi2BackendUnavailableError, Phi2Error, Phi2ModelLoadError, abortErrorFrom } from './errors.js'
 import { type Phi2Model, loadWithEngine } from './model.js'
 import { type LoadOptions, LoadOptionsSchema, parseOptions } from './options.js'
-import { browserHubUrl } from './hub.js'
+import { parseHubId, resolveBrowserHubUrl } from './hub.js'
 import { type ModelSource, sourceFromValue } from './sources.js'
 import { type WasmEnvironment, wasmEngine } from './wasm/client.js'
 
@@ -74,18 +74,35 @@ export async function loadModel(source: ModelSource, options?: LoadOptions): Pro
   }
   if (opts.signal?.aborted) throw abortErrorFrom(opts.signal)
   const base = (globalThis as { location?: { href?: string } }).location?.href
-  // Hugging Face Hub ids (hf:ORG/REPO/FILE.gguf) → the Hub's file URL, at `revision`.
-  const hubUrl = typeof source === 'string' ? browserHubUrl(source, opts.revision, opts.hubEndpoint) : null
+  // Hugging Face Hub ids (hf:ORG/REPO/FILE.gguf) → the Hub's file URL at the commit `revision` is at.
+  const hubUrl =
+    typeof source === 'string'
+      ? await resolveBrowserHubUrl(source, { revision: opts.revision, endpoint: opts.hubEndpoint, useCache: opts.cache !== false, signal: opts.signal })
+      : null
+  if (opts.signal?.aborted) throw abortErrorFrom(opts.signal)
   const { source: engineSource, display } = sourceFromValue(hubUrl ?? source, base)
   engine ??= wasmEngine(browserEnv)
-  return loadWithEngine({
-    engine,
-    source: engineSource,
-    display,
-    options: opts,
-    useGgufVocab: true,
-    fallbackTokenizer: noTokenizer,
-  })
+  try {
+    return await loadWithEngine({
+      engine,
+      source: engineSource,
+      display,
+      options: opts,
+      useGgufVocab: true,
+      fallbackTokenizer: noTokenizer,
+    })
+  } catch (err) {
+    // A bare ORG/REPO is a relative URL here; when nothing is there, say how to name the Hub.
+    if (typeof source === 'string' && hubUrl === null && err instanceof Phi2ModelLoadError && err.code === 'E_IO' && parseHubId(source, true)) {
+      throw new Phi2ModelLoadError(
+        err.code,
+        err.source,
+        `${err.message} (${JSON.stringify(source)} was loaded as a URL relative to the page; in browsers a Hugging Face id needs the hf: prefix, e.g. hf:${source}/FILE.gguf)`,
+        { cause: err },
+      )
+    }
+    throw err
+  }
 }
 
 /** URL of the embedded default model (a small Phi-2-architecture GGUF trained on CPython's stdlib and docs, Q8_0, ~17 MB; not Phi-2; bundlers copy it). */

@@ -7,9 +7,9 @@
  * - `hf:ORG/REPO/PATH` — one file of a repository (`PATH` may contain `/`), e.g.
  *   `hf:TheBloke/phi-2-GGUF/phi-2.Q4_K_M.gguf`;
  * - `hf:ORG/REPO` and `ORG/REPO` — a whole model repository (config.json + safetensors +
- *   tokenizer.json), e.g. `microsoft/phi-2`. A bare `ORG/REPO` is a Hub id only where no local
- *   file or directory of that name exists (Node), and never when its last part ends in a model
- *   or JSON file extension.
+ *   tokenizer.json), e.g. `microsoft/phi-2`. A bare `ORG/REPO` is a Hub id only in Node, where no
+ *   local file or directory of that name exists, and never when its last part ends in a model or
+ *   JSON file extension. Browsers need the `hf:` prefix (a bare `ORG/REPO` is a relative URL).
  *
  * The revision (branch, tag or commit; default `main`) is the `revision` load option.
  */
@@ -69,13 +69,15 @@ export function hubFileUrl(endpoint: string, repo: string, revision: string, pat
 }
 
 /**
- * Browsers: a Hub id → the URL the streamed wasm loader fetches (and keeps in the Cache API), or
- * null when `source` is not a Hub id. A repository id (safetensors) is refused: its f32 / bf16
- * weights cannot stream into wasm32's memory, a GGUF of the model can.
+ * Browsers: a Hub id (`hf:ORG/REPO/PATH` only) → its parsed form, or null when `source` is not one.
+ *
+ * In browsers a Hub id needs the `hf:` prefix: a bare `ORG/REPO` (or `models/phi`) is a relative
+ * URL, loaded from the page's own server like any other. A repository id (`hf:ORG/REPO`,
+ * safetensors) is refused: its f32 / bf16 weights cannot stream into wasm32's memory, a GGUF of
+ * the model can.
  */
-export function browserHubUrl(source: string, revision: string | undefined, endpoint: string = DEFAULT_HUB_ENDPOINT): string | null {
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(source) || source.startsWith('/') || source.startsWith('.')) return null
-  const ref = parseHubId(source, true)
+export function browserHubRef(source: string): (HubRef & { path: string }) | null {
+  const ref = parseHubId(source, false)
   if (!ref) return null
   if (ref.path === null) {
     throw new Phi2ModelLoadError(
@@ -86,5 +88,87 @@ export function browserHubUrl(source: string, revision: string | undefined, endp
         `e.g. hf:ORG/REPO/FILE.Q4_K_M.gguf (phi2 convert makes one)`,
     )
   }
-  return hubFileUrl(endpoint, ref.repo, revision ?? 'main', ref.path)
+  return ref as HubRef & { path: string }
+}
+
+/**
+ * Browsers: a Hub id → the `/resolve/<revision>/<path>` URL (no network), or null when `source`
+ * is not a Hub id (see {@link browserHubRef}).
+ */
+export function browserHubUrl(source: string, revision: string | undefined, endpoint: string = DEFAULT_HUB_ENDPOINT): string | null {
+  const ref = browserHubRef(source)
+  return ref && hubFileUrl(endpoint, ref.repo, revision ?? 'main', ref.path)
+}
+
+const COMMIT = /^[0-9a-f]{40}$/
+/** Cache API storage of the last commit each (endpoint, repo, revision, file) resolved to. */
+const REFS_CACHE = 'phi2-hub-refs-v1'
+
+async function refsCache(): Promise<Cache | null> {
+  const cs = (globalThis as { caches?: CacheStorage }).caches
+  if (!cs) return null
+  try {
+    return await cs.open(REFS_CACHE)
+  } catch {
+    return null // opaque origins, private mode
+  }
+}
+
+/**
+ * Browsers: a Hub id → the URL the streamed wasm loader fetches and keeps in the Cache API, or null
+ * when `source` is not a Hub id. The URL names the commit, not the branch or tag: the revision is
+ * resolved first (`GET {endpoint}/api/models/{repo}/revision/{revision}`), so the Cache API entry
+ * (keyed by URL) is the file of that commit and a branch that moved is downloaded again. The commit
+ * each revision had is remembered (with `useCache`): when the Hub cannot be reached, the last one
+ * is used, so a cached model loads offline. A commit id as `revision` needs no request.
+ */
+export async function resolveBrowserHubUrl(
+  source: string,
+  options: { revision?: string; endpoint?: string; useCache: boolean; signal?: AbortSignal },
+): Promise<string | null> {
+  const ref = browserHubRef(source)
+  if (!ref) return null
+  const endpoint = (options.endpoint ?? DEFAULT_HUB_ENDPOINT).replace(/\/+$/, '')
+  const revision = options.revision ?? 'main'
+  if (COMMIT.test(revision)) return hubFileUrl(endpoint, ref.repo, revision, ref.path)
+  const byRevision = hubFileUrl(endpoint, ref.repo, revision, ref.path)
+  const cache = options.useCache ? await refsCache() : null
+  const enc = (s: string) => s.split('/').map(encodeURIComponent).join('/')
+  let res: Response | null = null
+  try {
+    res = await fetch(`${endpoint}/api/models/${enc(ref.repo)}/revision/${encodeURIComponent(revision)}`, { signal: options.signal })
+  } catch {
+    // Offline or unreachable (an abort is reported by the caller): the remembered commit below.
+    res = null
+  }
+  if (res && (res.status === 401 || res.status === 404)) {
+    await res.body?.cancel().catch(() => {})
+    const code = res.status === 401 ? 'E_HUB_AUTH' : 'E_HUB_NOT_FOUND'
+    throw new Phi2ModelLoadError(
+      code,
+      source,
+      `Could not load model ${JSON.stringify(source)}: the Hub at ${endpoint} has no repository ${ref.repo} at revision ${JSON.stringify(revision)} ` +
+        `(HTTP ${res.status}${res.status === 401 ? ': private, gated or missing; browsers send no token' : ''})`,
+    )
+  }
+  let commit: string | null = null
+  if (res?.ok) {
+    try {
+      const sha = ((await res.json()) as { sha?: unknown }).sha
+      if (typeof sha === 'string' && COMMIT.test(sha)) commit = sha
+    } catch {
+      commit = null
+    }
+  } else await res?.body?.cancel().catch(() => {})
+  if (commit) {
+    await cache?.put(byRevision, new Response(commit, { headers: { 'content-type': 'text/plain' } })).catch(() => {})
+    return hubFileUrl(endpoint, ref.repo, commit, ref.path)
+  }
+  try {
+    const known = await (await cache?.match(byRevision))?.text()
+    if (known && COMMIT.test(known)) return hubFileUrl(endpoint, ref.repo, known, ref.path)
+  } catch {
+    // fall through
+  }
+  return byRevision
 }

@@ -207,11 +207,11 @@ describe('progress bars on a TTY', () => {
     expect(off).not.toContain('\x1b[K')
   })
 
-  it("the browser entry refuses a safetensors repository id with the 'use a GGUF' error", async () => {
+  it("the browser entry refuses a safetensors repository id (hf:ORG/REPO) with the 'use a GGUF' error", async () => {
     const r = await new Promise<string>((resolve) => {
       execFile(
         process.execPath,
-        ['--conditions=browser', '--input-type=module', '-e', `const m = await import('@x/phi2'); try { await m.loadModel('microsoft/phi-2') } catch (e) { console.log(e.code + ' ' + e.message) }`],
+        ['--conditions=browser', '--input-type=module', '-e', `const m = await import('@x/phi2'); try { await m.loadModel('hf:microsoft/phi-2') } catch (e) { console.log(e.code + ' ' + e.message) }`],
         { cwd: join(CLI, '..', '..') },
         (_err, stdout) => resolve(stdout),
       )

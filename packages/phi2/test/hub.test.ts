@@ -79,8 +79,11 @@ describe('Hub ids', () => {
     expect(browserHubUrl('hf:a/b/x y.gguf', 'refs/pr/1')).toBe('https://huggingface.co/a/b/resolve/refs%2Fpr%2F1/x%20y.gguf')
     expect(browserHubUrl('https://example.com/a/b', undefined)).toBeNull()
     expect(browserHubUrl('models/x.gguf', undefined)).toBeNull()
+    // Browsers: only hf: ids; a bare ORG/REPO or an extension-less relative path is a URL.
+    expect(browserHubUrl('models/phi', undefined)).toBeNull()
+    expect(browserHubUrl('microsoft/phi-2', undefined)).toBeNull()
     try {
-      browserHubUrl('microsoft/phi-2', undefined)
+      browserHubUrl('hf:microsoft/phi-2', undefined)
       throw new Error('no error')
     } catch (err) {
       expect((err as Phi2Error).code).toBe('E_UNSUPPORTED_FORMAT')
