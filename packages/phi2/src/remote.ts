@@ -617,6 +617,7 @@ export async function loadRemoteModel(source: RemoteSource): Promise<Phi2RemoteM
   try {
     list = (await res.json()) as typeof list
   } catch (err) {
+    if (err instanceof Phi2Error) throw err // the connection (E_NETWORK) or an abort
     throw new Phi2RemoteError('E_REMOTE', `loadModel: ${ep.base}/models did not answer JSON`, res.status, null, null, { cause: err })
   }
   const models = (list.data ?? []).filter((m) => typeof m.id === 'string')
