@@ -66,7 +66,7 @@ fn main() {
             a.prepare(fam, &x, t, cols);
             let mut out = vec![0f32; t * rows];
             kernels::matmul(&w, &a, &mut out, threads);
-            let iters = if t == 1 { 40 } else { 3 };
+            let iters: usize = opt("--iters", if t == 1 { "40" } else { "3" }).parse().unwrap();
             let (t0, c0) = (Instant::now(), cpu_ns());
             for i in 0..iters {
                 kernels::matmul(&ws[i % ws.len()], &a, &mut out, threads);
