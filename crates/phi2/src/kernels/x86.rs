@@ -237,19 +237,23 @@ unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Acti
                         prefetch_group::<SIGNED>(row, g, PREFETCH_BLOCKS);
                         transpose_q32::<SIGNED>(row, g)
                     };
+                    // Q8_0: |w| once per group, for every token.
+                    let mut aw = wk;
+                    if SIGNED {
+                        for v in aw.iter_mut() {
+                            *v = _mm256_sign_epi8(*v, *v);
+                        }
+                    }
                     for (c, acc_c) in acc.iter_mut().enumerate().take(c_n) {
                         let t = t0 + c;
                         let xp = a.qt.as_ptr().add((t * groups + g) * 256) as *const __m256i;
                         // Four independent i32 accumulators (k % 4): one chain of eight dependent
-                        // `vpdpbusd`s would be latency-bound. Integer sums: the same result.
+                        // `vpdpbusd`s would be latency-bound (measured: two chains are slower).
+                        // Integer sums: the same result.
                         let mut part = [_mm256_setzero_si256(); 4];
-                        for (k, &wv) in wk.iter().enumerate() {
+                        for (k, (&wv, &av)) in wk.iter().zip(&aw).enumerate() {
                             let x = _mm256_loadu_si256(xp.add(k));
-                            part[k % 4] = if SIGNED {
-                                dot(part[k % 4], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv))
-                            } else {
-                                dot(part[k % 4], wv, x)
-                            };
+                            part[k % 4] = if SIGNED { dot(part[k % 4], av, _mm256_sign_epi8(x, wv)) } else { dot(part[k % 4], wv, x) };
                         }
                         let mut isum = _mm256_add_epi32(_mm256_add_epi32(part[0], part[1]), _mm256_add_epi32(part[2], part[3]));
                         let bi = t * nb + 8 * g;
