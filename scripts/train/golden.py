@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import math
@@ -27,13 +28,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 REPO = Path(__file__).resolve().parents[2]
 GOLD = REPO / "test/golden/default-model"
 CONTEXT = 256
 TOPK = 5
 TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K_M"]
+
+
+def f16_bytes() -> bytes:
+    """The committed model: test/golden/default-model/model.f16.safetensors.gz, expanded."""
+    return gzip.decompress((GOLD / "model.f16.safetensors.gz").read_bytes())
 
 
 def excerpt(data: Path) -> str:
@@ -119,7 +125,7 @@ def main() -> None:
     tok = Tokenizer.from_file(str(args.data / "tokenizer.json"))
     ids = tok.encode(text, add_special_tokens=False).ids
     config = json.loads((GOLD / "config.json").read_text())
-    sd = {k: v.float() for k, v in load_file(GOLD / "model.f16.safetensors").items()}
+    sd = {k: v.float() for k, v in load(f16_bytes()).items()}
     model = model_from(sd, config)
 
     out_windows = []
@@ -136,8 +142,8 @@ def main() -> None:
     whole = perplexity(model, held, CONTEXT)
     golden = {
         "producer": "scripts/train/golden.py (HF transformers PhiForCausalLM, float32, eager attention)",
-        "model": "test/golden/default-model/model.f16.safetensors (widened to F32)",
-        "modelSha256": hashlib.sha256((GOLD / "model.f16.safetensors").read_bytes()).hexdigest(),
+        "model": "test/golden/default-model/model.f16.safetensors.gz (expanded, widened to F32)",
+        "modelSha256": hashlib.sha256(f16_bytes()).hexdigest(),
         "text": "test/golden/default-model/heldout.txt",
         "ids": ids,
         "contextLength": CONTEXT,

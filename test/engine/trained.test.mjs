@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fixtures, root, VOCAB } from './helpers.mjs';
-import { defaultModel, goldenDir, sha256, trainedFixtures, trainedGolden } from '../trained/fixtures.mjs';
+import { defaultModel, f16Source, sha256, trainedFixtures, trainedGolden } from '../trained/fixtures.mjs';
 
 const require = createRequire(path.join(root, 'package.json'));
 const { NativeModel } = require('@x/phi2-native');
@@ -21,7 +21,7 @@ const fx = trainedFixtures(fixtures);
 const golden = trainedGolden();
 
 test('the F16 source is the goldens\' model; its Q8_0 conversion is the embedded default.gguf', () => {
-  assert.equal(sha256(readFileSync(path.join(goldenDir, 'model.f16.safetensors'))), golden.modelSha256);
+  assert.equal(sha256(f16Source()), golden.modelSha256);
   assert.equal(sha256(readFileSync(fx.gguf.Q8_0)), sha256(readFileSync(defaultModel)),
     'packages/phi2/models/default.gguf is not the Q8_0 conversion of test/golden/default-model (run scripts/train/export.py --install)');
 });
