@@ -171,18 +171,7 @@ impl Batch {
             return Err(Error::Busy { what: format!("the batch is full ({} sequences)", self.config.max_sequences) });
         }
         let cfg = &self.model.config;
-        if prompt.is_empty() {
-            return Err(Error::invalid("prompt", "at least one prompt token is needed"));
-        }
-        if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(Error::invalid("prompt", format!("token id {bad} is out of range for vocabulary size {}", cfg.vocab_size)));
-        }
-        if prompt.len() >= cfg.context_length {
-            return Err(Error::invalid(
-                "prompt",
-                format!("{} tokens leave no room to generate in the context length {}", prompt.len(), cfg.context_length),
-            ));
-        }
+        crate::generate::check_prompt(cfg, prompt)?;
         if let Some(n) = top_logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
             return Err(Error::invalid("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}, got {n}")));
         }

@@ -242,22 +242,7 @@ impl Session {
         }
         let model = self.model.clone();
         let cfg = &model.config;
-        if prompt.is_empty() {
-            return Err(Error::invalid("prompt", "at least one prompt token is needed"));
-        }
-        if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(Error::invalid("prompt", format!("token id {bad} is out of range for vocabulary size {}", cfg.vocab_size)));
-        }
-        if prompt.len() >= cfg.context_length {
-            return Err(Error::invalid(
-                "prompt",
-                format!(
-                    "{} tokens leave no room to generate in the context length {}",
-                    prompt.len(),
-                    cfg.context_length
-                ),
-            ));
-        }
+        check_prompt(cfg, prompt)?;
         let sampler = Sampler::new(opts.sampling.clone(), cfg.vocab_size, cfg.tokenizer_size)?;
         if let Some(spec) = &opts.speculative {
             spec.validate()?;
@@ -494,4 +479,26 @@ impl Session {
         self.logits.extend(logits.flatten_all()?.to_vec1::<f32>()?);
         Ok(())
     }
+}
+
+/// A prompt a generation can start from: not empty, every id in the vocabulary, and at least one
+/// position left in the context (shared by [`crate::Session`] and [`crate::batch::Batch`]).
+pub(crate) fn check_prompt(cfg: &crate::config::Phi2Config, prompt: &[u32]) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::invalid("prompt", "at least one prompt token is needed"));
+    }
+    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+        return Err(Error::invalid("prompt", format!("token id {bad} is out of range for vocabulary size {}", cfg.vocab_size)));
+    }
+    if prompt.len() >= cfg.context_length {
+        return Err(Error::invalid(
+            "prompt",
+            format!(
+                "{} tokens leave no room to generate in the context length {}",
+                prompt.len(),
+                cfg.context_length
+            ),
+        ));
+    }
+    Ok(())
 }
