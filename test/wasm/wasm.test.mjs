@@ -36,7 +36,7 @@ const { WasmModel, WasmModelLoader, WasmCancelToken } = wasm;
 const PROMPT = [464, 2068, 7586];
 const MAX_NEW = 8;
 const TOL = 1e-4;
-const FIXTURES = ['tiny-q8_0.gguf', 'tiny-q4_0.gguf', 'kq-q4_K.gguf', 'tiny-f32.gguf', 'odd-q8_0.gguf', 'kq-q6_K.gguf'];
+const FIXTURES = ['tiny-q8_0.gguf', 'tiny-q4_0.gguf', 'kq-q4_K.gguf', 'tiny-f32.gguf', 'odd-q8_0.gguf', 'kq-q6_K.gguf', 'odd-q4_0.gguf', 'kq-q4_0.gguf', 'kq-q8_0.gguf'];
 const QUANT_MAX = 0.35;
 
 function fixture(name) {

@@ -142,6 +142,8 @@ pub struct Activations {
     pub s: Vec<i32>,
     pub bsums: Vec<i32>,
     pub qt: Vec<i8>,
+    /// wasm32: `q` widened to i16 (same layout), for SIMD128's i16 dot products.
+    pub q16: Vec<i16>,
     /// Batches of at least `amx::MIN_TOKENS` on CPUs with AMX (Q8_0 and Q8_K families): the
     /// activation tiles, their scales and (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
     pub tb: Vec<i8>,
@@ -170,14 +172,29 @@ impl Activations {
                 resize(&mut self.q, tokens * cols);
                 resize(&mut self.d, tokens * nb);
                 resize(&mut self.s, tokens * nb);
-                resize(&mut self.qt, tokens * groups * 256);
-                let (q, d, s, qt) = (Shared(self.q.as_mut_ptr()), Shared(self.d.as_mut_ptr()), Shared(self.s.as_mut_ptr()), Shared(self.qt.as_mut_ptr()));
+                // The SIMD layouts: `qt` for x86-64's 8-block lanes, `q16` for wasm32 (the other is
+                // left empty).
+                let wasm = cfg!(target_arch = "wasm32");
+                resize(&mut self.qt, if wasm { 0 } else { tokens * groups * 256 });
+                resize(&mut self.q16, if wasm { tokens * cols } else { 0 });
+                let (q, d, s) = (Shared(self.q.as_mut_ptr()), Shared(self.d.as_mut_ptr()), Shared(self.s.as_mut_ptr()));
+                let (qt, q16) = (Shared(self.qt.as_mut_ptr()), Shared(self.q16.as_mut_ptr()));
                 par_tokens(tokens, cols, &|t| {
                     // SAFETY: token t's ranges of each buffer (sized above) are this item's alone.
-                    let (q, d, s, qt) = unsafe { (q.slice(t * cols, cols), d.slice(t * nb, nb), s.slice(t * nb, nb), qt.slice(t * groups * 256, groups * 256)) };
+                    let (q, d, s) = unsafe { (q.slice(t * cols, cols), d.slice(t * nb, nb), s.slice(t * nb, nb)) };
                     for b in 0..nb {
                         (d[b], s[b]) = quantize_block_q8_0(&x[t * cols + 32 * b..t * cols + 32 * b + 32], &mut q[32 * b..32 * b + 32]);
                     }
+                    if wasm {
+                        // SAFETY: as above.
+                        let q16 = unsafe { q16.slice(t * cols, cols) };
+                        for (w, &v) in q16.iter_mut().zip(q.iter()) {
+                            *w = v as i16;
+                        }
+                        return;
+                    }
+                    // SAFETY: as above.
+                    let qt = unsafe { qt.slice(t * groups * 256, groups * 256) };
                     for g in 0..groups {
                         for k in 0..8 {
                             for j in 0..8 {
