@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{scalar, scale_min_k4, Activations, OutPtr, WeightRef};
+use super::{scalar, Activations, OutPtr, WeightRef};
 use crate::dtype::DType;
 
 pub(super) fn available() -> bool {
@@ -378,6 +378,56 @@ unsafe fn load32(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
+/// The 16 partial sums of token `t`'s activation super-block `b` as i16 (each is at most
+/// 16 · 127 in magnitude, so the narrowing is exact).
+#[inline(always)]
+unsafe fn bsums_i16(a: &Activations, t: usize, nb: usize, b: usize) -> __m256i {
+    let p = a.bsums.as_ptr().add((t * nb + b) * 16) as *const __m256i;
+    _mm256_permute4x64_epi64(_mm256_packs_epi32(_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))), 0xD8)
+}
+
+/// Σx of each of the 8 sub-blocks of 32 of token `t`'s super-block `b` (i32, in order).
+#[inline(always)]
+unsafe fn bsum_pairs(a: &Activations, t: usize, nb: usize, b: usize) -> __m256i {
+    let p = a.bsums.as_ptr().add((t * nb + b) * 16) as *const __m256i;
+    _mm256_permute4x64_epi64(_mm256_hadd_epi32(_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))), 0xD8)
+}
+
+/// The 8 six-bit scales and 8 mins of a Q4_K / Q5_K super-block (its 12 scale bytes at `q`),
+/// byte j of each result being sub-block j's ([`super::scale_min_k4`] for all j at once).
+#[inline(always)]
+unsafe fn scales_mins_k4(q: *const u8) -> (u64, u64) {
+    let u = |i: usize| u32::from_le_bytes([*q.add(4 * i), *q.add(4 * i + 1), *q.add(4 * i + 2), *q.add(4 * i + 3)]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    let sc_lo = u0 & 0x3F3F_3F3F;
+    let m_lo = u1 & 0x3F3F_3F3F;
+    let sc_hi = (u2 & 0x0F0F_0F0F) | (((u0 >> 6) & 0x0303_0303) << 4);
+    let m_hi = ((u2 >> 4) & 0x0F0F_0F0F) | (((u1 >> 6) & 0x0303_0303) << 4);
+    (sc_lo as u64 | (sc_hi as u64) << 32, m_lo as u64 | (m_hi as u64) << 32)
+}
+
+/// Asks for super-block `b` of the `R` rows after this tile's (`bytes` per super-block): the
+/// next tile reads them, so by then they are in cache. A tile reads its rows as `R` interleaved
+/// streams, which the hardware prefetchers follow poorly (measured on Q6_K/Q4_K decode: ~2x
+/// from this, two threads streaming from memory).
+#[inline(always)]
+unsafe fn prefetch_next_tile<const R: usize>(w: &WeightRef, r0: usize, b: usize, bytes: usize) {
+    let row_bytes = w.row_bytes();
+    let base = w.data.as_ptr().wrapping_add((r0 + R) * row_bytes + b * bytes);
+    let end = w.data.as_ptr().wrapping_add(w.data.len());
+    for r in 0..R {
+        let p = base.wrapping_add(r * row_bytes);
+        let mut off = 0;
+        while off < bytes + 63 {
+            let q = p.wrapping_add(off.min(bytes - 1));
+            if q < end {
+                _mm_prefetch::<_MM_HINT_T0>(q as *const i8);
+            }
+            off += 64;
+        }
+    }
+}
+
 /// Q4_K (`Q5 = false`) and Q5_K (`Q5`): per super-block, `Σ_j sc_j · Σ q·x` in i32 lanes, the
 /// tree, then `(d·dx)·isum − (dmin·dx)·msum` with msum from the activation sums.
 #[inline(always)]
@@ -395,17 +445,19 @@ unsafe fn tile_qk<const R: usize, const C: usize, const Q5: bool>(
     let one = _mm256_set1_epi8(1);
     let mut acc = _mm256_setzero_ps();
     for b in 0..nb {
+        prefetch_next_tile::<R>(w, r0, b, bytes);
         let mut v = [_mm256_setzero_si256(); 8];
-        let mut msum = [0i32; 8];
+        // msum per output: lane j of mv[k] holds m_j · (Σx of sub-block j), reduced by a tree.
+        let mut mv = [_mm256_setzero_si256(); 8];
+        let pairs: [__m256i; C] = std::array::from_fn(|c| bsum_pairs(a, t0 + c, nb, b));
         for r in 0..R {
             let blk = &rows[r][b * bytes..(b + 1) * bytes];
-            let scales = &blk[4..16];
-            let sm: [(u8, u8); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
+            let (scales, mins) = scales_mins_k4(blk.as_ptr().add(4));
+            let m32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mins as i64));
             for c in 0..C {
-                let t = t0 + c;
-                let bs = &a.bsums[(t * nb + b) * 16..(t * nb + b) * 16 + 16];
-                msum[r * C + c] = (0..8).map(|j| sm[j].1 as i32 * (bs[2 * j] + bs[2 * j + 1])).sum();
+                mv[r * C + c] = _mm256_mullo_epi32(m32, pairs[c]);
             }
+            let sc = |j: usize| ((scales >> (8 * j)) & 0xFF) as i16;
             let qh = if Q5 { load32(blk.as_ptr().add(16)) } else { _mm256_setzero_si256() };
             for jj in 0..4 {
                 let q = load32(blk.as_ptr().add(qs_off + 32 * jj));
@@ -419,8 +471,8 @@ unsafe fn tile_qk<const R: usize, const C: usize, const Q5: bool>(
                     lo = _mm256_or_si256(lo, _mm256_slli_epi16(blo, 4));
                     hi = _mm256_or_si256(hi, _mm256_slli_epi16(bhi, 4));
                 }
-                let s_lo = _mm256_set1_epi16(sm[2 * jj].0 as i16);
-                let s_hi = _mm256_set1_epi16(sm[2 * jj + 1].0 as i16);
+                let s_lo = _mm256_set1_epi16(sc(2 * jj));
+                let s_hi = _mm256_set1_epi16(sc(2 * jj + 1));
                 for c in 0..C {
                     let xp = a.q.as_ptr().add((t0 + c) * a.cols + 256 * b + 64 * jj) as *const u8;
                     let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32(xp)), s_lo);
@@ -435,7 +487,7 @@ unsafe fn tile_qk<const R: usize, const C: usize, const Q5: bool>(
         let d = per_row_f16::<R, C>(|r| u16_at(rows[r], b * bytes));
         let dmin = per_row_f16::<R, C>(|r| u16_at(rows[r], b * bytes + 2));
         let av = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(isum));
-        let mv = _mm256_mul_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(_mm256_loadu_si256(msum.as_ptr() as *const __m256i)));
+        let mv = _mm256_mul_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(tree8(&mv)));
         acc = _mm256_add_ps(acc, _mm256_sub_ps(av, mv));
     }
     let mut outv = [0f32; 8];
@@ -453,15 +505,17 @@ unsafe fn tile_q6k<const R: usize, const C: usize>(w: &WeightRef, a: &Activation
     let m2 = _mm256_set1_epi8(0x03);
     let mut acc = _mm256_setzero_ps();
     for b in 0..nb {
+        prefetch_next_tile::<R>(w, r0, b, 210);
         let mut v = [_mm256_setzero_si256(); 8];
-        let mut corr = [0i32; 8];
+        let bs16: [__m256i; C] = std::array::from_fn(|c| bsums_i16(a, t0 + c, nb, b));
         for r in 0..R {
             let blk = &rows[r][b * 210..(b + 1) * 210];
-            let sc: [i16; 16] = std::array::from_fn(|j| blk[192 + j] as i8 as i16);
+            let sc8 = _mm_loadu_si128(blk.as_ptr().add(192) as *const __m128i);
+            // The −32 of every value: v −= 32 · Σ_j sc_j · Σx_j (lane-wise; the tree sums it).
+            let sc16 = _mm256_cvtepi8_epi16(sc8);
             for c in 0..C {
-                let t = t0 + c;
-                let bs = &a.bsums[(t * nb + b) * 16..(t * nb + b) * 16 + 16];
-                corr[r * C + c] = 32 * (0..16).map(|j| sc[j] as i32 * bs[j]).sum::<i32>();
+                let k = r * C + c;
+                v[k] = _mm256_sub_epi32(v[k], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16[c]), 5));
             }
             for n in 0..2 {
                 let ql0 = load32(blk.as_ptr().add(64 * n));
@@ -485,7 +539,9 @@ unsafe fn tile_q6k<const R: usize, const C: usize>(w: &WeightRef, a: &Activation
                 for (g, q) in groups.iter().enumerate() {
                     // Elements 128n + 32g .. +32: sub-blocks j and j + 1 (16 values each).
                     let j = 8 * n + 2 * g;
-                    let s = _mm256_set_m128i(_mm_set1_epi16(sc[j + 1]), _mm_set1_epi16(sc[j]));
+                    // Scale j in the low 128 bits, j + 1 in the high ones (i16).
+                    let pick = _mm_set_epi64x(0x0101_0101_0101_0101 * (j as i64 + 1), 0x0101_0101_0101_0101 * j as i64);
+                    let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
                     for c in 0..C {
                         let xp = a.q.as_ptr().add((t0 + c) * a.cols + 256 * b + 128 * n + 32 * g) as *const u8;
                         let p = _mm256_madd_epi16(_mm256_maddubs_epi16(*q, load32(xp)), s);
@@ -495,7 +551,7 @@ unsafe fn tile_q6k<const R: usize, const C: usize>(w: &WeightRef, a: &Activation
                 }
             }
         }
-        let isum = _mm256_sub_epi32(tree8(&v), _mm256_loadu_si256(corr.as_ptr() as *const __m256i));
+        let isum = tree8(&v);
         let dx = per_token_f32::<C>(&a.d[b * a.tokens + t0..b * a.tokens + t0 + C]);
         let d = per_row_f16::<R, C>(|r| u16_at(rows[r], b * 210 + 208));
         acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(isum)));
