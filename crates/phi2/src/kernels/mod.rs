@@ -402,8 +402,18 @@ fn detect() -> Isa {
     Isa::Scalar
 }
 
-/// Output rows per work item handed to a thread (a multiple of every tile height).
-const CHUNK_ROWS: usize = 32;
+/// Output rows per work item handed to a thread (a multiple of every tile height). Long runs of
+/// rows keep each thread's weight stream contiguous, which the prefetchers need: measured on
+/// Phi-2-shaped Q4_0, two threads, going from 32 to 256 rows made a decode step ~15% faster
+/// (99 → 84 ms) and an 8-token step ~5% faster; 128 and 512 are within noise of 256 at one token.
+/// Batches use 128 (finer split, compute-bound).
+fn chunk_rows(tokens: usize) -> usize {
+    if tokens == 1 {
+        256
+    } else {
+        128
+    }
+}
 
 /// A raw output pointer shared by the threads of one product; each writes disjoint elements.
 #[derive(Clone, Copy)]
@@ -448,9 +458,10 @@ pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize)
     assert_eq!(out.len(), act.tokens * w.rows, "output size");
     let o = OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows };
     let isa = isa();
-    let chunks = w.rows.div_ceil(CHUNK_ROWS);
+    let chunk = chunk_rows(act.tokens);
+    let chunks = w.rows.div_ceil(chunk);
     pool::run(chunks, threads, &|c| {
-        let rows = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(w.rows);
+        let rows = c * chunk..((c + 1) * chunk).min(w.rows);
         matmul_rows(isa, w, act, rows, o);
     });
 }
@@ -459,6 +470,7 @@ pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize)
 /// activation family, e.g. a layer's q, k, v and MLP up projections): one split over the pool
 /// for all of them, so the threads start and finish once. Each output as [`matmul`]'s.
 pub fn matmul_many(parts: &mut [(WeightRef, &mut [f32])], act: &Activations, threads: usize) {
+    let chunk = chunk_rows(act.tokens);
     let mut starts = Vec::with_capacity(parts.len() + 1);
     let mut total = 0;
     let outs: Vec<(WeightRef, OutPtr)> = parts
@@ -468,7 +480,7 @@ pub fn matmul_many(parts: &mut [(WeightRef, &mut [f32])], act: &Activations, thr
             assert_eq!(act.cols, w.cols, "activations have {} columns, the weights {}", act.cols, w.cols);
             assert_eq!(out.len(), act.tokens * w.rows, "output size");
             starts.push(total);
-            total += w.rows.div_ceil(CHUNK_ROWS);
+            total += w.rows.div_ceil(chunk);
             (*w, OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows })
         })
         .collect();
@@ -478,7 +490,7 @@ pub fn matmul_many(parts: &mut [(WeightRef, &mut [f32])], act: &Activations, thr
         let p = starts.partition_point(|&s| s <= i) - 1;
         let (w, o) = &outs[p];
         let c = i - starts[p];
-        matmul_rows(isa, w, act, c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(w.rows), *o);
+        matmul_rows(isa, w, act, c * chunk..((c + 1) * chunk).min(w.rows), *o);
     });
 }
 
