@@ -63,7 +63,8 @@ fn shapes(dtype: DType) -> Vec<(usize, usize)> {
     match Family::of(dtype).unwrap() {
         Family::F16 | Family::BF16 => v.extend([(5, 13), (11, 37), (16, 64)]),
         // Whole groups of 8 blocks, with and without a tail of blocks.
-        Family::Q8_0 => v.extend([(5, 256), (13, 352), (3, 512), (17, 1600)]),
+        // Odd and even numbers of full groups, with and without a tail of blocks.
+        Family::Q8_0 => v.extend([(5, 256), (13, 352), (3, 512), (17, 1600), (6, 768), (4, 1824)]),
         Family::Q8K => v.extend([(3, 2560)]),
     }
     v
