@@ -186,21 +186,8 @@ impl Phi2 {
     /// Runs `tokens` at positions `cache.len()..`, appending to the cache, and returns f32 logits:
     /// `[tokens.len(), vocab]` when `all_logits`, else `[1, vocab]` for the last token only.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
-        let cfg = &self.config;
-        let t = tokens.len();
-        if t == 0 {
-            return Err(Error::invalid("tokens", "at least one token is needed"));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(Error::invalid("tokens", format!("token id {bad} is out of range for vocabulary size {}", cfg.vocab_size)));
-        }
-        let pos = cache.len;
-        if pos + t > cfg.context_length {
-            return Err(Error::invalid(
-                "tokens",
-                format!("{} tokens after {pos} cached exceed the context length {}", t, cfg.context_length),
-            ));
-        }
+        let (t, pos) = (tokens.len(), cache.len);
+        self.check_pass(tokens, pos)?;
         let mut x = self.weights.embed.forward(tokens, &self.device)?; // [T, H]
         let (cos, sin) = self.rotary_tables(pos, t)?;
         for (layer, kv) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
@@ -216,6 +203,25 @@ impl Phi2 {
         Ok(self.weights.lm_head.forward(&x)?)
     }
 
+    /// The checks of one pass: at least one token, every id in the vocabulary, and room for them
+    /// after the `pos` cached positions.
+    fn check_pass(&self, tokens: &[u32], pos: usize) -> Result<()> {
+        let cfg = &self.config;
+        if tokens.is_empty() {
+            return Err(Error::invalid("tokens", "at least one token is needed"));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(Error::invalid("tokens", format!("token id {bad} is out of range for vocabulary size {}", cfg.vocab_size)));
+        }
+        if pos + tokens.len() > cfg.context_length {
+            return Err(Error::invalid(
+                "tokens",
+                format!("{} tokens after {pos} cached exceed the context length {}", tokens.len(), cfg.context_length),
+            ));
+        }
+        Ok(())
+    }
+
     /// One forward pass over several sequences (continuous batching, [`crate::batch`]): the
     /// tokens of every item are stacked so that each weight matrix is read once for all of them,
     /// and attention runs per item against its own cache. Returns each item's f32 logits, as
@@ -226,24 +232,11 @@ impl Phi2 {
     /// per item), so the logits are the same bits. An invalid item fails the whole pass before
     /// any cache is touched.
     pub fn forward_batch(&self, items: &mut [BatchItem<'_>]) -> Result<Vec<Tensor>> {
-        let cfg = &self.config;
         if items.is_empty() {
             return Ok(Vec::new());
         }
         for it in items.iter() {
-            let (t, pos) = (it.tokens.len(), it.cache.len);
-            if t == 0 {
-                return Err(Error::invalid("tokens", "at least one token is needed"));
-            }
-            if let Some(&bad) = it.tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-                return Err(Error::invalid("tokens", format!("token id {bad} is out of range for vocabulary size {}", cfg.vocab_size)));
-            }
-            if pos + t > cfg.context_length {
-                return Err(Error::invalid(
-                    "tokens",
-                    format!("{} tokens after {pos} cached exceed the context length {}", t, cfg.context_length),
-                ));
-            }
+            self.check_pass(it.tokens, it.cache.len)?;
         }
         let ids: Vec<u32> = items.iter().flat_map(|it| it.tokens.iter().copied()).collect();
         let mut x = self.weights.embed.forward(&ids, &self.device)?; // [ΣT, H]
