@@ -1,7 +1,8 @@
 //! wasm32 SIMD128 kernels, following the scalar definition exactly: exact i32 block dots (four
-//! blocks reduced at once by one tree), f32 scaling, block b accumulated in lane b % 8. Weight
-//! types without a SIMD tile here run the scalar twin (compiled with simd128, which LLVM
-//! vectorises where it can).
+//! blocks reduced at once by one tree), f32 scaling, block b accumulated in lane b % 8 (Q4_0,
+//! Q8_0); for K-quants (Q4_K, Q5_K, Q6_K) exact i32 super-block sums, then the scalar twin's f32
+//! operations in its order (see the K-quant section below). Weight types without a SIMD tile here
+//! run the scalar twin (compiled with simd128, which LLVM vectorises where it can).
 //!
 //! What makes them fast in V8 (measured on Q4_0 decode, ~5x over a straightforward version):
 //! the activations come pre-widened to i16 (`Activations::q16`), so a block costs four
@@ -17,8 +18,10 @@ use super::{reduce8, scalar, Activations, OutPtr, WeightRef};
 use crate::dtype::DType;
 
 pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
-    if !matches!(w.dtype, DType::Q4_0 | DType::Q8_0) {
-        return scalar::matmul_rows(w, act, rows, out);
+    match w.dtype {
+        DType::Q4_0 | DType::Q8_0 => {}
+        DType::Q4K | DType::Q5K | DType::Q6K => return kquant_rows(w, act, rows, out),
+        _ => return scalar::matmul_rows(w, act, rows, out),
     }
     assert!(act.q16.len() >= act.tokens * act.cols, "activations were not widened for SIMD128");
     for r in rows {
@@ -147,4 +150,340 @@ unsafe fn tile<const SIGNED: bool, const C: usize>(row: &[u8], a: &Activations, 
         }
         out.set(t, r, reduce8(&lanes));
     }
+}
+
+// ---- K-quants (Q4_K, Q5_K, Q6_K) against Q8_K activations ----
+//
+// Per super-block of 256 and token, the exact i32 `isum` (and Q4_K / Q5_K's `msum`) in SIMD, in
+// any order (integer sums are exact), then the scalar twin's f32 operations on them, in the same
+// order: `acc += (d·dx)·isum − (dmin·dx)·msum` (Q4_K, Q5_K) or `acc += (d·dx)·isum` (Q6_K).
+//
+// The 8-bit activations are widened to i16 by the loads themselves (`v128.load8x8_s`, one
+// instruction, as fast as loading `Activations::q16` and half the bytes), so `prepare` needs no
+// extra layout for them. Weights are unpacked once per row and super-block for the tile's tokens.
+//
+// i32 ranges (|x| ≤ 128 for Q8_K values, bsums |Σ16 x| ≤ 2048):
+// - Q4_K / Q5_K: q ≤ 31, so an `i32x4.dot_i16x8_s` lane is ≤ 2·31·128 = 7936 and a sub-block's
+//   lane (four dots, 8 products) ≤ 31744; times its 6-bit scale (≤ 63) ≤ 2.0e6; 8 sub-blocks
+//   ≤ 1.6e7 per lane, 6.4e7 in all. `msum`: the 16 sums narrowed to i16 exactly (|s| ≤ 2048),
+//   dotted with the 6-bit mins: ≤ 16·63·2048 = 2.1e6. Far inside i32 and i16 where it matters.
+// - Q6_K: the weights are widened and multiplied by their sub-block's scale in i16 first:
+//   |(q − 32)·sc| ≤ 32·128 = 4096 fits i16; a dot lane ≤ 2·4096·128 = 1.05e6, the block's
+//   256 products ≤ 256·4096·128 = 1.3e8 < 2^31.
+
+/// Rows `rows` × all tokens for Q4_K / Q5_K / Q6_K weights.
+fn kquant_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
+    let nb = act.cols / 256;
+    assert!(act.q.len() >= act.tokens * act.cols);
+    assert!(act.bsums.len() >= act.tokens * nb * 16 && act.d.len() >= act.tokens * nb);
+    for r in rows {
+        let row = w.row(r);
+        assert!(row.len() >= nb * w.dtype.type_size());
+        let mut t0 = 0;
+        while t0 < act.tokens {
+            // Two-token tiles pay for Q4_K and Q6_K (measured; -6% and -20% per token), not for
+            // Q5_K (+17%: its unpacked weights and accumulators no longer fit V8's registers).
+            let c = if act.tokens - t0 >= 2 && w.dtype != DType::Q5K { 2 } else { 1 };
+            // SAFETY: the row holds nb super-blocks, the activations tokens × cols values, their
+            // sums and scales (asserted above); every access below stays inside them.
+            let acc: [f32; 2] = unsafe {
+                match (w.dtype, c) {
+                    (DType::Q4K, 2) => tile_k::<false, 2>(row, act, t0),
+                    (DType::Q4K, _) => pad(tile_k::<false, 1>(row, act, t0)),
+                    (DType::Q5K, _) => pad(tile_k::<true, 1>(row, act, t0)),
+                    (_, 2) => tile_q6k::<2>(row, act, t0),
+                    _ => pad(tile_q6k::<1>(row, act, t0)),
+                }
+            };
+            for (i, &v) in acc.iter().enumerate().take(c) {
+                out.set(t0 + i, r, v);
+            }
+            t0 += c;
+        }
+    }
+}
+
+#[inline(always)]
+fn pad(v: [f32; 1]) -> [f32; 2] {
+    [v[0], 0.0]
+}
+
+/// The lane sums of `v[0..C]` and `m[0..C]` (exact): lane 2c = Σ v[c], lane 2c + 1 = Σ m[c].
+#[inline(always)]
+fn sums<const C: usize>(v: &[v128; C], m: &[v128; C]) -> v128 {
+    let z = i32x4_splat(0);
+    if C == 2 {
+        tree4(&[v[0], m[0], v[1], m[1]])
+    } else {
+        tree4(&[v[0], m[0], z, z])
+    }
+}
+
+/// f16 bits at `p` (little-endian) as i32.
+#[inline(always)]
+unsafe fn h16(p: *const u8) -> i32 {
+    u16::from_le_bytes([*p, *p.add(1)]) as i32
+}
+
+/// Token `t`'s 8-bit activations from value `i` of its row.
+#[inline(always)]
+unsafe fn x8(a: &Activations, t: usize, i: usize) -> *const i8 {
+    a.q.as_ptr().add(t * a.cols + i)
+}
+
+/// 8 activations at `p`, widened to i16 by the load itself (`v128.load8x8_s`, one instruction).
+#[inline(always)]
+unsafe fn ld8(p: *const i8) -> v128 {
+    i16x8_load_extend_i8x8(p)
+}
+
+/// The exact i32 partial sums (4 lanes) of widened weights `w` · the 32 activations at `x`.
+#[inline(always)]
+unsafe fn dot32(w: &[v128; 4], x: *const i8) -> v128 {
+    i32x4_add(
+        i32x4_add(i32x4_dot_i16x8(w[0], ld8(x)), i32x4_dot_i16x8(w[1], ld8(x.add(8)))),
+        i32x4_add(i32x4_dot_i16x8(w[2], ld8(x.add(16))), i32x4_dot_i16x8(w[3], ld8(x.add(24)))),
+    )
+}
+
+/// Q4_K (`Q5 = false`) / Q5_K: row × tokens `t0 .. t0 + C`.
+#[inline(always)]
+unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], a: &Activations, t0: usize) -> [f32; C] {
+    const K1: u32 = 0x3F3F_3F3F;
+    const K2: u32 = 0x0F0F_0F0F;
+    const K3: u32 = 0x0303_0303;
+    let bytes = if Q5 { 176 } else { 144 };
+    let qs_off = if Q5 { 48 } else { 16 };
+    let nb = a.cols / 256;
+    let mut acc = [0f32; C];
+    for b in 0..nb {
+        let blk = row.as_ptr().add(b * bytes);
+        // The 8 six-bit scales and mins (`scale_min_k4`, four at a time as ggml unpacks them):
+        // scales 0..4 in `sc0`'s bytes, 4..8 in `sc1`'s; mins likewise in `m0`, `m1`.
+        let u = |i: usize| (blk.add(4 + 4 * i) as *const u32).read_unaligned();
+        let (u0, u1, u2) = (u(0), u(1), u(2));
+        let sc0 = u0 & K1;
+        let sc1 = (u2 & K2) | (((u0 >> 6) & K3) << 4);
+        let m0 = u1 & K1;
+        let m1 = ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4);
+        let sc = |j: u32| {
+            let v = if j < 4 { sc0 >> (8 * j) } else { sc1 >> (8 * (j - 4)) };
+            i32x4_splat((v & 0xFF) as i32)
+        };
+        // Mins widened to i16, each twice: [m0, m0, m1, m1, m2, m2, m3, m3] and m4 .. m7, against
+        // the 16 sums of 16 (sub-block j is sums 2j and 2j + 1).
+        let mins = u16x8_extend_low_u8x16(u32x4(m0, m1, 0, 0));
+        let mins_a = i16x8_shuffle::<0, 0, 1, 1, 2, 2, 3, 3>(mins, mins);
+        let mins_b = i16x8_shuffle::<4, 4, 5, 5, 6, 6, 7, 7>(mins, mins);
+        let dd = f16x4_to_f32(i32x4(h16(blk), h16(blk.add(2)), 0, 0));
+        let (d, dmin) = (f32x4_extract_lane::<0>(dd), f32x4_extract_lane::<1>(dd));
+
+        let mut vi = [i32x4_splat(0); C];
+        let mut vm = [i32x4_splat(0); C];
+        for c in 0..C {
+            let bs = a.bsums.as_ptr().add(((t0 + c) * nb + b) * 16) as *const v128;
+            let s01 = i16x8_narrow_i32x4(v128_load(bs), v128_load(bs.add(1)));
+            let s23 = i16x8_narrow_i32x4(v128_load(bs.add(2)), v128_load(bs.add(3)));
+            vm[c] = i32x4_add(i32x4_dot_i16x8(mins_a, s01), i32x4_dot_i16x8(mins_b, s23));
+        }
+        // Q5_K's fifth bits: bit j of qh[l] (l = 0..32) is value l's of sub-block j.
+        let qh = if Q5 {
+            [v128_load(blk.add(16) as *const v128), v128_load(blk.add(32) as *const v128)]
+        } else {
+            [i32x4_splat(0); 2]
+        };
+        // Sub-blocks 2jj (low nibbles of qs[32jj..32jj + 32]) and 2jj + 1 (high nibbles).
+        let pair = |jj: u32, vi: &mut [v128; C]| {
+            let q = blk.add(qs_off + 32 * jj as usize);
+            let (b0, b1) = (v128_load(q as *const v128), v128_load(q.add(16) as *const v128));
+            let (lo, hi) = if Q5 {
+                // On bytes (u16 shifts are exact there once masked): bit j of qh to bit 4.
+                let (m4, m10) = (u8x16_splat(0x0F), u8x16_splat(0x10));
+                let bit = |h: v128, j: u32| v128_and(if j <= 4 { u16x8_shl(h, 4 - j) } else { u16x8_shr(h, j - 4) }, m10);
+                let l0 = v128_or(v128_and(b0, m4), bit(qh[0], 2 * jj));
+                let l1 = v128_or(v128_and(b1, m4), bit(qh[1], 2 * jj));
+                let h0 = v128_or(v128_and(u16x8_shr(b0, 4), m4), bit(qh[0], 2 * jj + 1));
+                let h1 = v128_or(v128_and(u16x8_shr(b1, 4), m4), bit(qh[1], 2 * jj + 1));
+                (
+                    [u16x8_extend_low_u8x16(l0), u16x8_extend_high_u8x16(l0), u16x8_extend_low_u8x16(l1), u16x8_extend_high_u8x16(l1)],
+                    [u16x8_extend_low_u8x16(h0), u16x8_extend_high_u8x16(h0), u16x8_extend_low_u8x16(h1), u16x8_extend_high_u8x16(h1)],
+                )
+            } else {
+                // Widened first (u16 shifts are native): values l = 0..8, 8..16, 16..24, 24..32.
+                let w = [u16x8_extend_low_u8x16(b0), u16x8_extend_high_u8x16(b0), u16x8_extend_low_u8x16(b1), u16x8_extend_high_u8x16(b1)];
+                let m4 = u16x8_splat(0x0F);
+                (
+                    [v128_and(w[0], m4), v128_and(w[1], m4), v128_and(w[2], m4), v128_and(w[3], m4)],
+                    [u16x8_shr(w[0], 4), u16x8_shr(w[1], 4), u16x8_shr(w[2], 4), u16x8_shr(w[3], 4)],
+                )
+            };
+            let (s_lo, s_hi) = (sc(2 * jj), sc(2 * jj + 1));
+            for (c, v) in vi.iter_mut().enumerate() {
+                let x = x8(a, t0 + c, 256 * b + 64 * jj as usize);
+                let p = i32x4_add(i32x4_mul(dot32(&lo, x), s_lo), i32x4_mul(dot32(&hi, x.add(32)), s_hi));
+                *v = i32x4_add(*v, p);
+            }
+        };
+        pair(0, &mut vi);
+        pair(1, &mut vi);
+        pair(2, &mut vi);
+        pair(3, &mut vi);
+
+        let s = sums::<C>(&vi, &vm);
+        let lanes = [i32x4_extract_lane::<0>(s), i32x4_extract_lane::<1>(s), i32x4_extract_lane::<2>(s), i32x4_extract_lane::<3>(s)];
+        for c in 0..C {
+            let (isum, msum) = (lanes[2 * c], lanes[2 * c + 1]);
+            let dx = *a.d.get_unchecked(b * a.tokens + t0 + c);
+            // `scalar::k_value`, operation for operation.
+            acc[c] += (d * dx) * isum as f32 - (dmin * dx) * msum as f32;
+        }
+    }
+    acc
+}
+
+/// Q6_K: row × tokens `t0 .. t0 + C`.
+#[inline(always)]
+unsafe fn tile_q6k<const C: usize>(row: &[u8], a: &Activations, t0: usize) -> [f32; C] {
+    let nb = a.cols / 256;
+    let mut acc = [0f32; C];
+    for b in 0..nb {
+        let blk = row.as_ptr().add(b * 210);
+        // The 16 scales widened to i16: sub-blocks 0..8 and 8..16.
+        let scv = v128_load(blk.add(192) as *const v128);
+        let sc = [i16x8_extend_low_i8x16(scv), i16x8_extend_high_i8x16(scv)];
+        let d = f32x4_extract_lane::<0>(f16x4_to_f32(i32x4(h16(blk.add(208)), 0, 0, 0)));
+        // Two accumulators per token (shorter add chains).
+        let mut v0 = [i32x4_splat(0); C];
+        let mut v1 = [i32x4_splat(0); C];
+        q6k_chunk::<C, 0, 0>(blk, sc[0], a, t0, 256 * b, &mut v0, &mut v1);
+        q6k_chunk::<C, 0, 1>(blk, sc[0], a, t0, 256 * b, &mut v0, &mut v1);
+        q6k_chunk::<C, 1, 0>(blk, sc[1], a, t0, 256 * b, &mut v0, &mut v1);
+        q6k_chunk::<C, 1, 1>(blk, sc[1], a, t0, 256 * b, &mut v0, &mut v1);
+
+        let s = sums::<C>(&v0, &v1);
+        for c in 0..C {
+            let isum = if c == 0 {
+                i32x4_extract_lane::<0>(s).wrapping_add(i32x4_extract_lane::<1>(s))
+            } else {
+                i32x4_extract_lane::<2>(s).wrapping_add(i32x4_extract_lane::<3>(s))
+            };
+            let dx = *a.d.get_unchecked(b * a.tokens + t0 + c);
+            acc[c] += (d * dx) * isum as f32;
+        }
+    }
+    acc
+}
+
+/// i16 lane `K` of `v` in every lane.
+#[inline(always)]
+fn dup16<const K: usize>(v: v128) -> v128 {
+    i16x8_shuffle::<K, K, K, K, K, K, K, K>(v, v)
+}
+
+/// One Q6_K chunk: values `128N + 32g + 16LH + (0..16)` for g = 0..4, which are sub-blocks
+/// `8N + 2g + LH` (scales: lanes `2g + LH` of `sc`, the half N of the 16 scales). Their low 4
+/// bits: g 0 / 1 the low nibbles of `ql[64N + 16LH ..]` / `ql[64N + 32 + 16LH ..]`, g 2 / 3 the
+/// high ones; their top 2 bits: bits 2g, 2g + 1 of `qh[128 + 32N + 16LH ..]`. Unpacked 16 at a
+/// time on bytes (u16 shifts are exact there once masked), then `(q − 32)·sc` in i16.
+#[inline(always)]
+unsafe fn q6k_chunk<const C: usize, const N: usize, const LH: usize>(
+    blk: *const u8,
+    sc: v128,
+    a: &Activations,
+    t0: usize,
+    i0: usize,
+    v0: &mut [v128; C],
+    v1: &mut [v128; C],
+) {
+    let ql0 = v128_load(blk.add(64 * N + 16 * LH) as *const v128);
+    let ql1 = v128_load(blk.add(64 * N + 32 + 16 * LH) as *const v128);
+    let qh = v128_load(blk.add(128 + 32 * N + 16 * LH) as *const v128);
+    let (m4, m30, k32) = (u8x16_splat(0x0F), u8x16_splat(0x30), i8x16_splat(32));
+    let q = [
+        i8x16_sub(v128_or(v128_and(ql0, m4), v128_and(u16x8_shl(qh, 4), m30)), k32),
+        i8x16_sub(v128_or(v128_and(ql1, m4), v128_and(u16x8_shl(qh, 2), m30)), k32),
+        i8x16_sub(v128_or(v128_and(u16x8_shr(ql0, 4), m4), v128_and(qh, m30)), k32),
+        i8x16_sub(v128_or(v128_and(u16x8_shr(ql1, 4), m4), v128_and(u16x8_shr(qh, 2), m30)), k32),
+    ];
+    let s = if LH == 0 {
+        [dup16::<0>(sc), dup16::<2>(sc), dup16::<4>(sc), dup16::<6>(sc)]
+    } else {
+        [dup16::<1>(sc), dup16::<3>(sc), dup16::<5>(sc), dup16::<7>(sc)]
+    };
+    for half in 0..2 {
+        let w = if half == 0 {
+            [
+                i16x8_mul(i16x8_extend_low_i8x16(q[0]), s[0]),
+                i16x8_mul(i16x8_extend_low_i8x16(q[1]), s[1]),
+                i16x8_mul(i16x8_extend_low_i8x16(q[2]), s[2]),
+                i16x8_mul(i16x8_extend_low_i8x16(q[3]), s[3]),
+            ]
+        } else {
+            [
+                i16x8_mul(i16x8_extend_high_i8x16(q[0]), s[0]),
+                i16x8_mul(i16x8_extend_high_i8x16(q[1]), s[1]),
+                i16x8_mul(i16x8_extend_high_i8x16(q[2]), s[2]),
+                i16x8_mul(i16x8_extend_high_i8x16(q[3]), s[3]),
+            ]
+        };
+        for c in 0..C {
+            // Group g's values are 32g further on (4 vectors of 8).
+            let x = x8(a, t0 + c, i0 + 128 * N + 16 * LH + 8 * half);
+            let p01 = i32x4_add(i32x4_dot_i16x8(w[0], ld8(x)), i32x4_dot_i16x8(w[1], ld8(x.add(32))));
+            let p23 = i32x4_add(i32x4_dot_i16x8(w[2], ld8(x.add(64))), i32x4_dot_i16x8(w[3], ld8(x.add(96))));
+            v0[c] = i32x4_add(v0[c], p01);
+            v1[c] = i32x4_add(v1[c], p23);
+        }
+    }
+}
+
+// ---- parity self-check ----
+
+/// Kernel parity check for the wasm tests (test/wasm/wasm.test.mjs), exported from the module as
+/// a plain wasm function (no wasm-bindgen glue; `initSync` returns the instance's exports): random
+/// weights of GGML type `ggml_type` (every quant value and 6/8-bit scale possible; sane f16
+/// scales) of shape `[rows, cols]` and `tokens` rows of random activations, all from `seed`,
+/// through the scalar twin and through SIMD128 ([`super::matmul_with`], one thread). Returns the
+/// number of output elements whose bits differ, or -1 when SIMD128 does not take the type (or
+/// the shape is not whole blocks).
+#[no_mangle]
+pub extern "C" fn phi2_simd128_parity(ggml_type: u32, rows: u32, cols: u32, tokens: u32, seed: u32) -> i32 {
+    use super::{matmul_with, supports, Family, Isa};
+    let (rows, cols, tokens) = (rows as usize, cols as usize, tokens as usize);
+    let Some(dtype) = DType::from_ggml_id(ggml_type) else { return -1 };
+    let Some(family) = Family::of(dtype) else { return -1 };
+    if !supports(dtype) || rows == 0 || tokens == 0 || cols == 0 || cols % family.block() != 0 {
+        return -1;
+    }
+    // xorshift64*.
+    let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ seed as u64;
+    let mut next = move || {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        s.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut data: Vec<u8> = (0..dtype.byte_len(&[rows, cols]).unwrap_or(0)).map(|_| (next() >> 56) as u8).collect();
+    let mut unit = || ((next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+    let f16 = |v: f32| half::f16::from_f32(v).to_le_bytes();
+    for blk in data.chunks_exact_mut(dtype.type_size()) {
+        let (d, dmin) = (f16(0.001 + 0.02 * unit().abs()), f16(0.001 + 0.01 * unit().abs()));
+        match dtype {
+            DType::Q6K => blk[208..210].copy_from_slice(&d),
+            DType::Q4K | DType::Q5K => {
+                blk[0..2].copy_from_slice(&d);
+                blk[2..4].copy_from_slice(&dmin);
+            }
+            _ => blk[0..2].copy_from_slice(&d),
+        }
+    }
+    let Some(w) = WeightRef::new(dtype, rows, cols, &data) else { return -1 };
+    let x: Vec<f32> = (0..tokens * cols).map(|_| unit() * 3.0).collect();
+    let mut a = Activations::default();
+    a.prepare(family, &x, tokens, cols);
+    let (mut ys, mut yv) = (vec![0f32; tokens * rows], vec![0f32; tokens * rows]);
+    if matmul_with(Isa::Scalar, &w, &a, &mut ys).is_none() || matmul_with(Isa::Simd128, &w, &a, &mut yv).is_none() {
+        return -1;
+    }
+    ys.iter().zip(&yv).filter(|(p, q)| p.to_bits() != q.to_bits()).count() as i32
 }
