@@ -13,11 +13,12 @@
 // marker scheme as phi2-bench --write-results); RESULTS.md is written by tools only.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { mdTable, writeSection } from './lib/report.mjs';
 import { ensureSynthetic } from './lib/synthetic.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -177,30 +178,28 @@ async function runLevel(url, clients, requests, maxTokens, promptTokens, level) 
 
 function renderMarkdown(report) {
   const base = report.levels[0];
-  const rows = report.levels.map(
-    (l) =>
-      `| ${l.clients} | ${l.requests} | ${l.errors} | ${l.latencyMs.p50.toFixed(0)} / ${l.latencyMs.p99.toFixed(0)} | ${l.firstTokenMs.p50.toFixed(0)} / ${l.firstTokenMs.p99.toFixed(0)} | ${l.tokensPerSecond.toFixed(2)} | ${l.decodePerStream.toFixed(2)} | ${l.decodeAggregate.toFixed(2)} | ${(l.decodeAggregate / base.decodeAggregate).toFixed(2)}× |`,
-  );
+  const header = [
+    'concurrent clients', 'requests', 'errors', 'latency p50 / p99 (ms)', 'first token p50 / p99 (ms)',
+    'tokens/s end to end (all clients)', 'decode tokens/s per stream (p50)', 'aggregate decode tokens/s',
+    `aggregate decode vs ${base.clients} client${base.clients > 1 ? 's' : ''}`,
+  ];
+  const rows = report.levels.map((l) => [
+    l.clients, l.requests, l.errors,
+    `${l.latencyMs.p50.toFixed(0)} / ${l.latencyMs.p99.toFixed(0)}`,
+    `${l.firstTokenMs.p50.toFixed(0)} / ${l.firstTokenMs.p99.toFixed(0)}`,
+    l.tokensPerSecond.toFixed(2), l.decodePerStream.toFixed(2), l.decodeAggregate.toFixed(2),
+    `${(l.decodeAggregate / base.decodeAggregate).toFixed(2)}×`,
+  ]);
   return [
-    `| concurrent clients | requests | errors | latency p50 / p99 (ms) | first token p50 / p99 (ms) | tokens/s end to end (all clients) | decode tokens/s per stream (p50) | aggregate decode tokens/s | aggregate decode vs ${base.clients} client${base.clients > 1 ? 's' : ''} |`,
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    ...rows,
+    mdTable([header, ...rows]),
     '',
     `Server RSS: ${report.rssMiB.before?.toFixed(0) ?? '?'} MiB after loading, ${report.rssMiB.after?.toFixed(0) ?? '?'} MiB after the last level.`,
   ].join('\n');
 }
 
-const HEADER = `# phi2-bench results
-
-Written by \`phi2-bench --write-results\`, never by hand. One section per configuration (model,
-backend, threads, peers, prompt and generation sizes); a new run of the same configuration
-replaces its section. Every number in a section comes from the one run it names.
-`;
-
 function writeResults(report, file) {
   const key = `serve ${report.model.name} threads-${report.threads ?? 'all'} c${report.levels.map((l) => l.clients).join('+')} p${report.promptTokens} g${report.maxTokens}`;
-  const section = [
-    `<!-- phi2-bench:${key} -->`,
+  writeSection(file, key, [
     `## phi2 serve load test: ${report.model.label}, ${report.levels.map((l) => l.clients).join(' / ')} concurrent streaming clients`,
     '',
     `- date: ${report.date}`,
@@ -209,17 +208,7 @@ function writeResults(report, file) {
     `- each client sends ${report.requestsPerClient} streaming /v1/completions requests one after another: ${report.promptTokens}-token prompt, ${report.maxTokens} tokens generated (greedy, end-of-text banned); the server runs with --parallel ${report.parallel}`,
     '',
     renderMarkdown(report),
-    `<!-- /phi2-bench:${key} -->`,
-  ].join('\n');
-  let text = existsSync(file) ? readFileSync(file, 'utf8') : HEADER;
-  const start = text.indexOf(`<!-- phi2-bench:${key} -->`);
-  const endTag = `<!-- /phi2-bench:${key} -->`;
-  const end = text.indexOf(endTag);
-  if (start >= 0 && end > start) text = text.slice(0, start) + section + text.slice(end + endTag.length);
-  else text = `${text.trimEnd()}\n\n${section}\n`;
-  const tmp = `${file}.tmp-${process.pid}`;
-  writeFileSync(tmp, text);
-  renameSync(tmp, file);
+  ].join('\n'));
 }
 
 async function main() {

@@ -85,7 +85,8 @@ function textTable(rows) {
     .join('\n');
 }
 
-function mdTable(rows) {
+/** A Markdown table: `rows[0]` is the header; the first column left-aligned, the rest right. */
+export function mdTable(rows) {
   const esc = (s) => String(s).replace(/\|/g, '\\|');
   return [
     `| ${rows[0].map(esc).join(' | ')} |`,
@@ -191,18 +192,27 @@ export function writeResults(report, file) {
   const key = resultsKey(report);
   const m = report.model;
   const section = [
-    `<!-- phi2-bench:${key} -->`,
     `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}`,
     '',
     `- date: ${report.date}`,
     `- command: \`${report.command}\``,
     `- versions: ${Object.entries(report.versions).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ')}; ${report.tool}`,
     renderText(report, { markdown: true }),
-    `<!-- /phi2-bench:${key} -->`,
   ].join('\n');
-  let text = existsSync(file) ? readFileSync(file, 'utf8') : HEADER;
-  const start = text.indexOf(`<!-- phi2-bench:${key} -->`);
+  writeSection(file, key, section);
+}
+
+/**
+ * Puts `body` into the results file as the section named `key` (between `<!-- phi2-bench:KEY -->`
+ * markers): replaces that section if present, appends it otherwise; the file is replaced
+ * atomically. Every results writer (phi2-bench, bench/serve-load.mjs) goes through here.
+ */
+export function writeSection(file, key, body) {
+  const startTag = `<!-- phi2-bench:${key} -->`;
   const endTag = `<!-- /phi2-bench:${key} -->`;
+  const section = `${startTag}\n${body}\n${endTag}`;
+  let text = existsSync(file) ? readFileSync(file, 'utf8') : HEADER;
+  const start = text.indexOf(startTag);
   const end = text.indexOf(endTag);
   if (start >= 0 && end > start) text = text.slice(0, start) + section + text.slice(end + endTag.length);
   else text = `${text.trimEnd()}\n\n${section}\n`;
