@@ -7,21 +7,21 @@
 #   bindings/wasm/pkg-mt/       mt: +simd128,+atomics,+bulk-memory, imported *shared* memory
 #                               (max 4 GiB), cargo feature `threads` (rayon pool on JS workers)
 #                                                                                      (target/wasm-mt)
-#   bindings/wasm/pkg-relaxed/  relaxed: mt plus +relaxed-simd (for browsers that validate it;
-#                               not in the default build, see below)               (target/wasm-relaxed)
+#   bindings/wasm/pkg-relaxed/  relaxed: mt plus +relaxed-simd (the SDK loads it instead of mt where
+#                               the runtime validates and runs it correctly)      (target/wasm-relaxed)
 # phi2_wasm.js: `initSync({ module })` in Node or a Worker, `await init(url)` in a page; threaded
 # builds' thread workers: `initSync({ module, memory })`.
 # Needs scripts/setup-wasm.sh (Debian rustc 1.96 + rust-src for -Z build-std, wasm-ld-16,
 # wasm-opt, wasm-pack and the wasm-bindgen CLI in target/tools).
 # Usage: scripts/build-wasm.sh [--only st|mt|relaxed[,...]] [--no-opt] [--features F]
-#   default: st and mt. `--only relaxed` (or `--only st,mt,relaxed`) builds the relaxed-SIMD one:
-#   a third full build of std and the engine (as long as mt's), so it is opt-in until the SDK uses it.
+#   default: st, mt and relaxed (the relaxed one is a third full build of std and the engine, as
+#   long as mt's, on the first run). `--only` builds a subset, e.g. `--only st` for a quick check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 opt=1
 features=""
-only="st,mt"
+only="st,mt,relaxed"
 usage="usage: $0 [--only st|mt|relaxed[,...]] [--no-opt] [--features F]"
 while [ $# -gt 0 ]; do
   case "$1" in

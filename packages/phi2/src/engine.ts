@@ -118,6 +118,11 @@ export interface EngineLoadOptions {
 export interface EngineRuntime {
   backend: 'cpu' | 'wasm'
   build: 'native' | 'wasm-simd' | 'wasm-simd-threads'
+  /**
+   * wasm only: which wasm build runs: `'st'` (SIMD128), `'mt'` (SIMD128 + threads) or `'relaxed'`
+   * (mt plus relaxed SIMD, picked over mt where the JS engine validates relaxed SIMD and passes a self-test).
+   */
+  flavour?: 'st' | 'mt' | 'relaxed'
   /** Compute threads in use. */
   threads: number
   /** Why this path runs, in words. */

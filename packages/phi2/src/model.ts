@@ -42,6 +42,11 @@ export interface ModelRuntime {
   backend: 'cpu' | 'wasm'
   /** `'native'` (addon), `'wasm-simd'` (single-threaded wasm), `'wasm-simd-threads'` (wasm with a thread pool). */
   build: 'native' | 'wasm-simd' | 'wasm-simd-threads'
+  /**
+   * wasm only: which wasm build runs: `'st'` (SIMD128), `'mt'` (SIMD128 + threads) or `'relaxed'`
+   * (mt plus relaxed SIMD, picked over mt where the JS engine validates relaxed SIMD and passes a self-test).
+   */
+  flavour?: 'st' | 'mt' | 'relaxed'
   /** Compute threads in use. */
   threads: number
   /** Why this path runs, e.g. `'threads: 1 requested: single-threaded SIMD build'`. */

@@ -6,6 +6,7 @@
 import { open, readFile } from 'node:fs/promises'
 import { parentPort } from 'node:worker_threads'
 import * as mt from './wasm/mt/phi2_wasm.js'
+import * as relaxed from './wasm/relaxed/phi2_wasm.js'
 import * as st from './wasm/st/phi2_wasm.js'
 import type { FromWorker, ToWorker } from './wasm/protocol.js'
 import { type Glue, runWorker } from './wasm/worker-core.js'
@@ -18,10 +19,14 @@ const CHUNK = 4 << 20
 runWorker({
   post: (msg: FromWorker, transfer?: Transferable[]) => port.postMessage(msg, (transfer ?? []) as never),
   listen: (cb) => port.on('message', (m: ToWorker) => cb(m)),
-  glue: { st: st as unknown as Glue, mt: mt as unknown as Glue },
+  glue: { st: st as unknown as Glue, mt: mt as unknown as Glue, relaxed: relaxed as unknown as Glue },
   async compile(flavour) {
     const url =
-      flavour === 'st' ? new URL('./wasm/st/phi2_wasm_bg.wasm', import.meta.url) : new URL('./wasm/mt/phi2_wasm_bg.wasm', import.meta.url)
+      flavour === 'st'
+        ? new URL('./wasm/st/phi2_wasm_bg.wasm', import.meta.url)
+        : flavour === 'mt'
+          ? new URL('./wasm/mt/phi2_wasm_bg.wasm', import.meta.url)
+          : new URL('./wasm/relaxed/phi2_wasm_bg.wasm', import.meta.url)
     return WebAssembly.compile(await readFile(url))
   },
   async openPath(path) {

@@ -66,7 +66,7 @@ describe('installed package', () => {
         'wasm-worker.node.js',
       ].sort(),
     )
-    for (const flavour of ['st', 'mt']) {
+    for (const flavour of ['st', 'mt', 'relaxed']) {
       const files = readdirSync(join(pkg, 'dist/wasm', flavour))
       expect(files).toContain('phi2_wasm.js')
       expect(files).toContain('phi2_wasm_bg.wasm')

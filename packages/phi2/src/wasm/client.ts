@@ -27,7 +27,7 @@ import type {
   EngineSource,
 } from '../engine.js'
 import { Phi2DisposedError, Phi2EngineCrashedError, Phi2Error, abortErrorFrom, fromNativeError } from '../errors.js'
-import { type FromWorker, type InitReply, type LoadReply, type Request, type ToWorker, fromWire } from './protocol.js'
+import { type Flavour, type FromWorker, type InitReply, type LoadReply, type Request, type ToWorker, fromWire } from './protocol.js'
 
 export interface WorkerHandle {
   post(msg: ToWorker, transfer?: Transferable[]): void
@@ -158,8 +158,8 @@ class Connection {
     if (!this.failure) this.#engine.post(msg)
   }
 
-  /** Spawns `n` thread workers for pkg-mt and waits until each is about to run its pool loop. */
-  async startThreads(n: number, module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<void> {
+  /** Spawns `n` thread workers for pkg-mt / pkg-relaxed and waits until each is about to run its pool loop. */
+  async startThreads(n: number, flavour: 'mt' | 'relaxed', module: WebAssembly.Module, memory: WebAssembly.Memory): Promise<void> {
     let ready = 0
     if (this.failure) throw this.failure
     let onFailure: ((err: Phi2Error) => void) | undefined
@@ -199,7 +199,7 @@ class Connection {
         })
         w.unref?.()
         this.#threads.push(w)
-        w.post({ kind: 'thread', module, memory })
+        w.post({ kind: 'thread', flavour, module, memory })
       }
     })
   }
@@ -343,7 +343,7 @@ export function wasmEngine(env: WasmEnvironment): Engine {
     flavour: 'st' | 'mt',
     threads: number,
     onConn: (conn: Connection) => void,
-  ): Promise<{ conn: Connection; build: EngineRuntime['build']; threads: number; note: string | null }> {
+  ): Promise<{ conn: Connection; build: EngineRuntime['build']; flavour: Flavour; threads: number; note: string | null; relaxed?: string }> {
     const conn = new Connection(env)
     onConn(conn)
     try {
@@ -352,11 +352,13 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         return {
           conn,
           build: 'wasm-simd',
+          flavour: 'st',
           threads: 1,
           note: flavour === 'mt' ? 'the multi-threaded build (pkg-mt) is not in this package: single-threaded SIMD build' : null,
         }
       }
-      await conn.startThreads(threads, init.module!, init.memory!)
+      const mtFlavour = init.flavour === 'relaxed' ? 'relaxed' : 'mt'
+      await conn.startThreads(threads, mtFlavour, init.module!, init.memory!)
       // The engine worker blocks in threadPoolBuild until every pool thread runs: bounded, so that a
       // pool that never forms ends in the single-threaded fallback instead of a hang.
       let timer: ReturnType<typeof setTimeout> | undefined
@@ -366,7 +368,7 @@ export function wasmEngine(env: WasmEnvironment): Engine {
           timer = setTimeout(() => reject(new Error(`the thread pool did not start within ${THREAD_START_TIMEOUT_MS / 1000} s`)), THREAD_START_TIMEOUT_MS)
         }),
       ]).finally(() => clearTimeout(timer))
-      return { conn, build: 'wasm-simd-threads', threads: size, note: null }
+      return { conn, build: 'wasm-simd-threads', flavour: mtFlavour, threads: size, note: null, relaxed: init.relaxed }
     } catch (err) {
       conn.close(err instanceof Phi2Error ? err : new Phi2EngineCrashedError(describe(err), { cause: err }))
       throw err
@@ -430,6 +432,7 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         if (s.note) reason = s.note
         else if (s.build === 'wasm-simd-threads') {
           reason = `${reason}, ${s.threads} threads${requested !== null && requested > WASM_MAX_THREADS ? ` (${requested} requested, at most ${WASM_MAX_THREADS})` : ''}`
+          if (s.relaxed) reason = s.flavour === 'relaxed' ? `${reason}, relaxed SIMD` : `${reason}, SIMD128 build (${s.relaxed})`
         }
         const { source: src, transfer } = transferable(source)
         const onProgress = options.onProgress
@@ -468,7 +471,7 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         }
         return {
           model: new WasmEngineModel(conn, loaded),
-          runtime: { backend: 'wasm', build: s.build, threads: s.threads, reason },
+          runtime: { backend: 'wasm', build: s.build, flavour: s.flavour, threads: s.threads, reason },
           fileSizeBytes: loaded.fileSizeBytes,
           fromCache: loaded.fromCache,
           sha256: loaded.sha256,

@@ -5,7 +5,8 @@
  */
 import type { EngineGenerateOptions, EngineGenerateResult, EngineGgufVocab, EngineModelInfo, EngineSource } from '../engine.js'
 
-export type Flavour = 'st' | 'mt'
+/** st: pkg; mt: pkg-mt (threads); relaxed: pkg-relaxed (mt + relaxed SIMD, see relaxed-simd.ts). */
+export type Flavour = 'st' | 'mt' | 'relaxed'
 
 /** Errors cross the thread boundary as plain data. */
 export interface WireError {
@@ -29,7 +30,9 @@ export interface InitReply {
   flavour: Flavour
   /** False when the requested flavour is not in this package (pkg-mt missing): the engine runs st. */
   available: boolean
-  /** mt: what each thread worker needs. */
+  /** mt requested: why the relaxed build runs, or why not (relaxed SIMD unsupported, self-test failed, not built). */
+  relaxed?: string
+  /** mt / relaxed: what each thread worker needs. */
   module?: WebAssembly.Module
   memory?: WebAssembly.Memory
 }
@@ -51,7 +54,7 @@ export type ToWorker =
   /** Test hook: make the worker fail like a crash ('throw': uncaught error; 'exit': the thread ends). */
   | { kind: 'crash'; mode: 'throw' | 'exit' }
   /** Thread-pool role (pkg-mt). */
-  | { kind: 'thread'; module: WebAssembly.Module; memory: WebAssembly.Memory }
+  | { kind: 'thread'; flavour: 'mt' | 'relaxed'; module: WebAssembly.Module; memory: WebAssembly.Memory }
 
 export type FromWorker =
   | { kind: 'reply'; id: number; ok: true; value: unknown }

@@ -7,10 +7,11 @@
  *   sessions by id, and runs generate / logprobs calls one at a time (a FIFO queue). Generation is
  *   step-wise (`begin` / `step` / `end`) and yields to the event loop between tokens, so a `cancel`
  *   message is handled before the next token; tokens are posted as they come.
- * - thread (pkg-mt): `initSync({ module, memory })` then `threadWorkerRun()`, which never returns.
+ * - thread (pkg-mt / pkg-relaxed): `initSync({ module, memory })` then `threadWorkerRun()`, which never returns.
  */
 import type { EngineGenerateOptions, EngineGenerateResult, EngineGgufVocab, EngineModelInfo, EngineSource } from '../engine.js'
-import { type FromWorker, type InitReply, type LoadReply, type Request, type ToWorker, toWire } from './protocol.js'
+import { type Flavour, type FromWorker, type InitReply, type LoadReply, type Request, type ToWorker, toWire } from './protocol.js'
+import { relaxedSimdCheck } from './relaxed-simd.js'
 
 // ---------------------------------------------------------------------------------------------
 // What the worker needs from the wasm-bindgen glue (pkg and pkg-mt export the same names)
@@ -55,9 +56,10 @@ export interface Glue {
 export interface WorkerHost {
   post(msg: FromWorker, transfer?: Transferable[]): void
   listen(cb: (msg: ToWorker) => void): void
-  glue: { st: Glue; mt: Glue }
+  /** relaxed: absent in hosts that never load pkg-relaxed (they run mt). */
+  glue: { st: Glue; mt: Glue; relaxed?: Glue }
   /** The compiled .wasm of a flavour (browser: fetched from its bundled URL; Node: read from dist/wasm). */
-  compile(flavour: 'st' | 'mt'): Promise<WebAssembly.Module>
+  compile(flavour: Flavour): Promise<WebAssembly.Module>
   /** Node: a file as a stream. */
   openPath?(path: string): Promise<{ size: number; stream: ReadableStream<Uint8Array> }>
   /** A macrotask turn (lets queued messages, e.g. cancel, run). */
@@ -564,11 +566,31 @@ export function runWorker(host: WorkerHost): void {
           flavour = 'st'
           available = false
         }
-        glue = host.glue[flavour]
-        const module = await host.compile(flavour)
+        // Threads: the relaxed-SIMD build where this JS engine validates relaxed SIMD and computes it
+        // right (a self-test), else mt.
+        let relaxed: string | undefined
+        let module: WebAssembly.Module | undefined
+        if (flavour === 'mt') {
+          const check = relaxedSimdCheck()
+          const g = host.glue.relaxed
+          if (!check.ok) relaxed = check.reason
+          else if (!g || g.__phi2_missing || typeof g.threadPoolBuild !== 'function') relaxed = 'the relaxed-SIMD build (pkg-relaxed) is not in this package'
+          else {
+            try {
+              module = await host.compile('relaxed')
+              flavour = 'relaxed'
+              relaxed = 'relaxed SIMD'
+            } catch (err) {
+              relaxed = `the relaxed-SIMD build did not compile (${err instanceof Error ? err.message : String(err)})`
+            }
+          }
+        }
+        glue = (flavour === 'relaxed' ? host.glue.relaxed : host.glue[flavour])!
+        module ??= await host.compile(flavour)
         const exports = glue.initSync({ module })
         const out: InitReply = { flavour, available }
-        if (flavour === 'mt') {
+        if (relaxed !== undefined) out.relaxed = relaxed
+        if (flavour !== 'st') {
           out.module = module
           out.memory = exports.memory
         }
@@ -649,9 +671,11 @@ export function runWorker(host: WorkerHost): void {
         if (role !== 'none') return
         role = 'thread'
         try {
-          host.glue.mt.initSync({ module: msg.module, memory: msg.memory })
+          const g = msg.flavour === 'relaxed' ? host.glue.relaxed : host.glue.mt
+          if (!g) throw coded('E_BACKEND', 'this worker has no relaxed-SIMD build')
+          g.initSync({ module: msg.module, memory: msg.memory })
           host.post({ kind: 'thread-ready' })
-          host.glue.mt.threadWorkerRun!()
+          g.threadWorkerRun!()
         } catch (err) {
           host.post({ kind: 'thread-failed', error: toWire(err) })
         }
