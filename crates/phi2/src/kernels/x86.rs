@@ -38,11 +38,7 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
     // Token tiles: 4 at a time, then 2, then 1; each over the rows in tiles of 8 / C.
     let mut t0 = 0;
     while t0 < tokens {
-        let c = match tokens - t0 {
-            n if n >= 4 => 4,
-            n if n >= 2 => 2,
-            _ => 1,
-        };
+        let c = tile_width(tokens - t0);
         // SAFETY: `available()` (and `vnni_available()` for `vnni`) was checked when the kernel
         // set was chosen (`super::isa`, `super::matmul_with`).
         unsafe {
@@ -56,6 +52,16 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
             }
         }
         t0 += c;
+    }
+}
+
+/// Tokens in the next token tile when `left` remain: 4, then 2, then 1.
+#[inline(always)]
+fn tile_width(left: usize) -> usize {
+    match left {
+        n if n >= 4 => 4,
+        n if n >= 2 => 2,
+        _ => 1,
     }
 }
 
@@ -251,11 +257,7 @@ unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Acti
         }
         let mut t0 = 0;
         while t0 < tokens {
-            let c = match tokens - t0 {
-                n if n >= 4 => 4,
-                n if n >= 2 => 2,
-                _ => 1,
-            };
+            let c = tile_width(tokens - t0);
             match c {
                 4 => token_tile::<SIGNED, VNNI, 4>(row, &cache, a, t0, r, out),
                 2 => token_tile::<SIGNED, VNNI, 2>(row, &cache, a, t0, r, out),
