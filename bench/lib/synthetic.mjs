@@ -430,9 +430,23 @@ export function ensureSynthetic({ cacheDir = defaultCacheDir(), shape = 'phi2', 
   const fd = openSync(tmp, 'w');
   try {
     let done = 0;
-    const put = (buf) => {
+    // Written in whole 8 MB pieces at 8 MB-aligned offsets: Linux then caches the file in 2 MB
+    // folios, which the engines' maps can use as 2 MB pages (small writes leave small folios,
+    // and decoding from them streams the weights ~30% slower until the file is evicted).
+    const stage = Buffer.alloc(8 << 20);
+    let staged = 0;
+    const flush = () => {
       let off = 0;
-      while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+      while (off < staged) off += writeSync(fd, stage, off, staged - off);
+      staged = 0;
+    };
+    const put = (buf) => {
+      for (let off = 0; off < buf.length; ) {
+        const n = buf.copy(stage, staged, off);
+        staged += n;
+        off += n;
+        if (staged === stage.length) flush();
+      }
       done += buf.length;
     };
     put(head);
@@ -473,6 +487,7 @@ export function ensureSynthetic({ cacheDir = defaultCacheDir(), shape = 'phi2', 
       const pad = Math.ceil(t.bytes / ALIGN) * ALIGN - t.bytes;
       if (pad) put(Buffer.alloc(pad));
     }
+    flush();
     if (done !== total) throw new Error(`internal error: wrote ${done} bytes, planned ${total}`);
     fsyncSync(fd);
     onProgress(done, total);

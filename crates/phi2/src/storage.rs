@@ -37,8 +37,26 @@ impl Bytes {
         // fault on access). Model files are treated as immutable inputs: callers must not edit
         // or replace a file in place while a reader built from it is alive.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        advise_huge_pages(&mmap);
         Ok(Bytes::Mapped(mmap))
     }
+}
+
+/// Asks Linux to back the map with 2 MB pages where it can (`MADV_HUGEPAGE`; a hint, failure is
+/// harmless). Decoding streams every weight once per token, and with 4 KB pages that is one TLB
+/// entry and one page walk per 4 KB, and the hardware prefetchers stop at every 4 KB boundary.
+/// When the file is read into the page cache through this map, the kernel then fills it with
+/// 2 MB folios and maps them with one page-table entry each (the map is 2 MB aligned). Measured
+/// on this project's machine, Phi-2-shaped weights, two threads (`stream_bench`): Q4_0 18.2 →
+/// 25.4 GB/s, Q8_0 20.2 → 28.5 GB/s, i.e. a decode step ~30% shorter. A file whose pages are
+/// already cached in small folios (e.g. just written) stays on small pages until it is evicted.
+fn advise_huge_pages(map: &memmap2::Mmap) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = map.advise(memmap2::Advice::HugePage);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
 }
 
 /// `Some((file, offset))` when `data` lies inside the memory-mapped `file` (see
