@@ -841,3 +841,4 @@ module.exports.NativeModel = nativeBinding.NativeModel
 module.exports.NativeSession = nativeBinding.NativeSession
 module.exports.convertFileTypes = nativeBinding.convertFileTypes
 module.exports.convertModel = nativeBinding.convertModel
+module.exports.readBandwidth = nativeBinding.readBandwidth

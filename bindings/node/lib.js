@@ -77,4 +77,5 @@ module.exports = {
   NativeCancelToken: wrapClass(native.NativeCancelToken),
   convertModel: wrapFn(native.convertModel),
   convertFileTypes: wrapFn(native.convertFileTypes),
+  readBandwidth: wrapFn(native.readBandwidth),
 }

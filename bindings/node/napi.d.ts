@@ -237,3 +237,9 @@ export interface NativeSpeculative {
   /** Most draft tokens per verify pass, 1..=64. */
   maxDraft?: number
 }
+
+/**
+ * Best-of-`passes` read bandwidth in GB/s of a `mib`-MiB buffer (2 MB pages where Linux gives
+ * them) summed by `threads` threads of the engine's pool. Blocks the calling thread.
+ */
+export declare function readBandwidth(mib: number, threads: number, passes: number): number

@@ -22,6 +22,7 @@ use phi2::{Phi2, Session};
 
 mod batch;
 mod convert;
+mod probe;
 
 /// A JS error carrying a stable code as the message prefix.
 fn coded(code: &str, msg: impl std::fmt::Display) -> Error {

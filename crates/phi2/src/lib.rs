@@ -20,6 +20,8 @@ pub mod kernels;
 pub mod model;
 pub mod par;
 pub mod params;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod probe;
 pub mod quant;
 pub mod quantize;
 pub mod safetensors;
