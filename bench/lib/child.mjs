@@ -3,11 +3,24 @@
 // from a fresh context. Prints one line `PHI2BENCH_RESULT {json}` on stdout.
 //   node child.mjs '{"engine":"phi2"|"node-llama-cpp","model":FILE,"threads":N,"backend":"cpu",
 //                    "promptTokens":[128],"genTokens":64,"warmup":true}'
+import { readFileSync, statSync } from 'node:fs';
 import { promptIds } from './prompt.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const peakRss = () => process.resourceUsage().maxRSS * 1024; // getrusage ru_maxrss (kB) = Linux VmHWM
 const maxP = Math.max(...cfg.promptTokens);
+
+// Linux: the share of the model file this process maps with 2 MB page-table entries (file pages
+// cached in 2 MB folios; weights stream faster from them), read while the model is loaded.
+function hugePageShare() {
+  try {
+    const smaps = readFileSync('/proc/self/smaps_rollup', 'utf8');
+    const kb = Number(/^FilePmdMapped:\s+(\d+) kB/m.exec(smaps)?.[1]);
+    return Number.isFinite(kb) ? Math.min(1, (kb * 1024) / statSync(cfg.model).size) : null;
+  } catch {
+    return null;
+  }
+}
 const EOS = 50256;
 
 async function phi2() {
@@ -34,6 +47,7 @@ async function phi2() {
         wallMs,
       });
     }
+    out.hugePageShare = hugePageShare();
   } finally {
     await model.dispose();
   }
@@ -79,6 +93,7 @@ async function llamaCpp() {
       const r = await run(promptIds(p), cfg.genTokens);
       out.prompts.push({ promptTokens: p, promptTokensEvaluated: p, finishReason: 'length', ...r });
     }
+    out.hugePageShare = hugePageShare();
   } finally {
     await ctx.dispose();
     await model.dispose();

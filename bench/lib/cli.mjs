@@ -36,7 +36,8 @@ what to run
   --backend cpu|wasm|cuda  @x/phi2's backend in Node (default cpu)
   --compare LIST           node-llama-cpp and/or wllama, comma-separated: node-llama-cpp on the same file
                            and threads; wllama in headless Chromium against @x/phi2's wasm build, same page setup
-  --load warm|cold         warm (default): the file is read into the page cache before the runs;
+  --load warm|cold         warm (default): the file is evicted and read back into the page cache
+                           (8 MB reads) before the runs;
                            cold: evicted from the page cache before every run (dd iflag=nocache)
   --no-warmup              skip the short warm-up generation after each load
   --bandwidth-mb N         size of the bandwidth probe's buffer (default 1024); --no-bandwidth skips it
@@ -290,7 +291,11 @@ export async function main(argv) {
   }
   const fileRes = model.sizeBytes ? pageCacheResident(file) : null;
   if (opts.load === 'warm' && model.sizeBytes) {
-    log('reading the file into the page cache (--load warm)…');
+    // Evicted first: pages already cached may sit in small folios (the file was written in small
+    // pieces, or faulted in 4 KB at a time); read back in 8 MB reads they come in 2 MB folios,
+    // which the engines can map as 2 MB pages. Every engine then starts from that same state.
+    log('reading the file afresh into the page cache (--load warm)…');
+    evictFromPageCache(file);
     await readThrough(file);
   }
   const runs = Object.fromEntries(engines.map((e) => [e.id, []]));

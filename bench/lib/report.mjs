@@ -12,6 +12,7 @@ const stat = (xs) => (xs.length ? { median: median(xs), min: Math.min(...xs), ma
 function runMetrics(r, bytesPerToken, bwGbPerS) {
   const m = { load: r.loadMs / 1000 };
   if (r.peakRss) m.rss = r.peakRss / 1e9;
+  if (Number.isFinite(r.hugePageShare)) m.huge = 100 * r.hugePageShare;
   for (const p of r.prompts) {
     const P = p.promptTokens;
     m[`ttft@${P}`] = p.promptMs;
@@ -51,6 +52,7 @@ function metricRows(promptTokens, withShare, withRss) {
     if (withShare) rows.push([`share@${P}`, `decode, % of bandwidth ceiling`, 'higher', 0]);
   }
   if (withRss) rows.push(['rss', 'peak RSS GB', 'lower', 2]);
+  rows.push(['huge', 'model file mapped on 2 MB pages, %', 'info', 0]);
   return rows;
 }
 
@@ -67,7 +69,7 @@ function buildTable(summaries, promptTokens, withShare, withRss, spread) {
     const ratios = peers.map((p) => {
       const a = ours.stats[key]?.median;
       const b = p.stats[key]?.median;
-      if (!(a > 0 && b > 0) || key.startsWith('share@')) return '';
+      if (!(a > 0 && b > 0) || key.startsWith('share@') || better === 'info') return '';
       return `${(better === 'higher' ? a / b : b / a).toFixed(2)}×`;
     });
     body.push([label, ...cells, ...ratios]);
@@ -123,6 +125,7 @@ const NOTES = [
   'time to first token = prefill: the engine\'s own clock from the call to the first sampled token (@x/phi2: timings.promptMs; node-llama-cpp: the first token out of evaluate(); wllama: timings.prompt_ms); prefill tok/s = prompt tokens / that time (includes one greedy sampling).',
   'decode tok/s = (generated − 1) / time from the first to the last token (each step: one forward pass of one token + sampling); end-of-text banned for @x/phi2 (logitBias), yielded and continued through for node-llama-cpp, ignore_eos for wllama, so every engine runs the same number of steps.',
   'peak RSS: getrusage maxRSS of the run\'s own process (load + every generation). × columns: advantage of @x/phi2 (>1 = @x/phi2 faster or smaller).',
+  'model file mapped on 2 MB pages (Linux): FilePmdMapped of the run\'s process over the file size, after the generations. Weights stream faster from 2 MB pages; the page cache has them where the file was read in large pieces (--load warm evicts the file and reads it back in 8 MB reads, so both engines start from the same state), not where it was written or faulted in small pieces.',
 ];
 
 export function renderText(report, { markdown = false } = {}) {
