@@ -34,7 +34,7 @@ pub(crate) const MIN_TOKENS: usize = 10;
 pub(crate) fn available() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
-        if !(super::x86::vnni_available() && is_x86_feature_detected!("avx512f")) {
+        if !(super::x86::vnni_available() && super::avx512::available()) {
             return false;
         }
         // CPUID.(EAX=7, ECX=0):EDX bit 24 = AMX-TILE, bit 25 = AMX-INT8.

@@ -44,6 +44,8 @@ mod wasm;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
 /// A weight matrix `[rows, cols]` in its file layout: row `r` is
@@ -151,6 +153,9 @@ pub struct Activations {
     pub td: Vec<f32>,
     pub tbs: Vec<i32>,
     pub f: Vec<f32>,
+    /// F16/BF16 batches on CPUs with AMX (AVX-512): `f` by token pairs (see `avx512::prepare`);
+    /// empty otherwise.
+    pub fp: Vec<f32>,
 }
 
 pub(crate) fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
@@ -247,6 +252,11 @@ impl Activations {
                 self.f.extend(x.iter().map(|&v| bf16::from_f32(v).to_f32()));
             }
         }
+        self.fp.clear();
+        #[cfg(target_arch = "x86_64")]
+        if matches!(family, Family::F16 | Family::BF16) && tokens >= avx512::MIN_TOKENS && amx::available() {
+            avx512::prepare(self);
+        }
     }
 }
 
@@ -330,8 +340,9 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX2 + AVX-VNNI (`vpdpbusd`).
     AvxVnni,
-    /// x86-64 AVX-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512 epilogue) for Q4_0 / Q8_0
-    /// batches of `amx::MIN_TOKENS` tokens or more.
+    /// x86-64 AVX-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512 epilogue) for quantized
+    /// batches of `amx::MIN_TOKENS` tokens or more, and AVX-512 for F16 / BF16 batches
+    /// (`avx512::MIN_TOKENS`).
     Amx,
     /// wasm32 SIMD128.
     Simd128,
@@ -504,6 +515,8 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         Isa::AvxVnni => x86::matmul_rows(w, act, rows, out, true),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if amx::takes(w, act) => amx::matmul_rows(w, act, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx if avx512::takes(w, act) => avx512::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx => x86::matmul_rows(w, act, rows, out, true),
         #[cfg(target_arch = "wasm32")]
