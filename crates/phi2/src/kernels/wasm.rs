@@ -11,6 +11,10 @@
 //! Chromium 156 (2560×2560, one token): Q4_0 0.71 -> 0.53 ms, Q4_K 0.78 -> 0.57, Q5_K 0.87 ->
 //! 0.68, Q6_K 0.98 -> 0.73. (Node 20's V8, behind --experimental-wasm-relaxed-simd, computes this instruction
 //! wrongly: it ignores the accumulator and doubles the dot product; Chromium is right.)
+//! It takes them for batches only (token tiles of 2 or more: prefill, drafts): a whole Phi-2-shaped
+//! Q4_0 decode step streaming from memory measured slower with them than with the SIMD128 path
+//! (Chromium, 2 threads, 8 tokens after a 16-token prompt: 4.11 tok/s with, 5.3 with pkg-mt),
+//! while the prompt ran twice as fast (17.1 vs 8.9 tok/s).
 //!
 //! What makes them fast in V8 (measured on Q4_0 decode, ~5x over a straightforward version):
 //! the activations come pre-widened to i16 (`Activations::q16`), so a block costs four
@@ -115,8 +119,10 @@ unsafe fn tile<const SIGNED: bool, const C: usize>(row: &[u8], a: &Activations, 
     let h = |b: usize| u16::from_le_bytes([*base.add(b * bytes), *base.add(b * bytes + 1)]) as i32;
     // One quad of blocks b0 .. b0 + 4 onto `acc` (the f32 lanes of those blocks) for every token.
     let quad = |b0: usize, acc: &mut [v128; C]| {
+        // Relaxed dot products for batches only: for one token (decode) the SIMD128 path below
+        // measured faster in Chromium (Phi-2-shaped Q4_0, 2 threads: 4.11 → 4.69 tok/s).
         #[cfg(target_feature = "relaxed-simd")]
-        if !SIGNED {
+        if !SIGNED && C > 1 {
             return quad_q4_0_relaxed::<C>(base, a, t0, b0, acc);
         }
         let wa = weights16::<SIGNED>(base.add(b0 * bytes + 2));
@@ -342,8 +348,8 @@ unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], a: &Activations, t0
             let q = blk.add(qs_off + 32 * jj as usize);
             let (b0, b1) = (v128_load(q as *const v128), v128_load(q.add(16) as *const v128));
             #[cfg(target_feature = "relaxed-simd")]
-            {
-                // The relaxed-SIMD build: the 5-bit (4-bit) values stay bytes, valid i7 operands
+            if C > 1 {
+                // The relaxed-SIMD build (batches, as for Q4_0): the 5-bit (4-bit) values stay bytes, valid i7 operands
                 // of `i32x4.relaxed_dot_i8x16_i7x16_add` (exact: a pair of products, ≤ 2·31·128,
                 // fits i16 unsaturated), against the 8-bit activations as they are.
                 let (m4, m10) = (u8x16_splat(0x0F), u8x16_splat(0x10));
@@ -428,7 +434,7 @@ unsafe fn tile_q6k<const C: usize>(row: &[u8], a: &Activations, t0: usize) -> [f
         let mut v1 = [i32x4_splat(0); C];
         // The relaxed-SIMD chunks take q (0..63) as it is: −32 · Σ_j sc_j · bsums_j here.
         #[cfg(target_feature = "relaxed-simd")]
-        for c in 0..C {
+        for c in 0..if C > 1 { C } else { 0 } {
             let bs = a.bsums.as_ptr().add(((t0 + c) * (a.cols / 256) + b) * 16) as *const v128;
             let s01 = i16x8_narrow_i32x4(v128_load(bs), v128_load(bs.add(1)));
             let s23 = i16x8_narrow_i32x4(v128_load(bs.add(2)), v128_load(bs.add(3)));
@@ -479,8 +485,8 @@ unsafe fn q6k_chunk<const C: usize, const N: usize, const LH: usize>(
     let ql1 = v128_load(blk.add(64 * N + 32 + 16 * LH) as *const v128);
     let qh = v128_load(blk.add(128 + 32 * N + 16 * LH) as *const v128);
     #[cfg(target_feature = "relaxed-simd")]
-    {
-        // The relaxed-SIMD build: q (0..63, a valid i7 operand; a pair of products ≤ 2·63·128
+    if C > 1 {
+        // The relaxed-SIMD build (batches): q (0..63, a valid i7 operand; a pair of products ≤ 2·63·128
         // fits i16 unsaturated) · the 8-bit activations per 16 by one
         // `i32x4.relaxed_dot_i8x16_i7x16_add`, times the sub-block's scale in i32; the −32 is
         // taken off in `tile_q6k`. |Σ| ≤ 256·63·128·128 < 2^31.
