@@ -18,7 +18,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{reduce8, Activations, OutPtr, WeightRef};
+use super::{Activations, OutPtr, WeightRef};
 use crate::dtype::DType;
 
 /// Tokens per tile (the N dimension) and weight rows per tile (M).
@@ -316,11 +316,19 @@ unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Ran
                     _mm512_storeu_ps(slab.acc.as_mut_ptr().add((l * TILE + mi) * TILE), *acc_m);
                 }
             }
+            // The fixed lane reduction ([`super::reduce8`]: the same adds in the same order) for
+            // the 16 tokens of a row at once (measured: ~7% off a 128-token Q4_0 product against
+            // one output at a time).
             let t0 = tile * TILE;
+            let nt = TILE.min(a.tokens - t0);
             for mi in 0..m {
-                for n in 0..TILE.min(a.tokens - t0) {
-                    let lanes: [f32; 8] = std::array::from_fn(|l| slab.acc[(l * TILE + mi) * TILE + n]);
-                    out.set(t0 + n, r0 + mi, reduce8(&lanes));
+                let l = |k: usize| _mm512_loadu_ps(slab.acc.as_ptr().add((k * TILE + mi) * TILE));
+                let h: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(l(k), l(k + 4)));
+                let y = _mm512_add_ps(_mm512_add_ps(h[0], h[2]), _mm512_add_ps(h[1], h[3]));
+                let mut v = [0f32; TILE];
+                _mm512_storeu_ps(v.as_mut_ptr(), y);
+                for (n, &y) in v.iter().enumerate().take(nt) {
+                    out.set(t0 + n, r0 + mi, y);
                 }
             }
         }
