@@ -178,6 +178,35 @@ fn q8_activation_blocks_follow_ggml() {
 }
 
 /// HF's gelu_new in f64 (the reference the f32 evaluation approximates).
+#[test]
+fn q8_0_row_quantizer_matches_the_block_quantizer() {
+    // Random blocks of several magnitudes plus the edge cases: zeros, -0.0, exact halves
+    // (ties), tiny and subnormal values, NaN and infinities.
+    let mut rng = Rng(0x0A80);
+    let mut x: Vec<f32> = Vec::new();
+    for scale in [1e-3f32, 0.5, 3.0, 200.0, 1e30] {
+        for _ in 0..32 * 7 {
+            x.push(rng.unit() * scale);
+        }
+    }
+    x.extend([0.0f32; 32]);
+    x.extend([-0.0f32; 32]);
+    x.extend((0..32).map(|i| (i as f32 - 16.0) + 0.5));
+    x.extend((0..32).map(|i| if i == 5 { 127.0 } else { (i as f32) * 0.5 - 8.0 })); // id = 1: halves tie
+    x.extend((0..32).map(|i| f32::from_bits(1 + i as u32))); // subnormals only
+    x.extend((0..32).map(|i| if i == 3 { f32::NAN } else { i as f32 - 10.0 }));
+    x.extend((0..32).map(|i| if i == 7 { f32::INFINITY } else { i as f32 }));
+    x.extend((0..32).map(|i| if i % 2 == 0 { f32::NEG_INFINITY } else { f32::NAN }));
+    let nb = x.len() / 32;
+    let (mut q, mut d, mut s) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i32; nb]);
+    kernels::quantize_row_q8_0(&x, &mut q, &mut d, &mut s);
+    for b in 0..nb {
+        let mut qb = [0i8; 32];
+        let (db, sb) = kernels::quantize_block_q8_0(&x[32 * b..32 * b + 32], &mut qb);
+        assert_eq!((d[b].to_bits(), s[b], &q[32 * b..32 * b + 32]), (db.to_bits(), sb, &qb[..]), "block {b}: {:?}", &x[32 * b..32 * b + 32]);
+    }
+}
+
 fn gelu_f64(x: f64) -> f64 {
     0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * x * (1.0 + 0.044715 * x * x)).tanh())
 }

@@ -195,9 +195,7 @@ impl Activations {
                 par_tokens(tokens, cols, &|t| {
                     // SAFETY: token t's ranges of each buffer (sized above) are this item's alone.
                     let (q, d, s) = unsafe { (q.slice(t * cols, cols), d.slice(t * nb, nb), s.slice(t * nb, nb)) };
-                    for b in 0..nb {
-                        (d[b], s[b]) = quantize_block_q8_0(&x[t * cols + 32 * b..t * cols + 32 * b + 32], &mut q[32 * b..32 * b + 32]);
-                    }
+                    quantize_row_q8_0(&x[t * cols..(t + 1) * cols], q, d, s);
                     if wasm {
                         // SAFETY: as above.
                         let q16 = unsafe { q16.slice(t * cols, cols) };
@@ -313,6 +311,20 @@ pub fn quantize_block_q8_0(x: &[f32], q: &mut [i8]) -> (f32, i32) {
         sum += r as i32;
     }
     (d, sum)
+}
+
+/// [`quantize_block_q8_0`] for each block of 32 of `x` into `q`, with the scales into `d` and
+/// the sums into `s`: on x86-64 with AVX2 eight values at a time (the same results, tested).
+pub fn quantize_row_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: AVX2 is present (checked just now).
+        unsafe { x86::quantize_row_q8_0(x, q, d, s) };
+        return;
+    }
+    for b in 0..x.len() / 32 {
+        (d[b], s[b]) = quantize_block_q8_0(&x[32 * b..32 * b + 32], &mut q[32 * b..32 * b + 32]);
+    }
 }
 
 /// ggml's `block_q8_K` for 256 values: writes the 8-bit values and the 16 sums of 16, returns d.

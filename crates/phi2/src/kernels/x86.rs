@@ -765,3 +765,43 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
         super::attention::row_scalar(q, k, v, scale, y);
     }
 }
+
+/// [`super::quantize_block_q8_0`] for every block of a row (`x.len()` a multiple of 32), eight
+/// values per instruction and the same results: the absolute maximum ignores NaNs as `f32::max`
+/// does, the scale and its inverse are the scalar code's, each value is rounded by the same
+/// magic-number addition, clamped, and NaNs become 0 as `as i8` makes them.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_row_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
+    let nb = x.len() / 32;
+    assert!(q.len() >= 32 * nb && d.len() >= nb && s.len() >= nb);
+    let sign = _mm256_set1_ps(-0.0);
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for b in 0..nb {
+        let xp = x.as_ptr().add(32 * b);
+        let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xp.add(8 * k)));
+        // max(|v|, m): MAXPS returns its second operand when either is NaN, so NaNs are skipped.
+        let mut m = _mm256_setzero_ps();
+        for vk in &v {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, *vk), m);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let amax = lanes.iter().fold(0f32, |a, &l| a.max(l));
+        d[b] = half::f16::from_f32(amax / 127.0).to_f32();
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let c: [__m256i; 4] = std::array::from_fn(|k| {
+            let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[k], id), magic), magic);
+            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(r, r);
+            let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+            _mm256_andnot_si256(_mm256_castps_si256(nan), _mm256_cvtps_epi32(r))
+        });
+        let sum = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
+        let mut sl = [0i32; 8];
+        _mm256_storeu_si256(sl.as_mut_ptr() as *mut __m256i, sum);
+        s[b] = sl.iter().sum();
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+        _mm256_storeu_si256(q.as_mut_ptr().add(32 * b) as *mut __m256i, _mm256_permutevar8x32_epi32(packed, order));
+    }
+}
