@@ -28,10 +28,6 @@ pub(crate) const MIN_TOKENS: usize = 16;
 const R: usize = 6;
 const P: usize = 4;
 
-/// Token pairs per pass over the rows: bounds the accumulators a thread keeps between row
-/// tiles (`[row][pair]`, 64 bytes each: 512 KB for a 128-row chunk).
-const PB: usize = 64;
-
 /// Whether this product runs here: 16-bit float weights, a batch, and the pair layout
 /// [`prepare`] made.
 pub(crate) fn takes(w: &WeightRef, a: &Activations) -> bool {
@@ -65,16 +61,9 @@ pub(crate) fn prepare(a: &mut Activations) {
     }
 }
 
-/// Per-thread buffers: the current row tile's weights widened to f32 (`[row][column of the
-/// pass]`) and the chunk's accumulators (`[row][pair]`, 16 lanes each).
-#[derive(Default)]
-struct Bufs {
-    w: Vec<f32>,
-    acc: Vec<f32>,
-}
-
+// Per-thread buffer: the current row tile's weights widened to f32.
 thread_local! {
-    static BUFS: std::cell::RefCell<Bufs> = std::cell::RefCell::new(Bufs::default());
+    static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Whether this CPU runs [`matmul_rows`] (checked once; part of `amx::available`).
@@ -84,42 +73,33 @@ pub(crate) fn available() -> bool {
 
 pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     debug_assert!(takes(w, a));
-    let mut bufs = BUFS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let mut buf = ROWS.with(|b| std::mem::take(&mut *b.borrow_mut()));
     // SAFETY: `available()` held when the kernel set was chosen (`amx::available` requires it).
     unsafe {
         if w.dtype == DType::BF16 {
-            rows_float::<true>(w, a, rows, out, &mut bufs);
+            rows_float::<true>(w, a, rows, out, &mut buf);
         } else {
-            rows_float::<false>(w, a, rows, out, &mut bufs);
+            rows_float::<false>(w, a, rows, out, &mut buf);
         }
     }
-    BUFS.with(|b| *b.borrow_mut() = bufs);
+    ROWS.with(|b| *b.borrow_mut() = buf);
 }
 
 #[target_feature(enable = "avx512f,avx2,f16c,fma")]
-unsafe fn rows_float<const BF: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, bufs: &mut Bufs) {
-    let groups = w.cols / 8;
-    let npairs = a.tokens.div_ceil(2);
-    let nrows = rows.len();
-    bufs.w.resize(R * (8 * groups + 16), 0.0);
-    for pb0 in (0..npairs).step_by(PB) {
-        let pn = PB.min(npairs - pb0);
-        super::resize(&mut bufs.acc, nrows * pn * 16);
-        let mut r0 = rows.start;
-        while r0 < rows.end {
-            let m = (rows.end - r0).min(R);
-            widen_rows::<BF>(w, r0, m, &mut bufs.w);
-            let pass = Pass { a, pb0, pn, acc: bufs.acc.as_mut_ptr(), wbuf: bufs.w.as_ptr() };
-            if m == R {
-                pass.pairs::<R>(r0 - rows.start, 0);
-            } else {
-                for r in 0..m {
-                    pass.pairs::<1>(r0 + r - rows.start, r);
-                }
+unsafe fn rows_float<const BF: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, buf: &mut Vec<f32>) {
+    buf.resize(R * (w.cols / 8 * 8 + 16), 0.0);
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let m = (rows.end - r0).min(R);
+        widen_rows::<BF>(w, r0, m, buf);
+        if m == R {
+            pairs::<R>(w, a, r0, buf, 0, out);
+        } else {
+            for r in 0..m {
+                pairs::<1>(w, a, r0 + r, buf, r, out);
             }
-            r0 += m;
         }
-        finish(w, a, rows.clone(), pb0, pn, &bufs.acc, out);
+        r0 += m;
     }
 }
 
@@ -139,91 +119,68 @@ unsafe fn widen_rows<const BF: bool>(w: &WeightRef, r0: usize, m: usize, buf: &m
     }
 }
 
-/// One pass over the rows for token pairs `pb0 .. pb0 + pn`.
-struct Pass<'a> {
-    a: &'a Activations,
-    pb0: usize,
-    pn: usize,
-    /// The accumulators, `[row of the chunk][pair of the pass]` × 16.
-    acc: *mut f32,
-    /// The widened rows of the current tile.
-    wbuf: *const f32,
-}
-
-impl Pass<'_> {
-    /// Rows `ri .. ri + RR` of the chunk (tile rows `wr ..` of `wbuf`) against the pass's pairs,
-    /// `P` at a time.
-    #[inline(always)]
-    unsafe fn pairs<const RR: usize>(&self, ri: usize, wr: usize) {
-        let mut p = 0;
-        while p < self.pn {
-            p += match self.pn - p {
-                n if n >= P => {
-                    self.tile::<RR, P>(ri, wr, p);
-                    P
-                }
-                n if n >= 2 => {
-                    self.tile::<RR, 2>(ri, wr, p);
-                    2
-                }
-                _ => {
-                    self.tile::<RR, 1>(ri, wr, p);
-                    1
-                }
-            };
-        }
-    }
-
-    /// `RR` rows × `PP` pairs over every full group, into their accumulators.
-    #[inline(always)]
-    unsafe fn tile<const RR: usize, const PP: usize>(&self, ri: usize, wr: usize, p: usize) {
-        let accp = |r: usize, q: usize| self.acc.add(((ri + r) * self.pn + p + q) * 16);
-        let mut acc = [[_mm512_setzero_ps(); PP]; RR];
-        let stride = pair_stride(self.a.cols);
-        let groups = self.a.cols / 8;
-        let xp = self.a.fp.as_ptr().add((self.pb0 + p) * stride);
-        let wrow = 8 * groups + 16;
-        let wp = self.wbuf.add(wr * wrow);
-        for g in 0..groups {
-            let x: [__m512; PP] = std::array::from_fn(|q| _mm512_loadu_ps(xp.add(q * stride + g * 16)));
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                // The row's 8 values in both halves (a broadcast load: no shuffle).
-                let wv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(wp.add(r * wrow + g * 8) as *const f64)));
-                for (q, acc_rq) in acc_r.iter_mut().enumerate() {
-                    *acc_rq = _mm512_fmadd_ps(wv, x[q], *acc_rq);
-                }
+/// Rows `r0 .. r0 + RR` (tile rows `wr ..` of `buf`) against every token pair, `P` at a time.
+#[inline(always)]
+unsafe fn pairs<const RR: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], wr: usize, out: OutPtr) {
+    let npairs = a.tokens.div_ceil(2);
+    let mut p = 0;
+    while p < npairs {
+        p += match npairs - p {
+            n if n >= P => {
+                tile::<RR, P>(w, a, r0, buf, wr, p, out);
+                P
             }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (q, acc_rq) in acc_r.iter().enumerate() {
-                _mm512_storeu_ps(accp(r, q), *acc_rq);
+            n if n >= 2 => {
+                tile::<RR, 2>(w, a, r0, buf, wr, p, out);
+                2
             }
-        }
+            _ => {
+                tile::<RR, 1>(w, a, r0, buf, wr, p, out);
+                1
+            }
+        };
     }
 }
 
-/// Per output of the pass's pairs: its lanes, the columns past the last full group (the scalar
-/// definition, same lanes), the lane reduction.
-unsafe fn finish(w: &WeightRef, a: &Activations, rows: Range<usize>, pb0: usize, pn: usize, acc: &[f32], out: OutPtr) {
+/// `RR` rows × token pairs `p0 .. p0 + PP` over every full group in registers; then per output
+/// the columns past them (the scalar definition, same lanes) and the lane reduction.
+#[inline(always)]
+unsafe fn tile<const RR: usize, const PP: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], wr: usize, p0: usize, out: OutPtr) {
     let cols = w.cols;
-    let full = cols / 8 * 8;
-    for (ri, r) in rows.enumerate() {
-        let row = w.row(r);
-        for q in 0..pn {
+    let groups = cols / 8;
+    let stride = pair_stride(cols);
+    let xp = a.fp.as_ptr().add(p0 * stride);
+    let wrow = 8 * groups + 16;
+    let wp = buf.as_ptr().add(wr * wrow);
+    let mut acc = [[_mm512_setzero_ps(); PP]; RR];
+    for g in 0..groups {
+        let x: [__m512; PP] = std::array::from_fn(|q| _mm512_loadu_ps(xp.add(q * stride + g * 16)));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            // The row's 8 values in both halves (a broadcast load: no shuffle).
+            let wv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(wp.add(r * wrow + g * 8) as *const f64)));
+            for (q, acc_rq) in acc_r.iter_mut().enumerate() {
+                *acc_rq = _mm512_fmadd_ps(wv, x[q], *acc_rq);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        let row = w.row(r0 + r);
+        for (q, acc_rq) in acc_r.iter().enumerate() {
+            let mut v = [0f32; 16];
+            _mm512_storeu_ps(v.as_mut_ptr(), *acc_rq);
             for h in 0..2 {
-                let t = 2 * (pb0 + q) + h;
+                let t = 2 * (p0 + q) + h;
                 if t >= a.tokens {
                     break;
                 }
-                let base = (ri * pn + q) * 16 + 8 * h;
-                let mut lanes: [f32; 8] = acc[base..base + 8].try_into().unwrap();
+                let mut lanes: [f32; 8] = v[8 * h..8 * h + 8].try_into().unwrap();
                 let x = &a.f[t * cols..(t + 1) * cols];
-                for i in full..cols {
+                for i in 8 * groups..cols {
                     let b = [row[2 * i], row[2 * i + 1]];
                     let wv = if w.dtype == DType::BF16 { half::bf16::from_le_bytes(b).to_f32() } else { half::f16::from_le_bytes(b).to_f32() };
                     lanes[i % 8] += wv * x[i];
                 }
-                out.set(t, r, reduce8(&lanes));
+                out.set(t, r0 + r, reduce8(&lanes));
             }
         }
     }
