@@ -434,12 +434,14 @@ unsafe fn tile_q6k<const C: usize>(row: &[u8], a: &Activations, t0: usize) -> [f
         let mut v1 = [i32x4_splat(0); C];
         // The relaxed-SIMD chunks take q (0..63) as it is: −32 · Σ_j sc_j · bsums_j here.
         #[cfg(target_feature = "relaxed-simd")]
-        for c in 0..if C > 1 { C } else { 0 } {
-            let bs = a.bsums.as_ptr().add(((t0 + c) * (a.cols / 256) + b) * 16) as *const v128;
-            let s01 = i16x8_narrow_i32x4(v128_load(bs), v128_load(bs.add(1)));
-            let s23 = i16x8_narrow_i32x4(v128_load(bs.add(2)), v128_load(bs.add(3)));
-            let corr = i32x4_add(i32x4_dot_i16x8(sc[0], s01), i32x4_dot_i16x8(sc[1], s23));
-            v1[c] = i32x4_sub(v1[c], i32x4_shl(corr, 5));
+        if C > 1 {
+            for c in 0..C {
+                let bs = a.bsums.as_ptr().add(((t0 + c) * (a.cols / 256) + b) * 16) as *const v128;
+                let s01 = i16x8_narrow_i32x4(v128_load(bs), v128_load(bs.add(1)));
+                let s23 = i16x8_narrow_i32x4(v128_load(bs.add(2)), v128_load(bs.add(3)));
+                let corr = i32x4_add(i32x4_dot_i16x8(sc[0], s01), i32x4_dot_i16x8(sc[1], s23));
+                v1[c] = i32x4_sub(v1[c], i32x4_shl(corr, 5));
+            }
         }
         q6k_chunk::<C, 0, 0>(blk, sc[0], a, t0, 256 * b, &mut v0, &mut v1);
         q6k_chunk::<C, 0, 1>(blk, sc[0], a, t0, 256 * b, &mut v0, &mut v1);

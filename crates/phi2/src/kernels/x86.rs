@@ -684,7 +684,7 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
     let mut scores = vec![0f32; n.next_multiple_of(8)];
     // Eight keys at a time: eight independent chains (one key's chain of adds alone is bound by
     // the add latency), and each query vector loaded once for the eight. Per key the same
-    // operations in the same order as below.
+    // operations in the same order as one at a time.
     let n8k = n - n % 8;
     for j0 in (0..n8k).step_by(8) {
         let mut acc = [_mm256_setzero_ps(); 8];
@@ -695,27 +695,16 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
             }
         }
         for (u, a) in acc.iter().enumerate() {
-            let kj = k.as_ptr().add((j0 + u) * hd);
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
-            for d in hd8..hd {
-                lanes[d % 8] += q[d] * *kj.add(d);
-            }
-            scores[j0 + u] = super::reduce8(&lanes) * scale;
+            scores[j0 + u] = key_score(q, k, j0 + u, *a, scale);
         }
     }
-    for (j, s) in scores.iter_mut().enumerate().take(n).skip(n8k) {
+    for j in n8k..n {
         let kj = k.as_ptr().add(j * hd);
         let mut acc = _mm256_setzero_ps();
         for d in (0..hd8).step_by(8) {
             acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(q.as_ptr().add(d)), _mm256_loadu_ps(kj.add(d))));
         }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        for d in hd8..hd {
-            lanes[d % 8] += q[d] * *kj.add(d);
-        }
-        *s = super::reduce8(&lanes) * scale;
+        scores[j] = key_score(q, k, j, acc, scale);
     }
     let m = scores[..n].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     let c = |x: f32| _mm256_set1_ps(x);
@@ -764,6 +753,20 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
     } else {
         super::attention::row_scalar(q, k, v, scale, y);
     }
+}
+
+/// Key j's score from its 8 lanes of `q · k_j` over the full groups (`acc`): the columns past
+/// them, the lane reduction, the scale (the scalar definition's operations, in order).
+#[inline(always)]
+unsafe fn key_score(q: &[f32], k: &[f32], j: usize, acc: __m256, scale: f32) -> f32 {
+    let hd = q.len();
+    let kj = k.as_ptr().add(j * hd);
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+    for d in hd - hd % 8..hd {
+        lanes[d % 8] += q[d] * *kj.add(d);
+    }
+    super::reduce8(&lanes) * scale
 }
 
 /// [`super::quantize_block_q8_0`] for every block of a row (`x.len()` a multiple of 32), eight
