@@ -3,7 +3,7 @@
 // from a fresh context. Prints one line `PHI2BENCH_RESULT {json}` on stdout.
 //   node child.mjs '{"engine":"phi2"|"node-llama-cpp","model":FILE,"threads":N,"backend":"cpu",
 //                    "promptTokens":[128],"genTokens":64,"warmup":true}'
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { promptIds } from './prompt.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
@@ -11,12 +11,18 @@ const peakRss = () => process.resourceUsage().maxRSS * 1024; // getrusage ru_max
 const maxP = Math.max(...cfg.promptTokens);
 
 // Linux: the share of the model file this process maps with 2 MB page-table entries (file pages
-// cached in 2 MB folios; weights stream faster from them), read while the model is loaded.
+// cached in 2 MB folios; weights stream faster from them), read while the model is loaded: the
+// FilePmdMapped of the mappings of that file in /proc/self/smaps.
 function hugePageShare() {
   try {
-    const smaps = readFileSync('/proc/self/smaps_rollup', 'utf8');
-    const kb = Number(/^FilePmdMapped:\s+(\d+) kB/m.exec(smaps)?.[1]);
-    return Number.isFinite(kb) ? Math.min(1, (kb * 1024) / statSync(cfg.model).size) : null;
+    const file = realpathSync(cfg.model);
+    let mine = false;
+    let kb = 0;
+    for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+      if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) mine = line.endsWith(` ${file}`);
+      else if (mine && line.startsWith('FilePmdMapped:')) kb += Number(line.split(/\s+/)[1]);
+    }
+    return Math.min(1, (kb * 1024) / statSync(file).size);
   } catch {
     return null;
   }

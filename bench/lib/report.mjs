@@ -125,7 +125,7 @@ const NOTES = [
   'time to first token = prefill: the engine\'s own clock from the call to the first sampled token (@x/phi2: timings.promptMs; node-llama-cpp: the first token out of evaluate(); wllama: timings.prompt_ms); prefill tok/s = prompt tokens / that time (includes one greedy sampling).',
   'decode tok/s = (generated − 1) / time from the first to the last token (each step: one forward pass of one token + sampling); end-of-text banned for @x/phi2 (logitBias), yielded and continued through for node-llama-cpp, ignore_eos for wllama, so every engine runs the same number of steps.',
   'peak RSS: getrusage maxRSS of the run\'s own process (load + every generation). × columns: advantage of @x/phi2 (>1 = @x/phi2 faster or smaller).',
-  'model file mapped on 2 MB pages (Linux): FilePmdMapped of the run\'s process over the file size, after the generations. Weights stream faster from 2 MB pages; the page cache has them where the file was read in large pieces (--load warm evicts the file and reads it back in 8 MB reads, so both engines start from the same state), not where it was written or faulted in small pieces.',
+  'model file mapped on 2 MB pages (Linux): FilePmdMapped of the model file\'s mappings in the run\'s process (/proc/self/smaps) over the file size, after the generations. Weights stream faster from 2 MB pages; the page cache has them where the file was read in large pieces (--load warm evicts the file and reads it back in 8 MB reads, so both engines start from the same state), not where it was written or faulted in small pieces.',
 ];
 
 export function renderText(report, { markdown = false } = {}) {
