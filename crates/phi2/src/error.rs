@@ -47,6 +47,10 @@ pub enum Error {
     #[error("cancelled: {what}")]
     Cancelled { what: String },
 
+    /// The backend asked for (e.g. CUDA) is not in this build or not usable on this machine.
+    #[error("backend `{backend}` unavailable: {why}")]
+    BackendUnavailable { backend: &'static str, why: String },
+
     /// The computation backend (candle) failed. This is an internal error, never bad input.
     #[error("backend error: {0}")]
     Backend(#[from] candle_core::Error),
@@ -68,6 +72,7 @@ impl Error {
             Error::OutOfMemory { .. } => "E_OUT_OF_MEMORY",
             Error::Busy { .. } => "E_BUSY",
             Error::Cancelled { .. } => "E_CANCELLED",
+            Error::BackendUnavailable { .. } => "E_BACKEND_UNAVAILABLE",
             Error::Backend(_) => "E_BACKEND",
         }
     }

@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod config;
 pub mod convert;
+pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod generate;
@@ -32,6 +33,7 @@ pub mod weights;
 
 pub use batch::{Batch, BatchConfig, BatchEvent, SeqId, TokenLogprobs};
 pub use config::Phi2Config;
+pub use device::Backend;
 pub use dtype::{DType, TensorData, TensorSource, TensorView};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateOptions, Generation, Session};

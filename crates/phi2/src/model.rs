@@ -27,6 +27,8 @@ pub struct ModelInfo {
     pub dtype: DType,
     /// The context length in the file; `config.context_length` is this or a loader's cap.
     pub trained_context_length: usize,
+    /// Where it runs: `"cpu"`, `"cuda:0 (NVIDIA H200, compute 9.0)"` ([`crate::device::describe`]).
+    pub device: String,
 }
 
 /// A loaded model: config + weights. Immutable and shareable across threads; each generation
@@ -125,8 +127,15 @@ impl Phi2 {
     /// Loads a `.gguf` file, a `.safetensors` file (config.json beside it), or a directory with
     /// config.json and safetensors (one file or shards with `model.safetensors.index.json`).
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_on(path, crate::Backend::Cpu)
+    }
+
+    /// [`Phi2::load`] onto `backend`: the CPU, or a CUDA device (weights and KV cache on the
+    /// device, [`crate::device`]); a build without the `cuda` feature answers
+    /// `E_BACKEND_UNAVAILABLE`.
+    pub fn load_on(path: &Path, backend: crate::Backend) -> Result<Self> {
         pin_cpu_kernels();
-        let device = Device::Cpu;
+        let device = backend.device()?;
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let is_gguf = meta.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         if is_gguf || (meta.is_file() && has_gguf_magic(path)) {
@@ -156,7 +165,12 @@ impl Phi2 {
     }
 
     pub(crate) fn from_parts(config: Phi2Config, weights: Phi2Weights, format: &'static str, device: Device) -> Result<Self> {
-        let info = ModelInfo { format, dtype: weights.dtype, trained_context_length: config.context_length };
+        let info = ModelInfo {
+            format,
+            dtype: weights.dtype,
+            trained_context_length: config.context_length,
+            device: crate::device::describe(&device),
+        };
         Ok(Phi2 { config, info, weights, device })
     }
 
@@ -325,6 +339,9 @@ impl Phi2 {
         // The engine's attention ([`kernels::attention`]), causal by construction (row i sees
         // positions ..= pos + i): each row's bits do not depend on how the prompt was split into
         // passes or batched with other sequences, nor on the ISA.
+        if !self.device.is_cpu() {
+            return self.attend_on_device(&q, kv, t);
+        }
         let (kc, vc) = (kv.k.as_ref().expect("appended above"), kv.v.as_ref().expect("appended above"));
         let shape = kernels::attention::AttnShape { heads: nh, head_dim: hd, cap: kc.dim(2)?, pos: kv.len - t, tokens: t };
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
@@ -333,6 +350,27 @@ impl Phi2 {
         let threads = kernels::pool::threads();
         with_f32(&q, |qs| with_f32(kc, |ks| with_f32(vc, |vs| kernels::attention::attention(qs, ks, vs, shape, scale, &mut y, threads))))???;
         Tensor::from_vec(y, (t, hidden), q.device())
+    }
+
+    /// Attention on a GPU with candle's ops, after the rotated keys and values were appended:
+    /// q `[1, heads, T, head_dim]` against the `kv.len` cached positions → `[T, H]`. Scores and
+    /// softmax in f32; row i sees positions `..= kv.len - T + i`.
+    fn attend_on_device(&self, q: &Tensor, kv: &LayerKv, t: usize) -> candle_core::Result<Tensor> {
+        let (hd, len) = (self.config.head_dim(), kv.len);
+        let k = kv.k.as_ref().expect("appended above").narrow(2, 0, len)?;
+        let v = kv.v.as_ref().expect("appended above").narrow(2, 0, len)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?; // [1, heads, T, len]
+        if t > 1 {
+            let pos = len - t;
+            let mask: Vec<f32> = (0..t)
+                .flat_map(|i| (0..len).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
+                .collect();
+            scores = scores.broadcast_add(&Tensor::from_vec(mask, (t, len), q.device())?)?;
+        }
+        let p = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = p.matmul(&v)?; // [1, heads, T, head_dim]
+        y.transpose(1, 2)?.reshape((t, self.config.hidden_size))
     }
 
     /// NeoX rotary on the first `rotary_dim` dims of each head; the rest pass through.

@@ -82,6 +82,9 @@ pub fn matmul(x: &Tensor, w: &Matrix) -> Option<candle_core::Result<Tensor>> {
 
 /// [`matmul`] without the enable switch (tests call it inside a pool of their own).
 pub fn matmul_on_pool(x: &Tensor, w: &Matrix) -> Option<candle_core::Result<Tensor>> {
+    if !x.device().is_cpu() {
+        return None;
+    }
     let threads = rayon::current_num_threads();
     let y = match w {
         Matrix::Quant(QMatMul::QTensor(q)) => {

@@ -333,6 +333,10 @@ impl Linear {
             return p.forward(x, &self.bias, true);
         }
         let y = self.forward(x)?;
+        if !y.device().is_cpu() {
+            // candle's `gelu` is the same tanh form as `gelu_new`, on the device.
+            return y.gelu();
+        }
         let shape = y.dims().to_vec();
         let mut v = y.flatten_all()?.to_vec1::<f32>()?;
         let n = *shape.last().unwrap_or(&1);
@@ -476,7 +480,9 @@ impl<'a> Loader<'a> {
     }
 
     fn matrix_from_bytes(&self, name: &str, dtype: DType, data: std::borrow::Cow<'_, [u8]>, shape: [usize; 2]) -> Result<Matrix> {
-        if kernels::supports(dtype) && WeightRef::new(dtype, shape[0], shape[1], &data).is_some() {
+        // Our kernels run on the CPU; on a GPU every matrix goes to candle's device kernels.
+        let ours = self.device.is_cpu() && kernels::supports(dtype);
+        if ours && WeightRef::new(dtype, shape[0], shape[1], &data).is_some() {
             let bytes = WeightBytes::from_source(self.src, data);
             if let Some(p) = Packed::new(dtype, shape[0], shape[1], bytes) {
                 return Ok(Matrix::Packed(p));
@@ -528,7 +534,7 @@ impl<'a> Loader<'a> {
                     .collect::<Result<Vec<_>>>()?;
                 let dtype = views[0].dtype;
                 // Types our kernels take stay three matrices used in place (no fused copy).
-                if views.iter().all(|v| v.dtype == dtype) && !kernels::supports(dtype) {
+                if views.iter().all(|v| v.dtype == dtype) && !(self.device.is_cpu() && kernels::supports(dtype)) {
                     // Row-major [out, in] matrices (quantized rows included) stack along `out` by
                     // concatenating their bytes: one matmul instead of three.
                     let mut data: Vec<u8> = Vec::with_capacity(views.iter().map(|v| v.data.len()).sum());
