@@ -42,9 +42,10 @@ export declare class NativeCancelToken {
 export declare class NativeModel {
   /**
    * Loads off the JS thread. `threads` sets the process-wide compute threads of the engine's
-   * kernels (the latest load's value wins).
+   * kernels (the latest load's value wins). `backend`: `"cpu"` (default), `"cuda"` or
+   * `"cuda:N"` (only the CUDA build has it; others answer `E_BACKEND_UNAVAILABLE`).
    */
-  static load(path: string, threads?: number | undefined | null): Promise<NativeModel>
+  static load(path: string, threads?: number | undefined | null, backend?: string | undefined | null): Promise<NativeModel>
   get info(): NativeModelInfo
   /** The tokenizer stored in a GGUF file's metadata, or null for safetensors models. */
   ggufVocab(): NativeGgufVocab | null
@@ -75,6 +76,8 @@ export declare class NativeSession {
   dispose(): void
 }
 
+export declare function addonBackends(): NativeBackends
+
 /** The file types `convertModel` writes, as llama-quantize spells them. */
 export declare function convertFileTypes(): Array<string>
 
@@ -83,6 +86,17 @@ export declare function convertFileTypes(): Array<string>
  * a `*.index.json`) into a GGUF file at `out`. `onProgress(err, p)` is called as chunks are written.
  */
 export declare function convertModel(src: string, out: string, options: NativeConvertOptions, onProgress?: (((err: Error | null, arg: NativeConvertProgress) => any)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeConvertReport>
+
+/**
+ * Free and total memory of CUDA device `ordinal`, in bytes (`E_BACKEND_UNAVAILABLE` without
+ * CUDA).
+ */
+export declare function cudaMemory(ordinal: number): NativeDeviceMemory
+
+export interface NativeBackends {
+  /** Built with candle's CUDA device (the `cuda` feature). */
+  cuda: boolean
+}
 
 /** Limits of the batch engine (engine defaults when absent). */
 export interface NativeBatchConfig {
@@ -167,6 +181,11 @@ export interface NativeConvertReport {
   tokenizer: string
 }
 
+export interface NativeDeviceMemory {
+  free: number
+  total: number
+}
+
 export interface NativeGenerateOptions {
   maxNewTokens: number
   doSample: boolean
@@ -221,6 +240,8 @@ export interface NativeModelInfo {
   layerNormEps: number
   contextLength: number
   eosTokenId?: number
+  /** Where it runs: `"cpu"` or `"cuda:0 (NVIDIA H200, compute 9.0)"`. */
+  device: string
 }
 
 /** What speculative decoding did (all zero when off, or not used for this model's type). */

@@ -23,6 +23,7 @@ use phi2::{Phi2, Session};
 mod batch;
 mod convert;
 mod probe;
+mod runtime;
 
 /// A JS error carrying a stable code as the message prefix.
 fn coded(code: &str, msg: impl std::fmt::Display) -> Error {
@@ -76,6 +77,8 @@ pub struct NativeModelInfo {
     pub layer_norm_eps: f64,
     pub context_length: u32,
     pub eos_token_id: Option<u32>,
+    /// Where it runs: `"cpu"` or `"cuda:0 (NVIDIA H200, compute 9.0)"`.
+    pub device: String,
 }
 
 #[napi(object)]
@@ -173,6 +176,7 @@ pub struct NativeModel {
 
 pub struct LoadTask {
     path: PathBuf,
+    backend: String,
 }
 
 impl Task for LoadTask {
@@ -180,7 +184,10 @@ impl Task for LoadTask {
     type JsValue = NativeModel;
 
     fn compute(&mut self) -> Result<Phi2> {
-        guarded("loading the model", || Phi2::load(&self.path).map_err(engine_err))
+        guarded("loading the model", || {
+            let backend = phi2::Backend::parse(&self.backend).map_err(engine_err)?;
+            Phi2::load_on(&self.path, backend).map_err(engine_err)
+        })
     }
 
     fn resolve(&mut self, _env: Env, model: Phi2) -> Result<NativeModel> {
@@ -213,13 +220,14 @@ impl Task for LogprobsTask {
 #[napi]
 impl NativeModel {
     /// Loads off the JS thread. `threads` sets the process-wide compute threads of the engine's
-    /// kernels (the latest load's value wins).
+    /// kernels (the latest load's value wins). `backend`: `"cpu"` (default), `"cuda"` or
+    /// `"cuda:N"` (only the CUDA build has it; others answer `E_BACKEND_UNAVAILABLE`).
     #[napi(ts_return_type = "Promise<NativeModel>")]
-    pub fn load(path: String, threads: Option<u32>) -> AsyncTask<LoadTask> {
+    pub fn load(path: String, threads: Option<u32>, backend: Option<String>) -> AsyncTask<LoadTask> {
         if let Some(n) = threads.filter(|&n| n > 0) {
             phi2::kernels::pool::set_threads(n as usize);
         }
-        AsyncTask::new(LoadTask { path: PathBuf::from(path) })
+        AsyncTask::new(LoadTask { path: PathBuf::from(path), backend: backend.unwrap_or_else(|| "cpu".into()) })
     }
 
     #[napi(getter)]
@@ -242,6 +250,7 @@ impl NativeModel {
             layer_norm_eps: c.layer_norm_eps,
             context_length: c.context_length as u32,
             eos_token_id: c.eos_token_id,
+            device: m.info.device.clone(),
         })
     }
 

@@ -48,7 +48,7 @@ export const FLAGS = {
     commands: ALL,
     group: 'Model',
   },
-  backend: { type: 'string', arg: 'B', help: 'auto | cpu | wasm (default auto = cpu; cuda is not in this build)', commands: ALL, group: 'Model' },
+  backend: { type: 'string', arg: 'B', help: 'auto | cpu | cuda | wasm (default auto: cuda where usable, else cpu)', commands: ALL, group: 'Model' },
   quiet: { type: 'boolean', help: 'no progress or statistics on stderr', commands: ALL, group: 'Model' },
 
   'max-new-tokens': {

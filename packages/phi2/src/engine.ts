@@ -24,6 +24,8 @@ export interface EngineModelInfo {
   /** The file's context length when the engine capped `contextLength` (wasm), else absent. */
   trainedContextLength?: number
   eosTokenId?: number | null
+  /** Native engines: the device the model runs on (`'cpu'`, `'cuda:0 (…)'`). */
+  device?: string
 }
 
 export interface EngineGgufVocab {
@@ -112,12 +114,16 @@ export interface EngineLoadOptions {
   cache?: boolean
   /** The `contextLength` load option: the wasm engine caps its context there (and plans memory for it). */
   contextLength?: number | null
+  /** Why the backend asked for was not used (e.g. CUDA under `'auto'`): starts `runtime.reason`. */
+  note?: string
 }
 
 /** Which engine build runs and why (`model.info.runtime`). */
 export interface EngineRuntime {
-  backend: 'cpu' | 'wasm'
-  build: 'native' | 'wasm-simd' | 'wasm-simd-threads'
+  backend: 'cpu' | 'cuda' | 'wasm'
+  build: 'native' | 'native-cuda' | 'wasm-simd' | 'wasm-simd-threads'
+  /** Native builds: the device, `'cpu'` or e.g. `'cuda:0 (NVIDIA H200, compute 9.0)'`. */
+  device?: string
   /**
    * wasm only: which wasm build runs: `'st'` (SIMD128), `'mt'` (SIMD128 + threads) or `'relaxed'`
    * (mt plus relaxed SIMD, picked over mt where the JS engine validates relaxed SIMD and passes a self-test).
@@ -142,7 +148,7 @@ export interface EngineLoaded {
 
 export interface Engine {
   /** Backend name reported in `model.info.backend`. */
-  readonly backend: 'cpu' | 'wasm'
+  readonly backend: 'cpu' | 'cuda' | 'wasm'
   load(source: EngineSource, options: EngineLoadOptions): Promise<EngineLoaded>
   createCancelToken(): EngineCancelToken
 }

@@ -39,9 +39,14 @@ import { type Phi2Tokenizer, type TokenizerSource, tokenizerFromGguf } from './t
 
 /** `model.info.runtime`: which engine build runs and why. */
 export interface ModelRuntime {
-  backend: 'cpu' | 'wasm'
-  /** `'native'` (addon), `'wasm-simd'` (single-threaded wasm), `'wasm-simd-threads'` (wasm with a thread pool). */
-  build: 'native' | 'wasm-simd' | 'wasm-simd-threads'
+  backend: 'cpu' | 'cuda' | 'wasm'
+  /**
+   * `'native'` (CPU addon), `'native-cuda'` (CUDA addon), `'wasm-simd'` (single-threaded wasm),
+   * `'wasm-simd-threads'` (wasm with a thread pool).
+   */
+  build: 'native' | 'native-cuda' | 'wasm-simd' | 'wasm-simd-threads'
+  /** Native builds: the device the model runs on, `'cpu'` or e.g. `'cuda:0 (NVIDIA H200, compute 9.0)'`. */
+  device?: string
   /**
    * wasm only: which wasm build runs: `'st'` (SIMD128), `'mt'` (SIMD128 + threads) or `'relaxed'`
    * (mt plus relaxed SIMD, picked over mt where the JS engine validates relaxed SIMD and passes a self-test).
@@ -70,8 +75,8 @@ export interface ModelInfo {
   format: ModelFormat
   /** Bulk weight type: `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q4_K`, `q5_K`, `q6_K`. */
   dtype: string
-  /** The compute backend in use: `'cpu'` (native addon) or `'wasm'` (wasm engine in a Worker). */
-  backend: 'cpu' | 'wasm'
+  /** The compute backend in use: `'cpu'` (native addon), `'cuda'` (CUDA addon) or `'wasm'` (wasm engine in a Worker). */
+  backend: 'cpu' | 'cuda' | 'wasm'
   /** Which engine build runs, with how many threads, and why. */
   runtime: ModelRuntime
   /**
@@ -123,6 +128,8 @@ export interface LoadPlan {
   useGgufVocab: boolean
   /** Size of the weights when the engine does not report one (Node: sizes on disk). */
   fileSize?: () => number
+  /** Why the backend asked for was not used (`'auto'` without CUDA): starts `runtime.reason`. */
+  note?: string
 }
 
 /** The platform-neutral load: engine load (abortable, with progress) → tokenizer → `Phi2Model`. */
@@ -140,6 +147,7 @@ export async function loadWithEngine(plan: LoadPlan): Promise<Phi2Model> {
       onProgress: progress,
       cache: opts.cache ?? true,
       contextLength: opts.contextLength ?? null,
+      ...(plan.note ? { note: plan.note } : {}),
     })
   } catch (err) {
     throw fromNativeError(err, { loading: plan.display })

@@ -13,8 +13,10 @@ import { Phi2OptionsError } from './errors.js'
 // Shared pieces
 
 /**
- * Compute backends. `'cpu'`: the native addon (Node only). `'wasm'`: the wasm32+SIMD128 engine in a
- * Worker (browsers, and Node). `'auto'`: `'cpu'` in Node, `'wasm'` in browsers. `'cuda'`: not in this build.
+ * Compute backends. `'cpu'`: the native addon (Node only). `'cuda'`: the CUDA addon on an NVIDIA GPU
+ * (Node on linux-x64 with the driver and `@x/phi2-native-linux-x64-gnu-cuda` installed). `'wasm'`:
+ * the wasm32+SIMD128 engine in a Worker (browsers, and Node). `'auto'`: `'cuda'` where it is usable,
+ * else `'cpu'` in Node; `'wasm'` in browsers.
  */
 export type Backend = 'auto' | 'cpu' | 'cuda' | 'wasm'
 
@@ -99,8 +101,10 @@ export interface LoadOptions {
    */
   contextLength?: number
   /**
-   * Compute backend. Default `'auto'` (= `'cpu'` in Node, `'wasm'` in browsers). `'cuda'` is not
-   * available in this build (nor is `'cpu'` in browsers): `E_BACKEND_UNAVAILABLE`.
+   * Compute backend. Default `'auto'`: in Node the GPU (`'cuda'`) where the CUDA addon and an NVIDIA
+   * driver are there, else `'cpu'`, with the reason in `model.info.runtime.reason`; `'wasm'` in
+   * browsers. `'cuda'` where it is not usable (and `'cpu'` / `'cuda'` in browsers):
+   * `E_BACKEND_UNAVAILABLE`, naming what is missing.
    */
   backend?: Backend
   /**

@@ -211,7 +211,7 @@ export async function main(file: File): Promise<string> {
   const m = await loadModel(src, { backend: 'wasm', threads: 2, cache: false, onProgress: (p: LoadProgress) => console.log(p.phase, p.loadedBytes, p.totalBytes) })
   const m2 = await loadModel(defaultModelUrl(), { signal: new AbortController().signal })
   const rt: ModelRuntime = m.info.runtime
-  const build: 'native' | 'wasm-simd' | 'wasm-simd-threads' = rt.build
+  const build: 'native' | 'native-cuda' | 'wasm-simd' | 'wasm-simd-threads' = rt.build
   for await (const c of m2.stream('Hi', { maxNewTokens: 4 })) console.log(c.text)
   m.dispose()
   return build + rt.reason + String(m2.info.fromCache)

@@ -7,15 +7,15 @@ import { availableParallelism } from 'node:os'
 import { basename, dirname, extname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
-import type { EngineSource } from '../engine.js'
+import type { Engine, EngineSource } from '../engine.js'
 import { Phi2BackendUnavailableError, Phi2ModelLoadError, Phi2OptionsError, abortErrorFrom } from '../errors.js'
-import { type Phi2Model, loadWithEngine } from '../model.js'
+import { type LoadPlan, type Phi2Model, loadWithEngine } from '../model.js'
 import { type LoadOptions, LoadOptionsSchema, invalidOption, parseOptions } from '../options.js'
 import { sourceFromValue, type ModelSource } from '../sources.js'
 import { type Phi2RemoteModel, type RemoteSource, isRemoteSource, loadRemoteModel } from '../remote.js'
 import { type WasmEnvironment, type WorkerHandle, wasmEngine } from '../wasm/client.js'
 import { bundledTokenizer, packageAsset, tokenizerFromDirectory } from './files.js'
-import { nativeEngine } from './native.js'
+import { cudaEngine, nativeEngine } from './native.js'
 import { resolveNamedSource } from './named-sources.js'
 import { workerExecArgv } from './worker-exec-argv.js'
 
@@ -59,7 +59,7 @@ let wasmNode: ReturnType<typeof wasmEngine> | undefined
 /**
  * Loads a Phi-2 model.
  *
- * - backend `'cpu'` / `'auto'` (native addon): a `.gguf` file, a `.safetensors` file (with
+ * - backend `'cpu'` / `'cuda'` / `'auto'` (native addon): a `.gguf` file, a `.safetensors` file (with
  *   `config.json` next to it), or a Hugging Face model directory (`config.json` + `*.safetensors`
  *   shards, ideally `tokenizer.json`).
  * - A `file:` URL (a `URL`, e.g. `pathToFileURL(p)`, or its `href`) is read as its path on every backend.
@@ -88,7 +88,10 @@ export async function loadModel(source: ModelSource | RemoteSource, options?: Lo
   const opts = parseOptions(LoadOptionsSchema, options, 'loadModel')
   const backend = opts.backend ?? 'auto'
   if (backend === 'cuda') {
-    throw new Phi2BackendUnavailableError('cuda', `The 'cuda' backend is not available in this build of @x/phi2: use backend 'cpu' (or 'auto') or 'wasm'`)
+    const cuda = cudaEngine()
+    if ('reason' in cuda) {
+      throw new Phi2BackendUnavailableError('cuda', `The 'cuda' backend is not available: ${cuda.reason}. Use backend 'cpu' (or 'auto') or 'wasm'`)
+    }
   }
   if (opts.signal?.aborted) throw abortErrorFrom(opts.signal)
   source = fileUrlToPath(source)
@@ -116,15 +119,28 @@ export async function loadModel(source: ModelSource | RemoteSource, options?: Lo
       cause: err,
     })
   }
-  return loadWithEngine({
-    engine: nativeEngine(),
+  const plan = (engine: Engine, note?: string): LoadPlan => ({
+    engine,
     source: { kind: 'path', path, name: source },
     display: path,
     options: opts,
     useGgufVocab: !isDir && extname(path).toLowerCase() === '.gguf',
     fallbackTokenizer: () => tokenizerFromDirectory(isDir ? path : dirname(path)) ?? bundledTokenizer(),
     fileSize: () => weightFilesSize(path, isDir),
+    ...(note ? { note } : {}),
   })
+  if (backend === 'cpu') return loadWithEngine(plan(nativeEngine()))
+  // 'cuda' (available: checked above) or 'auto': the GPU when there is one, else the CPU, saying why.
+  const cuda = cudaEngine()
+  if ('reason' in cuda) return loadWithEngine(plan(nativeEngine(), `CUDA not used: ${cuda.reason}`))
+  try {
+    return await loadWithEngine(plan(cuda.engine))
+  } catch (err) {
+    if (backend === 'auto' && err instanceof Phi2BackendUnavailableError) {
+      return loadWithEngine(plan(nativeEngine(), `CUDA not used: ${err.message}`))
+    }
+    throw err
+  }
 }
 
 /** A `file:` URL (a `URL` or a string) → its path, on every backend; anything else unchanged. */
