@@ -133,3 +133,25 @@ async function measureWasmBandwidth({ threads, bufferBytes, passes }) {
     for (const w of workers) await w.terminate();
   }
 }
+
+/**
+ * The GPU's memory bandwidth for `--backend cuda`: the CUDA addon's device-to-device copy of
+ * `bufferBytes`, bytes read + written, best of `passes` (a decode step on the GPU streams its
+ * weights from device memory, so this is its ceiling).
+ * @returns {{gbPerS: number, threads: number, bufferBytes: number, passes: number, method: string}}
+ */
+export function measureCudaBandwidth({ bufferBytes = 4 * 2 ** 30, passes = 10, ordinal = 0 } = {}) {
+  const require = createRequire(import.meta.url);
+  let addon;
+  for (const from of [null, '@x/phi2']) {
+    try {
+      addon = (from ? createRequire(require.resolve(from)) : require)('@x/phi2-native/cuda');
+      break;
+    } catch (e) {
+      if (from) throw new Error(`the CUDA addon does not load: ${String(e?.message ?? e).split('\n')[0]}`);
+    }
+  }
+  const mib = Math.max(1, Math.round(bufferBytes / 2 ** 20));
+  const gbPerS = addon.cudaCopyBandwidth(ordinal, mib, passes);
+  return { gbPerS, threads: 1, bufferBytes: mib * 2 ** 20, passes, method: `CUDA device ${ordinal}: device-to-device copy of ${(mib / 1024).toFixed(2)} GiB, bytes read + written, best of ${passes}` };
+}

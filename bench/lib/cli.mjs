@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { measureBandwidth } from './bandwidth.mjs';
+import { measureBandwidth, measureCudaBandwidth } from './bandwidth.mjs';
 import { decodeBytesPerToken, readGgufInfo, typeSummary } from './gguf-info.mjs';
 import { printReport, writeResults } from './report.mjs';
 import { SHAPES, SYNTHETIC_TYPES, defaultCacheDir, ensureSynthetic, syntheticPath } from './synthetic.mjs';
@@ -33,9 +33,13 @@ what to run
   --gen-tokens N           greedy tokens per generation, >= 2 (default 64)
   --threads N              compute threads for every engine (default: all ${os.availableParallelism()} cores)
   --runs N                 measured runs per engine, alternating engines; median and min–max (default 3)
-  --backend cpu|wasm|cuda  @x/phi2's backend in Node (default cpu)
-  --compare LIST           node-llama-cpp and/or wllama, comma-separated: node-llama-cpp on the same file
-                           and threads; wllama in headless Chromium against @x/phi2's wasm build, same page setup
+  --backend cpu|wasm|cuda  @x/phi2's backend in Node (default cpu); cuda: the CUDA addon on GPU 0, and the
+                           ceiling is the GPU's memory bandwidth (a device copy) instead of the CPU's
+  --compare LIST           node-llama-cpp, wllama and/or transformers, comma-separated: node-llama-cpp on the
+                           same file and threads; wllama in headless Chromium against @x/phi2's wasm build,
+                           same page setup; transformers (with --backend cuda and --synthetic): HF
+                           PhiForCausalLM in PyTorch fp16, eager attention, random weights of the same shapes,
+                           on the same GPU (python3 with torch + transformers, or $PHI2_PYTHON)
   --load warm|cold         warm (default): the file is evicted and read back into the page cache
                            (8 MB reads) before the runs;
                            cold: evicted from the page cache before every run (dd iflag=nocache)
@@ -97,7 +101,10 @@ export function parseArgs(argv) {
   const backend = o['--backend'] ?? 'cpu';
   if (!['cpu', 'wasm', 'cuda'].includes(backend)) throw new UsageError(`--backend must be cpu, wasm or cuda, got "${backend}"`);
   const compare = o['--compare'] ? String(o['--compare']).split(',').map((s) => s.trim()) : [];
-  for (const c of compare) if (!['node-llama-cpp', 'wllama'].includes(c)) throw new UsageError(`--compare takes node-llama-cpp and/or wllama, got "${c}"`);
+  for (const c of compare) if (!['node-llama-cpp', 'wllama', 'transformers'].includes(c)) throw new UsageError(`--compare takes node-llama-cpp, wllama and/or transformers, got "${c}"`);
+  if (compare.includes('transformers') && (backend !== 'cuda' || !o['--synthetic'])) {
+    throw new UsageError('--compare transformers runs HF transformers on the GPU with random weights of the synthetic shapes: it needs --backend cuda and --synthetic');
+  }
   const load = o['--load'] ?? 'warm';
   if (!['warm', 'cold'].includes(load)) throw new UsageError(`--load must be warm or cold, got "${load}"`);
   const bandwidthMb = posInt('--bandwidth-mb', o['--bandwidth-mb'] ?? '1024', 16, 3072);
@@ -171,7 +178,11 @@ async function readThrough(file) {
 
 function runChild(cfg) {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [path.join(here, 'child.mjs'), JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_LLAMA_CPP_SKIP_DOWNLOAD: 'true' } });
+    // HF transformers runs in Python (bench/peers/transformers_peer.py; python3 with torch and
+    // transformers, $PHI2_PYTHON to choose another), every other engine in Node.
+    const [cmd, script] = cfg.engine === 'transformers' ? [process.env.PHI2_PYTHON ?? 'python3', path.join(pkgDir, 'peers', 'transformers_peer.py')] : [process.execPath, path.join(here, 'child.mjs')];
+    const child = spawn(cmd, [script, JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_LLAMA_CPP_SKIP_DOWNLOAD: 'true' } });
+    child.on('error', (e) => resolve({ error: `${cmd}: ${e.message}` }));
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
@@ -271,9 +282,19 @@ export async function main(argv) {
   // Bandwidth
   let bandwidth = null;
   if (opts.bandwidth) {
-    log(`measuring memory read bandwidth (${opts.threads} thread${opts.threads > 1 ? 's' : ''}, ${opts.bandwidthMb} MiB)…`);
-    bandwidth = await measureBandwidth({ threads: opts.threads, bufferBytes: opts.bandwidthMb * 2 ** 20 });
-    if (opts.threads !== os.availableParallelism()) {
+    if (opts.backend === 'cuda') {
+      log('measuring the GPU\'s memory bandwidth (device copy)…');
+      try {
+        bandwidth = measureCudaBandwidth({ bufferBytes: Math.max(opts.bandwidthMb, 1024) * 4 * 2 ** 20 });
+      } catch (e) {
+        log(`phi2-bench: --backend cuda: ${e?.message ?? e}`);
+        return 2;
+      }
+    } else {
+      log(`measuring memory read bandwidth (${opts.threads} thread${opts.threads > 1 ? 's' : ''}, ${opts.bandwidthMb} MiB)…`);
+      bandwidth = await measureBandwidth({ threads: opts.threads, bufferBytes: opts.bandwidthMb * 2 ** 20 });
+    }
+    if (opts.backend !== 'cuda' && opts.threads !== os.availableParallelism()) {
       const all = await measureBandwidth({ threads: os.availableParallelism(), bufferBytes: opts.bandwidthMb * 2 ** 20 });
       bandwidth.allCoresGbPerS = all.gbPerS;
     }
@@ -288,6 +309,11 @@ export async function main(argv) {
       return 2;
     }
     engines.push({ id: 'node-llama-cpp', label: 'node-llama-cpp' });
+  }
+  if (opts.compare.includes('transformers')) {
+    // Random weights of the synthetic model's shapes in PyTorch fp16, eager attention: the peer
+    // reads no file (it has no GGUF loader), so it needs --synthetic to know the shapes.
+    engines.push({ id: 'transformers', label: 'HF transformers fp16' });
   }
   const fileRes = model.sizeBytes ? pageCacheResident(file) : null;
   if (opts.load === 'warm' && model.sizeBytes) {
@@ -304,6 +330,7 @@ export async function main(argv) {
       if (opts.load === 'cold' && model.sizeBytes) evictFromPageCache(file);
       const residentBefore = model.sizeBytes ? pageCacheResident(file) : null;
       const cfg = { engine: e.id, model: file, threads: opts.threads, backend: opts.backend, promptTokens: opts.promptTokens, genTokens: opts.genTokens, warmup: opts.warmup };
+      if (e.id === 'transformers') cfg.shape = SHAPES[opts.shape];
       const t0 = performance.now();
       const r = await runChild(cfg);
       r.residentBefore = residentBefore;

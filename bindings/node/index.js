@@ -842,5 +842,6 @@ module.exports.NativeSession = nativeBinding.NativeSession
 module.exports.addonBackends = nativeBinding.addonBackends
 module.exports.convertFileTypes = nativeBinding.convertFileTypes
 module.exports.convertModel = nativeBinding.convertModel
+module.exports.cudaCopyBandwidth = nativeBinding.cudaCopyBandwidth
 module.exports.cudaMemory = nativeBinding.cudaMemory
 module.exports.readBandwidth = nativeBinding.readBandwidth

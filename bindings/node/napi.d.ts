@@ -88,6 +88,13 @@ export declare function convertFileTypes(): Array<string>
 export declare function convertModel(src: string, out: string, options: NativeConvertOptions, onProgress?: (((err: Error | null, arg: NativeConvertProgress) => any)) | undefined | null, cancel?: NativeCancelToken | undefined | null): Promise<NativeConvertReport>
 
 /**
+ * The memory bandwidth of CUDA device `ordinal` in GB/s (bytes read + written by the best of
+ * `passes` device copies of `mib` MiB; `E_BACKEND_UNAVAILABLE` without CUDA). Blocks the calling
+ * thread.
+ */
+export declare function cudaCopyBandwidth(ordinal: number, mib: number, passes: number): number
+
+/**
  * Free and total memory of CUDA device `ordinal`, in bytes (`E_BACKEND_UNAVAILABLE` without
  * CUDA).
  */

@@ -80,6 +80,7 @@ function wrapAddon(native) {
     readBandwidth: wrapFn(native.readBandwidth),
     addonBackends: wrapFn(native.addonBackends),
     cudaMemory: wrapFn(native.cudaMemory),
+    cudaCopyBandwidth: wrapFn(native.cudaCopyBandwidth),
   }
 }
 

@@ -44,6 +44,8 @@ describe('flags', () => {
     [['--synthetic'], '--synthetic'],
     [['--threads', '2'], '--model'],
     [['--model', 'a.gguf', '--synthetic', 'q4_0'], '--synthetic'],
+    [['--synthetic', 'q4_0', '--compare', 'transformers'], '--compare transformers'],
+    [['--model', 'a.gguf', '--backend', 'cuda', '--compare', 'transformers'], '--compare transformers'],
   ]) {
     test(`${args.join(' ')} → usage error naming ${flag}, exit 2`, () => {
       const r = bench(args);
@@ -249,3 +251,40 @@ describe('end to end', () => {
     assert.match(r.stdout, /1 of 1 runs failed/);
   });
 });
+
+describe('--backend cuda', () => {
+  const common = ['--synthetic', 'q4_0', '--shape', 'test', '--cache-dir', cache, '--runs', '1', '--prompt-tokens', '8', '--gen-tokens', '3'];
+  const noDriver = !['/dev/nvidiactl', '/dev/nvidia0', '/proc/driver/nvidia/version'].some((p) => existsSync(p));
+
+  test('without a usable GPU: exit 2, naming why, before any run', { skip: !noDriver && 'this machine has an NVIDIA driver (test/device covers it)' }, () => {
+    // The ceiling is the GPU's (a device copy through the CUDA addon), so that is asked first.
+    const c = bench([...common, '--backend', 'cuda']);
+    assert.equal(c.code, 2, c.stderr);
+    assert.doesNotMatch(c.stderr, /run 1\/1/);
+    assert.match(c.stderr, /--backend cuda: the CUDA addon does not load: /);
+  });
+
+  test('--compare transformers runs the Python peer and reports it beside @x/phi2', () => {
+    // A stand-in for python3 that answers as bench/peers/transformers_peer.py does; the real peer
+    // needs a GPU with torch (test/device). @x/phi2's own cuda runs fail here, and say so.
+    const fake = path.join(tmp, 'fake-python.mjs');
+    writeFileSync(fake, `#!${process.execPath}
+const [script, json] = process.argv.slice(2);
+const cfg = JSON.parse(json);
+if (!script.endsWith('transformers_peer.py') || cfg.engine !== 'transformers' || cfg.shape.hidden !== 256) process.exit(3);
+const prompts = cfg.promptTokens.map((p) => ({ promptTokens: p, promptTokensEvaluated: p, finishReason: 'length', promptMs: 2, generateMs: 4, generated: cfg.genTokens, wallMs: 6 }));
+console.log('PHI2BENCH_RESULT ' + JSON.stringify({ loadMs: 100, rssAfterLoad: 1e9, peakRssAfterLoad: 1e9, peakRss: 1e9, info: { torch: 'fake' }, prompts }));
+`, { mode: 0o755 });
+    const r = spawnSync(process.execPath, [bin, ...common, '--backend', 'cuda', '--no-bandwidth', '--compare', 'transformers', '--json'], {
+      encoding: 'utf8', cwd: tmp, timeout: 600_000, env: { ...process.env, PHI2_PYTHON: fake, PHI2_CUDA: '0' },
+    });
+    assert.equal(r.status, 1, r.stderr); // @x/phi2 cuda could not run here
+    const j = JSON.parse(r.stdout);
+    assert.deepEqual(j.engines.map((e) => e.id), ['phi2', 'transformers']);
+    assert.match(j.engines[0].runs[0].error, /E_BACKEND_UNAVAILABLE.*PHI2_CUDA=0/);
+    const peer = j.engines[1].runs[0];
+    assert.equal(peer.error, undefined);
+    assert.deepEqual(peer.prompts.map((p) => [p.promptTokens, p.generated]), [[8, 3]]);
+  });
+});
+

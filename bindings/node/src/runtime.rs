@@ -1,6 +1,6 @@
 //! What this build of the addon can run on: `addonBackends()` (the loader reads it to tell the CPU
 //! addon from the CUDA one) and `cudaMemory(ordinal)` (device checks: memory must not grow over
-//! load / dispose cycles).
+//! load / dispose cycles) and `cudaCopyBandwidth` (the benchmark's GPU ceiling).
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -31,5 +31,15 @@ pub fn cuda_memory(ordinal: u32) -> Result<NativeDeviceMemory> {
     guarded("cudaMemory", || {
         let (free, total) = phi2::device::cuda_memory(ordinal as usize).map_err(engine_err)?;
         Ok(NativeDeviceMemory { free: free as f64, total: total as f64 })
+    })
+}
+
+/// The memory bandwidth of CUDA device `ordinal` in GB/s (bytes read + written by the best of
+/// `passes` device copies of `mib` MiB; `E_BACKEND_UNAVAILABLE` without CUDA). Blocks the calling
+/// thread.
+#[napi]
+pub fn cuda_copy_bandwidth(ordinal: u32, mib: u32, passes: u32) -> Result<f64> {
+    guarded("cudaCopyBandwidth", || {
+        phi2::device::cuda_copy_bandwidth(ordinal as usize, (mib as usize) << 20, passes as usize).map_err(engine_err)
     })
 }

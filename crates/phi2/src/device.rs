@@ -62,6 +62,27 @@ pub fn cuda_memory(ordinal: usize) -> Result<(usize, usize)> {
     cuda::memory(ordinal)
 }
 
+/// The memory bandwidth of CUDA device `ordinal` in GB/s, counting bytes read and written: the
+/// best of `passes` device-to-device copies of `bytes` (benchmarks: a batch-1 decode step reads
+/// every weight once, so bytes per token over this is its ceiling; a copy reads and writes, and a
+/// GPU sustains about the same rate either way).
+pub fn cuda_copy_bandwidth(ordinal: usize, bytes: usize, passes: usize) -> Result<f64> {
+    use candle_core::{DType, Tensor};
+    let device = Backend::Cuda(ordinal).device()?;
+    let n = (bytes / 4).max(1);
+    let src = Tensor::ones(n, DType::F32, &device)?;
+    let dst = Tensor::zeros(n, DType::F32, &device)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..passes.max(1) {
+        device.synchronize()?;
+        let t = std::time::Instant::now();
+        dst.slice_set(&src, 0, 0)?;
+        device.synchronize()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n * 4) as f64 / best / 1e9)
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use std::collections::HashMap;
@@ -158,5 +179,6 @@ mod tests {
         assert_eq!(e.code(), "E_BACKEND_UNAVAILABLE");
         assert!(e.to_string().contains("without the `cuda` feature"), "{e}");
         assert_eq!(cuda_memory(0).unwrap_err().code(), "E_BACKEND_UNAVAILABLE");
+        assert_eq!(cuda_copy_bandwidth(0, 1 << 20, 1).unwrap_err().code(), "E_BACKEND_UNAVAILABLE");
     }
 }
