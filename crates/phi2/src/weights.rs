@@ -214,38 +214,19 @@ impl Packed {
 
     /// `x · Wᵀ + bias` (then `gelu_new` when `gelu`) for f32 `x` `[.., cols]` → `[.., rows]`.
     pub fn forward(&self, x: &Tensor, bias: &Tensor, gelu: bool) -> candle_core::Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let cols = *dims.last().unwrap_or(&0);
-        if cols != self.cols || x.dtype() != candle_core::DType::F32 {
-            candle_core::bail!("packed matmul: input {:?} {:?}, weight [{}, {}]", dims, x.dtype(), self.rows, self.cols);
-        }
-        let tokens = x.elem_count() / cols;
-        let mut out = vec![0f32; tokens * self.rows];
-        let family = Family::of(self.dtype).expect("checked in Packed::new");
-        with_f32(x, |xv| {
-            SCRATCH.with(|a| {
-                let mut a = a.borrow_mut();
-                a.prepare(family, xv, tokens, cols);
-                kernels::matmul(&self.weight_ref(), &a, &mut out, kernels::pool::threads());
-            })
-        })?;
-        if bias.elem_count() != self.rows {
-            candle_core::bail!("packed matmul: bias of {} for {} rows", bias.elem_count(), self.rows);
-        }
-        with_f32(bias, |b| kernels::bias_act(&mut out, b, gelu, kernels::pool::threads()))?;
-        let mut shape = dims;
-        *shape.last_mut().expect("checked: x has a last dim") = self.rows;
-        Tensor::from_vec(out, shape, x.device())
+        let mut ys = packed_forward_many(&[(self, bias, gelu)], x).expect("Packed::new checked the dtype")?;
+        Ok(ys.pop().expect("one output"))
     }
 }
 
 /// `x · Wᵢᵀ + biasᵢ` (then `gelu_new` where asked) for several packed weights of the same input
-/// width and activation family: the activations are prepared once and the products split over
-/// the pool together ([`kernels::matmul_many`]). `None` when the weights do not qualify.
+/// width and activation family: the activations are prepared once, and the products, their
+/// biases and GELUs are split over the pool together ([`kernels::matmul_many`]). `None` when the
+/// weights do not qualify.
 pub fn packed_forward_many(parts: &[(&Packed, &Tensor, bool)], x: &Tensor) -> Option<candle_core::Result<Vec<Tensor>>> {
     let (first, ..) = parts.first()?;
     let family = Family::of(first.dtype)?;
-    if parts.iter().any(|(p, ..)| p.cols != first.cols || Family::of(p.dtype) != Some(family)) {
+    if parts.len() > 8 || parts.iter().any(|(p, ..)| p.cols != first.cols || Family::of(p.dtype) != Some(family)) {
         return None;
     }
     Some((|| {
@@ -254,31 +235,52 @@ pub fn packed_forward_many(parts: &[(&Packed, &Tensor, bool)], x: &Tensor) -> Op
         if cols != first.cols || x.dtype() != candle_core::DType::F32 {
             candle_core::bail!("packed matmul: input {:?} {:?}, weight columns {}", dims, x.dtype(), first.cols);
         }
+        if let Some((p, bias, _)) = parts.iter().find(|(p, bias, _)| bias.elem_count() != p.rows) {
+            candle_core::bail!("packed matmul: bias of {} for {} rows", bias.elem_count(), p.rows);
+        }
         let tokens = x.elem_count() / cols;
         let mut outs: Vec<Vec<f32>> = parts.iter().map(|(p, ..)| vec![0f32; tokens * p.rows]).collect();
+        let biases: Vec<&Tensor> = parts.iter().map(|(_, b, _)| *b).collect();
         with_f32(x, |xv| {
-            SCRATCH.with(|a| {
-                let mut a = a.borrow_mut();
-                a.prepare(family, xv, tokens, cols);
-                let mut refs: Vec<(WeightRef, &mut [f32])> =
-                    parts.iter().zip(outs.iter_mut()).map(|((p, ..), o)| (p.weight_ref(), o.as_mut_slice())).collect();
-                kernels::matmul_many(&mut refs, &a, kernels::pool::threads());
+            with_f32_each(&biases, &mut |bs| {
+                SCRATCH.with(|a| {
+                    let mut a = a.borrow_mut();
+                    a.prepare(family, xv, tokens, cols);
+                    let mut products: Vec<kernels::Product> = parts
+                        .iter()
+                        .zip(outs.iter_mut())
+                        .zip(bs)
+                        .map(|(((p, _, gelu), o), b)| kernels::Product { w: p.weight_ref(), out: o.as_mut_slice(), bias: Some(b), gelu: *gelu })
+                        .collect();
+                    kernels::matmul_many(&mut products, &a, kernels::pool::threads());
+                })
             })
-        })?;
+        })??;
         parts
             .iter()
             .zip(outs)
-            .map(|((p, bias, gelu), mut out)| {
-                if bias.elem_count() != p.rows {
-                    candle_core::bail!("packed matmul: bias of {} for {} rows", bias.elem_count(), p.rows);
-                }
-                with_f32(bias, |b| kernels::bias_act(&mut out, b, *gelu, kernels::pool::threads()))?;
+            .map(|((p, ..), out)| {
                 let mut shape = dims.clone();
                 *shape.last_mut().expect("checked: x has a last dim") = p.rows;
                 Tensor::from_vec(out, shape, x.device())
             })
             .collect()
     })())
+}
+
+/// [`with_f32`] for several tensors at once (at most 8): `f` gets their values in order.
+fn with_f32_each<R>(ts: &[&Tensor], f: &mut dyn FnMut(&[&[f32]]) -> R) -> candle_core::Result<R> {
+    fn go<R>(ts: &[&Tensor], got: &[&[f32]], f: &mut dyn FnMut(&[&[f32]]) -> R) -> candle_core::Result<R> {
+        let Some((first, rest)) = ts.split_first() else { return Ok(f(got)) };
+        with_f32(first, |v| {
+            let mut all: [&[f32]; 8] = [&[]; 8];
+            all[..got.len()].copy_from_slice(got);
+            all[got.len()] = v;
+            go(rest, &all[..=got.len()], f)
+        })?
+    }
+    assert!(ts.len() <= 8, "with_f32_each: {} tensors", ts.len());
+    go(ts, &[], f)
 }
 
 thread_local! {

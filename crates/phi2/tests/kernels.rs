@@ -133,6 +133,51 @@ fn results_do_not_depend_on_batch_or_threads() {
 }
 
 #[test]
+fn fused_products_give_the_bits_of_a_product_then_bias_act() {
+    // matmul_many finishes each work item's rows (bias, GELU) where they were computed: the
+    // same bits as matmul and then bias_act over the whole output, for widths whose items are
+    // narrower than the default (wide rows) and row counts that end in a partial item.
+    let mut rng = Rng(0xF05E);
+    for dtype in TYPES {
+        let block = Family::of(dtype).unwrap().block().max(32);
+        for (rows, cols, tokens) in [(300, 8 * block, 1), (75, 12800, 1), (37, 3 * block, 3)] {
+            let cols = if matches!(dtype, DType::F16 | DType::BF16) { cols + 3 } else { cols };
+            let parts: Vec<(Vec<u8>, Vec<f32>, bool)> = [(rows, false), (rows / 2 + 1, true)]
+                .iter()
+                .map(|&(r, gelu)| (weights(dtype, r, cols, &mut rng), (0..r).map(|_| rng.unit()).collect(), gelu))
+                .collect();
+            let x = activations(tokens, cols, &mut rng);
+            let mut a = Activations::default();
+            a.prepare(Family::of(dtype).unwrap(), &x, tokens, cols);
+            let ws: Vec<WeightRef> = parts.iter().map(|(d, b, _)| WeightRef::new(dtype, b.len(), cols, d).unwrap()).collect();
+            let want: Vec<Vec<f32>> = ws
+                .iter()
+                .zip(&parts)
+                .map(|(w, (_, bias, gelu))| {
+                    let mut y = vec![0f32; tokens * w.rows];
+                    kernels::matmul(w, &a, &mut y, 1);
+                    kernels::bias_act(&mut y, bias, *gelu, 1);
+                    y
+                })
+                .collect();
+            for threads in [1, 2, 3] {
+                let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; tokens * w.rows]).collect();
+                let mut products: Vec<kernels::Product> = ws
+                    .iter()
+                    .zip(&parts)
+                    .zip(outs.iter_mut())
+                    .map(|((w, (_, bias, gelu)), out)| kernels::Product { w: *w, out, bias: Some(bias), gelu: *gelu })
+                    .collect();
+                kernels::matmul_many(&mut products, &a, threads);
+                for (i, (got, want)) in outs.iter().zip(&want).enumerate() {
+                    assert_eq!(bits(want), bits(got), "{dtype} {rows}x{cols} tokens {tokens} part {i} threads {threads}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn scalar_twin_matches_an_f32_product_of_the_dequantized_weights() {
     let mut rng = Rng(0xF32);
     for dtype in TYPES {

@@ -37,6 +37,7 @@ use half::{bf16, f16};
 use crate::dtype::DType;
 
 pub mod attention;
+pub mod buffer;
 pub mod pool;
 pub mod scalar;
 #[cfg(target_arch = "wasm32")]
@@ -438,9 +439,14 @@ fn detect() -> Isa {
 /// Phi-2-shaped Q4_0, two threads, going from 32 to 256 rows made a decode step ~15% faster
 /// (99 → 84 ms) and an 8-token step ~5% faster; 128 and 512 are within noise of 256 at one token.
 /// Batches use 128 (finer split, compute-bound).
-fn chunk_rows(tokens: usize) -> usize {
+///
+/// Wider rows take proportionally fewer (a work item of a one-token product stays at most the
+/// bytes of 256 rows of 2560 columns): a thread that takes the last item of a product makes the
+/// other wait until it is done, and Phi-2's `fc2` (10240 columns) in items of 256 rows left ~1.5
+/// MB, a tenth of a millisecond, to one thread at the end of every layer.
+fn chunk_rows(tokens: usize, cols: usize) -> usize {
     if tokens == 1 {
-        256
+        (256 * 2560 / cols.max(1)).clamp(32, 256) / 8 * 8
     } else {
         128
     }
@@ -470,6 +476,16 @@ impl OutPtr {
         std::slice::from_raw_parts_mut(self.ptr.add(t * self.stride), self.stride)
     }
 
+    /// Elements `cols` of token `t`'s row.
+    ///
+    /// # Safety
+    /// No other thread may touch these elements while the slice lives.
+    #[inline(always)]
+    pub(crate) unsafe fn token_cols(&self, t: usize, cols: Range<usize>) -> &mut [f32] {
+        assert!(cols.start <= cols.end && cols.end <= self.stride && (t + 1) * self.stride <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(t * self.stride + cols.start), cols.len())
+    }
+
     /// Writes `y[t][r]`.
     #[inline(always)]
     pub(crate) fn set(&self, t: usize, r: usize, v: f32) {
@@ -489,7 +505,7 @@ pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize)
     assert_eq!(out.len(), act.tokens * w.rows, "output size");
     let o = OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows };
     let isa = isa();
-    let chunk = chunk_rows(act.tokens);
+    let chunk = chunk_rows(act.tokens, act.cols);
     let chunks = w.rows.div_ceil(chunk);
     pool::run(chunks, threads, &|c| {
         let rows = c * chunk..((c + 1) * chunk).min(w.rows);
@@ -497,31 +513,57 @@ pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize)
     });
 }
 
+/// One product of [`matmul_many`]: `out = x · wᵀ` (`[tokens, w.rows]`), then, when `bias` is
+/// given, [`bias_act`]'s `+ bias` and `gelu_new` on it.
+pub struct Product<'a> {
+    pub w: WeightRef<'a>,
+    pub out: &'a mut [f32],
+    /// `[w.rows]`.
+    pub bias: Option<&'a [f32]>,
+    pub gelu: bool,
+}
+
 /// Several products of the same activations at once (weights with the same columns and
 /// activation family, e.g. a layer's q, k, v and MLP up projections): one split over the pool
-/// for all of them, so the threads start and finish once. Each output as [`matmul`]'s.
-pub fn matmul_many(parts: &mut [(WeightRef, &mut [f32])], act: &Activations, threads: usize) {
-    let chunk = chunk_rows(act.tokens);
-    let mut starts = Vec::with_capacity(parts.len() + 1);
+/// for all of them, so the threads start and finish once. Each output as [`matmul`]'s, then
+/// biased (and GELU'd) as [`bias_act`] would: each work item finishes its own rows while they
+/// are in cache, on whichever thread computed them, instead of a pass over the whole output on
+/// the calling thread afterwards (an element-wise step, so the same bits).
+pub fn matmul_many(parts: &mut [Product], act: &Activations, threads: usize) {
+    let chunk = chunk_rows(act.tokens, act.cols);
+    // Work items before each part (fixed-size array: no allocation for up to 8 parts).
+    let mut starts = [0usize; 9];
+    assert!(parts.len() < starts.len(), "matmul_many: at most {} products", starts.len() - 1);
+    let mut outs: [Option<(WeightRef, OutPtr, Option<&[f32]>, bool)>; 8] = [None; 8];
     let mut total = 0;
-    let outs: Vec<(WeightRef, OutPtr)> = parts
-        .iter_mut()
-        .map(|(w, out)| {
-            assert_eq!(act.family, Family::of(w.dtype), "activations prepared for another weight type");
-            assert_eq!(act.cols, w.cols, "activations have {} columns, the weights {}", act.cols, w.cols);
-            assert_eq!(out.len(), act.tokens * w.rows, "output size");
-            starts.push(total);
-            total += w.rows.div_ceil(chunk);
-            (*w, OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows })
-        })
-        .collect();
-    starts.push(total);
+    for (i, p) in parts.iter_mut().enumerate() {
+        let w = &p.w;
+        assert_eq!(act.family, Family::of(w.dtype), "activations prepared for another weight type");
+        assert_eq!(act.cols, w.cols, "activations have {} columns, the weights {}", act.cols, w.cols);
+        assert_eq!(p.out.len(), act.tokens * w.rows, "output size");
+        if let Some(b) = p.bias {
+            assert_eq!(b.len(), w.rows, "bias size");
+        }
+        starts[i] = total;
+        total += w.rows.div_ceil(chunk);
+        outs[i] = Some((*w, OutPtr { ptr: p.out.as_mut_ptr(), len: p.out.len(), stride: w.rows }, p.bias, p.gelu));
+    }
+    let n = parts.len();
+    starts[n] = total;
     let isa = isa();
     pool::run(total, threads, &|i| {
-        let p = starts.partition_point(|&s| s <= i) - 1;
-        let (w, o) = &outs[p];
+        let p = starts[..=n].partition_point(|&s| s <= i) - 1;
+        let (w, o, bias, gelu) = outs[p].expect("set above");
         let c = i - starts[p];
-        matmul_rows(isa, w, act, c * chunk..((c + 1) * chunk).min(w.rows), *o);
+        let rows = c * chunk..((c + 1) * chunk).min(w.rows);
+        matmul_rows(isa, &w, act, rows.clone(), o);
+        if let Some(bias) = bias {
+            for t in 0..act.tokens {
+                // SAFETY: these rows of every token are this item's alone.
+                let y = unsafe { o.token_cols(t, rows.clone()) };
+                bias_act_row(isa, y, &bias[rows.clone()], gelu);
+            }
+        }
     });
 }
 
