@@ -687,6 +687,7 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
     // operations in the same order as one at a time.
     let n8k = n - n % 8;
     for j0 in (0..n8k).step_by(8) {
+        prefetch_span(k, (j0 + 8) * hd + ATTN_PREFETCH / 4, 8 * hd);
         let mut acc = [_mm256_setzero_ps(); 8];
         for d in (0..hd8).step_by(8) {
             let qv = _mm256_loadu_ps(q.as_ptr().add(d));
@@ -737,6 +738,7 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
     let chunks = hd8 / 8;
     if chunks <= 16 {
         for j in 0..n {
+            prefetch_span(v, (j + 1) * hd + ATTN_PREFETCH / 4, hd);
             let p = scores[j] / total;
             let pv = c(p);
             let vj = v.as_ptr().add(j * hd);
@@ -752,6 +754,24 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
         }
     } else {
         super::attention::row_scalar(q, k, v, scale, y);
+    }
+}
+
+/// How far ahead of its reads attention prefetches the cache's keys and values (bytes). A decode
+/// step reads the whole KV cache from memory (the weights streamed since the last step have
+/// evicted it), one head's keys, then its values, each a run of a few tens of KB that the
+/// hardware prefetchers pick up late. Measured on Phi-2-shaped Q4_0 at 128–160 positions, two
+/// threads (`decode_bench` under `perf`): attention's time 5.4% → 5.0% of the weight products'.
+const ATTN_PREFETCH: usize = 2048;
+
+/// Prefetches the lines of `x[from..from + len]` that lie inside `x`.
+#[inline(always)]
+unsafe fn prefetch_span(x: &[f32], from: usize, len: usize) {
+    let end = (from + len).min(x.len());
+    let mut i = from;
+    while i < end {
+        _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(i) as *const i8);
+        i += 16;
     }
 }
 
