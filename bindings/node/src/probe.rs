@@ -14,6 +14,9 @@ pub fn read_bandwidth(mib: u32, threads: u32, passes: u32) -> Result<f64> {
     }
     guarded("readBandwidth", || {
         phi2::probe::read_bandwidth((mib as usize) << 20, threads as usize, passes as usize)
-            .map_err(|e| coded("E_IO", format!("cannot allocate {mib} MiB for the bandwidth probe: {e}")))
+            .map_err(|e| {
+                let code = if e.kind() == std::io::ErrorKind::OutOfMemory { "E_OUT_OF_MEMORY" } else { "E_IO" };
+                coded(code, format!("cannot allocate {mib} MiB for the bandwidth probe: {e}"))
+            })
     })
 }

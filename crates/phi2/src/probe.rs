@@ -9,9 +9,19 @@ use crate::kernels::pool;
 
 /// Best-of-`passes` read bandwidth in GB/s (10⁹ bytes per second) of a `bytes`-byte buffer
 /// summed by `threads` threads. The buffer is written first, so every page is really allocated.
+/// Refuses (`OutOfMemory`) a buffer larger than half the memory available now: filling an
+/// anonymous map that the kernel overcommitted would end in the OOM killer, not in an error.
 pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> std::io::Result<f64> {
     const SLICE: usize = 4 << 20;
     let bytes = bytes.max(SLICE) / SLICE * SLICE;
+    if let Some(avail) = available_memory() {
+        if bytes as u64 > avail / 2 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!("a {} MiB buffer is more than half the {} MiB of memory available", bytes >> 20, avail >> 20),
+            ));
+        }
+    }
     let mut map = memmap2::MmapMut::map_anon(bytes)?;
     #[cfg(target_os = "linux")]
     let _ = map.advise(memmap2::Advice::HugePage);
@@ -45,11 +55,28 @@ pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> std::io::R
     Ok(best)
 }
 
+/// Linux's `MemAvailable` in bytes (`None` elsewhere or when unreadable).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn measures_a_positive_bandwidth() {
         let gbs = super::read_bandwidth(8 << 20, 2, 2).unwrap();
         assert!(gbs.is_finite() && gbs > 0.0, "{gbs}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn refuses_a_buffer_larger_than_the_memory_available() {
+        let avail = super::available_memory().expect("Linux has MemAvailable");
+        let e = super::read_bandwidth(avail as usize, 1, 1).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::OutOfMemory);
+        assert!(e.to_string().contains("memory available"), "{e}");
     }
 }
