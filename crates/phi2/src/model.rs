@@ -242,12 +242,16 @@ impl Phi2 {
         self.check_pass(tokens, pos)?;
         let mut x = self.weights.embed.forward(tokens, &self.device)?; // [T, H]
         let (cos, sin) = self.rotary_tables(pos, t)?;
-        for (layer, kv) in self.weights.layers.iter().zip(cache.layers.iter_mut()) {
-            let h = layer.norm.forward(&x)?;
+        let layers = &self.weights.layers;
+        let mut h = match layers.first() {
+            Some(l) => l.norm.forward(&x)?,
+            None => x.clone(),
+        };
+        for (i, (layer, kv)) in layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let (q, k, v, up) = self.project(layer, &h)?;
             let attn = layer.dense.forward(&self.attend(&q, &k, &v, kv, &cos, &sin)?)?;
             let mlp = layer.fc2.forward(&up)?;
-            x = ((x + attn)? + mlp)?;
+            (x, h) = self.residual(&x, &attn, &mlp, layers.get(i + 1))?;
         }
         cache.len += t;
         let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
@@ -301,8 +305,12 @@ impl Phi2 {
             parts.push((row, t, cos, sin));
             row += t;
         }
-        for (l, layer) in self.weights.layers.iter().enumerate() {
-            let h = layer.norm.forward(&x)?;
+        let layers = &self.weights.layers;
+        let mut h = match layers.first() {
+            Some(l) => l.norm.forward(&x)?,
+            None => x.clone(),
+        };
+        for (l, layer) in layers.iter().enumerate() {
             let (q, k, v, up) = self.project(layer, &h)?;
             let mut ys = Vec::with_capacity(items.len());
             for (it, (row, t, cos, sin)) in items.iter_mut().zip(&parts) {
@@ -312,7 +320,7 @@ impl Phi2 {
             let y = if ys.len() == 1 { ys.pop().expect("one item") } else { Tensor::cat(&ys, 0)? };
             let attn = layer.dense.forward(&y)?;
             let mlp = layer.fc2.forward(&up)?;
-            x = ((x + attn)? + mlp)?;
+            (x, h) = self.residual(&x, &attn, &mlp, layers.get(l + 1))?;
         }
         // The rows whose logits are wanted, through the final norm and lm_head together.
         let mut keep = Vec::with_capacity(items.len());
@@ -331,6 +339,19 @@ impl Phi2 {
             at += n;
         }
         Ok(out)
+    }
+
+    /// The end of a block: `x + attn + mlp`, and the `next` block's LayerNorm of it (its input
+    /// h) in the same pass ([`crate::weights::residual`]); after the last block h is unused.
+    fn residual(
+        &self,
+        x: &Tensor,
+        attn: &Tensor,
+        mlp: &Tensor,
+        next: Option<&crate::weights::Phi2Layer>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (x, h) = crate::weights::residual(x, attn, mlp, next.map(|l| &l.norm))?;
+        Ok((x.clone(), h.unwrap_or(x)))
     }
 
     /// The projections of the layer input h `[T, H]` (Phi-2's attention and MLP read the same

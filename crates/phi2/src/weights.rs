@@ -407,6 +407,69 @@ impl LayerNorm {
     }
 }
 
+/// The residual update of a Phi-2 block, `x' = (x + attn) + mlp` (`[T, H]` each), and when
+/// `norm` is given the next block's LayerNorm of it. On the CPU in one pass per row over f32
+/// buffers instead of three candle ops, each allocating and reading its inputs again; the
+/// operations are candle's (two element-wise adds, then [`layer_norm_row`]), so the bits are
+/// the same.
+pub fn residual(x: &Tensor, attn: &Tensor, mlp: &Tensor, norm: Option<&LayerNorm>) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let cpu = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
+    if !cpu || x.dims() != attn.dims() || x.dims() != mlp.dims() || x.rank() == 0 {
+        let y = ((x + attn)? + mlp)?;
+        let h = norm.map(|n| n.forward(&y)).transpose()?;
+        return Ok((y, h));
+    }
+    let dims = x.dims().to_vec();
+    let n = *dims.last().expect("rank checked");
+    let mut y = vec![0f32; x.elem_count()];
+    let mut h = norm.map(|_| vec![0f32; x.elem_count()]);
+    with_f32(x, |xs| {
+        with_f32(attn, |a| {
+            with_f32(mlp, |m| {
+                for (i, yr) in y.chunks_exact_mut(n).enumerate() {
+                    let r = i * n..(i + 1) * n;
+                    for (((yv, &xv), &av), &mv) in yr.iter_mut().zip(&xs[r.clone()]).zip(&a[r.clone()]).zip(&m[r.clone()]) {
+                        *yv = (xv + av) + mv;
+                    }
+                }
+            })
+        })
+    })???;
+    if let (Some(norm), Some(h)) = (norm, h.as_mut()) {
+        if norm.weight.elem_count() != n || norm.bias.elem_count() != n {
+            candle_core::bail!("layer norm of {} / {} values for rows of {n}", norm.weight.elem_count(), norm.bias.elem_count());
+        }
+        with_f32(&norm.weight, |w| {
+            with_f32(&norm.bias, |b| {
+                for (yr, hr) in y.chunks_exact(n).zip(h.chunks_exact_mut(n)) {
+                    layer_norm_row(yr, w, b, norm.eps, hr);
+                }
+            })
+        })??;
+    }
+    let y_t = Tensor::from_vec(y, dims.clone(), x.device())?;
+    let h_t = h.map(|h| Tensor::from_vec(h, dims, x.device())).transpose()?;
+    Ok((y_t, h_t))
+}
+
+/// candle's CPU LayerNorm of one row, operation for operation: `sum` and `sum2` accumulated in
+/// order, `mean = sum / n`, `var = sum2 / n − mean²`, `1 / √(var + eps)`, then
+/// `(x − mean) · inv_std · w + b` left to right (no fused multiply-add).
+pub fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32]) {
+    let (mut sum, mut sum2) = (0f32, 0f32);
+    for &v in x {
+        sum += v;
+        sum2 += v * v;
+    }
+    let n = x.len() as f32;
+    let mean = sum / n;
+    let var = sum2 / n - mean * mean;
+    let inv_std = (var + eps).sqrt().recip();
+    for (((d, &s), &a), &bb) in y.iter_mut().zip(x).zip(w).zip(b) {
+        *d = (s - mean) * inv_std * a + bb;
+    }
+}
+
 /// q, k and v projections: fused into one `[3·hidden, hidden]` matmul whenever the file's three
 /// parts share a dtype, three matmuls otherwise (mixed-precision K-quant files).
 #[derive(Debug, Clone)]
@@ -600,5 +663,41 @@ impl Phi2Weights {
             lm_head: ld.linear(names.lm_head, v, h)?,
             dtype,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::{residual, LayerNorm};
+
+    /// Deterministic values of every sign and a wide range of sizes.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 20_011) as f32 / 997.0 - 10.0).collect()
+    }
+
+    #[test]
+    fn fused_residual_and_norm_give_candles_bits() {
+        let dev = Device::Cpu;
+        for (t, n) in [(1, 2560), (3, 37), (2, 8)] {
+            let t3 = |s| Tensor::from_vec(values(t * n, s), (t, n), &dev).unwrap();
+            let (x, a, m) = (t3(1), t3(2), t3(3));
+            let norm = LayerNorm {
+                weight: Tensor::from_vec(values(n, 4), n, &dev).unwrap(),
+                bias: Tensor::from_vec(values(n, 5), n, &dev).unwrap(),
+                eps: 1e-5,
+            };
+            let want_x = ((&x + &a).unwrap() + &m).unwrap();
+            let want_h = norm.forward(&want_x).unwrap();
+            let (got_x, got_h) = residual(&x, &a, &m, Some(&norm)).unwrap();
+            let bits = |v: &Tensor| v.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&want_x), bits(&got_x), "x' for [{t}, {n}]");
+            assert_eq!(bits(&want_h), bits(&got_h.unwrap()), "norm for [{t}, {n}]");
+            // Rows taken from a wider matrix (not contiguous) give the same result.
+            let wide = Tensor::cat(&[&x, &a], 1).unwrap().narrow(1, 0, n).unwrap();
+            let (x2, _) = residual(&wide, &a, &m, None).unwrap();
+            assert_eq!(bits(&want_x), bits(&x2), "strided x for [{t}, {n}]");
+        }
     }
 }
