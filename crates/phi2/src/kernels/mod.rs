@@ -437,16 +437,20 @@ fn detect() -> Isa {
 /// Output rows per work item handed to a thread (a multiple of every tile height). Long runs of
 /// rows keep each thread's weight stream contiguous, which the prefetchers need: measured on
 /// Phi-2-shaped Q4_0, two threads, going from 32 to 256 rows made a decode step ~15% faster
-/// (99 → 84 ms) and an 8-token step ~5% faster; 128 and 512 are within noise of 256 at one token.
-/// Batches use 128 (finer split, compute-bound).
+/// (99 → 84 ms); at the higher bandwidth of a quieter machine (33 GB/s read probe) the weights of
+/// a decode step streamed at 25.3 GB/s in items of 256 rows, 26.9 at 512, 27.9 at 640, 27.3 at
+/// 768, 23.9 at 2048 (`stream_bench`; Q4_K_M 14.4 → 14.9 GB/s from 256 to 640, Q8_0 the same).
+/// 640 also splits every Phi-2 matrix into an even number of items (2560 rows: 4, 7680: 12,
+/// 10240: 16, 51200: 80), so two threads finish a product together. Batches use 128 (finer
+/// split, compute-bound).
 ///
 /// Wider rows take proportionally fewer (a work item of a one-token product stays at most the
-/// bytes of 256 rows of 2560 columns): a thread that takes the last item of a product makes the
-/// other wait until it is done, and Phi-2's `fc2` (10240 columns) in items of 256 rows left ~1.5
-/// MB, a tenth of a millisecond, to one thread at the end of every layer.
+/// bytes of 640 rows of 2560 columns): a thread that takes the last item of a product makes the
+/// other wait until it is done, and Phi-2's `fc2` (10240 columns) would otherwise end each layer
+/// with several MB for one thread.
 fn chunk_rows(tokens: usize, cols: usize) -> usize {
     if tokens == 1 {
-        (256 * 2560 / cols.max(1)).clamp(32, 256) / 8 * 8
+        (640 * 2560 / cols.max(1)).clamp(32, 640) / 8 * 8
     } else {
         128
     }
