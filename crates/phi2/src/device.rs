@@ -16,6 +16,11 @@ pub enum Backend {
     Cpu,
     /// The NVIDIA GPU with this ordinal.
     Cuda(usize),
+    /// The CPU running the GPU's code path: every matrix through candle's ops (no kernels of
+    /// ours), KV cache as candle tensors, attention by candle's matmul and softmax. Slow; it is
+    /// there so that the path CUDA runs is checked against the engine on machines without a GPU
+    /// (tests/reference_path.rs).
+    CpuReference,
 }
 
 impl Backend {
@@ -37,9 +42,17 @@ impl Backend {
     /// modules), so loading and disposing models does not pile up driver state.
     pub fn device(self) -> Result<Device> {
         match self {
-            Backend::Cpu => Ok(Device::Cpu),
+            Backend::Cpu | Backend::CpuReference => Ok(Device::Cpu),
             Backend::Cuda(ordinal) => cuda::device(ordinal),
         }
+    }
+}
+
+impl Backend {
+    /// Whether the engine's own kernels run the products and attention (the CPU), rather than
+    /// candle's ops.
+    pub fn own_kernels(self) -> bool {
+        self == Backend::Cpu
     }
 }
 

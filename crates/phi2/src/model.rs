@@ -39,6 +39,9 @@ pub struct Phi2 {
     pub info: ModelInfo,
     weights: Phi2Weights,
     device: Device,
+    /// The engine's kernels run the products and attention (the CPU); else candle's ops (a GPU,
+    /// or [`crate::Backend::CpuReference`]).
+    own_kernels: bool,
 }
 
 /// Keys and values of every layer for the positions seen so far.
@@ -179,8 +182,8 @@ impl Phi2 {
         if is_gguf || (meta.is_file() && has_gguf_magic(path)) {
             let g = GgufFile::open(path)?;
             let config = Phi2Config::from_gguf(&g)?;
-            let weights = Phi2Weights::load(&g, Layout::Gguf, &config, &device)?;
-            return Self::from_parts(config, weights, "gguf", device);
+            let weights = Phi2Weights::load_for(&g, Layout::Gguf, &config, &device, backend.own_kernels())?;
+            return Self::from_parts(config, weights, "gguf", device).map(|m| m.with_own_kernels(backend.own_kernels()));
         }
         let dir = if meta.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
         let config_path = dir.join("config.json");
@@ -188,8 +191,13 @@ impl Phi2 {
         let config = Phi2Config::from_hf_json(&config_path, &text)?;
         let st = SafetensorsModel::open(path)?;
         let layout = Layout::detect(&st)?;
-        let weights = Phi2Weights::load(&st, layout, &config, &device)?;
-        Self::from_parts(config, weights, "safetensors", device)
+        let weights = Phi2Weights::load_for(&st, layout, &config, &device, backend.own_kernels())?;
+        Self::from_parts(config, weights, "safetensors", device).map(|m| m.with_own_kernels(backend.own_kernels()))
+    }
+
+    fn with_own_kernels(mut self, own: bool) -> Self {
+        self.own_kernels = own && self.device.is_cpu();
+        self
     }
 
     /// Loads a GGUF model held in memory (browsers and WASM have no file system). `name` only
@@ -209,7 +217,8 @@ impl Phi2 {
             trained_context_length: config.context_length,
             device: crate::device::describe(&device),
         };
-        Ok(Phi2 { config, info, weights, device })
+        let own_kernels = device.is_cpu();
+        Ok(Phi2 { config, info, weights, device, own_kernels })
     }
 
     /// NeoX rotary tables `[t, rotary_dim / 2]` for positions `pos..pos + t`, as HF computes
@@ -387,7 +396,7 @@ impl Phi2 {
         cos: &Tensor,
         sin: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        if self.device.is_cpu() {
+        if self.own_kernels {
             return self.attend_cpu(q, k, v, kv, cos, sin);
         }
         let cfg = &self.config;
@@ -398,10 +407,7 @@ impl Phi2 {
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let (q, k) = (self.rotary(&q, cos, sin)?, self.rotary(&k, cos, sin)?);
         kv.append(&k, &v, cfg.context_length)?;
-        if !self.device.is_cpu() {
-            return self.attend_on_device(&q, kv, t);
-        }
-        unreachable!("the CPU takes attend_cpu")
+        self.attend_on_device(&q, kv, t)
     }
 
     /// [`Phi2::attend`] on the CPU, on plain f32 buffers: one pass over the new rows puts q
@@ -448,7 +454,7 @@ impl Phi2 {
         Tensor::from_vec(y, (t, hidden), q.device())
     }
 
-    /// Attention on a GPU with candle's ops, after the rotated keys and values were appended:
+    /// Attention with candle's ops (a GPU, or the CPU reference path), after the rotated keys and values were appended:
     /// q `[1, heads, T, head_dim]` against the `kv.len` cached positions → `[T, H]`. Scores and
     /// softmax in f32; row i sees positions `..= kv.len - T + i`.
     fn attend_on_device(&self, q: &Tensor, kv: &LayerKv, t: usize) -> candle_core::Result<Tensor> {

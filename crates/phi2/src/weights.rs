@@ -507,6 +507,9 @@ pub struct Phi2Weights {
 struct Loader<'a> {
     src: &'a dyn TensorSource,
     device: &'a Device,
+    /// Matrices of the types our kernels take stay in their file layout for them (the CPU);
+    /// otherwise every matrix goes to candle (a GPU, or [`crate::Backend::CpuReference`]).
+    own_kernels: bool,
 }
 
 impl<'a> Loader<'a> {
@@ -546,7 +549,7 @@ impl<'a> Loader<'a> {
 
     fn matrix_from_bytes(&self, name: &str, dtype: DType, data: std::borrow::Cow<'_, [u8]>, shape: [usize; 2]) -> Result<Matrix> {
         // Our kernels run on the CPU; on a GPU every matrix goes to candle's device kernels.
-        let ours = self.device.is_cpu() && kernels::supports(dtype);
+        let ours = self.own_kernels && kernels::supports(dtype);
         if ours && WeightRef::new(dtype, shape[0], shape[1], &data).is_some() {
             let bytes = WeightBytes::from_source(self.src, data);
             if let Some(p) = Packed::new(dtype, shape[0], shape[1], bytes) {
@@ -599,7 +602,7 @@ impl<'a> Loader<'a> {
                     .collect::<Result<Vec<_>>>()?;
                 let dtype = views[0].dtype;
                 // Types our kernels take stay three matrices used in place (no fused copy).
-                if views.iter().all(|v| v.dtype == dtype) && !(self.device.is_cpu() && kernels::supports(dtype)) {
+                if views.iter().all(|v| v.dtype == dtype) && !(self.own_kernels && kernels::supports(dtype)) {
                     // Row-major [out, in] matrices (quantized rows included) stack along `out` by
                     // concatenating their bytes: one matmul instead of three.
                     let mut data: Vec<u8> = Vec::with_capacity(views.iter().map(|v| v.data.len()).sum());
@@ -627,7 +630,13 @@ impl<'a> Loader<'a> {
 
 impl Phi2Weights {
     pub fn load(src: &dyn TensorSource, layout: Layout, cfg: &Phi2Config, device: &Device) -> Result<Self> {
-        let ld = Loader { src, device };
+        Self::load_for(src, layout, cfg, device, device.is_cpu())
+    }
+
+    /// [`Phi2Weights::load`] with the choice of our kernels made by the caller: `false` on the
+    /// CPU loads every matrix for candle's ops, as on a GPU ([`crate::Backend::CpuReference`]).
+    pub fn load_for(src: &dyn TensorSource, layout: Layout, cfg: &Phi2Config, device: &Device, own_kernels: bool) -> Result<Self> {
+        let ld = Loader { src, device, own_kernels: own_kernels && device.is_cpu() };
         let (h, v, ff) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let names = layout.model_names();
 
