@@ -11,6 +11,8 @@
 pub mod batch;
 pub mod config;
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod cuda_ops;
 pub mod device;
 pub mod dtype;
 pub mod error;

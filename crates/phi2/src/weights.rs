@@ -357,6 +357,12 @@ impl Linear {
             Matrix::Dense(w) if w.dtype() == candle_core::DType::F32 => x.matmul(&w.t()?)?,
             // Activations are rounded to the weight dtype, as llama.cpp does for F16/BF16 weights;
             // the product accumulates in f32 inside gemm.
+            // On CUDA the same rounding of the activation, but the output kept in f32 as on the CPU
+            // (candle's 16-bit product would round it to 16 bits: `cuda_ops`).
+            #[cfg(feature = "cuda")]
+            Matrix::Dense(w) if x.device().is_cuda() && x.rank() == 2 => {
+                crate::cuda_ops::matmul_f32_out(&x.to_dtype(w.dtype())?.contiguous()?, w)?
+            }
             Matrix::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(candle_core::DType::F32)?,
             Matrix::Quant(q) => q.forward(x)?,
             Matrix::Packed(_) => unreachable!("handled above"),
