@@ -74,14 +74,15 @@ struct LayerKv {
 /// A layer's cache on the CPU: keys and values `[heads, cap, head_dim]` (f32), the layout the
 /// attention kernel reads ([`kernels::attention`]). Owned buffers rather than candle tensors, so
 /// that a step writes its new rows straight into place (a candle `slice_set` needs the rows
-/// rotated, transposed and made contiguous first: three tensors per step and layer). On 4 KB
-/// pages: on 2 MB pages attention read them ~10% faster (6.2% → 5.4% of the weight products'
-/// time), but the first touch of fresh 2 MB pages cost ~90 ms per new cache (the kernel clears
-/// them; 9.5% of a 128-token prompt), more than a short generation gains back.
+/// rotated, transposed and made contiguous first: three tensors per step and layer). Positions
+/// not yet written stay out of memory ([`kernels::buffer`]). On 4 KB pages: on 2 MB pages
+/// attention read them ~10% faster (6.2% → 5.4% of the weight products' time), but the first
+/// touch of fresh 2 MB pages cost ~90 ms per new cache (the kernel clears them; 9.5% of a
+/// 128-token prompt), more than a short generation gains back.
 #[derive(Debug, Default)]
 struct HostKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: kernels::buffer::F32Buffer,
+    v: kernels::buffer::F32Buffer,
     cap: usize,
 }
 
@@ -94,7 +95,7 @@ impl HostKv {
         let cap = need.div_ceil(KV_CHUNK).saturating_mul(KV_CHUNK).min(max_len.max(need));
         let old_cap = self.cap;
         let grow = |old: &[f32]| {
-            let mut buf = vec![0f32; heads * cap * hd];
+            let mut buf = kernels::buffer::F32Buffer::zeroed(heads * cap * hd);
             if old_cap > 0 {
                 for h in 0..heads {
                     buf[h * cap * hd..(h * cap + keep) * hd].copy_from_slice(&old[h * old_cap * hd..(h * old_cap + keep) * hd]);

@@ -37,6 +37,7 @@ use half::{bf16, f16};
 use crate::dtype::DType;
 
 pub mod attention;
+pub mod buffer;
 pub mod pool;
 pub mod scalar;
 #[cfg(target_arch = "wasm32")]

@@ -1,0 +1,89 @@
+//! Zeroed f32 buffers whose pages become resident only when written.
+//!
+//! The KV cache reserves room for hundreds of positions ahead ([`crate::model`]), of which a
+//! generation may use a few. A `vec![0.0; n]` gives lazily zeroed pages only while glibc serves
+//! it with a fresh map; after large blocks have been freed, glibc raises its map threshold and
+//! serves the next ones from its heap, zeroing (and so making resident) every byte: measured, a
+//! 128-token prompt peaked 44 MB higher that way than with candle's tensors. An anonymous map
+//! of its own (Linux) keeps untouched positions out of memory whatever the allocator did before.
+
+use std::ops::{Deref, DerefMut};
+
+/// `len` f32 values, zeroed.
+pub enum F32Buffer {
+    Heap(Vec<f32>),
+    #[cfg(target_os = "linux")]
+    Mapped { map: memmap2::MmapMut, len: usize },
+}
+
+impl Default for F32Buffer {
+    fn default() -> Self {
+        F32Buffer::Heap(Vec::new())
+    }
+}
+
+impl std::fmt::Debug for F32Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if matches!(self, F32Buffer::Heap(_)) { "heap" } else { "mapped" };
+        write!(f, "F32Buffer({} values, {kind})", self.len())
+    }
+}
+
+impl F32Buffer {
+    /// `len` zeros: an anonymous map of its own from 64 KB up (Linux), else the heap.
+    pub fn zeroed(len: usize) -> F32Buffer {
+        #[cfg(target_os = "linux")]
+        if len * 4 >= 64 << 10 {
+            if let Ok(map) = memmap2::MmapMut::map_anon(len * 4) {
+                return F32Buffer::Mapped { map, len };
+            }
+        }
+        F32Buffer::Heap(vec![0f32; len])
+    }
+}
+
+impl Deref for F32Buffer {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            F32Buffer::Heap(v) => v,
+            #[cfg(target_os = "linux")]
+            F32Buffer::Mapped { map, len } => {
+                // SAFETY: the map holds `4 · len` bytes, is page (so 4-byte) aligned, and any
+                // bits are a valid f32.
+                unsafe { std::slice::from_raw_parts(map.as_ptr() as *const f32, *len) }
+            }
+        }
+    }
+}
+
+impl DerefMut for F32Buffer {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        match self {
+            F32Buffer::Heap(v) => v,
+            #[cfg(target_os = "linux")]
+            F32Buffer::Mapped { map, len } => {
+                // SAFETY: as in `deref`, and the map is borrowed mutably.
+                unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut f32, *len) }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::F32Buffer;
+
+    #[test]
+    fn small_and_large_buffers_are_zeroed_and_writable() {
+        for len in [0, 5, 1 << 20, (1 << 19) + 3] {
+            let mut b = F32Buffer::zeroed(len);
+            assert_eq!(b.len(), len);
+            assert!(b.iter().all(|&v| v == 0.0));
+            if len > 0 {
+                b[len - 1] = 1.5;
+                assert_eq!(b[len - 1], 1.5);
+            }
+        }
+    }
+}
