@@ -401,7 +401,7 @@ impl Phi2 {
             return self.attend_cpu(q, k, v, kv, cos, sin);
         }
         let cfg = &self.config;
-        let (t, _hidden) = q.dims2()?;
+        let (t, _) = q.dims2()?;
         let (nh, hd) = (cfg.num_heads, cfg.head_dim());
         // [T, H] → [1, heads, T, head_dim]
         let heads = |x: &Tensor| x.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous();
