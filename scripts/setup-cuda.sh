@@ -44,7 +44,8 @@ root="$home/nvidia/cu13"
 stamp="$home/.installed"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${wheels[*]}" ]; then
   say "installing the CUDA $want_release toolkit wheels into $home (about 1.5 GB)"
-  rm -rf "$home"
+  # Only what an earlier install of ours left ($PHI2_CUDA_HOME may name a folder with other things).
+  rm -rf "$home/nvidia" "$stamp"
   mkdir -p "$home"
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$home" "${wheels[@]}" >&2
   echo "${wheels[*]}" >"$stamp"

@@ -57,19 +57,27 @@ for (let p = 0; p < passes; p++) {
 parentPort.postMessage(String(sink));
 `;
 
+/**
+ * `id` (an @x/phi2-native entry) as bench/ resolves it, else as @x/phi2 does (an installed
+ * phi2-bench finds the addon through the SDK). Throws the last place's error.
+ */
+function requireAddon(id) {
+  const require = createRequire(import.meta.url);
+  try {
+    return require(id);
+  } catch {
+    return createRequire(require.resolve('@x/phi2'))(id);
+  }
+}
+
 /** The native addon's probe, or null where the addon does not load. */
 function nativeProbe() {
-  const require = createRequire(import.meta.url);
-  for (const from of [null, '@x/phi2']) {
-    try {
-      const req = from ? createRequire(require.resolve(from)) : require;
-      const addon = req('@x/phi2-native');
-      if (typeof addon.readBandwidth === 'function') return addon.readBandwidth;
-    } catch {
-      // try the next place
-    }
+  try {
+    const addon = requireAddon('@x/phi2-native');
+    return typeof addon.readBandwidth === 'function' ? addon.readBandwidth : null;
+  } catch {
+    return null;
   }
-  return null;
 }
 
 /**
@@ -147,15 +155,11 @@ async function measureWasmBandwidth({ threads, bufferBytes, passes }) {
  * @returns {{gbPerS: number, threads: number, bufferBytes: number, passes: number, method: string}}
  */
 export function measureCudaBandwidth({ bufferBytes = 4 * 2 ** 30, passes = 10, ordinal = 0 } = {}) {
-  const require = createRequire(import.meta.url);
   let addon;
-  for (const from of [null, '@x/phi2']) {
-    try {
-      addon = (from ? createRequire(require.resolve(from)) : require)('@x/phi2-native/cuda');
-      break;
-    } catch (e) {
-      if (from) throw new Error(`the CUDA addon does not load: ${String(e?.message ?? e).split('\n')[0]}`);
-    }
+  try {
+    addon = requireAddon('@x/phi2-native/cuda');
+  } catch (e) {
+    throw new Error(`the CUDA addon does not load: ${String(e?.message ?? e).split('\n')[0]}`);
   }
   const mib = Math.max(1, Math.round(bufferBytes / 2 ** 20));
   const gbPerS = addon.cudaCopyBandwidth(ordinal, mib, passes);
