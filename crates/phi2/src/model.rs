@@ -162,6 +162,13 @@ impl KvCache {
     }
 }
 
+/// See [`Phi2::pass_tables`].
+struct PassTables {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
 /// KV cache rows are reserved in chunks of this many positions (grown up to the context length).
 const KV_CHUNK: usize = 256;
 
@@ -241,6 +248,22 @@ impl Phi2 {
         Ok((Tensor::from_vec(cos, (t, half), &self.device)?, Tensor::from_vec(sin, (t, half), &self.device)?))
     }
 
+    /// What every layer of one pass over positions `pos..pos + t` shares: the rotary tables and,
+    /// on candle's attention (a GPU) with several tokens, the causal mask `[t, pos + t]` (row i
+    /// sees positions `..= pos + i`), made and uploaded once per pass rather than per layer.
+    fn pass_tables(&self, pos: usize, t: usize) -> candle_core::Result<PassTables> {
+        let (cos, sin) = self.rotary_tables(pos, t)?;
+        let mask = if self.own_kernels || t == 1 {
+            None
+        } else {
+            let len = pos + t;
+            let m: Vec<f32> =
+                (0..t).flat_map(|i| (0..len).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY })).collect();
+            Some(Tensor::from_vec(m, (t, len), &self.device)?)
+        };
+        Ok(PassTables { cos, sin, mask })
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache { layers: (0..self.config.num_layers).map(|_| LayerKv::default()).collect(), len: 0 }
     }
@@ -251,7 +274,7 @@ impl Phi2 {
         let (t, pos) = (tokens.len(), cache.len);
         self.check_pass(tokens, pos)?;
         let mut x = self.weights.embed.forward(tokens, &self.device)?; // [T, H]
-        let (cos, sin) = self.rotary_tables(pos, t)?;
+        let tables = self.pass_tables(pos, t)?;
         let layers = &self.weights.layers;
         let mut h = match layers.first() {
             Some(l) => l.norm.forward(&x)?,
@@ -259,7 +282,7 @@ impl Phi2 {
         };
         for (i, (layer, kv)) in layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let (q, k, v, up) = self.project(layer, &h)?;
-            let attn = layer.dense.forward(&self.attend(&q, &k, &v, kv, &cos, &sin)?)?;
+            let attn = layer.dense.forward(&self.attend(&q, &k, &v, kv, &tables)?)?;
             let mlp = layer.fc2.forward(&up)?;
             (x, h) = self.residual(&x, &attn, &mlp, layers.get(i + 1))?;
         }
@@ -306,13 +329,12 @@ impl Phi2 {
         }
         let ids: Vec<u32> = items.iter().flat_map(|it| it.tokens.iter().copied()).collect();
         let mut x = self.weights.embed.forward(&ids, &self.device)?; // [ΣT, H]
-        // Per item: (first row, rows, rotary cos, sin).
+        // Per item: (first row, rows, its pass tables).
         let mut parts = Vec::with_capacity(items.len());
         let mut row = 0;
         for it in items.iter() {
             let (t, pos) = (it.tokens.len(), it.cache.len);
-            let (cos, sin) = self.rotary_tables(pos, t)?;
-            parts.push((row, t, cos, sin));
+            parts.push((row, t, self.pass_tables(pos, t)?));
             row += t;
         }
         let layers = &self.weights.layers;
@@ -323,9 +345,9 @@ impl Phi2 {
         for (l, layer) in layers.iter().enumerate() {
             let (q, k, v, up) = self.project(layer, &h)?;
             let mut ys = Vec::with_capacity(items.len());
-            for (it, (row, t, cos, sin)) in items.iter_mut().zip(&parts) {
+            for (it, (row, t, tables)) in items.iter_mut().zip(&parts) {
                 let rows = |z: &Tensor| z.narrow(0, *row, *t);
-                ys.push(self.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, &mut it.cache.layers[l], cos, sin)?);
+                ys.push(self.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, &mut it.cache.layers[l], tables)?);
             }
             let y = if ys.len() == 1 { ys.pop().expect("one item") } else { Tensor::cat(&ys, 0)? };
             let attn = layer.dense.forward(&y)?;
@@ -394,9 +416,9 @@ impl Phi2 {
         k: &Tensor,
         v: &Tensor,
         kv: &mut LayerKv,
-        cos: &Tensor,
-        sin: &Tensor,
+        tables: &PassTables,
     ) -> candle_core::Result<Tensor> {
+        let (cos, sin) = (&tables.cos, &tables.sin);
         if self.own_kernels {
             return self.attend_cpu(q, k, v, kv, cos, sin);
         }
@@ -408,7 +430,7 @@ impl Phi2 {
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let (q, k) = (self.rotary(&q, cos, sin)?, self.rotary(&k, cos, sin)?);
         kv.append(&k, &v, cfg.context_length)?;
-        self.attend_on_device(&q, kv, t)
+        self.attend_on_device(&q, kv, t, tables.mask.as_ref())
     }
 
     /// [`Phi2::attend`] on the CPU, on plain f32 buffers: one pass over the new rows puts q
@@ -458,18 +480,14 @@ impl Phi2 {
     /// Attention with candle's ops (a GPU, or the CPU reference path), after the rotated keys and values were appended:
     /// q `[1, heads, T, head_dim]` against the `kv.len` cached positions → `[T, H]`. Scores and
     /// softmax in f32; row i sees positions `..= kv.len - T + i`.
-    fn attend_on_device(&self, q: &Tensor, kv: &LayerKv, t: usize) -> candle_core::Result<Tensor> {
+    fn attend_on_device(&self, q: &Tensor, kv: &LayerKv, t: usize, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (hd, len) = (self.config.head_dim(), kv.len);
         let k = kv.k.as_ref().expect("appended above").narrow(2, 0, len)?;
         let v = kv.v.as_ref().expect("appended above").narrow(2, 0, len)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut scores = (q.matmul(&k.t()?)? * scale)?; // [1, heads, T, len]
-        if t > 1 {
-            let pos = len - t;
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| (0..len).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
-                .collect();
-            scores = scores.broadcast_add(&Tensor::from_vec(mask, (t, len), q.device())?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
         }
         let p = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = p.matmul(&v)?; // [1, heads, T, head_dim]
