@@ -322,8 +322,13 @@ unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Ran
             let t0 = tile * TILE;
             let nt = TILE.min(a.tokens - t0);
             for mi in 0..m {
-                let l = |k: usize| _mm512_loadu_ps(slab.acc.as_ptr().add((k * TILE + mi) * TILE));
-                let h: [__m512; 4] = std::array::from_fn(|k| _mm512_add_ps(l(k), l(k + 4)));
+                // (No closures: they would not inherit the target features, and the adds would
+                // be calls.)
+                let mut l = [_mm512_setzero_ps(); 8];
+                for (k, lk) in l.iter_mut().enumerate() {
+                    *lk = _mm512_loadu_ps(slab.acc.as_ptr().add((k * TILE + mi) * TILE));
+                }
+                let h = [_mm512_add_ps(l[0], l[4]), _mm512_add_ps(l[1], l[5]), _mm512_add_ps(l[2], l[6]), _mm512_add_ps(l[3], l[7])];
                 let y = _mm512_add_ps(_mm512_add_ps(h[0], h[2]), _mm512_add_ps(h[1], h[3]));
                 let mut v = [0f32; TILE];
                 _mm512_storeu_ps(v.as_mut_ptr(), y);
@@ -481,9 +486,10 @@ unsafe fn rows_amx_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range
                             *acc_m = _mm512_add_ps(*acc_m, _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(*is)));
                         }
                     } else {
-                        let ps: [__m512i; 8] = std::array::from_fn(|j| {
-                            _mm512_loadu_si512(a.tbs.as_ptr().add(((tile * nsb + b) * 8 + j) * TILE) as *const __m512i)
-                        });
+                        let mut ps = [_mm512_setzero_si512(); 8];
+                        for (j, pj) in ps.iter_mut().enumerate() {
+                            *pj = _mm512_loadu_si512(a.tbs.as_ptr().add(((tile * nsb + b) * 8 + j) * TILE) as *const __m512i);
+                        }
                         for (mi, (acc_m, is)) in acc.iter_mut().zip(&isum).enumerate() {
                             let mut msum = _mm512_setzero_si512();
                             for (j, p) in ps.iter().enumerate() {

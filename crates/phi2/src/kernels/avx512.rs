@@ -154,7 +154,11 @@ unsafe fn tile<const RR: usize, const PP: usize>(w: &WeightRef, a: &Activations,
     let wp = buf.as_ptr().add(wr * wrow);
     let mut acc = [[_mm512_setzero_ps(); PP]; RR];
     for g in 0..groups {
-        let x: [__m512; PP] = std::array::from_fn(|q| _mm512_loadu_ps(xp.add(q * stride + g * 16)));
+        // (A loop, not a closure: closures do not inherit the target features.)
+        let mut x = [_mm512_setzero_ps(); PP];
+        for (q, xq) in x.iter_mut().enumerate() {
+            *xq = _mm512_loadu_ps(xp.add(q * stride + g * 16));
+        }
         for (r, acc_r) in acc.iter_mut().enumerate() {
             // The row's 8 values in both halves (a broadcast load: no shuffle).
             let wv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(wp.add(r * wrow + g * 8) as *const f64)));

@@ -156,8 +156,14 @@ unsafe fn prefetch_group<const SIGNED: bool>(row: &[u8], g: usize, ahead: usize)
 /// dword k of block j in i32 lane j.
 #[inline(always)]
 unsafe fn transpose_8x4(p: *const u8, stride: usize) -> [__m256i; 4] {
-    let l = |j: usize| _mm_loadu_si128(p.add(j * stride) as *const __m128i);
-    let y: [__m256i; 4] = std::array::from_fn(|j| _mm256_set_m128i(l(j + 4), l(j)));
+    // (Written out: a closure would not inherit the caller's target features, so its
+    // intrinsics would be calls.)
+    let mut y = [_mm256_setzero_si256(); 4];
+    for (j, yj) in y.iter_mut().enumerate() {
+        let lo = _mm_loadu_si128(p.add(j * stride) as *const __m128i);
+        let hi = _mm_loadu_si128(p.add((j + 4) * stride) as *const __m128i);
+        *yj = _mm256_set_m128i(hi, lo);
+    }
     let t0 = _mm256_unpacklo_epi32(y[0], y[1]);
     let t1 = _mm256_unpackhi_epi32(y[0], y[1]);
     let t2 = _mm256_unpacklo_epi32(y[2], y[3]);
@@ -477,7 +483,10 @@ unsafe fn tile_qk<const R: usize, const C: usize, const Q5: bool>(
         let mut v = [_mm256_setzero_si256(); 8];
         // msum per output: lane j of mv[k] holds m_j · (Σx of sub-block j), reduced by a tree.
         let mut mv = [_mm256_setzero_si256(); 8];
-        let pairs: [__m256i; C] = std::array::from_fn(|c| bsum_pairs(a, t0 + c, nb, b));
+        let mut pairs = [_mm256_setzero_si256(); C];
+        for (c, pc) in pairs.iter_mut().enumerate() {
+            *pc = bsum_pairs(a, t0 + c, nb, b);
+        }
         for r in 0..R {
             let blk = &rows[r][b * bytes..(b + 1) * bytes];
             let (scales, mins) = scales_mins_k4(blk.as_ptr().add(4));
@@ -535,7 +544,10 @@ unsafe fn tile_q6k<const R: usize, const C: usize>(w: &WeightRef, a: &Activation
     for b in 0..nb {
         prefetch_next_tile::<R>(w, r0, b, 210);
         let mut v = [_mm256_setzero_si256(); 8];
-        let bs16: [__m256i; C] = std::array::from_fn(|c| bsums_i16(a, t0 + c, nb, b));
+        let mut bs16 = [_mm256_setzero_si256(); C];
+        for (c, bc) in bs16.iter_mut().enumerate() {
+            *bc = bsums_i16(a, t0 + c, nb, b);
+        }
         for r in 0..R {
             let blk = &rows[r][b * 210..(b + 1) * 210];
             let sc8 = _mm_loadu_si128(blk.as_ptr().add(192) as *const __m128i);
@@ -603,7 +615,10 @@ unsafe fn tile_float<const R: usize, const C: usize, const BF: bool>(
     let mut acc = [_mm256_setzero_ps(); 8];
     let groups = w.cols / 8;
     for g in 0..groups {
-        let x: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(xs[c].add(8 * g)));
+        let mut x = [_mm256_setzero_ps(); C];
+        for (c, xc) in x.iter_mut().enumerate() {
+            *xc = _mm256_loadu_ps(xs[c].add(8 * g));
+        }
         for r in 0..R {
             let raw = _mm_loadu_si128(rows[r].add(16 * g) as *const __m128i);
             let wv = if BF {
@@ -639,28 +654,27 @@ pub(super) unsafe fn bias_act_row(y: &mut [f32], bias: &[f32], gelu: bool) {
     use super::gelu_c::*;
     let n = y.len().min(bias.len());
     let main = n - n % 8;
-    let c = |v: f32| _mm256_set1_ps(v);
-    let one = c(1.0);
+    let one = _mm256_set1_ps(1.0);
     for i in (0..main).step_by(8) {
         let yp = y.as_mut_ptr().add(i);
         let mut v = _mm256_add_ps(_mm256_loadu_ps(yp), _mm256_loadu_ps(bias.as_ptr().add(i)));
         if gelu {
-            let inner = _mm256_add_ps(one, _mm256_mul_ps(_mm256_mul_ps(c(COEF), v), v));
-            let u = _mm256_mul_ps(_mm256_mul_ps(c(SQRT_2_OVER_PI), v), inner);
+            let inner = _mm256_add_ps(one, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(COEF), v), v));
+            let u = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(SQRT_2_OVER_PI), v), inner);
             // max then min, as `f32::max(..).min(..)` (no NaNs reach here from finite inputs).
-            let x = _mm256_min_ps(_mm256_max_ps(u, c(-CLAMP)), c(CLAMP));
+            let x = _mm256_min_ps(_mm256_max_ps(u, _mm256_set1_ps(-CLAMP)), _mm256_set1_ps(CLAMP));
             let x2 = _mm256_mul_ps(x, x);
-            let mut p = c(A[0]);
+            let mut p = _mm256_set1_ps(A[0]);
             for &a in &A[1..] {
-                p = _mm256_add_ps(_mm256_mul_ps(p, x2), c(a));
+                p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(a));
             }
             let p = _mm256_mul_ps(p, x);
-            let mut q = c(B[0]);
+            let mut q = _mm256_set1_ps(B[0]);
             for &b in &B[1..] {
-                q = _mm256_add_ps(_mm256_mul_ps(q, x2), c(b));
+                q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(b));
             }
             let t = _mm256_div_ps(p, q);
-            v = _mm256_mul_ps(_mm256_mul_ps(c(0.5), v), _mm256_add_ps(one, t));
+            v = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5), v), _mm256_add_ps(one, t));
         }
         _mm256_storeu_ps(yp, v);
     }
@@ -677,7 +691,6 @@ pub(super) unsafe fn bias_act_row(y: &mut [f32], bias: &[f32], gelu: bool) {
 /// scalar steps of the same lanes, so the bits are the scalar twin's.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
-    use super::attention::exp_c::*;
     let hd = q.len();
     let n = k.len() / hd;
     let hd8 = hd - hd % 8;
@@ -707,32 +720,7 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
         }
         scores[j] = key_score(q, k, j, acc, scale);
     }
-    let m = scores[..n].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let c = |x: f32| _mm256_set1_ps(x);
-    let magic = c(12_582_912.0);
-    let mut sum = _mm256_setzero_ps();
-    let n8 = n - n % 8;
-    for j in (0..n8).step_by(8) {
-        let x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(scores.as_ptr().add(j)), c(m)), c(LOW));
-        let nn = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, c(LOG2E)), magic), magic);
-        let r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(nn, c(LN2_HI))), _mm256_mul_ps(nn, c(LN2_LO)));
-        let mut p = c(P[0]);
-        for &cf in &P[1..] {
-            p = _mm256_add_ps(_mm256_mul_ps(p, r), c(cf));
-        }
-        let e = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), c(1.0));
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(nn), _mm256_set1_epi32(127)), 23));
-        let e = _mm256_mul_ps(e, pow2);
-        _mm256_storeu_ps(scores.as_mut_ptr().add(j), e);
-        sum = _mm256_add_ps(sum, e);
-    }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-    for j in n8..n {
-        scores[j] = super::attention::exp(scores[j] - m);
-        lanes[j % 8] += scores[j];
-    }
-    let total = super::reduce8(&lanes);
+    let total = exp_scores(&mut scores[..n]);
     y.fill(0.0);
     let mut accs = [_mm256_setzero_ps(); 16];
     let chunks = hd8 / 8;
@@ -740,7 +728,7 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
         for j in 0..n {
             prefetch_span(v, (j + 1) * hd + ATTN_PREFETCH / 4, hd);
             let p = scores[j] / total;
-            let pv = c(p);
+            let pv = _mm256_set1_ps(p);
             let vj = v.as_ptr().add(j * hd);
             for (ci, acc) in accs.iter_mut().enumerate().take(chunks) {
                 *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, _mm256_loadu_ps(vj.add(8 * ci))));
@@ -755,6 +743,43 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
     } else {
         super::attention::row_scalar(q, k, v, scale, y);
     }
+}
+
+/// The softmax numerators and their sum for one row's scores, in place: `m = max`, `e_j =
+/// exp(s_j − m)` eight at a time with [`super::attention::exp`]'s operations, the sum in lanes
+/// j % 8 then [`super::reduce8`] (the definition's steps; returns the sum).
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn exp_scores(scores: &mut [f32]) -> f32 {
+    use super::attention::exp_c::*;
+    let n = scores.len();
+    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    // Constants as vectors up front (a closure would not inherit the target features: calls).
+    let (mv, low, log2e, hi, lo, one) = (_mm256_set1_ps(m), _mm256_set1_ps(LOW), _mm256_set1_ps(LOG2E), _mm256_set1_ps(LN2_HI), _mm256_set1_ps(LN2_LO), _mm256_set1_ps(1.0));
+    let pc: [__m256; 6] = [_mm256_set1_ps(P[0]), _mm256_set1_ps(P[1]), _mm256_set1_ps(P[2]), _mm256_set1_ps(P[3]), _mm256_set1_ps(P[4]), _mm256_set1_ps(P[5])];
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let mut sum = _mm256_setzero_ps();
+    let n8 = n - n % 8;
+    for j in (0..n8).step_by(8) {
+        let x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(scores.as_ptr().add(j)), mv), low);
+        let nn = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, log2e), magic), magic);
+        let r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(nn, hi)), _mm256_mul_ps(nn, lo));
+        let mut p = pc[0];
+        for &cf in &pc[1..] {
+            p = _mm256_add_ps(_mm256_mul_ps(p, r), cf);
+        }
+        let e = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), one);
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(nn), _mm256_set1_epi32(127)), 23));
+        let e = _mm256_mul_ps(e, pow2);
+        _mm256_storeu_ps(scores.as_mut_ptr().add(j), e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    for j in n8..n {
+        scores[j] = super::attention::exp(scores[j] - m);
+        lanes[j % 8] += scores[j];
+    }
+    super::reduce8(&lanes)
 }
 
 /// How far ahead of its reads attention prefetches the cache's keys and values (bytes). A decode
@@ -803,7 +828,10 @@ pub(super) unsafe fn quantize_row_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32], s
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for b in 0..nb {
         let xp = x.as_ptr().add(32 * b);
-        let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xp.add(8 * k)));
+        let mut v = [_mm256_setzero_ps(); 4];
+        for (k, vk) in v.iter_mut().enumerate() {
+            *vk = _mm256_loadu_ps(xp.add(8 * k));
+        }
         // max(|v|, m): MAXPS returns its second operand when either is NaN, so NaNs are skipped.
         let mut m = _mm256_setzero_ps();
         for vk in &v {
@@ -814,12 +842,13 @@ pub(super) unsafe fn quantize_row_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32], s
         let amax = lanes.iter().fold(0f32, |a, &l| a.max(l));
         d[b] = half::f16::from_f32(amax / 127.0).to_f32();
         let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
-        let c: [__m256i; 4] = std::array::from_fn(|k| {
-            let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[k], id), magic), magic);
+        let mut c = [_mm256_setzero_si256(); 4];
+        for (ck, vk) in c.iter_mut().zip(&v) {
+            let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(*vk, id), magic), magic);
             let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(r, r);
             let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
-            _mm256_andnot_si256(_mm256_castps_si256(nan), _mm256_cvtps_epi32(r))
-        });
+            *ck = _mm256_andnot_si256(_mm256_castps_si256(nan), _mm256_cvtps_epi32(r));
+        }
         let sum = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
         let mut sl = [0i32; 8];
         _mm256_storeu_si256(sl.as_mut_ptr() as *mut __m256i, sum);
