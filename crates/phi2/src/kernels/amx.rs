@@ -18,6 +18,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::buffer::Aligned;
 use super::{Activations, OutPtr, WeightRef};
 use crate::dtype::DType;
 
@@ -93,10 +94,10 @@ pub(crate) fn prepare(a: &mut Activations) {
     let tiles = tokens.div_ceil(TILE);
     let k_family = a.family == Some(super::Family::Q8K);
     let nsb = if k_family { cols / 256 } else { nb };
-    super::resize(&mut a.tb, tiles * nb * 512);
-    super::resize(&mut a.td, tiles * nsb * TILE);
+    a.tb.resize_zeroed(tiles * nb * 512);
+    a.td.resize_zeroed(tiles * nsb * TILE);
     if k_family {
-        super::resize(&mut a.tbs, tiles * nsb * 8 * TILE);
+        a.tbs.resize_zeroed(tiles * nsb * 8 * TILE);
     }
     for t in 0..tokens {
         let (tile, n) = (t / TILE, t % TILE);
@@ -165,16 +166,16 @@ struct CTile([i32; 256]);
 /// Per-thread buffers: one 16-row slab of weights as A tiles (per block: 16 rows × 32 bytes),
 /// its scales `[b][row]`, and the 8 lanes' accumulators `[lane][row][token]`.
 struct Slab {
-    a: Vec<u8>,
+    a: Aligned<u8>,
     dw: Vec<f32>,
-    acc: Vec<f32>,
+    acc: Aligned<f32>,
     /// K-quants: sub-block scales `[b·S + j][row]`, mins `[b·8 + j][row]`, dmin `[b][row]`.
     sc: Vec<i32>,
     mins: Vec<i32>,
     dmin: Vec<f32>,
 }
 
-const EMPTY_SLAB: Slab = Slab { a: Vec::new(), dw: Vec::new(), acc: Vec::new(), sc: Vec::new(), mins: Vec::new(), dmin: Vec::new() };
+const EMPTY_SLAB: Slab = Slab { a: Aligned::new(), dw: Vec::new(), acc: Aligned::new(), sc: Vec::new(), mins: Vec::new(), dmin: Vec::new() };
 
 thread_local! {
     static SLAB: std::cell::RefCell<Slab> = const { std::cell::RefCell::new(EMPTY_SLAB) };
@@ -220,8 +221,9 @@ unsafe fn pack_slab<const SIGNED: bool>(w: &WeightRef, r0: usize, m: usize, slab
                 _mm_storeu_si128(dst as *mut __m128i, _mm_sub_epi8(_mm_and_si128(q, mask), eight));
                 _mm_storeu_si128(dst.add(16) as *mut __m128i, _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), mask), eight));
             }
-            let h = u16::from_le_bytes([*blk, *blk.add(1)]);
-            slab.dw[b * TILE + mi] = half::f16::from_bits(h).to_f32();
+            // F16C in line (the `half` crate's conversion is a call per block).
+            let h = (blk as *const u16).read_unaligned();
+            slab.dw[b * TILE + mi] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)));
         }
     }
 }
@@ -263,9 +265,9 @@ unsafe fn tile_store<const SET: usize>(c: *mut i32) {
 unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, slab: &mut Slab) {
     let nb = w.cols / 32;
     let tiles = a.tokens.div_ceil(TILE);
-    slab.a.resize(nb * 512, 0);
+    slab.a.resize(nb * 512);
     slab.dw.resize(nb * TILE, 0.0);
-    slab.acc.resize(8 * TILE * TILE, 0.0);
+    slab.acc.resize(8 * TILE * TILE);
     let mut c = [CTile([0; 256]), CTile([0; 256])];
     asm!("ldtilecfg [{0}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
     let mut r0 = rows.start;
@@ -428,7 +430,7 @@ unsafe fn rows_amx_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range
     let nb32 = w.cols / 32;
     let tiles = a.tokens.div_ceil(TILE);
     let (l, subs) = if KIND == K6 { (16usize, 16usize) } else { (32, 8) };
-    slab.a.resize(nsb * 256 * TILE, 0);
+    slab.a.resize(nsb * 256 * TILE);
     slab.dw.resize(nsb * TILE, 0.0);
     slab.dmin.resize(nsb * TILE, 0.0);
     slab.sc.resize(nsb * subs * TILE, 0);

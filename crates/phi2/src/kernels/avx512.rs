@@ -51,7 +51,7 @@ fn pair_stride(cols: usize) -> usize {
 pub(crate) fn prepare(a: &mut Activations) {
     let (tokens, cols) = (a.tokens, a.cols);
     let groups = cols / 8;
-    super::resize(&mut a.fp, pairs_len(tokens, cols));
+    a.fp.resize_zeroed(pairs_len(tokens, cols));
     for t in 0..tokens {
         let (p, h) = (t / 2, t % 2);
         for g in 0..groups {

@@ -87,3 +87,56 @@ mod tests {
         }
     }
 }
+
+/// A buffer of `len` values starting on a 64-byte boundary, so that a 64-byte vector or tile
+/// row read from it never straddles two cache lines (a `Vec` of bytes or f32 is aligned to its
+/// element only; measured on the AMX kernel's buffers, 16 bytes off a line: every activation
+/// tile row and epilogue accumulator touched two lines).
+#[derive(Debug, Default)]
+pub struct Aligned<T> {
+    buf: Vec<T>,
+    off: usize,
+    len: usize,
+}
+
+impl<T> Aligned<T> {
+    pub const fn new() -> Self {
+        Aligned { buf: Vec::new(), off: 0, len: 0 }
+    }
+}
+
+impl<T: Copy + Default> Aligned<T> {
+    /// `n` values, all `T::default()` (zeros).
+    pub fn resize_zeroed(&mut self, n: usize) {
+        let slack = 64 / std::mem::size_of::<T>().max(1);
+        self.buf.clear();
+        self.buf.resize(n + slack, T::default());
+        self.off = self.buf.as_ptr().align_offset(64).min(slack);
+        self.len = n;
+    }
+
+    /// `n` values; the contents are unspecified unless the length changed (then zeros). For
+    /// buffers the caller overwrites in full.
+    pub fn resize(&mut self, n: usize) {
+        if self.len != n || self.buf.is_empty() {
+            self.resize_zeroed(n);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.resize_zeroed(0);
+    }
+}
+
+impl<T> Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl<T> DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}

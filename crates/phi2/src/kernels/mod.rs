@@ -150,18 +150,13 @@ pub struct Activations {
     pub q16: Vec<i16>,
     /// Batches of at least `amx::MIN_TOKENS` on CPUs with AMX (Q8_0 and Q8_K families): the
     /// activation tiles, their scales and (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
-    pub tb: Vec<i8>,
-    pub td: Vec<f32>,
-    pub tbs: Vec<i32>,
+    pub tb: buffer::Aligned<i8>,
+    pub td: buffer::Aligned<f32>,
+    pub tbs: buffer::Aligned<i32>,
     pub f: Vec<f32>,
     /// F16/BF16 batches on CPUs with AMX (AVX-512): `f` by token pairs (see `avx512::prepare`);
     /// empty otherwise.
-    pub fp: Vec<f32>,
-}
-
-pub(crate) fn resize<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
-    v.clear();
-    v.resize(n, T::default());
+    pub fp: buffer::Aligned<f32>,
 }
 
 /// `n` elements for a buffer the caller then writes in full: old contents are kept instead of
