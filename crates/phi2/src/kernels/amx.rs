@@ -261,6 +261,46 @@ unsafe fn tile_store<const SET: usize>(c: *mut i32) {
     }
 }
 
+/// Prefetches the next slab's weight rows into L2 a few lines at a time while this slab
+/// computes, so that packing it does not wait on memory line by line (the weights stream from
+/// DRAM once per prompt pass; measured, packing was ~17% of a 128-token Q4_0 prompt's samples,
+/// mostly waiting on those reads).
+struct SlabPrefetch {
+    base: *const u8,
+    end: *const u8,
+    row_bytes: usize,
+    per_row: usize,
+    lines: usize,
+    next: usize,
+    per_call: usize,
+}
+
+impl SlabPrefetch {
+    /// Rows `r0 .. r1` of `w`, spread over `calls` calls of [`Self::step`].
+    fn new(w: &WeightRef, r0: usize, r1: usize, calls: usize) -> Self {
+        let row_bytes = w.row_bytes();
+        // A row not starting on a line covers one line more than its length needs.
+        let per_row = row_bytes.div_ceil(64) + 1;
+        let lines = r1.saturating_sub(r0) * per_row;
+        let base = w.data.as_ptr().wrapping_add(r0.min(w.rows) * row_bytes);
+        let end = w.data.as_ptr().wrapping_add(w.data.len());
+        SlabPrefetch { base, end, row_bytes, per_row, lines, next: 0, per_call: lines.div_ceil(calls.max(1)) }
+    }
+
+    #[inline(always)]
+    unsafe fn step(&mut self) {
+        let stop = (self.next + self.per_call).min(self.lines);
+        while self.next < stop {
+            let (r, k) = (self.next / self.per_row, self.next % self.per_row);
+            let p = self.base.wrapping_add(r * self.row_bytes + (64 * k).min(self.row_bytes - 1));
+            if p < self.end {
+                _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+            }
+            self.next += 1;
+        }
+    }
+}
+
 #[target_feature(enable = "avx512f,avx2,f16c")]
 unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, slab: &mut Slab) {
     let nb = w.cols / 32;
@@ -274,8 +314,10 @@ unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Ran
     while r0 < rows.end {
         let m = (rows.end - r0).min(TILE);
         pack_slab::<SIGNED>(w, r0, m, slab);
+        let mut pf = SlabPrefetch::new(w, r0 + m, (r0 + m + TILE).min(rows.end), tiles * 8);
         for tile in 0..tiles {
             for l in 0..8 {
+                pf.step();
                 let mut acc = [_mm512_setzero_ps(); TILE];
                 // Lane l takes blocks l, l + 8, …: `cnt` of them. Two tile sets in turn: while
                 // the epilogue reads block j's results (stored one step earlier), the product
@@ -443,7 +485,9 @@ unsafe fn rows_amx_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range
     while r0 < rows.end {
         let m = (rows.end - r0).min(TILE);
         pack_kslab::<KIND>(w, r0, m, slab);
+        let mut pf = SlabPrefetch::new(w, r0 + m, (r0 + m + TILE).min(rows.end), tiles);
         for tile in 0..tiles {
+            pf.step();
             // Step i = sub-block i % subs of super-block i / subs: its A tile and B tile.
             let ta = |i: usize| slab.a.as_ptr().add(i * TILE * l);
             let tb = |i: usize| {
