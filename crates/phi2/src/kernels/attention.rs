@@ -38,6 +38,33 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, scale: f32, out:
     // Small products (decode at short context) stay on this thread.
     let work = heads * tokens * (pos + tokens) * hd;
     let threads = if work < 1 << 16 { 1 } else { threads };
+    #[cfg(target_arch = "x86_64")]
+    if tokens >= 2 && pairs_of_rows(isa, hd) {
+        // Two rows of a head per item (AVX-512: one register holds both rows' lanes).
+        let per_head = tokens.div_ceil(2);
+        pool::run(heads * per_head, threads, &|item| {
+            let (h, i) = (item / per_head, 2 * (item % per_head));
+            let n = pos + i + 1;
+            let qr = |i: usize| &q[(h * tokens + i) * hd..(h * tokens + i + 1) * hd];
+            if i + 1 == tokens {
+                let kh = &k[h * cap * hd..(h * cap + n) * hd];
+                let vh = &v[h * cap * hd..(h * cap + n) * hd];
+                // SAFETY: row i's slice of head h is this item's alone.
+                row(isa, qr(i), kh, vh, scale, unsafe { o.token_cols(i, h * hd..(h + 1) * hd) });
+                return;
+            }
+            let kh = &k[h * cap * hd..(h * cap + n + 1) * hd];
+            let vh = &v[h * cap * hd..(h * cap + n + 1) * hd];
+            // SAFETY: rows i and i + 1 of head h are this item's alone; the CPU runs AVX-512F
+            // (`pairs_of_rows`).
+            unsafe {
+                let ya = o.token_cols(i, h * hd..(h + 1) * hd);
+                let yb = o.token_cols(i + 1, h * hd..(h + 1) * hd);
+                super::avx512::attention_rows2(qr(i), qr(i + 1), kh, vh, scale, ya, yb);
+            }
+        });
+        return;
+    }
     pool::run(heads * tokens, threads, &|item| {
         let (h, i) = (item / tokens, item % tokens);
         let n = pos + i + 1;
@@ -48,6 +75,13 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, scale: f32, out:
         let y = unsafe { &mut o.token_row(i)[h * hd..(h + 1) * hd] };
         row(isa, qr, kh, vh, scale, y);
     });
+}
+
+/// Whether batches run two rows at a time ([`super::avx512::attention_rows2`]): an x86 kernel
+/// set on a CPU with AVX-512F, and a head size it takes. Same bits either way.
+#[cfg(target_arch = "x86_64")]
+fn pairs_of_rows(isa: super::Isa, head_dim: usize) -> bool {
+    matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Amx) && super::avx512::rows2_fit(head_dim) && super::avx512::available()
 }
 
 fn row(isa: super::Isa, q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {

@@ -1,5 +1,6 @@
 //! x86-64 AVX-512: F16 / BF16 weights against batches of tokens (prompts, speculative drafts),
-//! part of the AMX kernel set (every CPU with AMX has AVX-512F).
+//! part of the AMX kernel set (every CPU with AMX has AVX-512F); and attention two query rows at
+//! a time for batches ([`attention_rows2`], on any x86 kernel set when the CPU has AVX-512F).
 //!
 //! The definition ([`super::scalar`]) keeps 8 f32 lanes per output, element i in lane i % 8,
 //! each lane a sequential sum of exact products (a 16-bit float times a rounded activation fits
@@ -188,4 +189,108 @@ unsafe fn tile<const RR: usize, const PP: usize>(w: &WeightRef, a: &Activations,
             }
         }
     }
+}
+
+/// Attention for two consecutive query rows of one head ([`super::attention::row_scalar`]'s
+/// definition for each): row a sees keys `0..n`, row b keys `0..=n` (`k`, `v` hold `n + 1`
+/// keys). One 512-bit register holds the 8 lanes of both rows (row a low, row b high), so each
+/// 8-value chunk of a key or value is loaded once, as a broadcast, for the two queries, and the
+/// lane reductions run on both rows at once. Every lane sees the scalar definition's operations
+/// in its order, so the bits are those of one row at a time. `head_dim` must be a multiple of 8
+/// and at most 128 ([`rows2_fit`]).
+///
+/// Measured on Phi-2-shaped Q4_0 (generate example, 2 threads, load included, alternating with
+/// the one-row kernel): a 512-token prompt 5.1 → 4.66 s, 128 tokens 0.97 → 0.94 s; log-probs of a
+/// 200-token prompt identical to the bit.
+#[target_feature(enable = "avx512f,avx2")]
+pub(super) unsafe fn attention_rows2(qa: &[f32], qb: &[f32], k: &[f32], v: &[f32], scale: f32, ya: &mut [f32], yb: &mut [f32]) {
+    let hd = qa.len();
+    let cn = hd / 8;
+    debug_assert!(rows2_fit(hd) && qb.len() == hd && ya.len() == hd && yb.len() == hd);
+    let n = k.len() / hd - 1;
+    debug_assert!(v.len() >= (n + 1) * hd);
+    // Both rows' query chunks, one register per chunk.
+    let mut qp = [_mm512_setzero_ps(); 16];
+    for (c, qc) in qp.iter_mut().enumerate().take(cn) {
+        *qc = pair8(_mm256_loadu_ps(qa.as_ptr().add(8 * c)), _mm256_loadu_ps(qb.as_ptr().add(8 * c)));
+    }
+    let vs = _mm512_set1_ps(scale);
+    let mut sa = vec![0f32; n];
+    let mut sb = vec![0f32; n + 1];
+    let n8 = n - n % 8;
+    for j0 in (0..n8).step_by(8) {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for (c, qc) in qp.iter().enumerate().take(cn) {
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(*qc, bcast8(k.as_ptr().add((j0 + u) * hd + 8 * c))));
+            }
+        }
+        for (u, a) in acc.iter().enumerate() {
+            let z = _mm512_mul_ps(reduce8x2(*a), vs);
+            sa[j0 + u] = _mm512_cvtss_f32(z);
+            sb[j0 + u] = _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(z));
+        }
+    }
+    // The last keys one at a time; key n counts for row b only.
+    for j in n8..=n {
+        let mut a = _mm512_setzero_ps();
+        for (c, qc) in qp.iter().enumerate().take(cn) {
+            a = _mm512_add_ps(a, _mm512_mul_ps(*qc, bcast8(k.as_ptr().add(j * hd + 8 * c))));
+        }
+        let z = _mm512_mul_ps(reduce8x2(a), vs);
+        if j < n {
+            sa[j] = _mm512_cvtss_f32(z);
+        }
+        sb[j] = _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(z));
+    }
+    let ta = super::x86::exp_scores(&mut sa);
+    let tb = super::x86::exp_scores(&mut sb);
+    for e in sa.iter_mut() {
+        *e /= ta;
+    }
+    for e in sb.iter_mut() {
+        *e /= tb;
+    }
+    let mut yacc = [_mm512_setzero_ps(); 16];
+    for j in 0..n {
+        let pp = _mm512_mask_broadcastss_ps(_mm512_set1_ps(sa[j]), 0xFF00, _mm_set_ss(sb[j]));
+        let vj = v.as_ptr().add(j * hd);
+        for (c, y) in yacc.iter_mut().enumerate().take(cn) {
+            *y = _mm512_add_ps(*y, _mm512_mul_ps(pp, bcast8(vj.add(8 * c))));
+        }
+    }
+    let pn = _mm256_set1_ps(sb[n]);
+    let vn = v.as_ptr().add(n * hd);
+    for (c, y) in yacc.iter().enumerate().take(cn) {
+        _mm256_storeu_ps(ya.as_mut_ptr().add(8 * c), _mm512_castps512_ps256(*y));
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*y)));
+        _mm256_storeu_ps(yb.as_mut_ptr().add(8 * c), _mm256_add_ps(hi, _mm256_mul_ps(pn, _mm256_loadu_ps(vn.add(8 * c)))));
+    }
+}
+
+/// Whether [`attention_rows2`] takes rows of `head_dim` values.
+pub(super) fn rows2_fit(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(8) && head_dim <= 128
+}
+
+/// `lo` in the low 256 bits, `hi` in the high.
+#[inline(always)]
+unsafe fn pair8(lo: __m256, hi: __m256) -> __m512 {
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi)))
+}
+
+/// The 8 floats at `p` in both halves (a broadcast load).
+#[inline(always)]
+unsafe fn bcast8(p: *const f32) -> __m512 {
+    _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(p as *const f64)))
+}
+
+/// [`super::reduce8`] of each 256-bit half, in lanes 0 and 8: `((l0+l4)+(l2+l6)) +
+/// ((l1+l5)+(l3+l7))` (the same adds; each is commutative, so the swapped operands of the
+/// shuffles give the same bits).
+#[inline(always)]
+unsafe fn reduce8x2(a: __m512) -> __m512 {
+    let x = _mm512_add_ps(a, _mm512_shuffle_f32x4::<0b10_11_00_01>(a, a));
+    let y = _mm512_add_ps(x, _mm512_permute_ps::<0b01_00_11_10>(x));
+    _mm512_add_ps(y, _mm512_permute_ps::<0b10_11_00_01>(y))
 }
