@@ -1,5 +1,6 @@
 //! Kernel micro-benchmark on Phi-2-sized matrices (random weights):
 //!   cargo run --release -p phi2 --example kernel_bench -- [--threads N] [--tokens T] [--types q4_0,q8_0,...]
+//!       [--shape ROWSxCOLS]
 //! Prints weight-read bandwidth for T = 1 (decode) and multiply-accumulates per second for the
 //! prompt batch. With `--threads 1` the time is the thread's CPU time (steady on a busy machine).
 //! A development tool: the numbers users see come from `phi2-bench`.
@@ -23,7 +24,9 @@ fn main() {
     let threads: usize = opt("--threads", "2").parse().unwrap();
     let tokens: usize = opt("--tokens", "128").parse().unwrap();
     let types = opt("--types", "q4_0,q8_0,q4_K,q5_K,q6_K,f16,bf16");
-    let (rows, cols) = (10240usize, 2560usize);
+    // `--shape ROWSxCOLS` (default Phi-2's fc1, 10240x2560; its fc2 is 2560x10240).
+    let shape = opt("--shape", "10240x2560");
+    let (rows, cols) = shape.split_once('x').and_then(|(r, c)| Some((r.parse::<usize>().ok()?, c.parse::<usize>().ok()?))).expect("--shape ROWSxCOLS");
     eprintln!("kernels: {}, threads {threads}, matrix [{rows}, {cols}]", kernels::isa().name());
     for name in types.split(',') {
         let dtype = DType::from_name(name).expect("type");
