@@ -30,12 +30,12 @@ pub(crate) const TILE: usize = 16;
 /// row kernel is faster).
 pub(crate) const MIN_TOKENS: usize = 10;
 
-/// Whether this CPU and OS run the tile kernels: AMX-TILE + AMX-INT8, AVX-512F for the
+/// Whether this CPU and OS run the tile kernels: AMX-TILE + AMX-INT8, AVX-512F (and BW) for the
 /// epilogue, AVX-VNNI for small batches, and the kernel's permission for the tile state.
 pub(crate) fn available() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
-        if !(super::x86::vnni_available() && super::avx512::available()) {
+        if !(super::x86::vnni_available() && super::avx512::available() && is_x86_feature_detected!("avx512bw")) {
             return false;
         }
         // CPUID.(EAX=7, ECX=0):EDX bit 24 = AMX-TILE, bit 25 = AMX-INT8.
@@ -86,8 +86,9 @@ pub(crate) fn takes(w: &WeightRef, a: &Activations) -> bool {
 /// made): per tile of 16 tokens and 32 values (block g), 512 bytes
 /// `B[k][4n + i] = q[t0 + n][32g + 4k + i]` (for Q6_K's sub-blocks of 16, rows 0..4 and 4..8 of
 /// it are the two halves); the activation scales per tile and block (Q8_0) or super-block (Q8_K)
-/// `[..][n]`; for Q8_K also the sums of each 32 values (`bsums` in pairs) `[.., j][n]`. Zeros for
-/// padding tokens.
+/// `[..][n]`; for Q8_K also the sums of each 32 values (`bsums` in pairs) as i16, sub-blocks
+/// 2jj and 2jj + 1 side by side for `vpmaddwd`: `[.., jj][2n + j % 2]` (|sum| ≤ 32 · 127 fits).
+/// Zeros for padding tokens.
 pub(crate) fn prepare(a: &mut Activations) {
     let (tokens, cols) = (a.tokens, a.cols);
     let nb = cols / 32;
@@ -98,6 +99,7 @@ pub(crate) fn prepare(a: &mut Activations) {
     a.td.resize_zeroed(tiles * nsb * TILE);
     if k_family {
         a.tbs.resize_zeroed(tiles * nsb * 8 * TILE);
+        debug_assert!(a.bsums.iter().all(|&s| s.unsigned_abs() <= 16 * 128));
     }
     for t in 0..tokens {
         let (tile, n) = (t / TILE, t % TILE);
@@ -113,7 +115,7 @@ pub(crate) fn prepare(a: &mut Activations) {
                 a.td[(tile * nsb + b) * TILE + n] = a.d[b * tokens + t];
                 for j in 0..8 {
                     let bs = &a.bsums[(t * nsb + b) * 16..];
-                    a.tbs[((tile * nsb + b) * 8 + j) * TILE + n] = bs[2 * j] + bs[2 * j + 1];
+                    a.tbs[((tile * nsb + b) * 4 + j / 2) * 2 * TILE + 2 * n + j % 2] = (bs[2 * j] + bs[2 * j + 1]) as i16;
                 }
             } else {
                 a.td[(tile * nsb + b) * TILE + n] = a.d[t * nb + b];
@@ -169,7 +171,8 @@ struct Slab {
     a: Aligned<u8>,
     dw: Vec<f32>,
     acc: Aligned<f32>,
-    /// K-quants: sub-block scales `[b·S + j][row]`, mins `[b·8 + j][row]`, dmin `[b][row]`.
+    /// K-quants: sub-block scales `[b·S + j][row]`, mins of sub-blocks 2jj and 2jj + 1 as two
+    /// i16 in one i32 `[b·4 + jj][row]`, dmin `[b][row]`.
     sc: Vec<i32>,
     mins: Vec<i32>,
     dmin: Vec<f32>,
@@ -443,7 +446,8 @@ unsafe fn pack_kslab<const KIND: u8>(w: &WeightRef, r0: usize, m: usize, slab: &
                 for j in 0..8 {
                     let (sc, mn) = super::scale_min_k4(j, &blk[4..16]);
                     slab.sc[(b * 8 + j) * TILE + mi] = sc as i32;
-                    slab.mins[(b * 8 + j) * TILE + mi] = mn as i32;
+                    let pair = &mut slab.mins[(b * 4 + j / 2) * TILE + mi];
+                    *pair = if j % 2 == 0 { mn as i32 } else { *pair | (mn as i32) << 16 };
                     let q = load32(blk.as_ptr().add(qs_off + 32 * (j / 2)));
                     let mut v = if j % 2 == 0 { _mm256_and_si256(q, m4) } else { _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) };
                     if KIND == K5 {
@@ -466,7 +470,7 @@ unsafe fn load32(p: *const u8) -> __m256i {
 /// each sub-block, `isum += sc_j · C_j` in i32 (exact), then (Q4_K / Q5_K) `msum = Σ_j m_j ·
 /// (pair sums)` in i32 and `acc += (d·dx)·isum − (dmin·dx)·msum`, (Q6_K) `acc += (d·dx)·isum`:
 /// the scalar twin's operations, in super-block order.
-#[target_feature(enable = "avx512f,avx2,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
 unsafe fn rows_amx_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, slab: &mut Slab) {
     let nsb = w.cols / 256;
     let nb32 = w.cols / 32;
@@ -476,7 +480,7 @@ unsafe fn rows_amx_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range
     slab.dw.resize(nsb * TILE, 0.0);
     slab.dmin.resize(nsb * TILE, 0.0);
     slab.sc.resize(nsb * subs * TILE, 0);
-    slab.mins.resize(nsb * 8 * TILE, 0);
+    slab.mins.resize(nsb * 4 * TILE, 0);
     let mut c = [CTile([0; 256]), CTile([0; 256])];
     let cfg = if KIND == K6 { &CONFIG16 } else { &CONFIG };
     asm!("ldtilecfg [{0}]", in(reg) cfg as *const TileConfig, options(nostack, readonly));
@@ -532,15 +536,17 @@ unsafe fn rows_amx_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range
                             *acc_m = _mm512_add_ps(*acc_m, _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(*is)));
                         }
                     } else {
-                        let mut ps = [_mm512_setzero_si512(); 8];
-                        for (j, pj) in ps.iter_mut().enumerate() {
-                            *pj = _mm512_loadu_si512(a.tbs.as_ptr().add(((tile * nsb + b) * 8 + j) * TILE) as *const __m512i);
+                        let mut ps = [_mm512_setzero_si512(); 4];
+                        for (jj, pj) in ps.iter_mut().enumerate() {
+                            *pj = _mm512_loadu_si512(a.tbs.as_ptr().add(((tile * nsb + b) * 4 + jj) * 2 * TILE) as *const __m512i);
                         }
                         for (mi, (acc_m, is)) in acc.iter_mut().zip(&isum).enumerate() {
+                            // msum = Σ_j m_j · (pair sum j), exact in i32: two sub-blocks per
+                            // `vpmaddwd` (6-bit mins times sums within i16).
                             let mut msum = _mm512_setzero_si512();
-                            for (j, p) in ps.iter().enumerate() {
-                                let mn = _mm512_set1_epi32(*slab.mins.get_unchecked((b * 8 + j) * TILE + mi));
-                                msum = _mm512_add_epi32(msum, _mm512_mullo_epi32(mn, *p));
+                            for (jj, p) in ps.iter().enumerate() {
+                                let mn = _mm512_set1_epi32(*slab.mins.get_unchecked((b * 4 + jj) * TILE + mi));
+                                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mn, *p));
                             }
                             let d = _mm512_set1_ps(*slab.dw.get_unchecked(b * TILE + mi));
                             let dmin = _mm512_set1_ps(*slab.dmin.get_unchecked(b * TILE + mi));

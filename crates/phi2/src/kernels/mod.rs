@@ -152,7 +152,7 @@ pub struct Activations {
     /// activation tiles, their scales and (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
     pub tb: buffer::Aligned<i8>,
     pub td: buffer::Aligned<f32>,
-    pub tbs: buffer::Aligned<i32>,
+    pub tbs: buffer::Aligned<i16>,
     pub f: Vec<f32>,
     /// F16/BF16 batches on CPUs with AMX (AVX-512): `f` by token pairs (see `avx512::prepare`);
     /// empty otherwise.
