@@ -254,6 +254,33 @@ fn q8_0_row_quantizer_matches_the_block_quantizer() {
     }
 }
 
+#[test]
+fn q8_k_block_quantizer_gives_the_scalar_bits() {
+    // Random blocks of several magnitudes, and the edge cases: zeros, the largest magnitude
+    // first negative then positive (the first one gives the scale), ties, NaN, infinities.
+    let mut rng = Rng(0x08C8);
+    let mut blocks: Vec<Vec<f32>> = Vec::new();
+    for scale in [1e-3f32, 0.5, 3.0, 200.0, 1e30] {
+        for _ in 0..4 {
+            blocks.push((0..256).map(|_| rng.unit() * scale).collect());
+        }
+    }
+    blocks.push(vec![0.0; 256]);
+    blocks.push(vec![-0.0; 256]);
+    blocks.push((0..256).map(|i| if i == 40 { -5.0 } else if i == 200 { 5.0 } else { (i % 13) as f32 * 0.25 - 1.5 }).collect());
+    blocks.push((0..256).map(|i| if i == 9 { 127.0 } else { (i % 32) as f32 * 0.5 - 8.0 }).collect());
+    blocks.push((0..256).map(|i| if i == 3 { f32::NAN } else { i as f32 - 100.0 }).collect());
+    blocks.push((0..256).map(|i| if i == 77 { f32::INFINITY } else { i as f32 }).collect());
+    blocks.push((0..256).map(|i| if i % 2 == 0 { f32::NEG_INFINITY } else { f32::NAN }).collect());
+    blocks.push(vec![f32::NAN; 256]);
+    for (n, x) in blocks.iter().enumerate() {
+        let (mut q, mut bs, mut q0, mut bs0) = ([0i8; 256], [0i32; 16], [0i8; 256], [0i32; 16]);
+        let d = kernels::quantize_block_q8_k(x, &mut q, &mut bs);
+        let d0 = kernels::quantize_block_q8_k_scalar(x, &mut q0, &mut bs0);
+        assert_eq!((d.to_bits(), &q[..], bs), (d0.to_bits(), &q0[..], bs0), "block {n}");
+    }
+}
+
 fn gelu_f64(x: f64) -> f64 {
     0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * x * (1.0 + 0.044715 * x * x)).tanh())
 }

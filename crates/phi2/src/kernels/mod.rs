@@ -324,7 +324,18 @@ pub fn quantize_row_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) 
 }
 
 /// ggml's `block_q8_K` for 256 values: writes the 8-bit values and the 16 sums of 16, returns d.
+/// AVX2 where present, with the bits of [`quantize_block_q8_k_scalar`].
 pub fn quantize_block_q8_k(x: &[f32], q: &mut [i8], bsums: &mut [i32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: AVX2 is present (checked just now).
+        return unsafe { x86::quantize_block_q8_k(x, q, bsums) };
+    }
+    quantize_block_q8_k_scalar(x, q, bsums)
+}
+
+/// [`quantize_block_q8_k`], one value at a time: the definition.
+pub fn quantize_block_q8_k_scalar(x: &[f32], q: &mut [i8], bsums: &mut [i32]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {

@@ -857,3 +857,62 @@ pub(super) unsafe fn quantize_row_q8_0(x: &[f32], q: &mut [i8], d: &mut [f32], s
         _mm256_storeu_si256(q.as_mut_ptr().add(32 * b) as *mut __m256i, _mm256_permutevar8x32_epi32(packed, order));
     }
 }
+
+/// [`super::quantize_block_q8_k`] (256 values) eight at a time, with the same results: the first
+/// value of the largest magnitude gives the scale (NaNs skipped, as the scalar `>` skips them),
+/// each value is rounded by the magic-number addition (ties to even, as `round_ties_even`),
+/// clamped to [−128, 127], and NaNs become 0 as `as i8` makes them; the sums of 16 in i32.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_block_q8_k(x: &[f32], q: &mut [i8], bsums: &mut [i32]) -> f32 {
+    assert!(x.len() == 256 && q.len() >= 256 && bsums.len() >= 16);
+    let sign = _mm256_set1_ps(-0.0);
+    let xp = x.as_ptr();
+    // max(|v|, m): MAXPS returns its second operand when either is NaN, so NaNs are skipped.
+    let mut m = _mm256_setzero_ps();
+    for k in 0..32 {
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(xp.add(8 * k))), m);
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    let amax = lanes.iter().fold(0f32, |a, &l| a.max(l));
+    if amax == 0.0 {
+        q[..256].fill(0);
+        bsums[..16].fill(0);
+        return 0.0;
+    }
+    // The first value whose magnitude is the maximum (the scalar loop keeps the first).
+    let am = _mm256_set1_ps(amax);
+    let mut first = 0;
+    for k in 0..32 {
+        let eq = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, _mm256_loadu_ps(xp.add(8 * k))), am));
+        if eq != 0 {
+            first = 8 * k + eq.trailing_zeros() as usize;
+            break;
+        }
+    }
+    let iscale = -127.0 / x[first];
+    let is = _mm256_set1_ps(iscale);
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for g in 0..8 {
+        let mut c = [_mm256_setzero_si256(); 4];
+        for (k, ck) in c.iter_mut().enumerate() {
+            let v = _mm256_loadu_ps(xp.add(32 * g + 8 * k));
+            let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(is, v), magic), magic);
+            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(r, r);
+            let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+            *ck = _mm256_andnot_si256(_mm256_castps_si256(nan), _mm256_cvtps_epi32(r));
+        }
+        for h in 0..2 {
+            let s = _mm256_add_epi32(c[2 * h], c[2 * h + 1]);
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            bsums[2 * g + h] = _mm_cvtsi128_si32(s);
+        }
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+        _mm256_storeu_si256(q.as_mut_ptr().add(32 * g) as *mut __m256i, _mm256_permutevar8x32_epi32(packed, order));
+    }
+    1.0 / iscale
+}
