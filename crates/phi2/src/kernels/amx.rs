@@ -152,16 +152,6 @@ const CONFIG: TileConfig = {
     c
 };
 
-/// [`CONFIG`] for Q6_K's sub-blocks of 16: A is 16 rows × 16 bytes, B 4 rows × 64 bytes.
-const CONFIG16: TileConfig = {
-    let mut c = CONFIG;
-    c.colsb[1] = 16;
-    c.rows[2] = 4;
-    c.colsb[4] = 16;
-    c.rows[5] = 4;
-    c
-};
-
 #[repr(C, align(64))]
 struct CTile([i32; 256]);
 
@@ -171,14 +161,13 @@ struct Slab {
     a: Aligned<u8>,
     dw: Vec<f32>,
     acc: Aligned<f32>,
-    /// K-quants: sub-block scales `[b·S + j][row]`, mins of sub-blocks 2jj and 2jj + 1 as two
-    /// i16 in one i32 `[b·4 + jj][row]`, dmin `[b][row]`.
-    sc: Vec<i32>,
+    /// K-quants: mins of sub-blocks 2jj and 2jj + 1 as two i16 in one i32 `[b·4 + jj][row]`,
+    /// dmin `[b][row]`.
     mins: Vec<i32>,
     dmin: Vec<f32>,
 }
 
-const EMPTY_SLAB: Slab = Slab { a: Aligned::new(), dw: Vec::new(), acc: Aligned::new(), sc: Vec::new(), mins: Vec::new(), dmin: Vec::new() };
+const EMPTY_SLAB: Slab = Slab { a: Aligned::new(), dw: Vec::new(), acc: Aligned::new(), mins: Vec::new(), dmin: Vec::new() };
 
 thread_local! {
     static SLAB: std::cell::RefCell<Slab> = const { std::cell::RefCell::new(EMPTY_SLAB) };
@@ -393,22 +382,25 @@ const K4: u8 = 4;
 const K5: u8 = 5;
 const K6: u8 = 6;
 
-/// K-quant rows `r0 .. r0 + m` into A tiles: per super-block b and sub-block j (8 of 32 values
-/// for Q4_K / Q5_K, 16 of 16 for Q6_K), 16 rows of signed bytes (Q4_K: q, Q5_K: q with its fifth
-/// bit, Q6_K: q − 32), with the integer scales (and mins), d (and dmin) per row.
+/// K-quant rows `r0 .. r0 + m` into A tiles with the sub-block scales folded in: each value's
+/// `p = sc_j · q` (Q4_K: q, Q5_K: q with its fifth bit, Q6_K: q − 32; |p| ≤ 4096) split as
+/// `p = 64 · hi + lo` with `lo = p & 63`, `hi = p >> 6` (both fit i8), so that one super-block's
+/// integer sum `isum = Σ_j sc_j · Σ_k q·x = 64 · Σ hi·x + Σ lo·x` comes out of two tile
+/// accumulators over its 256 values, exactly. Layout: per super-block b, part (0: hi, 1: lo) and
+/// chunk c of 64 values, 16 rows × 64 bytes at `((b · 2 + part) · 4 + c) · 1024`. Also d (and
+/// dmin, and the mins two per i32) per row; missing rows are zeros.
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn pack_kslab<const KIND: u8>(w: &WeightRef, r0: usize, m: usize, slab: &mut Slab) {
     let nsb = w.cols / 256;
-    let (bytes, l, subs) = match KIND {
-        K4 => (144, 32, 8),
-        K5 => (176, 32, 8),
-        _ => (210, 16, 16),
+    let bytes = match KIND {
+        K4 => 144,
+        K5 => 176,
+        _ => 210,
     };
     if m < TILE {
         slab.a.fill(0);
         slab.dw.fill(0.0);
         slab.dmin.fill(0.0);
-        slab.sc.fill(0);
         slab.mins.fill(0);
     }
     let m4 = _mm256_set1_epi8(0x0F);
@@ -420,12 +412,18 @@ unsafe fn pack_kslab<const KIND: u8>(w: &WeightRef, r0: usize, m: usize, slab: &
         let row = w.row(r0 + mi);
         for b in 0..nsb {
             let blk = &row[b * bytes..(b + 1) * bytes];
-            let dst = |s: usize| abase.add(((b * subs + s) * TILE + mi) * l);
+            // Values e .. e + 16 (one 128-bit register of i8) times the scale `sc`, split.
+            let put = |e: usize, q: __m128i, sc: i16| {
+                let p = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(q), _mm256_set1_epi16(sc));
+                let hi = _mm256_srai_epi16::<6>(p);
+                let lo = _mm256_and_si256(p, _mm256_set1_epi16(63));
+                let pack = |v: __m256i| _mm_packs_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                let at = |part: usize| abase.add(((b * 2 + part) * 4 + e / 64) * 1024 + mi * 64 + e % 64);
+                _mm_storeu_si128(at(0) as *mut __m128i, pack(hi));
+                _mm_storeu_si128(at(1) as *mut __m128i, pack(lo));
+            };
             if KIND == K6 {
                 slab.dw[b * TILE + mi] = super::f16_at(blk, 208);
-                for s in 0..16 {
-                    slab.sc[(b * 16 + s) * TILE + mi] = blk[192 + s] as i8 as i32;
-                }
                 for n in 0..2 {
                     let qh = load32(blk.as_ptr().add(128 + 32 * n));
                     for grp in 0..4 {
@@ -434,8 +432,8 @@ unsafe fn pack_kslab<const KIND: u8>(w: &WeightRef, r0: usize, m: usize, slab: &
                         let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * grp as i32)), three);
                         let q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), x32);
                         let s = 8 * n + 2 * grp;
-                        _mm_storeu_si128(dst(s) as *mut __m128i, _mm256_castsi256_si128(q));
-                        _mm_storeu_si128(dst(s + 1) as *mut __m128i, _mm256_extracti128_si256(q, 1));
+                        put(16 * s, _mm256_castsi256_si128(q), blk[192 + s] as i8 as i16);
+                        put(16 * s + 16, _mm256_extracti128_si256::<1>(q), blk[192 + s + 1] as i8 as i16);
                     }
                 }
             } else {
@@ -445,7 +443,6 @@ unsafe fn pack_kslab<const KIND: u8>(w: &WeightRef, r0: usize, m: usize, slab: &
                 let qh = if KIND == K5 { load32(blk.as_ptr().add(16)) } else { _mm256_setzero_si256() };
                 for j in 0..8 {
                     let (sc, mn) = super::scale_min_k4(j, &blk[4..16]);
-                    slab.sc[(b * 8 + j) * TILE + mi] = sc as i32;
                     let pair = &mut slab.mins[(b * 4 + j / 2) * TILE + mi];
                     *pair = if j % 2 == 0 { mn as i32 } else { *pair | (mn as i32) << 16 };
                     let q = load32(blk.as_ptr().add(qs_off + 32 * (j / 2)));
@@ -454,7 +451,8 @@ unsafe fn pack_kslab<const KIND: u8>(w: &WeightRef, r0: usize, m: usize, slab: &
                         let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
                         v = _mm256_or_si256(v, _mm256_slli_epi16(bit, 4));
                     }
-                    _mm256_storeu_si256(dst(j) as *mut __m256i, v);
+                    put(32 * j, _mm256_castsi256_si128(v), sc as i16);
+                    put(32 * j + 16, _mm256_extracti128_si256::<1>(v), sc as i16);
                 }
             }
         }
@@ -466,25 +464,88 @@ unsafe fn load32(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// Q4_K / Q5_K / Q6_K rows against the activation tiles: per super-block, the tile product of
-/// each sub-block, `isum += sc_j · C_j` in i32 (exact), then (Q4_K / Q5_K) `msum = Σ_j m_j ·
-/// (pair sums)` in i32 and `acc += (d·dx)·isum − (dmin·dx)·msum`, (Q6_K) `acc += (d·dx)·isum`:
-/// the scalar twin's operations, in super-block order.
+/// The tile configuration of [`rows_amx_k`]: tmm0-1 and tmm2-3 two sets of the hi and lo
+/// accumulators (16 × 16 i32), tmm4-5 the hi and lo A tiles, tmm6 the B tile (16 rows × 64
+/// bytes each: 64 values of the dot products at a time).
+const CONFIG_K: TileConfig = {
+    let mut c = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+    let mut i = 0;
+    while i < 7 {
+        c.colsb[i] = 64;
+        c.rows[i] = 16;
+        i += 1;
+    }
+    c
+};
+
+/// One super-block's products on accumulator set `SET`: `C_hi = Σ_c A_hi[c] · B[c]`, `C_lo`
+/// likewise, over its 4 chunks of 64 values (`a` the hi chunks, `a + 4096` the lo ones; `b`
+/// the activation tile of its first 64 values, 1024 bytes per chunk).
+#[inline(always)]
+unsafe fn ksb_dots<const SET: usize>(a: *const u8, b: *const i8) {
+    macro_rules! run {
+        ($h:literal, $l:literal) => {
+            asm!(
+                concat!("tilezero ", $h),
+                concat!("tilezero ", $l),
+                "tileloadd tmm6, [{b} + {s}*1]",
+                "tileloadd tmm4, [{a} + {s}*1]",
+                "tileloadd tmm5, [{a} + {s}*1 + 4096]",
+                concat!("tdpbssd ", $h, ", tmm4, tmm6"),
+                concat!("tdpbssd ", $l, ", tmm5, tmm6"),
+                "tileloadd tmm6, [{b} + {s}*1 + 1024]",
+                "tileloadd tmm4, [{a} + {s}*1 + 1024]",
+                "tileloadd tmm5, [{a} + {s}*1 + 5120]",
+                concat!("tdpbssd ", $h, ", tmm4, tmm6"),
+                concat!("tdpbssd ", $l, ", tmm5, tmm6"),
+                "tileloadd tmm6, [{b} + {s}*1 + 2048]",
+                "tileloadd tmm4, [{a} + {s}*1 + 2048]",
+                "tileloadd tmm5, [{a} + {s}*1 + 6144]",
+                concat!("tdpbssd ", $h, ", tmm4, tmm6"),
+                concat!("tdpbssd ", $l, ", tmm5, tmm6"),
+                "tileloadd tmm6, [{b} + {s}*1 + 3072]",
+                "tileloadd tmm4, [{a} + {s}*1 + 3072]",
+                "tileloadd tmm5, [{a} + {s}*1 + 7168]",
+                concat!("tdpbssd ", $h, ", tmm4, tmm6"),
+                concat!("tdpbssd ", $l, ", tmm5, tmm6"),
+                a = in(reg) a, b = in(reg) b, s = in(reg) 64usize,
+                options(nostack, readonly),
+            )
+        };
+    }
+    if SET == 0 {
+        run!("tmm0", "tmm1")
+    } else {
+        run!("tmm2", "tmm3")
+    }
+}
+
+/// The hi and lo accumulators of set `SET` → `c[0..256]` and `c[256..512]`.
+#[inline(always)]
+unsafe fn ksb_store<const SET: usize>(c: *mut i32) {
+    if SET == 0 {
+        asm!("tilestored [{c} + {s}*1], tmm0", "tilestored [{c} + {s}*1 + 1024], tmm1", c = in(reg) c, s = in(reg) 64usize, options(nostack));
+    } else {
+        asm!("tilestored [{c} + {s}*1], tmm2", "tilestored [{c} + {s}*1 + 1024], tmm3", c = in(reg) c, s = in(reg) 64usize, options(nostack));
+    }
+}
+
+/// Q4_K / Q5_K / Q6_K rows against the activation tiles: per super-block, `isum = 64 · C_hi +
+/// C_lo` (see [`pack_kslab`]; the same integer as the scalar twin's `Σ_j sc_j · Σ q·x`), then
+/// (Q4_K / Q5_K) `msum = Σ_j m_j · (pair sums)` and `acc += (d·dx)·isum − (dmin·dx)·msum`,
+/// (Q6_K) `acc += (d·dx)·isum`: the scalar twin's operations, in super-block order. While one
+/// super-block's epilogue runs, the next one's products run on the other accumulator set.
 #[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
 unsafe fn rows_amx_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, slab: &mut Slab) {
     let nsb = w.cols / 256;
     let nb32 = w.cols / 32;
     let tiles = a.tokens.div_ceil(TILE);
-    let (l, subs) = if KIND == K6 { (16usize, 16usize) } else { (32, 8) };
-    slab.a.resize(nsb * 256 * TILE);
+    slab.a.resize(nsb * 8 * 1024);
     slab.dw.resize(nsb * TILE, 0.0);
     slab.dmin.resize(nsb * TILE, 0.0);
-    slab.sc.resize(nsb * subs * TILE, 0);
     slab.mins.resize(nsb * 4 * TILE, 0);
-    let mut c = [CTile([0; 256]), CTile([0; 256])];
-    let cfg = if KIND == K6 { &CONFIG16 } else { &CONFIG };
-    asm!("ldtilecfg [{0}]", in(reg) cfg as *const TileConfig, options(nostack, readonly));
-    let steps = nsb * subs;
+    let mut c = [CTile([0; 256]), CTile([0; 256]), CTile([0; 256]), CTile([0; 256])];
+    asm!("ldtilecfg [{0}]", in(reg) &CONFIG_K as *const TileConfig, options(nostack, readonly));
     let mut r0 = rows.start;
     while r0 < rows.end {
         let m = (rows.end - r0).min(TILE);
@@ -492,70 +553,53 @@ unsafe fn rows_amx_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range
         let mut pf = SlabPrefetch::new(w, r0 + m, (r0 + m + TILE).min(rows.end), tiles);
         for tile in 0..tiles {
             pf.step();
-            // Step i = sub-block i % subs of super-block i / subs: its A tile and B tile.
-            let ta = |i: usize| slab.a.as_ptr().add(i * TILE * l);
-            let tb = |i: usize| {
-                let (b, j) = (i / subs, i % subs);
-                let e = 256 * b + l * j; // first value of the sub-block
-                a.tb.as_ptr().add((tile * nb32 + e / 32) * 512 + (e % 32) * 16)
-            };
+            let ta = |b: usize| slab.a.as_ptr().add(b * 8 * 1024);
+            let tb = |b: usize| a.tb.as_ptr().add((tile * nb32 + 8 * b) * 512);
             let mut acc = [_mm512_setzero_ps(); TILE];
-            let mut isum = [_mm512_setzero_si512(); TILE];
-            tile_dot::<0>(ta(0), l, tb(0));
-            tile_store::<0>(c[0].0.as_mut_ptr());
-            if steps > 1 {
-                tile_dot::<1>(ta(1), l, tb(1));
-            }
-            for i in 0..steps {
-                if i + 1 < steps {
-                    if i % 2 == 0 {
-                        tile_store::<1>(c[1].0.as_mut_ptr());
+            ksb_dots::<0>(ta(0), tb(0));
+            for b in 0..nsb {
+                // Super-block b's accumulators out (set b % 2), b + 1's products started.
+                let cb = c[2 * (b % 2)].0.as_mut_ptr();
+                if b % 2 == 0 {
+                    ksb_store::<0>(cb);
+                } else {
+                    ksb_store::<1>(cb);
+                }
+                if b + 1 < nsb {
+                    if b % 2 == 0 {
+                        ksb_dots::<1>(ta(b + 1), tb(b + 1));
                     } else {
-                        tile_store::<0>(c[0].0.as_mut_ptr());
+                        ksb_dots::<0>(ta(b + 1), tb(b + 1));
                     }
                 }
-                if i + 2 < steps {
-                    if i % 2 == 0 {
-                        tile_dot::<0>(ta(i + 2), l, tb(i + 2));
-                    } else {
-                        tile_dot::<1>(ta(i + 2), l, tb(i + 2));
+                let (hi, lo) = (cb as *const i32, (cb as *const i32).add(256));
+                let dx = _mm512_loadu_ps(a.td.as_ptr().add((tile * nsb + b) * TILE));
+                let mut ps = [_mm512_setzero_si512(); 4];
+                if KIND != K6 {
+                    for (jj, pj) in ps.iter_mut().enumerate() {
+                        *pj = _mm512_loadu_si512(a.tbs.as_ptr().add(((tile * nsb + b) * 4 + jj) * 2 * TILE) as *const __m512i);
                     }
                 }
-                let cb = c[i % 2].0.as_ptr();
-                for (mi, is) in isum.iter_mut().enumerate() {
-                    let v = _mm512_load_si512(cb.add(mi * TILE) as *const __m512i);
-                    let sc = _mm512_set1_epi32(*slab.sc.get_unchecked(i * TILE + mi));
-                    *is = _mm512_add_epi32(*is, _mm512_mullo_epi32(sc, v));
-                }
-                if i % subs == subs - 1 {
-                    let b = i / subs;
-                    let dx = _mm512_loadu_ps(a.td.as_ptr().add((tile * nsb + b) * TILE));
+                for (mi, acc_m) in acc.iter_mut().enumerate() {
+                    let h = _mm512_loadu_si512(hi.add(mi * TILE) as *const __m512i);
+                    let l = _mm512_loadu_si512(lo.add(mi * TILE) as *const __m512i);
+                    let is = _mm512_add_epi32(_mm512_slli_epi32::<6>(h), l);
+                    let d = _mm512_set1_ps(*slab.dw.get_unchecked(b * TILE + mi));
+                    let av = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(is));
                     if KIND == K6 {
-                        for (mi, (acc_m, is)) in acc.iter_mut().zip(&isum).enumerate() {
-                            let d = _mm512_set1_ps(*slab.dw.get_unchecked(b * TILE + mi));
-                            *acc_m = _mm512_add_ps(*acc_m, _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(*is)));
-                        }
+                        *acc_m = _mm512_add_ps(*acc_m, av);
                     } else {
-                        let mut ps = [_mm512_setzero_si512(); 4];
-                        for (jj, pj) in ps.iter_mut().enumerate() {
-                            *pj = _mm512_loadu_si512(a.tbs.as_ptr().add(((tile * nsb + b) * 4 + jj) * 2 * TILE) as *const __m512i);
+                        // msum = Σ_j m_j · (pair sum j), exact in i32: two sub-blocks per
+                        // `vpmaddwd` (6-bit mins times sums within i16).
+                        let mut msum = _mm512_setzero_si512();
+                        for (jj, p) in ps.iter().enumerate() {
+                            let mn = _mm512_set1_epi32(*slab.mins.get_unchecked((b * 4 + jj) * TILE + mi));
+                            msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mn, *p));
                         }
-                        for (mi, (acc_m, is)) in acc.iter_mut().zip(&isum).enumerate() {
-                            // msum = Σ_j m_j · (pair sum j), exact in i32: two sub-blocks per
-                            // `vpmaddwd` (6-bit mins times sums within i16).
-                            let mut msum = _mm512_setzero_si512();
-                            for (jj, p) in ps.iter().enumerate() {
-                                let mn = _mm512_set1_epi32(*slab.mins.get_unchecked((b * 4 + jj) * TILE + mi));
-                                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mn, *p));
-                            }
-                            let d = _mm512_set1_ps(*slab.dw.get_unchecked(b * TILE + mi));
-                            let dmin = _mm512_set1_ps(*slab.dmin.get_unchecked(b * TILE + mi));
-                            let av = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(*is));
-                            let mv = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(msum));
-                            *acc_m = _mm512_add_ps(*acc_m, _mm512_sub_ps(av, mv));
-                        }
+                        let dmin = _mm512_set1_ps(*slab.dmin.get_unchecked(b * TILE + mi));
+                        let mv = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(msum));
+                        *acc_m = _mm512_add_ps(*acc_m, _mm512_sub_ps(av, mv));
                     }
-                    isum = [_mm512_setzero_si512(); TILE];
                 }
             }
             let t0 = tile * TILE;
