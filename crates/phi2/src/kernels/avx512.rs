@@ -310,3 +310,40 @@ unsafe fn reduce8x2(a: __m512) -> __m512 {
     let y = _mm512_add_ps(x, _mm512_permute_ps::<0b01_00_11_10>(x));
     _mm512_add_ps(y, _mm512_permute_ps::<0b10_11_00_01>(y))
 }
+
+/// [`super::x86::bias_act_row`] sixteen values at a time (the same operations per value, so the
+/// same bits); the last values (fewer than 16) go to the 8-wide version.
+#[target_feature(enable = "avx512f,avx2")]
+pub(super) unsafe fn bias_act_row(y: &mut [f32], bias: &[f32], gelu: bool) {
+    use super::gelu_c::*;
+    let n = y.len().min(bias.len());
+    let main = n - n % 16;
+    let c = |v: f32| _mm512_set1_ps(v);
+    let (one, half, coef, s2p, lo, hi) = (c(1.0), c(0.5), c(COEF), c(SQRT_2_OVER_PI), c(-CLAMP), c(CLAMP));
+    let a: [__m512; 7] = [c(A[0]), c(A[1]), c(A[2]), c(A[3]), c(A[4]), c(A[5]), c(A[6])];
+    let b: [__m512; 4] = [c(B[0]), c(B[1]), c(B[2]), c(B[3])];
+    for i in (0..main).step_by(16) {
+        let yp = y.as_mut_ptr().add(i);
+        let mut v = _mm512_add_ps(_mm512_loadu_ps(yp), _mm512_loadu_ps(bias.as_ptr().add(i)));
+        if gelu {
+            let inner = _mm512_add_ps(one, _mm512_mul_ps(_mm512_mul_ps(coef, v), v));
+            let u = _mm512_mul_ps(_mm512_mul_ps(s2p, v), inner);
+            // max then min, as `f32::max(..).min(..)` (the second operand on NaN, as there).
+            let x = _mm512_min_ps(_mm512_max_ps(u, lo), hi);
+            let x2 = _mm512_mul_ps(x, x);
+            let mut p = a[0];
+            for &ak in &a[1..] {
+                p = _mm512_add_ps(_mm512_mul_ps(p, x2), ak);
+            }
+            let p = _mm512_mul_ps(p, x);
+            let mut q = b[0];
+            for &bk in &b[1..] {
+                q = _mm512_add_ps(_mm512_mul_ps(q, x2), bk);
+            }
+            let t = _mm512_div_ps(p, q);
+            v = _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, t));
+        }
+        _mm512_storeu_ps(yp, v);
+    }
+    super::x86::bias_act_row(&mut y[main..n], &bias[main..n], gelu);
+}

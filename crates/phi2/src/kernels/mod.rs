@@ -628,7 +628,12 @@ pub fn bias_act(y: &mut [f32], bias: &[f32], gelu: bool, threads: usize) {
 pub(crate) fn bias_act_row(isa: Isa, y: &mut [f32], bias: &[f32], gelu: bool) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Amx => {
+        Isa::Amx => {
+            // SAFETY: the AMX kernel set includes AVX-512F (checked when it was chosen).
+            unsafe { avx512::bias_act_row(y, bias, gelu) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni => {
             // SAFETY: every x86 kernel set includes AVX2 (checked when it was chosen).
             unsafe { x86::bias_act_row(y, bias, gelu) }
         }
