@@ -70,24 +70,6 @@ impl DerefMut for F32Buffer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::F32Buffer;
-
-    #[test]
-    fn small_and_large_buffers_are_zeroed_and_writable() {
-        for len in [0, 5, 1 << 20, (1 << 19) + 3] {
-            let mut b = F32Buffer::zeroed(len);
-            assert_eq!(b.len(), len);
-            assert!(b.iter().all(|&v| v == 0.0));
-            if len > 0 {
-                b[len - 1] = 1.5;
-                assert_eq!(b[len - 1], 1.5);
-            }
-        }
-    }
-}
-
 /// A buffer of `len` values starting on a 64-byte boundary, so that a 64-byte vector or tile
 /// row read from it never straddles two cache lines (a `Vec` of bytes or f32 is aligned to its
 /// element only; measured on the AMX kernel's buffers, 16 bytes off a line: every activation
@@ -140,3 +122,44 @@ impl<T> DerefMut for Aligned<T> {
         &mut self.buf[self.off..self.off + self.len]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Aligned, F32Buffer};
+
+    #[test]
+    fn aligned_buffers_start_on_a_line_and_are_zeroed() {
+        fn check<T: Copy + Default + PartialEq + std::fmt::Debug>(b: &mut Aligned<T>, n: usize) {
+            b.resize_zeroed(n);
+            assert_eq!(b.len(), n);
+            assert_eq!(b.as_ptr() as usize % 64, 0, "{n} values");
+            assert!(b.iter().all(|v| *v == T::default()));
+        }
+        let (mut a, mut b, mut c) = (Aligned::<i8>::new(), Aligned::<i16>::new(), Aligned::<f32>::new());
+        for n in [0, 1, 63, 64, 1000, 1 << 20] {
+            check(&mut a, n);
+            check(&mut b, n);
+            check(&mut c, n);
+            c.iter_mut().for_each(|v| *v = 1.0);
+        }
+        // Same length: kept; another length: zeros again.
+        c.resize(1 << 20);
+        assert!(c.iter().all(|&v| v == 1.0));
+        c.resize(7);
+        assert!(c.iter().all(|&v| v == 0.0) && c.as_ptr() as usize % 64 == 0);
+    }
+
+    #[test]
+    fn small_and_large_buffers_are_zeroed_and_writable() {
+        for len in [0, 5, 1 << 20, (1 << 19) + 3] {
+            let mut b = F32Buffer::zeroed(len);
+            assert_eq!(b.len(), len);
+            assert!(b.iter().all(|&v| v == 0.0));
+            if len > 0 {
+                b[len - 1] = 1.5;
+                assert_eq!(b[len - 1], 1.5);
+            }
+        }
+    }
+}
+
