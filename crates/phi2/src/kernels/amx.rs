@@ -1,5 +1,8 @@
 //! x86-64 AMX (Advanced Matrix Extensions: 2-D tile registers and the `tdpbusd` / `tdpbssd`
-//! tile products) for Q4_0 / Q8_0 weights against prompt batches, with an AVX-512 epilogue.
+//! tile products) for Q4_0 / Q8_0 and K-quant weights against prompt batches, with an AVX-512
+//! epilogue. (K-quants: see [`pack_kslab`] and [`rows_amx_k`]; their sub-block scales are
+//! integers, so they fold into the weights and a super-block needs one epilogue, not one per
+//! block.)
 //!
 //! One tile product (`tdpbssd`, signed × signed bytes) computes, for 16 weight rows × 16 tokens,
 //! the exact integer dot products of one block of 32 values: `C[m][n] = Σ_k A[m][k] · B[k][n]`
@@ -84,9 +87,9 @@ pub(crate) fn takes(w: &WeightRef, a: &Activations) -> bool {
 
 /// The activation tiles of [`Activations`] for `tokens` tokens (`q` and the scales already
 /// made): per tile of 16 tokens and 32 values (block g), 512 bytes
-/// `B[k][4n + i] = q[t0 + n][32g + 4k + i]` (for Q6_K's sub-blocks of 16, rows 0..4 and 4..8 of
-/// it are the two halves); the activation scales per tile and block (Q8_0) or super-block (Q8_K)
-/// `[..][n]`; for Q8_K also the sums of each 32 values (`bsums` in pairs) as i16, sub-blocks
+/// `B[k][4n + i] = q[t0 + n][32g + 4k + i]` (two consecutive blocks are one 16-row tile of 64
+/// values, as the K-quant kernel takes them); the activation scales per tile and block (Q8_0)
+/// or super-block (Q8_K) `[..][n]`; for Q8_K also the sums of each 32 values (`bsums` in pairs) as i16, sub-blocks
 /// 2jj and 2jj + 1 side by side for `vpmaddwd`: `[.., jj][2n + j % 2]` (|sum| ≤ 32 · 127 fits).
 /// Zeros for padding tokens.
 pub(crate) fn prepare(a: &mut Activations) {
