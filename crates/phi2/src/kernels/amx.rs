@@ -497,38 +497,25 @@ const CONFIG_K: TileConfig = {
 
 /// One super-block's products on accumulator set `SET`: `C_hi = Σ_c A_hi[c] · B[c]`, `C_lo`
 /// likewise, over its 4 chunks of 64 values (`a` the hi chunks, `a + 4096` the lo ones; `b`
-/// the activation tile of its first 64 values, 1024 bytes per chunk).
+/// the activation tile of its first 64 values, 1024 bytes per chunk). The accumulators stay in
+/// their tile registers from one `asm!` block to the next.
 #[inline(always)]
 unsafe fn ksb_dots<const SET: usize>(a: *const u8, b: *const i8) {
     macro_rules! run {
-        ($h:literal, $l:literal) => {
-            asm!(
-                concat!("tilezero ", $h),
-                concat!("tilezero ", $l),
-                "tileloadd tmm6, [{b} + {s}*1]",
-                "tileloadd tmm4, [{a} + {s}*1]",
-                "tileloadd tmm5, [{a} + {s}*1 + 4096]",
-                concat!("tdpbssd ", $h, ", tmm4, tmm6"),
-                concat!("tdpbssd ", $l, ", tmm5, tmm6"),
-                "tileloadd tmm6, [{b} + {s}*1 + 1024]",
-                "tileloadd tmm4, [{a} + {s}*1 + 1024]",
-                "tileloadd tmm5, [{a} + {s}*1 + 5120]",
-                concat!("tdpbssd ", $h, ", tmm4, tmm6"),
-                concat!("tdpbssd ", $l, ", tmm5, tmm6"),
-                "tileloadd tmm6, [{b} + {s}*1 + 2048]",
-                "tileloadd tmm4, [{a} + {s}*1 + 2048]",
-                "tileloadd tmm5, [{a} + {s}*1 + 6144]",
-                concat!("tdpbssd ", $h, ", tmm4, tmm6"),
-                concat!("tdpbssd ", $l, ", tmm5, tmm6"),
-                "tileloadd tmm6, [{b} + {s}*1 + 3072]",
-                "tileloadd tmm4, [{a} + {s}*1 + 3072]",
-                "tileloadd tmm5, [{a} + {s}*1 + 7168]",
-                concat!("tdpbssd ", $h, ", tmm4, tmm6"),
-                concat!("tdpbssd ", $l, ", tmm5, tmm6"),
-                a = in(reg) a, b = in(reg) b, s = in(reg) 64usize,
-                options(nostack, readonly),
-            )
-        };
+        ($h:literal, $l:literal) => {{
+            asm!(concat!("tilezero ", $h), concat!("tilezero ", $l), options(nostack, nomem));
+            for c in 0..4 {
+                asm!(
+                    "tileloadd tmm6, [{b} + {s}*1]",
+                    "tileloadd tmm4, [{a} + {s}*1]",
+                    "tileloadd tmm5, [{a} + {s}*1 + 4096]",
+                    concat!("tdpbssd ", $h, ", tmm4, tmm6"),
+                    concat!("tdpbssd ", $l, ", tmm5, tmm6"),
+                    a = in(reg) a.add(1024 * c), b = in(reg) b.add(1024 * c), s = in(reg) 64usize,
+                    options(nostack, readonly),
+                )
+            }
+        }};
     }
     if SET == 0 {
         run!("tmm0", "tmm1")

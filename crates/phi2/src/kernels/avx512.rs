@@ -318,10 +318,17 @@ pub(super) unsafe fn bias_act_row(y: &mut [f32], bias: &[f32], gelu: bool) {
     use super::gelu_c::*;
     let n = y.len().min(bias.len());
     let main = n - n % 16;
-    let c = |v: f32| _mm512_set1_ps(v);
-    let (one, half, coef, s2p, lo, hi) = (c(1.0), c(0.5), c(COEF), c(SQRT_2_OVER_PI), c(-CLAMP), c(CLAMP));
-    let a: [__m512; 7] = [c(A[0]), c(A[1]), c(A[2]), c(A[3]), c(A[4]), c(A[5]), c(A[6])];
-    let b: [__m512; 4] = [c(B[0]), c(B[1]), c(B[2]), c(B[3])];
+    // Constants as vectors up front (written out: a closure would not inherit the features).
+    let (one, half, coef, s2p) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5), _mm512_set1_ps(COEF), _mm512_set1_ps(SQRT_2_OVER_PI));
+    let (lo, hi) = (_mm512_set1_ps(-CLAMP), _mm512_set1_ps(CLAMP));
+    let mut a = [_mm512_setzero_ps(); 7];
+    for (v, &k) in a.iter_mut().zip(&A) {
+        *v = _mm512_set1_ps(k);
+    }
+    let mut b = [_mm512_setzero_ps(); 4];
+    for (v, &k) in b.iter_mut().zip(&B) {
+        *v = _mm512_set1_ps(k);
+    }
     for i in (0..main).step_by(16) {
         let yp = y.as_mut_ptr().add(i);
         let mut v = _mm512_add_ps(_mm512_loadu_ps(yp), _mm512_loadu_ps(bias.as_ptr().add(i)));
