@@ -191,7 +191,7 @@ impl Phi2 {
             let g = GgufFile::open(path)?;
             let config = Phi2Config::from_gguf(&g)?;
             let weights = Phi2Weights::load_for(&g, Layout::Gguf, &config, &device, backend.own_kernels())?;
-            return Self::from_parts(config, weights, "gguf", device).map(|m| m.with_own_kernels(backend.own_kernels()));
+            return Self::from_parts(config, weights, "gguf", device, backend.own_kernels());
         }
         let dir = if meta.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
         let config_path = dir.join("config.json");
@@ -200,12 +200,7 @@ impl Phi2 {
         let st = SafetensorsModel::open(path)?;
         let layout = Layout::detect(&st)?;
         let weights = Phi2Weights::load_for(&st, layout, &config, &device, backend.own_kernels())?;
-        Self::from_parts(config, weights, "safetensors", device).map(|m| m.with_own_kernels(backend.own_kernels()))
-    }
-
-    fn with_own_kernels(mut self, own: bool) -> Self {
-        self.own_kernels = own && self.device.is_cpu();
-        self
+        Self::from_parts(config, weights, "safetensors", device, backend.own_kernels())
     }
 
     /// Loads a GGUF model held in memory (browsers and WASM have no file system). `name` only
@@ -218,14 +213,16 @@ impl Phi2 {
         Ok(loader.finish_parts()?.0)
     }
 
-    pub(crate) fn from_parts(config: Phi2Config, weights: Phi2Weights, format: &'static str, device: Device) -> Result<Self> {
+    /// `own_kernels`: the engine's kernels run the products and attention (the CPU only; the
+    /// weights must have been loaded for them, [`Phi2Weights::load_for`]).
+    pub(crate) fn from_parts(config: Phi2Config, weights: Phi2Weights, format: &'static str, device: Device, own_kernels: bool) -> Result<Self> {
         let info = ModelInfo {
             format,
             dtype: weights.dtype,
             trained_context_length: config.context_length,
             device: crate::device::describe(&device),
         };
-        let own_kernels = device.is_cpu();
+        let own_kernels = own_kernels && device.is_cpu();
         Ok(Phi2 { config, info, weights, device, own_kernels })
     }
 

@@ -431,7 +431,8 @@ impl GgufStreamLoader {
             Phi2Weights::load(&src, Layout::Gguf, &config, &device)?
         };
         let vocab = GgufVocab::read(&header);
-        let mut model = Phi2::from_parts(config, weights, "gguf", device)?;
+        let own_kernels = device.is_cpu();
+        let mut model = Phi2::from_parts(config, weights, "gguf", device, own_kernels)?;
         model.info.trained_context_length = trained_context;
         Ok((model, vocab))
     }
