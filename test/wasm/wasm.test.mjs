@@ -126,6 +126,19 @@ test('SIMD128 kernels give the scalar twin\'s bits for every quantized type', ()
   console.log(`# SIMD128 = scalar twin on ${elements} outputs`);
 });
 
+// bench/wasm-kernels.mjs times products through `phi2_simd128_bench` (same random cases): it
+// must run every type SIMD128 takes (a finite sum of outputs, equal for equal work) and refuse
+// the rest with NaN.
+test('phi2_simd128_bench runs the SIMD128 products it is asked for', () => {
+  for (const id of [2, 8, 12, 13, 14]) {
+    const once = exports.phi2_simd128_bench(id, 9, 512, 3, 1);
+    assert.ok(Number.isFinite(once) && once !== 0, `type ${id}: ${once}`);
+    assert.equal(exports.phi2_simd128_bench(id, 9, 512, 3, 4), once, `type ${id}: repeated products differ`);
+  }
+  assert.ok(Number.isNaN(exports.phi2_simd128_bench(1, 4, 256, 1, 1)), 'F16 has no SIMD128 kernel');
+  assert.ok(Number.isNaN(exports.phi2_simd128_bench(2, 4, 100, 1, 1)), 'not whole blocks');
+});
+
 test('seeded sampling gives the native tokens', () => {
   const name = 'tiny-q8_0.gguf';
   const extra = ['--temperature', '0.9', '--top-k', '40', '--top-p', '0.95', '--seed', '1234'];
