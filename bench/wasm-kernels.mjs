@@ -1,11 +1,11 @@
 // Single-thread speed of the wasm builds' quantized products (crates/phi2/src/kernels/wasm.rs), the
 // wasm twin of `cargo run --release -p phi2 --example kernel_bench`:
 //
-//   node bench/wasm-kernels.mjs [--flavour st|mt|relaxed] [--types q4_0,q8_0,q4_k,q5_k,q6_k]
+//   node bench/wasm-kernels.mjs [--flavour st|mt|relaxed] [--browser] [--types q4_0,q8_0,q4_k,q5_k,q6_k]
 //                               [--tokens 1,2,16] [--shape 10240x2560] [--budget-ms 1500]
 //
-// `st` and `mt` run in this Node process; `relaxed` (whose relaxed dot product Node 20's V8 computes
-// wrongly) runs in headless Chromium (playwright-core, /usr/bin/chromium or $PHI2_CHROMIUM) in a
+// `st` and `mt` run in this Node process (in Chromium with `--browser`); `relaxed` (whose relaxed
+// dot product Node 20's V8 computes wrongly) runs in headless Chromium (playwright-core, /usr/bin/chromium or $PHI2_CHROMIUM) in a
 // cross-origin isolated page. Each case: random weights and activations (the module's own
 // `phi2_simd128_bench` export), then products for about `--budget-ms`; the case's set-up (a call
 // with 0 products) is timed and taken off. The default shape, 10240 × 2560 (Phi-2's fc1),
@@ -25,7 +25,7 @@ const tokensList = opt('--tokens', '1,2,16').split(',').map(Number);
 const [rows, cols] = opt('--shape', '10240x2560').split('x').map(Number);
 const budgetMs = Number(opt('--budget-ms', 1500));
 if (!['st', 'mt', 'relaxed'].includes(flavour) || types.some((t) => !(t in TYPES)) || !(rows > 0 && cols > 0 && budgetMs > 0)) {
-  console.error('usage: node bench/wasm-kernels.mjs [--flavour st|mt|relaxed] [--types q4_0,q8_0,q4_k,q5_k,q6_k] [--tokens 1,2,16] [--shape ROWSxCOLS] [--budget-ms MS]');
+  console.error('usage: node bench/wasm-kernels.mjs [--flavour st|mt|relaxed] [--browser] [--types q4_0,q8_0,q4_k,q5_k,q6_k] [--tokens 1,2,16] [--shape ROWSxCOLS] [--budget-ms MS]');
   process.exit(2);
 }
 const pkg = { st: 'pkg', mt: 'pkg-mt', relaxed: 'pkg-relaxed' }[flavour];
@@ -52,7 +52,8 @@ function timeCases(bench, cases, rows, cols, budgetMs) {
 }
 
 let results;
-if (flavour !== 'relaxed') {
+const inBrowser = flavour === 'relaxed' || args.includes('--browser');
+if (!inBrowser) {
   const wasm = await import(path.join(root, 'bindings/wasm', pkg, 'phi2_wasm.js'));
   const exports = wasm.initSync({ module: readFileSync(path.join(root, 'bindings/wasm', pkg, 'phi2_wasm_bg.wasm')) });
   results = timeCases(exports.phi2_simd128_bench, cases, rows, cols, budgetMs);
@@ -93,7 +94,7 @@ if (flavour !== 'relaxed') {
   }
 }
 
-console.log(`wasm ${flavour} (${pkg}), one thread, ${rows} x ${cols}, ~${budgetMs} ms of products per case`);
+console.log(`wasm ${flavour} (${pkg}) in ${inBrowser ? 'Chromium' : `Node ${process.version}`}, one thread, ${rows} x ${cols}, ~${budgetMs} ms of products per case`);
 console.log('type   tokens   ms/product   GMAC/s');
 for (const r of results) {
   const gmac = (rows * cols * r.tokens) / (r.ms * 1e6);

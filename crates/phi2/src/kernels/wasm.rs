@@ -65,21 +65,29 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
 /// wasm has no prefetch instruction and its memory lies on 4 KB pages, where the hardware
 /// prefetchers stop at every page; a load nobody waits for brings the line (and the page's
 /// translation) in while the work before it goes on. Measured (Chromium 156, pkg-relaxed, 2
-/// threads, Phi-2-shaped Q4_0 decode after a 16-token prompt, alternating builds): no touches
-/// 4.2–4.5 tok/s; 1.5 KB ahead 5.9–6.1, 3 KB 6.0–6.2, 6 KB 6.1–6.4, 12 KB 6.5–6.6, 32 KB 6.6.
-/// About one touch per 64 bytes of weights: three per 144 bytes measured slower, one slower
-/// still, and all of a row's touches in a burst before it slower too (6.3 vs 6.7).
-/// Node 20's V8 (11.3) runs the same code ~13% slower with the touches than without (pkg-mt
-/// decode 4.7 vs 5.4 tok/s; one thread on a 147 MB matrix 32.5 vs 27.5 ms), also when they hit
-/// the cache: there they cost more than they save. Browsers are what the wasm builds are for.
+/// threads, Phi-2-shaped Q4_0 decode after a 16-token prompt, alternating builds, touches as
+/// fast as the weights): no touches 4.2–4.5 tok/s; 1.5 KB ahead 5.9–6.1, 3 KB 6.0–6.2, 6 KB
+/// 6.1–6.4, 12 KB 6.5–6.6, 32 KB 6.6, 64 KB no better. All of a row's touches in one burst
+/// before it: slower (6.3 vs 6.7).
 const TOUCH_BYTES: usize = 16384;
 
+/// How much faster than the weights the touches run ahead (Q4_0, Q4_K, Q5_K; Q8_0 and Q6_K,
+/// with more bytes per value, touch as fast as they go): a touch that misses holds up the
+/// loads behind it, so misses that come in runs overlap better than misses spread thin (the
+/// lines touched a second time hit). Measured (`bench/wasm-kernels.mjs --flavour relaxed
+/// --tokens 1 --shape 102400x2560`, 147 MB of Q4_0 from memory, one thread): Q4_0 28.6 ms as
+/// fast, 23.7 twice, 22.4 three times, 22.2 four times; Q4_K 25.1 → 22.5 and Q5_K 30.2 → 28.5
+/// three times; Q8_0 38.6 → 40.7 and Q6_K 34.9 → 45.1 (slower). Whole decode (as above):
+/// 6.6–6.7 → 6.9 tok/s. In Node 20's V8 (pkg-mt) too: Q4_0 34.8 → 30.4 ms.
+const TOUCH_SPEED: usize = 3;
+
 /// Where the one-token kernels of a row at `row` touch ahead (see [`TOUCH_BYTES`]): that far
-/// past the row while that stays inside the matrix `data`, else the row itself (no effect).
+/// past the row, when everything they touch ([`TOUCH_SPEED`] times the row's bytes) stays inside
+/// the matrix `data`; None otherwise (the last rows of a matrix, small matrices).
 #[inline(always)]
-fn touch_base(data: &[u8], row: &[u8]) -> *const u8 {
+fn touch_base(data: &[u8], row: &[u8]) -> Option<*const u8> {
     let room = data.as_ptr_range().end as usize - row.as_ptr() as usize;
-    row.as_ptr().wrapping_add(if room > TOUCH_BYTES + row.len() { TOUCH_BYTES } else { 0 })
+    (room > TOUCH_BYTES + TOUCH_SPEED * row.len()).then(|| row.as_ptr().wrapping_add(TOUCH_BYTES))
 }
 
 /// Loads a byte of each of the `N` 64-byte lines from `p` and drops them. (Volatile, so they
@@ -148,7 +156,7 @@ fn f16x4_to_f32(h: v128) -> v128 {
 /// Node 20 ran the one-token Q4_0 product at 3.98 ms instead of 2.37 (`bench/wasm-kernels.mjs`,
 /// one thread, 10240×2560).
 #[inline(never)]
-unsafe fn tile<const SIGNED: bool, const C: usize>(row: &[u8], touch: *const u8, a: &Activations, t0: usize, r: usize, out: OutPtr) {
+unsafe fn tile<const SIGNED: bool, const C: usize>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize, r: usize, out: OutPtr) {
     let bytes = if SIGNED { 34 } else { 18 };
     let nb = a.cols / 32;
     let quads = nb / 4;
@@ -182,12 +190,12 @@ unsafe fn tile<const SIGNED: bool, const C: usize>(row: &[u8], touch: *const u8,
     let mut hi = [f32x4_splat(0.0); C];
     let mut q = 0;
     while q + 2 <= quads {
-        if C == 1 {
-            // 144 (Q4_0) or 272 (Q8_0) bytes of weights per step.
+        if let (1, Some(p)) = (C, touch) {
+            // 144 (Q4_0; touched three times as fast) or 272 (Q8_0) bytes of weights per step.
             if SIGNED {
-                self::touch::<4>(touch.add(4 * q * bytes));
+                self::touch::<4>(p.add(4 * q * bytes));
             } else {
-                self::touch::<2>(touch.add(4 * q * bytes));
+                self::touch::<6>(p.add(TOUCH_SPEED * 4 * q * bytes));
             }
         }
         quad(4 * q, &mut lo);
@@ -343,7 +351,7 @@ unsafe fn dot32(w: &[v128; 4], x: *const i8) -> v128 {
 
 /// Q4_K (`Q5 = false`) / Q5_K: row × tokens `t0 .. t0 + C`.
 #[inline(always)]
-unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], touch: *const u8, a: &Activations, t0: usize) -> [f32; C] {
+unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize) -> [f32; C] {
     const K1: u32 = 0x3F3F_3F3F;
     const K2: u32 = 0x0F0F_0F0F;
     const K3: u32 = 0x0303_0303;
@@ -353,9 +361,13 @@ unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], touch: *const u8, a
     let mut acc = [0f32; C];
     for b in 0..nb {
         let blk = row.as_ptr().add(b * bytes);
-        if C == 1 {
-            // 144 (Q4_K) or 176 (Q5_K) bytes per super-block.
-            self::touch::<2>(touch.add(b * bytes));
+        if let (1, Some(p)) = (C, touch) {
+            // 144 (Q4_K) or 176 (Q5_K) bytes per super-block, touched three times as fast.
+            if Q5 {
+                self::touch::<8>(p.add(TOUCH_SPEED * b * bytes));
+            } else {
+                self::touch::<6>(p.add(TOUCH_SPEED * b * bytes));
+            }
         }
         // The 8 six-bit scales and mins (`scale_min_k4`, four at a time as ggml unpacks them):
         // scales 0..4 in `sc0`'s bytes, 4..8 in `sc1`'s; mins likewise in `m0`, `m1`.
@@ -468,13 +480,13 @@ unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], touch: *const u8, a
 
 /// Q6_K: row × tokens `t0 .. t0 + C`.
 #[inline(always)]
-unsafe fn tile_q6k<const C: usize>(row: &[u8], touch: *const u8, a: &Activations, t0: usize) -> [f32; C] {
+unsafe fn tile_q6k<const C: usize>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize) -> [f32; C] {
     let nb = a.cols / 256;
     let mut acc = [0f32; C];
     for b in 0..nb {
         let blk = row.as_ptr().add(b * 210);
-        if C == 1 {
-            self::touch::<3>(touch.add(b * 210));
+        if let (1, Some(p)) = (C, touch) {
+            self::touch::<3>(p.add(b * 210));
         }
         // The 16 scales widened to i16: sub-blocks 0..8 and 8..16.
         let scv = v128_load(blk.add(192) as *const v128);
