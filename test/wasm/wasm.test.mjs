@@ -126,6 +126,23 @@ test('SIMD128 kernels give the scalar twin\'s bits for every quantized type', ()
   console.log(`# SIMD128 = scalar twin on ${elements} outputs`);
 });
 
+// Attention's SIMD128 row (kernels/wasm.rs `attention_row`) against the scalar twin, bit for bit
+// (`phi2_simd128_attention_parity`: random query, keys and values of one head): head sizes with
+// and without tails of 8 and 4 (Phi-2's 80 among them), 1 to 100 keys (the four-key groups and
+// their tails).
+test('SIMD128 attention gives the scalar twin\'s bits', () => {
+  let cases = 0;
+  for (const hd of [1, 3, 4, 7, 8, 9, 16, 63, 80, 81, 128]) {
+    for (const keys of [1, 2, 3, 4, 5, 8, 17, 100]) {
+      const bad = exports.phi2_simd128_attention_parity(hd, keys, hd * 1000 + keys);
+      assert.equal(bad, 0, `head_dim ${hd}, ${keys} keys: ${bad} outputs differ from the scalar twin`);
+      cases++;
+    }
+  }
+  assert.equal(exports.phi2_simd128_attention_parity(0, 4, 1), -1);
+  console.log(`# SIMD128 attention = scalar twin on ${cases} shapes`);
+});
+
 // bench/wasm-kernels.mjs times products through `phi2_simd128_bench` (same random cases): it
 // must run every type SIMD128 takes (a finite sum of outputs, equal for equal work) and refuse
 // the rest with NaN.

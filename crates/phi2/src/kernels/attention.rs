@@ -91,6 +91,11 @@ fn row(isa: super::Isa, q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f3
         unsafe { super::x86::attention_row(q, k, v, scale, y) };
         return;
     }
+    #[cfg(target_arch = "wasm32")]
+    if isa == super::Isa::Simd128 {
+        super::wasm::attention_row(q, k, v, scale, y);
+        return;
+    }
     let _ = isa;
     row_scalar(q, k, v, scale, y);
 }

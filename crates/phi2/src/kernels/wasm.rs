@@ -614,6 +614,126 @@ unsafe fn q6k_chunk<const C: usize, const N: usize, const LH: usize>(
     }
 }
 
+// ---- attention ----
+
+/// One query row of attention ([`super::attention`]'s definition) with SIMD128: key j's dot in 8
+/// lanes (dimension d in lane d % 8, in order, multiply then add) as two f32x4 accumulators,
+/// four keys at a time; the weighted sum of the values four dimensions per vector, in key order.
+/// The softmax steps are the scalar twin's. The same bits as [`super::attention::row_scalar`].
+pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+    let hd = q.len();
+    let n = k.len() / hd;
+    assert!(k.len() >= n * hd && v.len() >= n * hd && y.len() == hd, "attention_row: shapes");
+    let hd8 = hd - hd % 8;
+    let mut scores = vec![0f32; n];
+    // Key j's score from its 8 lanes over the full groups of 8: the columns past them, the lane
+    // reduction, the scale. (Every SIMD load below reads q[d..d + 8] and key j's values d..d + 8
+    // with j < n and d + 8 <= hd8 <= hd: inside q and k, asserted above.)
+    let lanes_of = |j: usize, lo: v128, hi: v128| -> f32 {
+        let kj = &k[j * hd..(j + 1) * hd];
+        let mut lanes = [
+            f32x4_extract_lane::<0>(lo),
+            f32x4_extract_lane::<1>(lo),
+            f32x4_extract_lane::<2>(lo),
+            f32x4_extract_lane::<3>(lo),
+            f32x4_extract_lane::<0>(hi),
+            f32x4_extract_lane::<1>(hi),
+            f32x4_extract_lane::<2>(hi),
+            f32x4_extract_lane::<3>(hi),
+        ];
+        for d in hd8..hd {
+            lanes[d % 8] += q[d] * kj[d];
+        }
+        reduce8(&lanes) * scale
+    };
+    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    /// Four f32 at `p`.
+    unsafe fn ld(p: *const f32) -> v128 {
+        v128_load(p as *const v128)
+    }
+    let n4 = n - n % 4;
+    for j0 in (0..n4).step_by(4) {
+        // Four keys: eight independent chains, each query vector loaded once for the four.
+        let z = f32x4_splat(0.0);
+        let (mut lo, mut hi) = ([z; 4], [z; 4]);
+        for d in (0..hd8).step_by(8) {
+            let (q0, q1) = unsafe { (ld(qp.add(d)), ld(qp.add(d + 4))) };
+            for u in 0..4 {
+                let kr = unsafe { kp.add((j0 + u) * hd + d) };
+                unsafe {
+                    lo[u] = f32x4_add(lo[u], f32x4_mul(q0, ld(kr)));
+                    hi[u] = f32x4_add(hi[u], f32x4_mul(q1, ld(kr.add(4))));
+                }
+            }
+        }
+        for u in 0..4 {
+            scores[j0 + u] = lanes_of(j0 + u, lo[u], hi[u]);
+        }
+    }
+    for j in n4..n {
+        let (mut lo, mut hi) = (f32x4_splat(0.0), f32x4_splat(0.0));
+        for d in (0..hd8).step_by(8) {
+            let kr = unsafe { kp.add(j * hd + d) };
+            unsafe {
+                lo = f32x4_add(lo, f32x4_mul(ld(qp.add(d)), ld(kr)));
+                hi = f32x4_add(hi, f32x4_mul(ld(qp.add(d + 4)), ld(kr.add(4))));
+            }
+        }
+        scores[j] = lanes_of(j, lo, hi);
+    }
+    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut lanes = [0f32; 8];
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = super::attention::exp(*s - m);
+        lanes[j % 8] += *s;
+    }
+    let sum = reduce8(&lanes);
+    y.fill(0.0);
+    let hd4 = hd - hd % 4;
+    for (j, &ej) in scores.iter().enumerate() {
+        let p = ej / sum;
+        let pv = f32x4_splat(p);
+        let vj = &v[j * hd..(j + 1) * hd];
+        for d in (0..hd4).step_by(4) {
+            // SAFETY: d + 4 <= hd4 <= hd = y.len() = vj.len().
+            unsafe {
+                let yp = y.as_mut_ptr().add(d) as *mut v128;
+                v128_store(yp, f32x4_add(v128_load(yp), f32x4_mul(pv, v128_load(vj.as_ptr().add(d) as *const v128))));
+            }
+        }
+        for d in hd4..hd {
+            y[d] += p * vj[d];
+        }
+    }
+}
+
+/// Attention parity check for the wasm tests, a plain export like [`phi2_simd128_parity`]: one
+/// head of `head_dim` values, `keys` positions of random queries, keys and values from `seed`,
+/// through the scalar twin and [`attention_row`]. Returns how many outputs differ in their bits
+/// (-1 for an empty shape).
+#[no_mangle]
+pub extern "C" fn phi2_simd128_attention_parity(head_dim: u32, keys: u32, seed: u32) -> i32 {
+    let (hd, n) = (head_dim as usize, keys as usize);
+    if hd == 0 || n == 0 {
+        return -1;
+    }
+    let mut s = 0x2545_F491_4F6C_DD1Du64 ^ ((seed as u64) << 1 | 1);
+    let mut unit = move || {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let q: Vec<f32> = (0..hd).map(|_| 3.0 * unit()).collect();
+    let k: Vec<f32> = (0..n * hd).map(|_| 3.0 * unit()).collect();
+    let v: Vec<f32> = (0..n * hd).map(|_| unit()).collect();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (mut ys, mut yv) = (vec![0f32; hd], vec![0f32; hd]);
+    super::attention::row_scalar(&q, &k, &v, scale, &mut ys);
+    attention_row(&q, &k, &v, scale, &mut yv);
+    ys.iter().zip(&yv).filter(|(a, b)| a.to_bits() != b.to_bits()).count() as i32
+}
+
 // ---- parity self-check ----
 
 /// Kernel parity check for the wasm tests (test/wasm/wasm.test.mjs), exported from the module as
