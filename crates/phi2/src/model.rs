@@ -268,6 +268,19 @@ impl Phi2 {
     /// Runs `tokens` at positions `cache.len()..`, appending to the cache, and returns f32 logits:
     /// `[tokens.len(), vocab]` when `all_logits`, else `[1, vocab]` for the last token only.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        // The threaded wasm build: the whole pass runs on a thread of the rayon pool, which then
+        // computes a share of every product itself and hands the rest to the others, instead of
+        // this (the engine's) thread waking the pool and sleeping for each of a pass's ~130
+        // products. Measured in Chromium (Phi-2-shaped Q4_0, 2 threads): see bench/RESULTS.md.
+        #[cfg(target_arch = "wasm32")]
+        if crate::par::enabled() && rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.forward_here(tokens, cache, all_logits));
+        }
+        self.forward_here(tokens, cache, all_logits)
+    }
+
+    /// [`Phi2::forward`] on the calling thread.
+    fn forward_here(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
         let (t, pos) = (tokens.len(), cache.len);
         self.check_pass(tokens, pos)?;
         let mut x = self.weights.embed.forward(tokens, &self.device)?; // [T, H]
