@@ -199,17 +199,21 @@ pub struct Packed {
     pub rows: usize,
     pub cols: usize,
     pub bytes: WeightBytes,
+    /// [`WeightRef::finite_scales`], found at load where a kernel uses it (the wasm builds'
+    /// Q4_0 and Q8_0 products).
+    finite_scales: bool,
 }
 
 impl Packed {
     /// `None` unless the kernels take this dtype and shape (the caller then uses candle).
     fn new(dtype: DType, rows: usize, cols: usize, bytes: WeightBytes) -> Option<Packed> {
         WeightRef::new(dtype, rows, cols, bytes.as_slice())?;
-        Some(Packed { dtype, rows, cols, bytes })
+        let finite_scales = cfg!(target_arch = "wasm32") && kernels::scales_finite(dtype, bytes.as_slice());
+        Some(Packed { dtype, rows, cols, bytes, finite_scales })
     }
 
     pub fn weight_ref(&self) -> WeightRef<'_> {
-        WeightRef { dtype: self.dtype, rows: self.rows, cols: self.cols, data: self.bytes.as_slice() }
+        WeightRef { dtype: self.dtype, rows: self.rows, cols: self.cols, data: self.bytes.as_slice(), finite_scales: self.finite_scales }
     }
 
     /// `x · Wᵀ + bias` (then `gelu_new` when `gelu`) for f32 `x` `[.., cols]` → `[.., rows]`.

@@ -57,6 +57,9 @@ pub struct WeightRef<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    /// Known: every block scale is a finite f16 (Q4_0, Q8_0; see [`scales_finite`]), so kernels
+    /// may leave out their conversion of infinities and NaNs. False when not known.
+    pub finite_scales: bool,
 }
 
 impl<'a> WeightRef<'a> {
@@ -67,7 +70,7 @@ impl<'a> WeightRef<'a> {
         if cols == 0 || !cols.is_multiple_of(family.block()) || dtype.byte_len(&[rows, cols]) != Some(data.len()) {
             return None;
         }
-        Some(WeightRef { dtype, rows, cols, data })
+        Some(WeightRef { dtype, rows, cols, data, finite_scales: false })
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -78,6 +81,17 @@ impl<'a> WeightRef<'a> {
         let n = self.row_bytes();
         &self.data[r * n..(r + 1) * n]
     }
+}
+
+/// Whether every block scale of Q4_0 or Q8_0 weights `data` (whole blocks) is a finite f16, as
+/// in any working model: one pass over the scales. False for other types.
+pub fn scales_finite(dtype: DType, data: &[u8]) -> bool {
+    let bytes = match dtype {
+        DType::Q4_0 => 18,
+        DType::Q8_0 => 34,
+        _ => return false,
+    };
+    data.len().is_multiple_of(bytes) && data.chunks_exact(bytes).all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7C00 != 0x7C00)
 }
 
 /// How activations are prepared for a weight type.
