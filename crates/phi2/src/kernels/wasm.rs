@@ -303,15 +303,18 @@ fn kquant_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr
         let touch = touch_base(w.data, row);
         let mut t0 = 0;
         while t0 < act.tokens {
-            // Two-token tiles pay for Q4_K and Q6_K (measured; -6% and -20% per token), not for
-            // Q5_K (+17%: its unpacked weights and accumulators no longer fit V8's registers).
-            let c = if act.tokens - t0 >= 2 && w.dtype != DType::Q5K { 2 } else { 1 };
+            // Two-token tiles pay for Q4_K and Q6_K (measured; -6% and -20% per token), and for
+            // Q5_K in the relaxed build (16 tokens, 10240×2560, Chromium: ~30 → 18.8 ms; its
+            // Q4_K_M prompt 13.3 → 15.8 tok/s), not in SIMD128's (+17%: its widened weights and
+            // accumulators no longer fit V8's registers).
+            let c = if act.tokens - t0 >= 2 && (w.dtype != DType::Q5K || cfg!(target_feature = "relaxed-simd")) { 2 } else { 1 };
             // SAFETY: the row holds nb super-blocks, the activations tokens × cols values, their
             // sums and scales (asserted above); every access below stays inside them.
             let acc: [f32; 2] = unsafe {
                 match (w.dtype, c) {
                     (DType::Q4K, 2) => tile_k::<false, 2>(row, touch, act, t0),
                     (DType::Q4K, _) => pad(tile_k::<false, 1>(row, touch, act, t0)),
+                    (DType::Q5K, 2) => tile_k::<true, 2>(row, touch, act, t0),
                     (DType::Q5K, _) => pad(tile_k::<true, 1>(row, touch, act, t0)),
                     (_, 2) => tile_q6k::<2>(row, touch, act, t0),
                     _ => pad(tile_q6k::<1>(row, touch, act, t0)),
