@@ -11,7 +11,6 @@
 // with 0 products) is timed and taken off. The default shape, 10240 × 2560 (Phi-2's fc1),
 // is 14.7 MB of Q4_0: it streams from memory, as in a decode step.
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -59,30 +58,16 @@ if (!inBrowser) {
   results = timeCases(exports.phi2_simd128_bench, cases, rows, cols, budgetMs);
 } else {
   const { chromium } = await import('playwright-core');
-  const dir = path.join(root, 'bindings/wasm', pkg);
-  const server = http.createServer((req, res) => {
-    const name = path.basename(new URL(req.url, 'http://x').pathname);
-    const headers = { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' };
-    if (name === '' || name === 'index.html') {
-      res.writeHead(200, { ...headers, 'Content-Type': 'text/html' }).end('<!doctype html><title>wasm kernels</title>');
-      return;
-    }
-    try {
-      const body = readFileSync(path.join(dir, name));
-      res.writeHead(200, { ...headers, 'Content-Type': name.endsWith('.wasm') ? 'application/wasm' : 'text/javascript' }).end(body);
-    } catch {
-      res.writeHead(404, headers).end();
-    }
-  });
-  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  const { serve } = await import('./lib/browser.mjs');
+  const { server, url } = await serve({ '/pkg/': path.join(root, 'bindings/wasm', pkg) }, { '/index.html': '<!doctype html><title>wasm kernels</title>' });
   const browser = await chromium.launch({ executablePath: process.env.PHI2_CHROMIUM ?? '/usr/bin/chromium', headless: true, args: ['--no-sandbox', '--disable-gpu'] });
   try {
     const page = await browser.newPage();
-    await page.goto(`http://127.0.0.1:${server.address().port}/`);
+    await page.goto(`${url}/index.html`);
     results = await page.evaluate(
       async ({ cases, rows, cols, budgetMs, fn }) => {
-        const wasm = await import('/phi2_wasm.js');
-        const exports = await wasm.default('/phi2_wasm_bg.wasm');
+        const wasm = await import('/pkg/phi2_wasm.js');
+        const exports = await wasm.default('/pkg/phi2_wasm_bg.wasm');
         // eslint-disable-next-line no-new-func
         return new Function(`return (${fn})`)()(exports.phi2_simd128_bench, cases, rows, cols, budgetMs);
       },

@@ -29,8 +29,8 @@ function packageDir(spec, from = require) {
 const MIME = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.mjs': 'text/javascript; charset=utf-8', '.json': 'application/json', '.wasm': 'application/wasm', '.gguf': 'application/octet-stream' };
 const HEADERS = { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp', 'Cross-Origin-Resource-Policy': 'same-origin', 'Cache-Control': 'no-store' };
 
-/** A static server on 127.0.0.1 with prefix mounts; every response has Content-Length. */
-function serve(mounts, pages) {
+/** A static server on 127.0.0.1 with prefix mounts (cross-origin isolated); every response has Content-Length. */
+export function serve(mounts, pages) {
   const server = http.createServer((req, res) => {
     const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
     if (pages[url]) {
