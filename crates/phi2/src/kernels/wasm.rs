@@ -26,7 +26,7 @@
 //! arrays in linear memory in the inner loop; and with several tokens each block's widened
 //! weights serve two tokens. Since then: each Q4_0/Q8_0 tile is a wasm function of its own (V8
 //! allocates its registers alone), the scales skip the infinity/NaN steps where the matrix has
-//! none ([`scales4`]), and the whole pass runs on a pool thread ([`crate::model`]). Together
+//! none ([`f16x4_to_f32`]), and the whole pass runs on a pool thread ([`crate::model`]). Together
 //! with the touches and relaxed dot products for one token, Chromium's Phi-2-shaped Q4_0 decode
 //! went from 4.3 to 8.0 tok/s (2 threads, `phi2-bench --backend wasm`, bench/RESULTS.md).
 
@@ -144,33 +144,24 @@ unsafe fn block_dot(w: &[v128; 4], x: *const i16) -> v128 {
 
 /// f16 bits (the low 16 bits of each i32 lane) → f32, exactly as `half` converts them: finite
 /// values (subnormals too) by moving exponent and mantissa into place and scaling by 2^112,
-/// which is exact; infinities and NaNs (quieted) by setting the exponent.
+/// which is exact; infinities and NaNs (quieted) by setting the exponent. With `FINITE` (the
+/// values are known finite, e.g. a matrix's block scales: [`WeightRef::finite_scales`]) the
+/// infinity and NaN steps are left out. Measured (`bench/wasm-kernels.mjs --flavour relaxed`,
+/// Q4_0 block scales, 10240×2560, one token): 1.64 → 1.36 ms.
 #[inline(always)]
-fn f16x4_to_f32(h: v128) -> v128 {
+fn f16x4_to_f32<const FINITE: bool>(h: v128) -> v128 {
     let sign = i32x4_shl(v128_and(h, i32x4_splat(0x8000)), 16);
     let em = v128_and(h, i32x4_splat(0x7FFF));
     let moved = i32x4_shl(em, 13);
     let finite = f32x4_mul(moved, f32x4_splat(f32::from_bits(0x7780_0000))); // 2^112
+    if FINITE {
+        return v128_or(finite, sign);
+    }
     let special = v128_or(
         v128_or(moved, i32x4_splat(0x7F80_0000)),
         v128_and(i32x4_gt(em, i32x4_splat(0x7C00)), i32x4_splat(0x0040_0000)),
     );
     v128_or(v128_bitselect(special, finite, i32x4_ge(em, i32x4_splat(0x7C00))), sign)
-}
-
-/// Four block scales (f16 bits in the i32 lanes) as f32: [`f16x4_to_f32`], or with `FINITE`
-/// (the matrix's scales are all finite: [`WeightRef::finite_scales`]) the same values without
-/// its infinity and NaN steps. Measured (`bench/wasm-kernels.mjs --flavour relaxed`, Q4_0,
-/// 10240×2560, one token): 1.64 → 1.36 ms.
-#[inline(always)]
-fn scales4<const FINITE: bool>(h: v128) -> v128 {
-    if FINITE {
-        let sign = i32x4_shl(v128_and(h, i32x4_splat(0x8000)), 16);
-        let moved = i32x4_shl(v128_and(h, i32x4_splat(0x7FFF)), 13);
-        v128_or(f32x4_mul(moved, f32x4_splat(f32::from_bits(0x7780_0000))), sign)
-    } else {
-        f16x4_to_f32(h)
-    }
 }
 
 /// Row `r` × tokens `t0 .. t0 + C`. Written so that LLVM keeps everything in locals (constant
@@ -195,7 +186,7 @@ unsafe fn tile<const SIGNED: bool, const C: usize, const FINITE: bool>(row: &[u8
         let wb = weights16::<SIGNED>(base.add((b0 + 1) * bytes + 2));
         let wc = weights16::<SIGNED>(base.add((b0 + 2) * bytes + 2));
         let wd = weights16::<SIGNED>(base.add((b0 + 3) * bytes + 2));
-        let dw = scales4::<FINITE>(i32x4(h(b0), h(b0 + 1), h(b0 + 2), h(b0 + 3)));
+        let dw = f16x4_to_f32::<FINITE>(i32x4(h(b0), h(b0 + 1), h(b0 + 2), h(b0 + 3)));
         for (c, acc_c) in acc.iter_mut().enumerate() {
             let t = t0 + c;
             let x = a.q16.as_ptr().add(t * a.cols + 32 * b0);
@@ -265,7 +256,7 @@ unsafe fn quad_q4_0_relaxed<const C: usize, const FINITE: bool>(base: *const u8,
     };
     let (wa, wb, wc, wd) = (nib(b0), nib(b0 + 1), nib(b0 + 2), nib(b0 + 3));
     let h = |b: usize| h16(base.add(b * 18));
-    let dw = scales4::<FINITE>(i32x4(h(b0), h(b0 + 1), h(b0 + 2), h(b0 + 3)));
+    let dw = f16x4_to_f32::<FINITE>(i32x4(h(b0), h(b0 + 1), h(b0 + 2), h(b0 + 3)));
     for (c, acc_c) in acc.iter_mut().enumerate() {
         let t = t0 + c;
         let x = a.q.as_ptr().add(t * a.cols + 32 * b0);
@@ -412,7 +403,7 @@ unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], touch: Option<*cons
         let mins = u16x8_extend_low_u8x16(u32x4(m0, m1, 0, 0));
         let mins_a = i16x8_shuffle::<0, 0, 1, 1, 2, 2, 3, 3>(mins, mins);
         let mins_b = i16x8_shuffle::<4, 4, 5, 5, 6, 6, 7, 7>(mins, mins);
-        let dd = f16x4_to_f32(i32x4(h16(blk), h16(blk.add(2)), 0, 0));
+        let dd = f16x4_to_f32::<false>(i32x4(h16(blk), h16(blk.add(2)), 0, 0));
         let (d, dmin) = (f32x4_extract_lane::<0>(dd), f32x4_extract_lane::<1>(dd));
 
         let mut vi = [i32x4_splat(0); C];
@@ -517,7 +508,7 @@ unsafe fn tile_q6k<const C: usize>(row: &[u8], touch: Option<*const u8>, a: &Act
         // The 16 scales widened to i16: sub-blocks 0..8 and 8..16.
         let scv = v128_load(blk.add(192) as *const v128);
         let sc = [i16x8_extend_low_i8x16(scv), i16x8_extend_high_i8x16(scv)];
-        let d = f32x4_extract_lane::<0>(f16x4_to_f32(i32x4(h16(blk.add(208)), 0, 0, 0)));
+        let d = f32x4_extract_lane::<0>(f16x4_to_f32::<false>(i32x4(h16(blk.add(208)), 0, 0, 0)));
         // Two accumulators per token (shorter add chains).
         let mut v0 = [i32x4_splat(0); C];
         let mut v1 = [i32x4_splat(0); C];
