@@ -42,6 +42,8 @@ pub mod pool;
 pub mod scalar;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
@@ -195,10 +197,11 @@ impl Activations {
                 resize_to_overwrite(&mut self.q, tokens * cols);
                 resize_to_overwrite(&mut self.d, tokens * nb);
                 resize_to_overwrite(&mut self.s, tokens * nb);
-                // The SIMD layouts: `qt` for x86-64's 8-block lanes, `q16` for wasm32 (the other is
-                // left empty).
+                // The SIMD layouts: `qt` for x86-64's 8-block lanes, `q16` for wasm32 (aarch64
+                // reads `q` as it is).
                 let wasm = cfg!(target_arch = "wasm32");
-                resize_to_overwrite(&mut self.qt, if wasm { 0 } else { tokens * groups * 256 });
+                let x86 = cfg!(target_arch = "x86_64");
+                resize_to_overwrite(&mut self.qt, if x86 { tokens * groups * 256 } else { 0 });
                 resize_to_overwrite(&mut self.q16, if wasm { tokens * cols } else { 0 });
                 let (q, d, s) = (Shared(self.q.as_mut_ptr()), Shared(self.d.as_mut_ptr()), Shared(self.s.as_mut_ptr()));
                 let (qt, q16) = (Shared(self.qt.as_mut_ptr()), Shared(self.q16.as_mut_ptr()));
@@ -212,6 +215,9 @@ impl Activations {
                         for (w, &v) in q16.iter_mut().zip(q.iter()) {
                             *w = v as i16;
                         }
+                        return;
+                    }
+                    if !x86 {
                         return;
                     }
                     // SAFETY: as above.
@@ -386,6 +392,10 @@ pub enum Isa {
     Amx,
     /// wasm32 SIMD128.
     Simd128,
+    /// aarch64 NEON (widening multiplies for the 8-bit products).
+    Neon,
+    /// aarch64 NEON with the dotprod extension (`sdot`).
+    NeonDot,
 }
 
 impl Isa {
@@ -396,6 +406,8 @@ impl Isa {
             Isa::AvxVnni => "avx-vnni",
             Isa::Amx => "amx",
             Isa::Simd128 => "simd128",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dotprod",
         }
     }
 }
@@ -432,6 +444,13 @@ pub fn runnable() -> Vec<Isa> {
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     v.push(Isa::Simd128);
+    #[cfg(target_arch = "aarch64")]
+    {
+        v.push(Isa::Neon);
+        if neon::dotprod_available() {
+            v.push(Isa::NeonDot);
+        }
+    }
     v
 }
 
@@ -450,6 +469,8 @@ fn detect() -> Isa {
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     return Isa::Simd128;
+    #[cfg(target_arch = "aarch64")]
+    return if neon::dotprod_available() { Isa::NeonDot } else { Isa::Neon };
     #[allow(unreachable_code)]
     Isa::Scalar
 }
@@ -606,6 +627,10 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         Isa::Amx => x86::matmul_rows(w, act, rows, out, true),
         #[cfg(target_arch = "wasm32")]
         Isa::Simd128 => wasm::matmul_rows(w, act, rows, out),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::matmul_rows(w, act, rows, out, false),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot => neon::matmul_rows(w, act, rows, out, true),
         _ => scalar::matmul_rows(w, act, rows, out),
     }
 }
