@@ -96,6 +96,11 @@ fn row(isa: super::Isa, q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f3
         super::wasm::attention_row(q, k, v, scale, y);
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if matches!(isa, super::Isa::Neon | super::Isa::NeonDot) {
+        super::neon::attention_row(q, k, v, scale, y);
+        return;
+    }
     let _ = isa;
     row_scalar(q, k, v, scale, y);
 }

@@ -340,3 +340,86 @@ unsafe fn row_float<const C: usize, const BF: bool>(row: &[u8], a: &Activations,
     }
     y
 }
+
+/// One attention row ([`super::attention`]'s definition, the same bits as `row_scalar`): query
+/// `q` (`head_dim` values) against the `n` keys and values in `k`, `v`, into `y`. Each key's
+/// 8 lanes are two f32x4 (multiply then add, as defined), four keys at a time so each query
+/// vector is loaded once for the four; the values four dimensions per vector.
+pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+    let hd = q.len();
+    let n = k.len() / hd;
+    assert!(k.len() >= n * hd && v.len() >= n * hd && y.len() == hd, "attention_row: shapes");
+    let hd8 = hd - hd % 8;
+    let mut scores = vec![0f32; n];
+    // Key j's score from its 8 lanes over the full groups of 8: the columns past them, the lane
+    // reduction, the scale.
+    let lanes_of = |j: usize, lo: float32x4_t, hi: float32x4_t| -> f32 {
+        let kj = &k[j * hd..(j + 1) * hd];
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 values into an array of 8.
+        unsafe {
+            vst1q_f32(lanes.as_mut_ptr(), lo);
+            vst1q_f32(lanes.as_mut_ptr().add(4), hi);
+        }
+        for d in hd8..hd {
+            lanes[d % 8] += q[d] * kj[d];
+        }
+        reduce8(&lanes) * scale
+    };
+    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    // SAFETY (every load below): it reads q[d..d + 8] and key j's values d..d + 8 with j < n and
+    // d + 8 <= hd8 <= hd, inside q and k (asserted above).
+    let n4 = n - n % 4;
+    for j0 in (0..n4).step_by(4) {
+        let z = unsafe { vdupq_n_f32(0.0) };
+        let (mut lo, mut hi) = ([z; 4], [z; 4]);
+        for d in (0..hd8).step_by(8) {
+            unsafe {
+                let (q0, q1) = (vld1q_f32(qp.add(d)), vld1q_f32(qp.add(d + 4)));
+                for u in 0..4 {
+                    let kr = kp.add((j0 + u) * hd + d);
+                    lo[u] = vaddq_f32(lo[u], vmulq_f32(q0, vld1q_f32(kr)));
+                    hi[u] = vaddq_f32(hi[u], vmulq_f32(q1, vld1q_f32(kr.add(4))));
+                }
+            }
+        }
+        for u in 0..4 {
+            scores[j0 + u] = lanes_of(j0 + u, lo[u], hi[u]);
+        }
+    }
+    for j in n4..n {
+        let (mut lo, mut hi) = unsafe { (vdupq_n_f32(0.0), vdupq_n_f32(0.0)) };
+        for d in (0..hd8).step_by(8) {
+            unsafe {
+                let kr = kp.add(j * hd + d);
+                lo = vaddq_f32(lo, vmulq_f32(vld1q_f32(qp.add(d)), vld1q_f32(kr)));
+                hi = vaddq_f32(hi, vmulq_f32(vld1q_f32(qp.add(d + 4)), vld1q_f32(kr.add(4))));
+            }
+        }
+        scores[j] = lanes_of(j, lo, hi);
+    }
+    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut lanes = [0f32; 8];
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = super::attention::exp(*s - m);
+        lanes[j % 8] += *s;
+    }
+    let sum = reduce8(&lanes);
+    y.fill(0.0);
+    let hd4 = hd - hd % 4;
+    for (j, &ej) in scores.iter().enumerate() {
+        let p = ej / sum;
+        let vj = &v[j * hd..(j + 1) * hd];
+        // SAFETY: d + 4 <= hd4 <= hd = y.len() = vj.len().
+        unsafe {
+            let pv = vdupq_n_f32(p);
+            for d in (0..hd4).step_by(4) {
+                let yp = y.as_mut_ptr().add(d);
+                vst1q_f32(yp, vaddq_f32(vld1q_f32(yp), vmulq_f32(pv, vld1q_f32(vj.as_ptr().add(d)))));
+            }
+        }
+        for d in hd4..hd {
+            y[d] += p * vj[d];
+        }
+    }
+}
