@@ -346,11 +346,9 @@ impl Batch {
 }
 
 /// Log-sum-exp of `logits` (f64, so the log-probs are those of an exact log-softmax rounded to
-/// f32) and the `k` most likely ids with their log-probs, most likely first, ties to the lower id.
+/// f32; [`crate::detmath`]'s, the same bits on every platform) and the `k` most likely ids with their log-probs, most likely first, ties to the lower id.
 fn top_logprobs(logits: &[f32], k: usize) -> (f64, Vec<(u32, f32)>) {
-    let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().filter(|v| !v.is_nan()).map(|&v| (v as f64 - max).exp()).sum();
-    let lse = max + sum.ln();
+    let lse = crate::detmath::log_sum_exp(logits);
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (id, &v) in logits.iter().enumerate() {
         if k == 0 || v.is_nan() || (top.len() == k && v <= top[k - 1].1) {

@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod config;
 pub mod convert;
+pub(crate) mod detmath;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
 pub mod device;

@@ -11,11 +11,13 @@ use std::path::Path;
 use candle_core::{Device, Tensor, D};
 
 use crate::config::Phi2Config;
+use crate::detmath;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::safetensors::SafetensorsModel;
 use crate::kernels;
+use crate::sampler::exp_nonpositive;
 use crate::weights::{with_f32, Layout, Phi2Weights, Qkv};
 
 /// What a loaded model reports about itself.
@@ -229,17 +231,26 @@ impl Phi2 {
     /// NeoX rotary tables `[t, rotary_dim / 2]` for positions `pos..pos + t`, as HF computes
     /// them: inv_freq_i = theta^(-2i/rot), angle = pos · inv_freq_i (f32). Made per call (t·rot/2
     /// values) rather than for the whole context, so a config's context length costs no memory.
+    /// The power, cosine and sine are [`detmath`]'s (f64, rounded to f32), not the platform
+    /// libm's, so x86-64, aarch64 and wasm32 builds get the same tables bit for bit.
     fn rotary_tables(&self, pos: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let rot = self.config.rotary_dim;
         let half = rot / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| (1.0 / (self.config.rope_theta as f64).powf((2 * i) as f64 / rot as f64)) as f32).collect();
+        let ln_theta = detmath::ln(self.config.rope_theta as f64);
+        // theta^(-e) = e^(-e · ln theta) (theta > 1), or 1 / e^(e · ln theta) (theta < 1; validated > 0).
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                let e = (2 * i) as f64 / rot as f64;
+                (if ln_theta >= 0.0 { exp_nonpositive(-e * ln_theta) } else { 1.0 / exp_nonpositive(e * ln_theta) }) as f32
+            })
+            .collect();
         let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
         for p in pos..pos + t {
             for f in &inv_freq {
                 let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                let (s, c) = detmath::sin_cos(angle as f64);
+                cos.push(c as f32);
+                sin.push(s as f32);
             }
         }
         Ok((Tensor::from_vec(cos, (t, half), &self.device)?, Tensor::from_vec(sin, (t, half), &self.device)?))
@@ -524,8 +535,9 @@ impl Phi2 {
     pub fn logprobs(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let mut cache = self.new_cache();
         let logits = self.forward(tokens, &mut cache, true)?;
-        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        Ok(lp.flatten_all()?.to_vec1::<f32>()?)
+        let n = logits.dim(D::Minus1)?;
+        // [`detmath`]'s log-softmax (f64, no libm): the same bits on every platform.
+        Ok(detmath::log_softmax_rows(&logits.flatten_all()?.to_vec1::<f32>()?, n))
     }
 
     pub fn device(&self) -> &Device {

@@ -486,7 +486,7 @@ impl Sampler {
 
 /// `e^x` for `x <= 0` (or -inf) using only IEEE-754 add/mul/div, so the result is bit-identical
 /// on every platform (the platform libm's `exp` may differ in the last bit). Error < 2 ulp.
-fn exp_nonpositive(x: f64) -> f64 {
+pub(crate) fn exp_nonpositive(x: f64) -> f64 {
     debug_assert!(x.is_nan() || x <= 0.0);
     if x.is_nan() || x < EXP_UNDERFLOW {
         return 0.0; // below half the smallest subnormal, or -inf / NaN
