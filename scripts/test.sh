@@ -19,6 +19,10 @@ npm run build --silent -w @x/phi2-native
 echo "== cargo test"
 PHI2_FIXTURES=$PWD/test/fixtures/gen cargo test --release --locked --workspace
 
+echo "== aarch64 engine: NEON kernels + golden tests under qemu (Debian rustc + build-std, cross-linked)"
+scripts/setup-aarch64.sh
+PHI2_FIXTURES=$PWD/test/fixtures/gen scripts/test-aarch64.sh
+
 echo "== end-to-end (node --test)"
 PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/engine/
 
