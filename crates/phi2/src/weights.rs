@@ -367,6 +367,15 @@ impl Linear {
             Matrix::Dense(w) if x.device().is_cuda() && x.rank() == 2 => {
                 crate::cuda_ops::matmul_f32_out(&x.to_dtype(w.dtype())?.contiguous()?, w)?
             }
+            // On aarch64 CPUs with half-precision arithmetic (FEAT_FP16: Apple M, Neoverse N1,
+            // Cortex-A76+) gemm's f16 product accumulates in f16 (relative RMS error 2.3e-3 in
+            // the quant test under qemu, over its 2e-3 bound): the f32 product of the same
+            // rounded operands instead.
+            #[cfg(target_arch = "aarch64")]
+            Matrix::Dense(w) if w.dtype() == candle_core::DType::F16 && x.device().is_cpu() => {
+                let f32 = candle_core::DType::F32;
+                x.to_dtype(w.dtype())?.to_dtype(f32)?.matmul(&w.to_dtype(f32)?.t()?)?
+            }
             Matrix::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(candle_core::DType::F32)?,
             Matrix::Quant(q) => q.forward(x)?,
             Matrix::Packed(_) => unreachable!("handled above"),
@@ -570,6 +579,13 @@ impl<'a> Loader<'a> {
         if dtype.is_quantized() {
             let q = qtensor_from_ggml(dtype.to_ggml(), &data, shape.to_vec(), self.device)
                 .map_err(|e| Error::tensor(self.src.path(), name, format!("cannot load {dtype} data: {e}")))?;
+            // candle 0.11's aarch64 dot products for Q4_0, Q8_0 and the K-quants use `sdot`
+            // without checking for the dotprod extension: on a CPU without it (Armv8.0, e.g.
+            // Cortex-A53 / A72) they die with SIGILL. There candle gets the dequantized matrix.
+            #[cfg(target_arch = "aarch64")]
+            if self.device.is_cpu() && !std::arch::is_aarch64_feature_detected!("dotprod") {
+                return Ok(Matrix::Quant(QMatMul::Tensor(q.dequantize(self.device)?)));
+            }
             Ok(Matrix::Quant(QMatMul::from_qtensor(q)?))
         } else {
             Ok(Matrix::Dense(self.float_tensor(name, dtype, &shape, &data)?))
