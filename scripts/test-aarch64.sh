@@ -79,7 +79,8 @@ if [[ " ${tests[*]} " == *" reference_path "* ]]; then
 fi
 
 # The linux-arm64 Node addon (bindings/node/npm/linux-arm64-gnu), run by an arm64 Node under
-# qemu against the host's addon: the same tokens and log-probs, bit for bit (test/aarch64).
+# qemu against the host's addon: the same tokens and log-probs, bit for bit; and the SDK's CLI
+# (packages/phi2/dist, built by scripts/test.sh before this) on it (test/aarch64).
 [ $# -eq 0 ] || exit 0
 echo "== aarch64: the Node addon (napi-rs cdylib, cross-built)"
 started=$SECONDS

@@ -19,10 +19,6 @@ npm run build --silent -w @x/phi2-native
 echo "== cargo test"
 PHI2_FIXTURES=$PWD/test/fixtures/gen cargo test --release --locked --workspace
 
-echo "== aarch64 engine: NEON kernels + golden tests under qemu (Debian rustc + build-std, cross-linked)"
-scripts/setup-aarch64.sh
-PHI2_FIXTURES=$PWD/test/fixtures/gen scripts/test-aarch64.sh
-
 echo "== end-to-end (node --test)"
 PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/engine/
 
@@ -34,6 +30,10 @@ PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/wasm/
 echo "== @x/phi2 SDK + CLI (vitest; backends cpu and wasm)"
 npm run build --silent -w @x/phi2
 PHI2_FIXTURES=$PWD/test/fixtures/gen npm test --silent -w @x/phi2
+
+echo "== aarch64: NEON kernels, golden tests, the linux-arm64 addon and CLI under qemu (Debian rustc + build-std, cross-linked)"
+scripts/setup-aarch64.sh
+PHI2_FIXTURES=$PWD/test/fixtures/gen scripts/test-aarch64.sh
 
 echo "== phi2-bench (bench/) and the workspace bin links"
 PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/bench/

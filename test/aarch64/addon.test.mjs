@@ -2,8 +2,10 @@
 // (x86-64) addon: the same greedy and sampled tokens and the same log-probs, bit for bit, on
 // every weight type our kernels take, with dotprod (`sdot`), with NEON alone (forced by
 // PHI2_KERNELS=neon), and on a CPU without dotprod (qemu's Cortex-A53, where the run-time check
-// must pick NEON alone: an `sdot` there is an illegal instruction).
-//   scripts/test-aarch64.sh runs it (it builds the addon and fetches an arm64 Node first).
+// must pick NEON alone: an `sdot` there is an illegal instruction); and the whole JS stack, the
+// `phi2` CLI of packages/phi2/dist on the arm64 Node, writes the host CLI's text.
+//   scripts/test-aarch64.sh runs it (it builds the addon and fetches an arm64 Node first; the
+//   SDK must be built: npm run build -w @x/phi2).
 // Needs PHI2_ARM64_NODE (an arm64 `node` binary) and PHI2_ARM64_ADDON (the arm64 addon).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -45,3 +47,17 @@ for (const [what, cpu, kernels] of [['dotprod', 'max', ''], ['NEON alone', 'max'
     assert.equal(Object.keys(arm.models).length, MODELS.length);
   });
 }
+
+test('the phi2 CLI on an arm64 Node writes the x86-64 CLI\'s text (embedded model, greedy and sampled)', () => {
+  const cli = path.join(root, 'packages/phi2/dist/cli.js');
+  if (!existsSync(cli)) throw new Error(`${cli} is missing: npm run build -w @x/phi2`);
+  for (const flags of [[], ['--do-sample', '--temperature', '0.8', '--seed', '11']]) {
+    const args = [cli, 'generate', 'def fibonacci(n):', '--max-new-tokens', '24', '--threads', '2', '--quiet', ...flags];
+    const opts = { cwd: root, encoding: 'utf8', env: { ...process.env, PHI2_KERNELS: '' } };
+    const want = execFileSync(process.execPath, args, opts);
+    const got = execFileSync('qemu-aarch64-static', [...qemu('max'), ...args],
+      { ...opts, env: { ...opts.env, NAPI_RS_NATIVE_LIBRARY_PATH: armAddon } });
+    assert.ok(want.length > 20, `host output: ${JSON.stringify(want)}`);
+    assert.equal(got, want, `flags [${flags}]`);
+  }
+});
