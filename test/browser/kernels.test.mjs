@@ -2,8 +2,8 @@
 // run that build (its V8 computes `i32x4.relaxed_dot_i8x16_i7x16_add` wrongly), so test/wasm checks
 // the SIMD128 build there; here the same cases (test/wasm/parity-cases.mjs, imported into the page)
 // run through the parity exports of bindings/wasm/pkg-relaxed in a cross-origin isolated page. The
-// model-level parity test compares log-probs within 1e-4; this one covers every relaxed kernel path
-// (Q5_K included, which no browser fixture uses) exactly.
+// model-level parity test requires the native log-probs bit for bit on its fixtures; this one
+// covers every relaxed kernel path (Q5_K included, which no browser fixture uses) exactly.
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
