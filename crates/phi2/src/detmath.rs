@@ -18,12 +18,16 @@ fn round_f64(v: f64) -> f64 {
     (v + MAGIC) - MAGIC
 }
 
-/// (sin x, cos x) for |x| < 2²⁰ (rotary angles: position × frequency ≤ context length): x
-/// reduced by the nearest multiple n of π/2 (Cody–Waite, π/2 in two parts; n · PIO2_1 is exact),
-/// then Taylor polynomials on |r| ≤ π/4 (truncation error < 1e-22), then the quadrant n mod 4.
-/// About 1 ulp of f64.
+/// (sin x, cos x): for |x| < 2²⁰ (rotary angles of every model with `rope_theta` ≥ 1: position
+/// × frequency ≤ context length) x is reduced by the nearest multiple n of π/2 (Cody–Waite, π/2
+/// in two parts; n · PIO2_1 is exact), then Taylor polynomials on |r| ≤ π/4 (truncation error <
+/// 1e-22), then the quadrant n mod 4: about 1 ulp of f64, the same bits everywhere. Larger or
+/// non-finite x (a config with `rope_theta` < 1) goes to the platform libm: no panic, but no
+/// promise of the same bits.
 pub fn sin_cos(x: f64) -> (f64, f64) {
-    assert!(x.abs() < 1_048_576.0, "sin_cos: {x} is out of range");
+    if !(x.abs() < 1_048_576.0) {
+        return (x.sin(), x.cos());
+    }
     /// The first 33 bits of π/2, and the rest.
     const PIO2_1: f64 = f64::from_bits(0x3FF9_21FB_5440_0000);
     const PIO2_1T: f64 = f64::from_bits(0x3DD0_B461_1A62_6331);
@@ -143,6 +147,9 @@ mod tests {
         }
         assert!(worst <= 4.0, "worst {worst} ulp");
         assert_eq!(sin_cos(0.0), (0.0, 1.0));
+        // Out of the reduction's range (rope_theta < 1): libm, never a panic.
+        assert_eq!(sin_cos(1e7), (1e7f64.sin(), 1e7f64.cos()));
+        assert!(sin_cos(f64::NAN).0.is_nan() && sin_cos(f64::INFINITY).1.is_nan());
         // f32 angles near multiples of π/2 (the reduction's hard case) stay accurate.
         let near = std::f32::consts::FRAC_PI_2 * 1001.0;
         assert!((sin_cos(near as f64).1 - (near as f64).cos()).abs() < 1e-15);

@@ -581,9 +581,14 @@ impl<'a> Loader<'a> {
                 .map_err(|e| Error::tensor(self.src.path(), name, format!("cannot load {dtype} data: {e}")))?;
             // candle 0.11's aarch64 dot products for Q4_0, Q8_0 and the K-quants use `sdot`
             // without checking for the dotprod extension: on a CPU without it (Armv8.0, e.g.
-            // Cortex-A53 / A72) they die with SIGILL. There candle gets the dequantized matrix.
+            // Cortex-A53 / A72) they die with SIGILL. There candle gets the dequantized matrix (the
+            // CPU reference backend only: the engine's own kernels take these types otherwise;
+            // candle's Q4_1 / Q5_0 / Q5_1 products use no `sdot`).
             #[cfg(target_arch = "aarch64")]
-            if self.device.is_cpu() && !std::arch::is_aarch64_feature_detected!("dotprod") {
+            if self.device.is_cpu()
+                && matches!(dtype, DType::Q4_0 | DType::Q8_0 | DType::Q4K | DType::Q5K | DType::Q6K)
+                && !std::arch::is_aarch64_feature_detected!("dotprod")
+            {
                 return Ok(Matrix::Quant(QMatMul::Tensor(q.dequantize(self.device)?)));
             }
             Ok(Matrix::Quant(QMatMul::from_qtensor(q)?))

@@ -28,14 +28,20 @@ fn f16_bytes(v: f32) -> [u8; 2] {
 }
 
 /// Random but valid weight bytes of `dtype` for `[rows, cols]`: random quant values, scales of
-/// sane size (f16 scales never inf/NaN).
+/// sane size, some of them subnormal or −0 (f16 scales never inf/NaN).
 fn weights(dtype: DType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
     let blocks = rows * cols / dtype.block_size();
     let mut out = Vec::with_capacity(blocks * dtype.type_size());
     for _ in 0..blocks {
         let mut blk: Vec<u8> = (0..dtype.type_size()).map(|_| rng.byte()).collect();
-        let d = f16_bytes(0.001 + 0.02 * rng.unit().abs());
+        let mut d = f16_bytes(0.001 + 0.02 * rng.unit().abs());
         let dmin = f16_bytes(0.001 + 0.01 * rng.unit().abs());
+        // Every few blocks a scale at an edge of the f16 → f32 conversion: subnormals (the
+        // smallest, the largest), −0 and −(smallest subnormal), the smallest normal.
+        const EDGES: [u16; 5] = [0x0001, 0x03FF, 0x8000, 0x8001, 0x0400];
+        if rng.next() % 7 == 0 {
+            d = EDGES[(rng.next() % 5) as usize].to_le_bytes();
+        }
         match dtype {
             DType::Q4_0 | DType::Q8_0 | DType::Q4K | DType::Q5K => {
                 blk[0..2].copy_from_slice(&d);

@@ -26,7 +26,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 use std::ops::Range;
 
-use super::{f16_at, reduce8, scalar, scale_min_k4, Activations, OutPtr, WeightRef};
+use super::{f16_at, reduce8, scalar, scale_min_k4, Activations, Family, OutPtr, WeightRef};
 use crate::dtype::DType;
 
 pub(super) fn dotprod_available() -> bool {
@@ -35,7 +35,18 @@ pub(super) fn dotprod_available() -> bool {
 
 /// With `dot`, [`dotprod_available`] must hold (checked when the kernel set was chosen).
 pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr, dot: bool) {
-    // SAFETY: NEON is part of every aarch64 target; dotprod was checked for `dot` (above).
+    // The kernels read these buffers unchecked: they must hold what `prepare` wrote for
+    // `act.tokens` × `w.cols` (callers check the family and the columns).
+    let (n, nb) = (act.tokens * act.cols, act.tokens * act.cols / Family::of(w.dtype).map_or(1, |f| f.block()));
+    let sized = match Family::of(w.dtype) {
+        Some(Family::Q8_0) => act.q.len() >= n && act.d.len() >= nb,
+        Some(Family::Q8K) => act.q.len() >= n && act.d.len() >= nb && act.bsums.len() >= 16 * nb,
+        Some(Family::F16 | Family::BF16) => act.f.len() >= n,
+        None => false,
+    };
+    assert!(sized && rows.end <= w.rows, "neon: activations or rows out of range");
+    // SAFETY: NEON is part of every aarch64 target; dotprod was checked for `dot` (above); the
+    // buffers hold what the kernels read (asserted above).
     unsafe {
         if dot {
             rows_dotprod(w, act, rows, out)
