@@ -489,9 +489,15 @@ fn detect() -> Isa {
 /// bytes of 640 rows of 2560 columns): a thread that takes the last item of a product makes the
 /// other wait until it is done, and Phi-2's `fc2` (10240 columns) would otherwise end each layer
 /// with several MB for one thread.
-fn chunk_rows(tokens: usize, cols: usize) -> usize {
+///
+/// With more threads, a one-token product's items shrink so that each thread gets two (rows /
+/// (2 · threads), in multiples of 32): on two threads every Phi-2 matrix keeps the sizes above
+/// (its smallest, 2560 rows, splits into 4 items of 640 either way); on 16 cores a 2560-row
+/// product is 27 items instead of 4.
+fn chunk_rows(tokens: usize, cols: usize, rows: usize, threads: usize) -> usize {
     if tokens == 1 {
-        (640 * 2560 / cols.max(1)).clamp(32, 640) / 8 * 8
+        let base = (640 * 2560 / cols.max(1)).clamp(32, 640) / 8 * 8;
+        base.min(rows.div_ceil(2 * threads.max(1)).next_multiple_of(32))
     } else {
         128
     }
@@ -550,7 +556,7 @@ pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize)
     assert_eq!(out.len(), act.tokens * w.rows, "output size");
     let o = OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows };
     let isa = isa();
-    let chunk = chunk_rows(act.tokens, act.cols);
+    let chunk = chunk_rows(act.tokens, act.cols, w.rows, threads);
     let chunks = w.rows.div_ceil(chunk);
     pool::run(chunks, threads, &|c| {
         let rows = c * chunk..((c + 1) * chunk).min(w.rows);
@@ -575,7 +581,8 @@ pub struct Product<'a> {
 /// are in cache, on whichever thread computed them, instead of a pass over the whole output on
 /// the calling thread afterwards (an element-wise step, so the same bits).
 pub fn matmul_many(parts: &mut [Product], act: &Activations, threads: usize) {
-    let chunk = chunk_rows(act.tokens, act.cols);
+    let rows = parts.iter().map(|p| p.w.rows).min().unwrap_or(1);
+    let chunk = chunk_rows(act.tokens, act.cols, rows, threads);
     // Work items before each part (fixed-size array: no allocation for up to 8 parts).
     let mut starts = [0usize; 9];
     assert!(parts.len() < starts.len(), "matmul_many: at most {} products", starts.len() - 1);
@@ -733,6 +740,22 @@ pub(crate) mod gelu_c {
     ];
     /// Denominator, highest power first: β6, β4, β2, β0.
     pub const B: [f32; 4] = [1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03];
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn work_items_of_phi2_products_on_two_threads_keep_their_measured_sizes() {
+        use super::chunk_rows;
+        // (columns, rows) of Phi-2's products: q/k/v, out, fc1, fc2, the output head.
+        for (cols, rows, want) in [(2560, 7680, 640), (2560, 2560, 640), (2560, 10240, 640), (10240, 2560, 160), (2560, 51200, 640)] {
+            assert_eq!(chunk_rows(1, cols, rows, 2), want, "{rows}x{cols}");
+            assert_eq!(chunk_rows(1, cols, rows, 1), want, "{rows}x{cols}, one thread");
+        }
+        assert_eq!(chunk_rows(1, 2560, 2560, 16), 96);
+        assert_eq!(chunk_rows(1, 2560, 7, 64), 32);
+        assert_eq!(chunk_rows(128, 2560, 2560, 16), 128);
+    }
 }
 
 /// f16 bits at `b[i..i + 2]` as f32.
