@@ -8,9 +8,9 @@
 // repacked kernels that round activations differently (|Δ| ~0.2 on these fixtures, and other
 // tokens), so native and wasm would disagree for reasons that are candle's, not ours.
 //
-// Log-probs: the same bits as the native engine for every quantized fixture. Every matrix of
-// these models runs on the engine's own kernels in both builds (Q4_0, Q8_0, Q4_K, Q5_K and Q6_K
-// on crates/phi2/src/kernels: the SIMD128 kernels in wasm, the x86 ones natively, each equal to
+// Log-probs: the same bits as the native engine for every quantized and 16-bit fixture. Every
+// matrix of these models runs on the engine's own kernels in both builds (Q4_0, Q8_0, Q4_K, Q5_K,
+// Q6_K, F16 and BF16 on crates/phi2/src/kernels: the SIMD128 kernels in wasm, the x86 ones natively, each equal to
 // the scalar twin bit for bit, see the parity test below and crates/phi2/tests/kernels.rs), and
 // what lies outside them is defined without the platform libm (crates/phi2/src/detmath.rs:
 // rotary tables and log-softmax; before it, the two builds were up to 3.8e-6 apart, from libm's
@@ -38,7 +38,7 @@ const PROMPT = [464, 2068, 7586];
 const MAX_NEW = 8;
 /** Allowed max |Δ log-prob| against the native engine: none, but for f32 weights (see above). */
 const tolerance = (dtype) => (dtype === 'f32' ? 1e-4 : 0);
-const FIXTURES = ['tiny-q8_0.gguf', 'tiny-q4_0.gguf', 'kq-q4_K.gguf', 'tiny-f32.gguf', 'odd-q8_0.gguf', 'kq-q6_K.gguf', 'odd-q4_0.gguf', 'kq-q4_0.gguf', 'kq-q8_0.gguf', 'kq-q5_K.gguf', 'kq-mix.gguf'];
+const FIXTURES = ['tiny-q8_0.gguf', 'tiny-q4_0.gguf', 'kq-q4_K.gguf', 'tiny-f32.gguf', 'odd-q8_0.gguf', 'kq-q6_K.gguf', 'odd-q4_0.gguf', 'kq-q4_0.gguf', 'kq-q8_0.gguf', 'kq-q5_K.gguf', 'kq-mix.gguf', 'kq-f16.gguf', 'kq-bf16.gguf', 'odd-f16.gguf'];
 
 function fixture(name) {
   const f = path.join(fixtures, name);
@@ -111,8 +111,8 @@ for (const name of FIXTURES) {
 test('SIMD128 kernels and attention give the scalar twin\'s bits', () => {
   const { failures, outputs } = runParity(exports);
   assert.deepEqual(failures, [], 'cases whose outputs differ from the scalar twin');
-  // F16 has no SIMD128 kernel (candle runs it in wasm): refused, not compared against itself.
-  assert.equal(exports.phi2_simd128_parity(1, 4, 256, 1, 1), -1);
+  // A type without a kernel of ours (candle runs it): refused, not compared against itself.
+  assert.equal(exports.phi2_simd128_parity(3, 4, 256, 1, 1), -1); // Q4_1
   assert.equal(exports.phi2_simd128_attention_parity(0, 4, 1), -1);
   console.log(`# SIMD128 = scalar twin on ${outputs} outputs and ${ATTENTION_CASES.length} attention shapes`);
 });
@@ -121,12 +121,12 @@ test('SIMD128 kernels and attention give the scalar twin\'s bits', () => {
 // must run every type SIMD128 takes (a finite sum of outputs, equal for equal work) and refuse
 // the rest with NaN.
 test('phi2_simd128_bench runs the SIMD128 products it is asked for', () => {
-  for (const id of [2, 8, 12, 13, 14]) {
+  for (const id of [2, 8, 12, 13, 14, 1, 30]) {
     const once = exports.phi2_simd128_bench(id, 9, 512, 3, 1);
     assert.ok(Number.isFinite(once) && once !== 0, `type ${id}: ${once}`);
     assert.equal(exports.phi2_simd128_bench(id, 9, 512, 3, 4), once, `type ${id}: repeated products differ`);
   }
-  assert.ok(Number.isNaN(exports.phi2_simd128_bench(1, 4, 256, 1, 1)), 'F16 has no SIMD128 kernel');
+  assert.ok(Number.isNaN(exports.phi2_simd128_bench(3, 4, 256, 1, 1)), 'Q4_1 has no SIMD128 kernel');
   assert.ok(Number.isNaN(exports.phi2_simd128_bench(2, 4, 100, 1, 1)), 'not whole blocks');
 });
 

@@ -131,13 +131,11 @@ impl Family {
     }
 }
 
-/// Whether the model runs weights of `dtype` through [`matmul`]. On wasm32 only the quantized
-/// types have SIMD128 kernels here (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K); 16-bit floats would run the
-/// scalar twin there, far slower than candle's SIMD128 kernels (measured: a Q6_K output head on
-/// the scalar twin made decode ~5× slower), so they stay with candle until they have their own.
+/// Whether the model runs weights of `dtype` through [`matmul`]: every type with an activation
+/// [`Family`], on every ISA (wasm32 included: SIMD128 kernels for all of them, so native and wasm
+/// builds give the same bits for F16 and BF16 weights too).
 pub fn supports(dtype: DType) -> bool {
     Family::of(dtype).is_some()
-        && (cfg!(not(target_arch = "wasm32")) || matches!(dtype, DType::Q4_0 | DType::Q8_0 | DType::Q4K | DType::Q5K | DType::Q6K))
 }
 
 /// Activations of `tokens` rows of `cols` values, prepared for one [`Family`]. Reused across

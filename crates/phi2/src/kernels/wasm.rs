@@ -40,6 +40,7 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
     match w.dtype {
         DType::Q4_0 | DType::Q8_0 => {}
         DType::Q4K | DType::Q5K | DType::Q6K => return kquant_rows(w, act, rows, out),
+        DType::F16 | DType::BF16 => return float_rows(w, act, rows, out),
         _ => return scalar::matmul_rows(w, act, rows, out),
     }
     assert!(act.q16.len() >= act.tokens * act.cols, "activations were not widened for SIMD128");
@@ -288,6 +289,84 @@ unsafe fn quad_q4_0_relaxed<const C: usize, const FINITE: bool>(base: *const u8,
 //   256 products ≤ 256·4096·128 = 1.3e8 < 2^31.
 
 /// Rows `rows` × all tokens for Q4_K / Q5_K / Q6_K weights.
+/// F16 / BF16 rows (the scalar twin's `dot_float`): the weights widened exactly to f32 (BF16 by a
+/// shift, F16 by [`f16x4_to_f32`], as `half` converts them), elements 8k..8k+4 in one f32x4 and
+/// 8k+4..8k+8 in another (lane i % 8), multiply then add (the product of two 16-bit floats is
+/// exact in f32), the columns past the last 8 lane by lane, then [`reduce8`]. Each row's weights
+/// are widened once for up to 4 tokens.
+fn float_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
+    assert!(act.f.len() >= act.tokens * act.cols && rows.end <= w.rows, "float_rows: activations or rows out of range");
+    let bf = w.dtype == DType::BF16;
+    for r in rows {
+        let row = w.row(r);
+        let mut t0 = 0;
+        while t0 < act.tokens {
+            let c = match act.tokens - t0 {
+                n if n >= 4 => 4,
+                n if n >= 2 => 2,
+                _ => 1,
+            };
+            // SAFETY: the row holds `cols` 16-bit values and the activations tokens × cols f32
+            // (asserted above); every load below stays inside them.
+            let y: &[f32] = unsafe {
+                match (bf, c) {
+                    (true, 4) => &float_tile::<true, 4>(row, act, t0),
+                    (true, 2) => &float_tile::<true, 2>(row, act, t0),
+                    (true, _) => &float_tile::<true, 1>(row, act, t0),
+                    (false, 4) => &float_tile::<false, 4>(row, act, t0),
+                    (false, 2) => &float_tile::<false, 2>(row, act, t0),
+                    (false, _) => &float_tile::<false, 1>(row, act, t0),
+                }
+            };
+            for (i, &v) in y.iter().enumerate() {
+                out.set(t0 + i, r, v);
+            }
+            t0 += c;
+        }
+    }
+}
+
+/// One F16 / BF16 row × tokens `t0 .. t0 + C` (see [`float_rows`]).
+#[inline(always)]
+unsafe fn float_tile<const BF: bool, const C: usize>(row: &[u8], a: &Activations, t0: usize) -> [f32; C] {
+    let n = a.cols;
+    let full = n / 8;
+    let mut acc = [[f32x4_splat(0.0); 2]; C];
+    let wp = row.as_ptr();
+    for k in 0..full {
+        let h = v128_load(wp.add(16 * k) as *const v128);
+        let (lo, hi) = (u32x4_extend_low_u16x8(h), u32x4_extend_high_u16x8(h));
+        let (w0, w1) = if BF { (i32x4_shl(lo, 16), i32x4_shl(hi, 16)) } else { (f16x4_to_f32::<false>(lo), f16x4_to_f32::<false>(hi)) };
+        for (c, acc_c) in acc.iter_mut().enumerate() {
+            let x = a.f.as_ptr().add((t0 + c) * n + 8 * k);
+            acc_c[0] = f32x4_add(acc_c[0], f32x4_mul(w0, v128_load(x as *const v128)));
+            acc_c[1] = f32x4_add(acc_c[1], f32x4_mul(w1, v128_load(x.add(4) as *const v128)));
+        }
+    }
+    let mut y = [0f32; C];
+    for (c, acc_c) in acc.iter().enumerate() {
+        let (l, h) = (acc_c[0], acc_c[1]);
+        let mut lanes = [
+            f32x4_extract_lane::<0>(l),
+            f32x4_extract_lane::<1>(l),
+            f32x4_extract_lane::<2>(l),
+            f32x4_extract_lane::<3>(l),
+            f32x4_extract_lane::<0>(h),
+            f32x4_extract_lane::<1>(h),
+            f32x4_extract_lane::<2>(h),
+            f32x4_extract_lane::<3>(h),
+        ];
+        let x = &a.f[(t0 + c) * n..(t0 + c + 1) * n];
+        for i in 8 * full..n {
+            let bits = u16::from_le_bytes([row[2 * i], row[2 * i + 1]]);
+            let wv = if BF { half::bf16::from_bits(bits).to_f32() } else { half::f16::from_bits(bits).to_f32() };
+            lanes[i % 8] += wv * x[i];
+        }
+        y[c] = reduce8(&lanes);
+    }
+    y
+}
+
 fn kquant_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     let nb = act.cols / 256;
     assert!(act.q.len() >= act.tokens * act.cols);
@@ -839,6 +918,9 @@ fn random_case(ggml_type: u32, rows: usize, cols: usize, tokens: usize, seed: u3
     for blk in data.chunks_exact_mut(dtype.type_size()) {
         let (d, dmin) = (f16(0.001 + 0.02 * unit().abs()), f16(0.001 + 0.01 * unit().abs()));
         match dtype {
+            // Finite weights of either sign (random bytes would include infinities and NaNs).
+            DType::F16 => blk.copy_from_slice(&f16(unit() * 0.5)),
+            DType::BF16 => blk.copy_from_slice(&half::bf16::from_f32(unit() * 0.5).to_le_bytes()),
             DType::Q6K => blk[208..210].copy_from_slice(&d),
             DType::Q4K | DType::Q5K => {
                 blk[0..2].copy_from_slice(&d);
