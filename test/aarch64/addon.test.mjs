@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,8 +29,12 @@ const MODELS = ['kq-q4_0.gguf', 'kq-q8_0.gguf', 'kq-q4_K.gguf', 'kq-q5_K.gguf', 
 /** digest.mjs's output: run by `cmd` (with `args` before the script) in `env`. */
 function digest(cmd, args, env) {
   const dir = mkdtempSync(path.join(tmpdir(), 'phi2-arm64-'));
-  execFileSync(cmd, [...args, path.join(here, 'digest.mjs'), dir, ...MODELS], { cwd: root, env: { ...process.env, ...env }, stdio: 'inherit' });
-  return JSON.parse(readFileSync(path.join(dir, 'digest.json'), 'utf8'));
+  try {
+    execFileSync(cmd, [...args, path.join(here, 'digest.mjs'), dir, ...MODELS], { cwd: root, env: { ...process.env, ...env }, stdio: 'inherit' });
+    return JSON.parse(readFileSync(path.join(dir, 'digest.json'), 'utf8'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 const qemu = (cpu) => ['-cpu', cpu, '-L', '/usr/aarch64-linux-gnu', armNode];

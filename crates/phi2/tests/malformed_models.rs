@@ -11,9 +11,7 @@ use phi2::{Error, Phi2};
 
 /// A scratch copy of a fixture file or directory, unique per test.
 fn scratch(name: &str, tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("phi2-malformed-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir(&format!("malformed-{tag}"));
     let src = fixture(name);
     let dst = dir.join(name);
     if src.is_dir() {
@@ -162,7 +160,7 @@ fn truncated_and_garbage_files_are_malformed_errors() {
             assert!(e.to_string().contains(&target.display().to_string()), "cut {cut}: {e}");
         }
     }
-    let garbage = std::env::temp_dir().join(format!("phi2-garbage-{}.gguf", std::process::id()));
+    let garbage = common::scratch_dir("malformed-garbage").join("garbage.gguf");
     std::fs::write(&garbage, b"this is not a model file at all").unwrap();
     assert_mentions(&load_err(&garbage), "E_MALFORMED_FILE", &["magic"]);
     let e = load_err(Path::new("/nonexistent/model.gguf"));

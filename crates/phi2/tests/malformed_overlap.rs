@@ -14,10 +14,7 @@ use phi2::gguf_write::{GgufWriter, TensorPlan};
 use phi2::{Phi2, TensorSource};
 
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("phi2-malformed-overlap-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir(&format!("malformed-overlap-{tag}"))
 }
 
 fn assert_refused(path: &Path, needles: &[&str]) {

@@ -26,6 +26,16 @@ pub fn fixtures() -> &'static Path {
     })
 }
 
+/// An empty scratch directory `target/test-scratch/NAME` (emptied first): fixed paths under the
+/// build tree, so that runs reuse them instead of leaving copies of models in the system's temp
+/// directory, one set per process.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = repo_root().join("target/test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     fixtures().join(name)
 }
