@@ -24,10 +24,7 @@ const MODELS: [&str; 3] = ["tiny", "odd", "kq"];
 const PROMPT: [u32; 11] = [464, 2068, 7586, 21831, 18045, 625, 198, 50284, 1169, 16931, 3290];
 
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("phi2-convert-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir(&format!("convert-{tag}"))
 }
 
 fn encoder_dir() -> PathBuf {
