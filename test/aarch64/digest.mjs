@@ -8,13 +8,11 @@ import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+// PROMPT: 11 tokens, so the batched products run tiles of 4, 4, 2 and 1 tokens.
+import { PROMPT, root } from '../engine/helpers.mjs';
+
 const { NativeModel } = createRequire(path.join(root, 'package.json'))('@x/phi2-native');
-
-// 11 tokens: the batched products run tiles of 4, 4, 2 and 1 tokens.
-const PROMPT = [464, 2068, 7586, 21831, 18045, 625, 198, 50284, 1169, 16931, 3290];
 const base = { maxNewTokens: 8, doSample: false, temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1,
   presencePenalty: 0, frequencyPenalty: 0, logitBiasIds: [], logitBiasValues: [], seed: 0, stopOnEos: false };
 

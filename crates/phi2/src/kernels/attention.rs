@@ -109,7 +109,7 @@ fn row(isa: super::Isa, q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f3
 pub fn row_scalar(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
     let hd = q.len();
     let n = k.len() / hd;
-    let scores: Vec<f32> = (0..n)
+    let mut e: Vec<f32> = (0..n)
         .map(|j| {
             let mut lanes = [0f32; 8];
             for (d, (&a, &b)) in q.iter().zip(&k[j * hd..(j + 1) * hd]).enumerate() {
@@ -118,13 +118,7 @@ pub fn row_scalar(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
             reduce8(&lanes) * scale
         })
         .collect();
-    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let e: Vec<f32> = scores.iter().map(|&s| exp(s - m)).collect();
-    let mut lanes = [0f32; 8];
-    for (j, &ej) in e.iter().enumerate() {
-        lanes[j % 8] += ej;
-    }
-    let sum = reduce8(&lanes);
+    let sum = exp_scores(&mut e);
     y.fill(0.0);
     for (j, &ej) in e.iter().enumerate() {
         let p = ej / sum;
@@ -132,6 +126,19 @@ pub fn row_scalar(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
             *yd += p * vd;
         }
     }
+}
+
+/// The softmax numerators of one row's scores, in place, and their sum: `m = max_j s_j`,
+/// `e_j = exp(s_j − m)`, the sum in lanes j % 8 then [`reduce8`] (the definition's steps; the
+/// wasm and NEON rows use it as it is, x86 has an AVX2 twin).
+pub(crate) fn exp_scores(scores: &mut [f32]) -> f32 {
+    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut lanes = [0f32; 8];
+    for (j, s) in scores.iter_mut().enumerate() {
+        *s = exp(*s - m);
+        lanes[j % 8] += *s;
+    }
+    reduce8(&lanes)
 }
 
 /// e^x for x ≤ 0 (attention's `s − max`): x clamped at −87; `n = round(x·log2 e)`,

@@ -133,6 +133,15 @@ unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     acc
 }
 
+/// The 8 f32 lanes of the definition from their two halves.
+#[inline(always)]
+unsafe fn lanes8(lo: float32x4_t, hi: float32x4_t) -> [f32; 8] {
+    let mut lanes = [0f32; 8];
+    vst1q_f32(lanes.as_mut_ptr(), lo);
+    vst1q_f32(lanes.as_mut_ptr().add(4), hi);
+    lanes
+}
+
 /// Four i32x4 vectors → the i32x4 of their lane sums (exact).
 #[inline(always)]
 unsafe fn sums4(v: [int32x4_t; 4]) -> int32x4_t {
@@ -208,13 +217,7 @@ unsafe fn row_q32<const C: usize, const DOT: bool, const SIGNED: bool>(row: &[u8
     }
     let mut y = [0f32; C];
     for (c, acc_c) in acc.iter().enumerate() {
-        let mut lanes = [0f32; 8];
-        vst1q_f32(lanes.as_mut_ptr(), acc_c[0]);
-        vst1q_f32(lanes.as_mut_ptr().add(4), acc_c[1]);
-        for b in 8 * groups..nb {
-            lanes[b % 8] += if SIGNED { scalar::block_q8_0(row, a, t0 + c, b) } else { scalar::block_q4_0(row, a, t0 + c, b) };
-        }
-        y[c] = reduce8(&lanes);
+        y[c] = scalar::finish_q32::<SIGNED>(lanes8(acc_c[0], acc_c[1]), row, a, t0 + c, 8 * groups);
     }
     y
 }
@@ -338,16 +341,8 @@ unsafe fn row_float<const C: usize, const BF: bool>(row: &[u8], a: &Activations,
     }
     let mut y = [0f32; C];
     for (c, acc_c) in acc.iter().enumerate() {
-        let mut lanes = [0f32; 8];
-        vst1q_f32(lanes.as_mut_ptr(), acc_c[0]);
-        vst1q_f32(lanes.as_mut_ptr().add(4), acc_c[1]);
         let x = &a.f[(t0 + c) * n..(t0 + c + 1) * n];
-        for i in 8 * full..n {
-            let bits = u16::from_le_bytes([row[2 * i], row[2 * i + 1]]);
-            let wv = if BF { half::bf16::from_bits(bits).to_f32() } else { half::f16::from_bits(bits).to_f32() };
-            lanes[i % 8] += wv * x[i];
-        }
-        y[c] = reduce8(&lanes);
+        y[c] = scalar::finish_float(lanes8(acc_c[0], acc_c[1]), row, x, 8 * full, BF);
     }
     y
 }
@@ -366,12 +361,8 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
     // reduction, the scale.
     let lanes_of = |j: usize, lo: float32x4_t, hi: float32x4_t| -> f32 {
         let kj = &k[j * hd..(j + 1) * hd];
-        let mut lanes = [0f32; 8];
-        // SAFETY: 8 values into an array of 8.
-        unsafe {
-            vst1q_f32(lanes.as_mut_ptr(), lo);
-            vst1q_f32(lanes.as_mut_ptr().add(4), hi);
-        }
+        // SAFETY: NEON is part of every aarch64 target.
+        let mut lanes = unsafe { lanes8(lo, hi) };
         for d in hd8..hd {
             lanes[d % 8] += q[d] * kj[d];
         }
@@ -409,13 +400,7 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
         }
         scores[j] = lanes_of(j, lo, hi);
     }
-    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut lanes = [0f32; 8];
-    for (j, s) in scores.iter_mut().enumerate() {
-        *s = super::attention::exp(*s - m);
-        lanes[j % 8] += *s;
-    }
-    let sum = reduce8(&lanes);
+    let sum = super::attention::exp_scores(&mut scores);
     y.fill(0.0);
     let hd4 = hd - hd % 4;
     for (j, &ej) in scores.iter().enumerate() {

@@ -25,17 +25,23 @@ pub fn dot(dtype: DType, row: &[u8], act: &Activations, t: usize) -> f32 {
         DType::Q4K => dot_q4_k(row, act, t),
         DType::Q5K => dot_q5_k(row, act, t),
         DType::Q6K => dot_q6_k(row, act, t),
-        DType::F16 => dot_float(row, act, t, |b| f16::from_le_bytes(b).to_f32()),
-        DType::BF16 => dot_float(row, act, t, |b| bf16::from_le_bytes(b).to_f32()),
+        DType::F16 | DType::BF16 => finish_float([0f32; 8], row, &act.f[t * act.cols..(t + 1) * act.cols], 0, dtype == DType::BF16),
         other => unreachable!("no kernel for {other}"),
     }
 }
 
 /// Q4_0 (18 B / 32): `isum = Σ (q − 8) · x`.
 fn dot_q4_0(row: &[u8], a: &Activations, t: usize) -> f32 {
-    let mut lanes = [0f32; 8];
-    for b in 0..a.cols / 32 {
-        lanes[b % 8] += block_q4_0(row, a, t, b);
+    finish_q32::<false>([0f32; 8], row, a, t, 0)
+}
+
+/// Q4_0 / Q8_0 (`SIGNED`) blocks `from..` of `row` against token `t`, each added to lane b % 8,
+/// then [`reduce8`]: the whole definition with `from` = 0 and empty lanes, or the end of a SIMD
+/// kernel that did the blocks before `from` in the same lanes.
+#[inline(always)]
+pub(crate) fn finish_q32<const SIGNED: bool>(mut lanes: [f32; 8], row: &[u8], a: &Activations, t: usize, from: usize) -> f32 {
+    for b in from..a.cols / 32 {
+        lanes[b % 8] += if SIGNED { block_q8_0(row, a, t, b) } else { block_q4_0(row, a, t, b) };
     }
     reduce8(&lanes)
 }
@@ -56,11 +62,7 @@ pub(crate) fn block_q4_0(row: &[u8], a: &Activations, t: usize, b: usize) -> f32
 
 /// Q8_0 (34 B / 32): `isum = Σ q · x`.
 fn dot_q8_0(row: &[u8], a: &Activations, t: usize) -> f32 {
-    let mut lanes = [0f32; 8];
-    for b in 0..a.cols / 32 {
-        lanes[b % 8] += block_q8_0(row, a, t, b);
-    }
-    reduce8(&lanes)
+    finish_q32::<true>([0f32; 8], row, a, t, 0)
 }
 
 /// The f32 value of Q8_0 block `b` of `row` against token `t`.
@@ -150,13 +152,16 @@ fn dot_q6_k(row: &[u8], a: &Activations, t: usize) -> f32 {
     acc
 }
 
-/// F16 / BF16 rows: 8 lanes, element i in lane i % 8, then [`reduce8`].
-fn dot_float(row: &[u8], a: &Activations, t: usize, widen: impl Fn([u8; 2]) -> f32) -> f32 {
-    let x = &a.f[t * a.cols..(t + 1) * a.cols];
-    let mut lanes = [0f32; 8];
-    for (i, (wb, &xv)) in row.chunks_exact(2).zip(x).enumerate() {
+/// F16 / BF16 (`bf`) rows: 8 lanes, element i in lane i % 8, then [`reduce8`]. Adds the products
+/// of elements `from..` of weight row `row` and activations `x` to `lanes` and reduces them: the
+/// whole definition with `from` = 0 and empty lanes, or the end of a SIMD kernel that did the
+/// full groups of 8 before `from`.
+pub(crate) fn finish_float(mut lanes: [f32; 8], row: &[u8], x: &[f32], from: usize, bf: bool) -> f32 {
+    for i in from..x.len() {
+        let bits = u16::from_le_bytes([row[2 * i], row[2 * i + 1]]);
+        let w = if bf { bf16::from_bits(bits).to_f32() } else { f16::from_bits(bits).to_f32() };
         // The product of two 16-bit floats is exact in f32: mul-then-add equals a fused one.
-        lanes[i % 8] += widen([wb[0], wb[1]]) * xv;
+        lanes[i % 8] += w * x[i];
     }
     reduce8(&lanes)
 }

@@ -108,6 +108,21 @@ unsafe fn touch<const N: usize>(p: *const u8) {
     }
 }
 
+/// The 8 f32 lanes of the definition from their two halves.
+#[inline(always)]
+fn lanes8(lo: v128, hi: v128) -> [f32; 8] {
+    [
+        f32x4_extract_lane::<0>(lo),
+        f32x4_extract_lane::<1>(lo),
+        f32x4_extract_lane::<2>(lo),
+        f32x4_extract_lane::<3>(lo),
+        f32x4_extract_lane::<0>(hi),
+        f32x4_extract_lane::<1>(hi),
+        f32x4_extract_lane::<2>(hi),
+        f32x4_extract_lane::<3>(hi),
+    ]
+}
+
 /// Four i32x4 vectors → one i32x4 of their lane sums (exact).
 #[inline(always)]
 fn tree4(v: &[v128; 4]) -> v128 {
@@ -222,17 +237,7 @@ unsafe fn tile<const SIGNED: bool, const C: usize, const FINITE: bool>(row: &[u8
     }
     for c in 0..C {
         let t = t0 + c;
-        let mut lanes = [0f32; 8];
-        for (hh, v) in [lo[c], hi[c]].iter().enumerate() {
-            lanes[4 * hh] = f32x4_extract_lane::<0>(*v);
-            lanes[4 * hh + 1] = f32x4_extract_lane::<1>(*v);
-            lanes[4 * hh + 2] = f32x4_extract_lane::<2>(*v);
-            lanes[4 * hh + 3] = f32x4_extract_lane::<3>(*v);
-        }
-        for b in 4 * quads..nb {
-            lanes[b % 8] += if SIGNED { scalar::block_q8_0(row, a, t, b) } else { scalar::block_q4_0(row, a, t, b) };
-        }
-        out.set(t, r, reduce8(&lanes));
+        out.set(t, r, scalar::finish_q32::<SIGNED>(lanes8(lo[c], hi[c]), row, a, t, 4 * quads));
     }
 }
 
@@ -345,24 +350,8 @@ unsafe fn float_tile<const BF: bool, const C: usize>(row: &[u8], a: &Activations
     }
     let mut y = [0f32; C];
     for (c, acc_c) in acc.iter().enumerate() {
-        let (l, h) = (acc_c[0], acc_c[1]);
-        let mut lanes = [
-            f32x4_extract_lane::<0>(l),
-            f32x4_extract_lane::<1>(l),
-            f32x4_extract_lane::<2>(l),
-            f32x4_extract_lane::<3>(l),
-            f32x4_extract_lane::<0>(h),
-            f32x4_extract_lane::<1>(h),
-            f32x4_extract_lane::<2>(h),
-            f32x4_extract_lane::<3>(h),
-        ];
         let x = &a.f[(t0 + c) * n..(t0 + c + 1) * n];
-        for i in 8 * full..n {
-            let bits = u16::from_le_bytes([row[2 * i], row[2 * i + 1]]);
-            let wv = if BF { half::bf16::from_bits(bits).to_f32() } else { half::f16::from_bits(bits).to_f32() };
-            lanes[i % 8] += wv * x[i];
-        }
-        y[c] = reduce8(&lanes);
+        y[c] = scalar::finish_float(lanes8(acc_c[0], acc_c[1]), row, x, 8 * full, BF);
     }
     y
 }
@@ -727,16 +716,7 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
     // with j < n and d + 8 <= hd8 <= hd: inside q and k, asserted above.)
     let lanes_of = |j: usize, lo: v128, hi: v128| -> f32 {
         let kj = &k[j * hd..(j + 1) * hd];
-        let mut lanes = [
-            f32x4_extract_lane::<0>(lo),
-            f32x4_extract_lane::<1>(lo),
-            f32x4_extract_lane::<2>(lo),
-            f32x4_extract_lane::<3>(lo),
-            f32x4_extract_lane::<0>(hi),
-            f32x4_extract_lane::<1>(hi),
-            f32x4_extract_lane::<2>(hi),
-            f32x4_extract_lane::<3>(hi),
-        ];
+        let mut lanes = lanes8(lo, hi);
         for d in hd8..hd {
             lanes[d % 8] += q[d] * kj[d];
         }
@@ -777,13 +757,7 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
         }
         scores[j] = lanes_of(j, lo, hi);
     }
-    let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut lanes = [0f32; 8];
-    for (j, s) in scores.iter_mut().enumerate() {
-        *s = super::attention::exp(*s - m);
-        lanes[j % 8] += *s;
-    }
-    let sum = reduce8(&lanes);
+    let sum = super::attention::exp_scores(&mut scores);
     y.fill(0.0);
     let hd4 = hd - hd % 4;
     for (j, &ej) in scores.iter().enumerate() {

@@ -325,13 +325,9 @@ unsafe fn scale_group<const SIGNED: bool>(mut isum: __m256i, dw: __m256, a: &Act
 /// lanes), then the fixed lane reduction.
 #[inline(always)]
 unsafe fn finish_row<const SIGNED: bool>(row: &[u8], a: &Activations, t: usize, r: usize, acc: __m256, out: OutPtr) {
-    let nb = a.cols / 32;
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-    for b in 8 * (nb / 8)..nb {
-        lanes[b % 8] += if SIGNED { scalar::block_q8_0(row, a, t, b) } else { scalar::block_q4_0(row, a, t, b) };
-    }
-    out.set(t, r, super::reduce8(&lanes));
+    out.set(t, r, scalar::finish_q32::<SIGNED>(lanes, row, a, t, 8 * (a.cols / 256)));
 }
 
 /// Row `r` × tokens `t0 .. t0 + C` from the row's regrouped weights. The weight vector is loaded
