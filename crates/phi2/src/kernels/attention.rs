@@ -81,12 +81,12 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, scale: f32, out:
 /// set on a CPU with AVX-512F, and a head size it takes. Same bits either way.
 #[cfg(target_arch = "x86_64")]
 fn pairs_of_rows(isa: super::Isa, head_dim: usize) -> bool {
-    matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Amx) && super::avx512::rows2_fit(head_dim) && super::avx512::available()
+    matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512Vnni | super::Isa::Amx) && super::avx512::rows2_fit(head_dim) && super::avx512::available()
 }
 
 fn row(isa: super::Isa, q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Amx) {
+    if matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512Vnni | super::Isa::Amx) {
         // SAFETY: every x86 kernel set includes AVX2 (checked when it was chosen).
         unsafe { super::x86::attention_row(q, k, v, scale, y) };
         return;

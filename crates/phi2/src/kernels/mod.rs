@@ -49,6 +49,8 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+mod vnni512;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
 /// A weight matrix `[rows, cols]` in its file layout: row `r` is
@@ -168,7 +170,7 @@ pub struct Activations {
     pub td: buffer::Aligned<f32>,
     pub tbs: buffer::Aligned<i16>,
     pub f: Vec<f32>,
-    /// F16/BF16 batches on CPUs with AMX (AVX-512): `f` by token pairs (see `avx512::prepare`);
+    /// F16/BF16 batches on CPUs with AVX-512: `f` by token pairs (see `avx512::prepare`);
     /// empty otherwise.
     pub fp: buffer::Aligned<f32>,
 }
@@ -273,7 +275,7 @@ impl Activations {
         }
         self.fp.clear();
         #[cfg(target_arch = "x86_64")]
-        if matches!(family, Family::F16 | Family::BF16) && tokens >= avx512::MIN_TOKENS && amx::available() {
+        if matches!(family, Family::F16 | Family::BF16) && tokens >= avx512::MIN_TOKENS && avx512::available() {
             avx512::prepare(self);
         }
     }
@@ -384,6 +386,10 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX2 + AVX-VNNI (`vpdpbusd`).
     AvxVnni,
+    /// x86-64 AVX-512 with VNNI (Ice Lake and Cascade Lake Xeons, AMD Zen 4 and 5): 512-bit
+    /// `vpdpbusd` tiles for Q4_0 / Q8_0 batches (`vnni512`), the EVEX `vpdpbusd` in the one-token
+    /// Q4_0 / Q8_0 kernels, AVX-512 for F16 / BF16 batches, the AVX2 tiles for K-quants.
+    Avx512Vnni,
     /// x86-64 AVX-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512 epilogue) for quantized
     /// batches of `amx::MIN_TOKENS` tokens or more, and AVX-512 for F16 / BF16 batches
     /// (`avx512::MIN_TOKENS`).
@@ -402,6 +408,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::AvxVnni => "avx-vnni",
+            Isa::Avx512Vnni => "avx512-vnni",
             Isa::Amx => "amx",
             Isa::Simd128 => "simd128",
             Isa::Neon => "neon",
@@ -436,6 +443,9 @@ pub fn runnable() -> Vec<Isa> {
         if x86::vnni_available() {
             v.push(Isa::AvxVnni);
         }
+        if vnni512::available() {
+            v.push(Isa::Avx512Vnni);
+        }
         if amx::available() {
             v.push(Isa::Amx);
         }
@@ -456,6 +466,10 @@ fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     if amx::available() {
         return Isa::Amx;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if vnni512::available() {
+        return Isa::Avx512Vnni;
     }
     #[cfg(target_arch = "x86_64")]
     if x86::vnni_available() {
@@ -621,15 +635,21 @@ pub fn matmul_many(parts: &mut [Product], act: &Activations, threads: usize) {
 pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::matmul_rows(w, act, rows, out, false),
+        Isa::Avx2 => x86::matmul_rows(w, act, rows, out, x86::Dot::Avx2),
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => x86::matmul_rows(w, act, rows, out, true),
+        Isa::AvxVnni => x86::matmul_rows(w, act, rows, out, x86::Dot::AvxVnni),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if vnni512::takes(w, act) => vnni512::matmul_rows(w, act, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if avx512::takes(w, act) => avx512::matmul_rows(w, act, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => x86::matmul_rows(w, act, rows, out, x86::Dot::Evex),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if amx::takes(w, act) => amx::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if avx512::takes(w, act) => avx512::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Amx => x86::matmul_rows(w, act, rows, out, true),
+        Isa::Amx => x86::matmul_rows(w, act, rows, out, x86::Dot::AvxVnni),
         #[cfg(target_arch = "wasm32")]
         Isa::Simd128 => wasm::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "aarch64")]
@@ -672,8 +692,8 @@ pub fn bias_act(y: &mut [f32], bias: &[f32], gelu: bool, threads: usize) {
 pub(crate) fn bias_act_row(isa: Isa, y: &mut [f32], bias: &[f32], gelu: bool) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Amx => {
-            // SAFETY: the AMX kernel set includes AVX-512F (checked when it was chosen).
+        Isa::Amx | Isa::Avx512Vnni => {
+            // SAFETY: these kernel sets include AVX-512F (checked when they were chosen).
             unsafe { avx512::bias_act_row(y, bias, gelu) }
         }
         #[cfg(target_arch = "x86_64")]

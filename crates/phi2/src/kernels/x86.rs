@@ -21,19 +21,39 @@ pub(crate) fn vnni_available() -> bool {
     available() && is_x86_feature_detected!("avxvnni")
 }
 
-pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr, vnni: bool) {
+/// Which instructions the Q4_0 / Q8_0 row kernels take for the u8 × i8 products summed in fours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dot {
+    /// AVX2: `vpmaddubsw` + `vpmaddwd`.
+    Avx2,
+    /// AVX-VNNI: `vpdpbusd` in its VEX encoding.
+    AvxVnni,
+    /// AVX512-VNNI + AVX512VL: the same `vpdpbusd` on 256-bit vectors in its EVEX encoding
+    /// (Ice Lake and later Xeons, AMD Zen 4, which lack the VEX one).
+    Evex,
+}
+
+/// `Dot` as a const generic.
+const DOT_AVX2: u8 = 0;
+const DOT_AVXVNNI: u8 = 1;
+const DOT_EVEX: u8 = 2;
+
+pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr, dot: Dot) {
     if matches!(w.dtype, DType::Q4_0 | DType::Q8_0) {
-        // SAFETY: as below.
+        // SAFETY: as below (`Dot::Evex`: `super::vnni512::available()` was checked).
         unsafe {
-            match (w.dtype, vnni) {
-                (DType::Q4_0, false) => rows_q32_avx2::<false>(w, act, rows, out),
-                (DType::Q8_0, false) => rows_q32_avx2::<true>(w, act, rows, out),
-                (DType::Q4_0, true) => rows_q32_vnni::<false>(w, act, rows, out),
-                _ => rows_q32_vnni::<true>(w, act, rows, out),
+            match (w.dtype, dot) {
+                (DType::Q4_0, Dot::Avx2) => rows_q32_avx2::<false>(w, act, rows, out),
+                (DType::Q8_0, Dot::Avx2) => rows_q32_avx2::<true>(w, act, rows, out),
+                (DType::Q4_0, Dot::AvxVnni) => rows_q32_vnni::<false>(w, act, rows, out),
+                (DType::Q8_0, Dot::AvxVnni) => rows_q32_vnni::<true>(w, act, rows, out),
+                (DType::Q4_0, Dot::Evex) => rows_q32_evex::<false>(w, act, rows, out),
+                _ => rows_q32_evex::<true>(w, act, rows, out),
             }
         }
         return;
     }
+    let vnni = dot == Dot::AvxVnni;
     let tokens = act.tokens;
     // Token tiles: 4 at a time, then 2, then 1; each over the rows in tiles of 8 / C.
     let mut t0 = 0;
@@ -109,12 +129,17 @@ unsafe fn tiles_impl<const R: usize, const C: usize, const VNNI: bool>(
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_q32_avx2<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
-    rows_q32::<SIGNED, false>(w, a, rows, out)
+    rows_q32::<SIGNED, DOT_AVX2>(w, a, rows, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 unsafe fn rows_q32_vnni<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
-    rows_q32::<SIGNED, true>(w, a, rows, out)
+    rows_q32::<SIGNED, DOT_AVXVNNI>(w, a, rows, out)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn rows_q32_evex<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    rows_q32::<SIGNED, DOT_EVEX>(w, a, rows, out)
 }
 
 /// How far ahead (in bytes) the weight stream is prefetched. Measured with `stream_bench` on
@@ -124,7 +149,7 @@ unsafe fn rows_q32_vnni<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows
 const PREFETCH_BYTES: usize = 1536;
 
 /// [`PREFETCH_BYTES`] in blocks of Q4_0 (18 bytes) or Q8_0 (34 bytes).
-const fn prefetch_blocks<const SIGNED: bool>() -> usize {
+pub(super) const fn prefetch_blocks<const SIGNED: bool>() -> usize {
     PREFETCH_BYTES / if SIGNED { 34 } else { 18 }
 }
 
@@ -145,7 +170,7 @@ thread_local! {
 /// rows are contiguous, so this runs on into the next rows). A group is 144 (Q4_0) or 272
 /// (Q8_0) bytes: every 64-byte line of it is touched.
 #[inline(always)]
-unsafe fn prefetch_group<const SIGNED: bool>(row: &[u8], g: usize, ahead: usize) {
+pub(super) unsafe fn prefetch_group<const SIGNED: bool>(row: &[u8], g: usize, ahead: usize) {
     let p = row.as_ptr().wrapping_add((8 * g + ahead) * if SIGNED { 34 } else { 18 });
     for line in 0..if ahead == 0 { 0 } else if SIGNED { 5 } else { 3 } {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line) as *const i8);
@@ -180,7 +205,7 @@ unsafe fn transpose_8x4(p: *const u8, stride: usize) -> [__m256i; 4] {
 /// (vector k, lane j: values 4k..4k+4 of block 8g + j; Q4_0: unsigned nibbles 0..15, Q8_0: i8),
 /// and their scales.
 #[inline(always)]
-unsafe fn transpose_q32<const SIGNED: bool>(row: &[u8], g: usize) -> ([__m256i; 8], __m256) {
+pub(super) unsafe fn transpose_q32<const SIGNED: bool>(row: &[u8], g: usize) -> ([__m256i; 8], __m256) {
     let bytes = if SIGNED { 34 } else { 18 };
     let base = row.as_ptr().add(8 * g * bytes);
     let mut wk = [_mm256_setzero_si256(); 8];
@@ -229,7 +254,7 @@ unsafe fn q4_0_scales(base: *const u8) -> __m256 {
 /// sums until the end of a row. With several tokens each row's regrouped weights are made once
 /// (`RowCache`) and reused by every token tile ([`token_tile`]).
 #[inline(always)]
-unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+unsafe fn rows_q32<const SIGNED: bool, const DOT: u8>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     let nb = w.cols / 32;
     let groups = nb / 8;
     let tokens = a.tokens;
@@ -242,7 +267,7 @@ unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Acti
             for g in 0..groups {
                 prefetch_group::<SIGNED>(row, g, prefetch_blocks::<SIGNED>());
                 let (wk, dw) = transpose_q32::<SIGNED>(row, g);
-                acc = group_dot::<SIGNED, VNNI>(&wk, dw, a, 0, g, acc);
+                acc = group_dot::<SIGNED, DOT>(&wk, dw, a, 0, g, acc);
             }
             finish_row::<SIGNED>(row, a, 0, r, acc, out);
         }
@@ -272,9 +297,9 @@ unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Acti
         while t0 < tokens {
             let c = tile_width(tokens - t0);
             match c {
-                4 => token_tile::<SIGNED, VNNI, 4>(row, &cache, a, t0, r, out),
-                2 => token_tile::<SIGNED, VNNI, 2>(row, &cache, a, t0, r, out),
-                _ => token_tile::<SIGNED, VNNI, 1>(row, &cache, a, t0, r, out),
+                4 => token_tile::<SIGNED, DOT, 4>(row, &cache, a, t0, r, out),
+                2 => token_tile::<SIGNED, DOT, 2>(row, &cache, a, t0, r, out),
+                _ => token_tile::<SIGNED, DOT, 1>(row, &cache, a, t0, r, out),
             }
             t0 += c;
         }
@@ -284,9 +309,11 @@ unsafe fn rows_q32<const SIGNED: bool, const VNNI: bool>(w: &WeightRef, a: &Acti
 
 /// The products of vector `u` (u8) and `s` (i8) summed in fours onto `acc`.
 #[inline(always)]
-unsafe fn dot4<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-    if VNNI {
+unsafe fn dot4<const DOT: u8>(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    if DOT == DOT_AVXVNNI {
         _mm256_dpbusd_avx_epi32(acc, u, s)
+    } else if DOT == DOT_EVEX {
+        _mm256_dpbusd_epi32(acc, u, s)
     } else {
         _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
     }
@@ -295,7 +322,7 @@ unsafe fn dot4<const VNNI: bool>(acc: __m256i, u: __m256i, s: __m256i) -> __m256
 /// The integer block sums of group `g` for token `t` (8 blocks in the 8 lanes) scaled onto
 /// `acc`: `acc + (dw · dx) · isum`. `wk` as `transpose_q32` gives it (Q8_0: signed weights).
 #[inline(always)]
-unsafe fn group_dot<const SIGNED: bool, const VNNI: bool>(wk: &[__m256i; 8], dw: __m256, a: &Activations, t: usize, g: usize, acc: __m256) -> __m256 {
+unsafe fn group_dot<const SIGNED: bool, const DOT: u8>(wk: &[__m256i; 8], dw: __m256, a: &Activations, t: usize, g: usize, acc: __m256) -> __m256 {
     let groups = a.cols / 256;
     let xp = a.qt.as_ptr().add((t * groups + g) * 256) as *const __m256i;
     // Four independent i32 accumulators (k % 4): one chain of eight dependent `vpdpbusd`s would
@@ -303,7 +330,7 @@ unsafe fn group_dot<const SIGNED: bool, const VNNI: bool>(wk: &[__m256i; 8], dw:
     let mut part = [_mm256_setzero_si256(); 4];
     for (k, &wv) in wk.iter().enumerate() {
         let x = _mm256_loadu_si256(xp.add(k));
-        part[k % 4] = if SIGNED { dot4::<VNNI>(part[k % 4], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv)) } else { dot4::<VNNI>(part[k % 4], wv, x) };
+        part[k % 4] = if SIGNED { dot4::<DOT>(part[k % 4], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv)) } else { dot4::<DOT>(part[k % 4], wv, x) };
     }
     let isum = _mm256_add_epi32(_mm256_add_epi32(part[0], part[1]), _mm256_add_epi32(part[2], part[3]));
     scale_group::<SIGNED>(isum, dw, a, t, g, acc)
@@ -334,7 +361,7 @@ unsafe fn finish_row<const SIGNED: bool>(row: &[u8], a: &Activations, t: usize, 
 /// once per k for the C tokens, and each token keeps two i32 chains (k even / odd), so 2·C
 /// independent `vpdpbusd` chains are in flight with few registers.
 #[inline(always)]
-unsafe fn token_tile<const SIGNED: bool, const VNNI: bool, const C: usize>(
+unsafe fn token_tile<const SIGNED: bool, const DOT: u8, const C: usize>(
     row: &[u8],
     cache: &RowCache,
     a: &Activations,
@@ -353,7 +380,7 @@ unsafe fn token_tile<const SIGNED: bool, const VNNI: bool, const C: usize>(
             for (c, p) in part.iter_mut().enumerate() {
                 let x = _mm256_loadu_si256((a.qt.as_ptr().add(((t0 + c) * groups + g) * 256) as *const __m256i).add(k));
                 let x = if SIGNED { _mm256_sign_epi8(x, wv) } else { x };
-                p[k % 2] = dot4::<VNNI>(p[k % 2], uv, x);
+                p[k % 2] = dot4::<DOT>(p[k % 2], uv, x);
             }
         }
         for (c, acc_c) in acc.iter_mut().enumerate() {
