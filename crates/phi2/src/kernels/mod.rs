@@ -259,8 +259,9 @@ impl Activations {
                     }
                 }
                 self.tb.clear();
+                // The activation tiles: for AMX, and for the AVX-512 VNNI K-quant kernel.
                 #[cfg(target_arch = "x86_64")]
-                if tokens >= amx::MIN_TOKENS && amx::available() {
+                if tokens >= amx::MIN_TOKENS && (amx::available() || vnni512::available()) {
                     amx::prepare(self);
                 }
             }
@@ -388,7 +389,8 @@ pub enum Isa {
     AvxVnni,
     /// x86-64 AVX-512 with VNNI (Ice Lake and Cascade Lake Xeons, AMD Zen 4 and 5): 512-bit
     /// `vpdpbusd` tiles for Q4_0 / Q8_0 batches (`vnni512`), the EVEX `vpdpbusd` in the one-token
-    /// Q4_0 / Q8_0 kernels, AVX-512 for F16 / BF16 batches, the AVX2 tiles for K-quants.
+    /// Q4_0 / Q8_0 kernels, 512-bit tiles with tokens in the lanes for K-quant batches, AVX-512
+    /// for F16 / BF16 batches; the AVX2 tiles for one-token and short K-quant products.
     Avx512Vnni,
     /// x86-64 AVX-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512 epilogue) for quantized
     /// batches of `amx::MIN_TOKENS` tokens or more, and AVX-512 for F16 / BF16 batches
@@ -642,6 +644,8 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         Isa::Avx512Vnni if vnni512::takes(w, act) => vnni512::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if avx512::takes(w, act) => avx512::matmul_rows(w, act, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if vnni512::takes_k(w, act) => vnni512::matmul_rows_k(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => x86::matmul_rows(w, act, rows, out, x86::Dot::Evex),
         #[cfg(target_arch = "x86_64")]

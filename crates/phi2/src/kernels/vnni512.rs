@@ -1,4 +1,4 @@
-//! x86-64 AVX-512 VNNI (`vpdpbusd` on 512-bit vectors) for Q4_0 / Q8_0 weights against batches
+//! x86-64 AVX-512 VNNI (`vpdpbusd` on 512-bit vectors) for quantized weights against batches
 //! of tokens, for CPUs that have AVX512-VNNI but no AMX tiles: Ice Lake and Cascade Lake Xeons,
 //! AMD Zen 4 and Zen 5. (Without it those CPUs ran the AVX2 row kernel on prompts, one row against
 //! four tokens, re-reading every token's activations for each row: a 512-token prompt streamed
@@ -22,6 +22,9 @@
 //! Blocking: the activations of a pass of tokens ([`pass_tokens`], sized to stay in L2 with the
 //! row tile's weights) are reused by every row tile of a work item; a row tile's weights are
 //! regrouped once per pass (by the AVX2 kernel's `transpose_q32`) and stay in L1.
+//!
+//! K-quant batches ([`matmul_rows_k`]) put 16 tokens in the lanes of a register instead, so that
+//! no lane is ever reduced: see there.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -246,6 +249,237 @@ unsafe fn tile_rows<const SIGNED: bool, const PP: usize>(
                 let l: [f32; 8] = lanes[8..].try_into().expect("8 lanes");
                 out.set(tb[p], r0 + r, scalar::finish_q32::<SIGNED>(l, wrow, a, tb[p], 8 * groups));
             }
+        }
+    }
+}
+
+/// K-quant row tile: rows per tile.
+const KR: usize = 4;
+
+/// Whether this K-quant batch runs here ([`matmul_rows_k`]): Q4_K, Q5_K, Q6_K against the
+/// activation tiles that `amx::prepare` made (batches of `amx::MIN_TOKENS` or more).
+pub(crate) fn takes_k(w: &WeightRef, a: &Activations) -> bool {
+    matches!(w.dtype, DType::Q4K | DType::Q5K | DType::Q6K)
+        && a.tokens >= super::amx::MIN_TOKENS
+        && a.tb.len() == a.tokens.div_ceil(TT) * (a.cols / 32) * 512
+}
+
+/// Tokens per activation tile (`amx::prepare`'s layout: per tile and block of 32 values, 8 steps
+/// of 4 values × 16 tokens, 64 bytes each).
+const TT: usize = 16;
+
+/// A K-quant row tile unpacked for the token-lane kernel: per row r and super-block b, the 256
+/// weights as i8 (Q4_K/Q5_K: q, 0..31; Q6_K: q − 32) at `q[(r · nsb + b) · 8 ..]` (32 per vector,
+/// in value order); the sub-block scales as i32 `sc[(r · nsb + b) · 16 + j]`; (Q4_K/Q5_K) the
+/// mins of sub-blocks 2jj and 2jj + 1 as two i16 in one i32 `mp[(r · nsb + b) · 4 + jj]`; d, dmin;
+/// and `c = 128 · Σ_j sc_j · Σ w` over the sub-block's weights (the chains' start is −c).
+struct KTile {
+    q: Vec<__m256i>,
+    sc: Vec<i32>,
+    mp: Vec<i32>,
+    d: Vec<f32>,
+    dmin: Vec<f32>,
+    c: Vec<i32>,
+}
+
+const EMPTY_KTILE: KTile = KTile { q: Vec::new(), sc: Vec::new(), mp: Vec::new(), d: Vec::new(), dmin: Vec::new(), c: Vec::new() };
+
+thread_local! {
+    static KTILE: std::cell::RefCell<KTile> = const { std::cell::RefCell::new(EMPTY_KTILE) };
+}
+
+const K4: u8 = 4;
+const K5: u8 = 5;
+const K6: u8 = 6;
+
+/// Q4_K, Q5_K and Q6_K batches with tokens in the lanes: one register holds one weight row
+/// against 16 tokens (the activation tiles of `amx::prepare`, taken as unsigned `x + 128`), so
+/// each output's exact super-block sums build up in its own i32 lane and nothing is reduced
+/// across lanes. Per sub-block, `vpdpbusd` with the row's 4 weights broadcast gives the 16
+/// tokens' `Σ (x + 128) · w`, times the sub-block scale (`vpmulld`) onto `isum`, whose chain
+/// starts at `−128 · Σ_j sc_j · Σ w` (made once per row tile): exactly `Σ_j sc_j · Σ w · x`.
+/// The mins' `Σ_j m_j · Σx_j` comes from `vpdpwssd` on the tiles' i16 pair sums. Then the
+/// scalar twin's epilogue per super-block, `(d·dx)·isum − (dmin·dx)·msum` (Q6_K: `(d·dx)·isum`),
+/// added in super-block order: the same bits.
+pub(crate) fn matmul_rows_k(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    debug_assert!(takes_k(w, a));
+    let mut tile = KTILE.with(|t| std::mem::replace(&mut *t.borrow_mut(), EMPTY_KTILE));
+    // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test).
+    unsafe {
+        match w.dtype {
+            DType::Q4K => rows_k::<K4>(w, a, rows, out, &mut tile),
+            DType::Q5K => rows_k::<K5>(w, a, rows, out, &mut tile),
+            _ => rows_k::<K6>(w, a, rows, out, &mut tile),
+        }
+    }
+    KTILE.with(|t| *t.borrow_mut() = tile);
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn rows_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, tile: &mut KTile) {
+    let nsb = w.cols / 256;
+    tile.q.resize(KR * nsb * 8, _mm256_setzero_si256());
+    tile.sc.resize(KR * nsb * 16, 0);
+    tile.mp.resize(KR * nsb * 4, 0);
+    tile.d.resize(KR * nsb, 0.0);
+    tile.dmin.resize(KR * nsb, 0.0);
+    tile.c.resize(KR * nsb, 0);
+    let tiles = a.tokens.div_ceil(TT);
+    let per_pass = (pass_tokens(w.cols) / TT).max(1);
+    let mut p0 = 0;
+    while p0 < tiles {
+        let p1 = (p0 + per_pass).min(tiles);
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let m = (rows.end - r0).min(KR);
+            for r in 0..KR {
+                regroup_k::<KIND>(w, r0 + if r < m { r } else { 0 }, r, tile);
+            }
+            for tt in p0..p1 {
+                tile_k::<KIND>(a, tile, r0, m, tt, nsb, out);
+            }
+            r0 += m;
+        }
+        p0 = p1;
+    }
+}
+
+/// Row `row` of `w` into slot `r` of `tile`.
+#[inline(always)]
+unsafe fn regroup_k<const KIND: u8>(w: &WeightRef, row: usize, r: usize, tile: &mut KTile) {
+    let nsb = w.cols / 256;
+    let bytes = match KIND {
+        K4 => 144,
+        K5 => 176,
+        _ => 210,
+    };
+    let data = w.row(row);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let m2 = _mm256_set1_epi8(0x03);
+    let x32 = _mm256_set1_epi8(32);
+    let u128 = _mm256_set1_epi8(-128);
+    let zero = _mm256_setzero_si256();
+    for b in 0..nsb {
+        let blk = data.as_ptr().add(b * bytes);
+        let at = r * nsb + b;
+        let qv = tile.q.as_mut_ptr().add(at * 8);
+        let mut corr = _mm256_setzero_si256();
+        if KIND == K6 {
+            *tile.d.get_unchecked_mut(at) = super::f16_at(&data[b * bytes..], 208);
+            let sc8 = _mm_loadu_si128(blk.add(192) as *const __m128i);
+            for j in 0..16 {
+                *tile.sc.get_unchecked_mut(at * 16 + j) = *blk.add(192 + j) as i8 as i32;
+            }
+            for n in 0..2 {
+                let ql0 = _mm256_loadu_si256(blk.add(64 * n) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(blk.add(64 * n + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
+                let groups = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
+                ];
+                for (g, q) in groups.iter().enumerate() {
+                    let v = _mm256_sub_epi8(*q, x32);
+                    *qv.add(4 * n + g) = v;
+                    // Sub-blocks j, j + 1 (16 values each): scale j in lanes 0..4, j + 1 in 4..8.
+                    let j = 8 * n + 2 * g;
+                    let pick = _mm_set_epi64x(0, (0x0101_0101 * (j as i64 + 1)) << 32 | 0x0101_0101 * j as i64);
+                    let s = _mm256_cvtepi8_epi32(_mm_shuffle_epi8(sc8, pick));
+                    corr = _mm256_add_epi32(corr, _mm256_mullo_epi32(_mm256_dpbusd_epi32(zero, u128, v), s));
+                }
+            }
+        } else {
+            *tile.d.get_unchecked_mut(at) = super::f16_at(&data[b * bytes..], 0);
+            *tile.dmin.get_unchecked_mut(at) = super::f16_at(&data[b * bytes..], 2);
+            let (scales, mins) = x86::scales_mins_k4(blk.add(4));
+            for j in 0..8 {
+                *tile.sc.get_unchecked_mut(at * 16 + j) = ((scales >> (8 * j)) & 0xFF) as i32;
+            }
+            for jj in 0..4 {
+                let (m0, m1) = ((mins >> (16 * jj)) & 0xFF, (mins >> (16 * jj + 8)) & 0xFF);
+                *tile.mp.get_unchecked_mut(at * 4 + jj) = (m0 | m1 << 16) as i32;
+            }
+            let qs_off = if KIND == K5 { 48 } else { 16 };
+            let qh = if KIND == K5 { _mm256_loadu_si256(blk.add(16) as *const __m256i) } else { zero };
+            for jj in 0..4 {
+                let q = _mm256_loadu_si256(blk.add(qs_off + 32 * jj) as *const __m256i);
+                let mut lo = _mm256_and_si256(q, m4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if KIND == K5 {
+                    let blo = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * jj as i32)), one);
+                    let bhi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * jj as i32 + 1)), one);
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(blo, 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(bhi, 4));
+                }
+                *qv.add(2 * jj) = lo;
+                *qv.add(2 * jj + 1) = hi;
+                let (s0, s1) = (((scales >> (16 * jj)) & 0xFF) as i32, ((scales >> (16 * jj + 8)) & 0xFF) as i32);
+                corr = _mm256_add_epi32(corr, _mm256_mullo_epi32(_mm256_dpbusd_epi32(zero, u128, lo), _mm256_set1_epi32(s0)));
+                corr = _mm256_add_epi32(corr, _mm256_mullo_epi32(_mm256_dpbusd_epi32(zero, u128, hi), _mm256_set1_epi32(s1)));
+            }
+        }
+        let h = _mm_add_epi32(_mm256_castsi256_si128(corr), _mm256_extracti128_si256::<1>(corr));
+        let h = _mm_add_epi32(h, _mm_shuffle_epi32::<0b01_00_11_10>(h));
+        let h = _mm_add_epi32(h, _mm_shuffle_epi32::<0b10_11_00_01>(h));
+        *tile.c.get_unchecked_mut(at) = _mm_cvtsi128_si32(h);
+    }
+}
+
+/// Rows `r0 .. r0 + m` of the tile × the 16 tokens of activation tile `tt`.
+#[inline(always)]
+unsafe fn tile_k<const KIND: u8>(a: &Activations, tile: &KTile, r0: usize, m: usize, tt: usize, nsb: usize, out: OutPtr) {
+    let nb = a.cols / 32;
+    let sign = _mm512_set1_epi8(-128);
+    // Sub-blocks per super-block and 4-value steps per sub-block.
+    let (subs, steps) = if KIND == K6 { (16, 4) } else { (8, 8) };
+    let mut acc = [_mm512_setzero_ps(); KR];
+    for b in 0..nsb {
+        let xb = a.tb.as_ptr().add((tt * nb + 8 * b) * 512) as *const __m512i;
+        let mut isum = [_mm512_setzero_si512(); KR];
+        for (r, v) in isum.iter_mut().enumerate() {
+            *v = _mm512_set1_epi32(-*tile.c.get_unchecked(r * nsb + b));
+        }
+        for j in 0..subs {
+            let mut part = [_mm512_setzero_si512(); KR];
+            for k in 0..steps {
+                let s = j * steps + k;
+                let x = _mm512_xor_si512(_mm512_loadu_si512(xb.add(s)), sign);
+                for (r, p) in part.iter_mut().enumerate() {
+                    let wq = (tile.q.as_ptr().add((r * nsb + b) * 8) as *const i32).add(s).read_unaligned();
+                    *p = _mm512_dpbusd_epi32(*p, x, _mm512_set1_epi32(wq));
+                }
+            }
+            for (r, v) in isum.iter_mut().enumerate() {
+                *v = _mm512_add_epi32(*v, _mm512_mullo_epi32(part[r], _mm512_set1_epi32(*tile.sc.get_unchecked((r * nsb + b) * 16 + j))));
+            }
+        }
+        let dx = _mm512_loadu_ps(a.td.as_ptr().add((tt * nsb + b) * TT));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let at = r * nsb + b;
+            let av = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(*tile.d.get_unchecked(at)), dx), _mm512_cvtepi32_ps(isum[r]));
+            if KIND == K6 {
+                *acc_r = _mm512_add_ps(*acc_r, av);
+            } else {
+                let mut ms = _mm512_setzero_si512();
+                for jj in 0..4 {
+                    let bs = _mm512_loadu_si512(a.tbs.as_ptr().add(((tt * nsb + b) * 4 + jj) * 2 * TT) as *const __m512i);
+                    ms = _mm512_dpwssd_epi32(ms, bs, _mm512_set1_epi32(*tile.mp.get_unchecked(at * 4 + jj)));
+                }
+                let mv = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(*tile.dmin.get_unchecked(at)), dx), _mm512_cvtepi32_ps(ms));
+                *acc_r = _mm512_add_ps(*acc_r, _mm512_sub_ps(av, mv));
+            }
+        }
+    }
+    let t0 = tt * TT;
+    let n = TT.min(a.tokens - t0);
+    for (r, v) in acc.iter().enumerate().take(m) {
+        let mut lanes = [0f32; TT];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), *v);
+        for (i, &y) in lanes.iter().enumerate().take(n) {
+            out.set(t0 + i, r0 + r, y);
         }
     }
 }

@@ -453,7 +453,7 @@ unsafe fn bsum_pairs(a: &Activations, t: usize, nb: usize, b: usize) -> __m256i 
 /// The 8 six-bit scales and 8 mins of a Q4_K / Q5_K super-block (its 12 scale bytes at `q`),
 /// byte j of each result being sub-block j's ([`super::scale_min_k4`] for all j at once).
 #[inline(always)]
-unsafe fn scales_mins_k4(q: *const u8) -> (u64, u64) {
+pub(super) unsafe fn scales_mins_k4(q: *const u8) -> (u64, u64) {
     let u = |i: usize| u32::from_le_bytes([*q.add(4 * i), *q.add(4 * i + 1), *q.add(4 * i + 2), *q.add(4 * i + 3)]);
     let (u0, u1, u2) = (u(0), u(1), u(2));
     let sc_lo = u0 & 0x3F3F_3F3F;
