@@ -389,8 +389,9 @@ pub enum Isa {
     AvxVnni,
     /// x86-64 AVX-512 with VNNI (Ice Lake and Cascade Lake Xeons, AMD Zen 4 and 5): 512-bit
     /// `vpdpbusd` tiles for Q4_0 / Q8_0 batches (`vnni512`), the EVEX `vpdpbusd` in the one-token
-    /// Q4_0 / Q8_0 kernels, 512-bit tiles with tokens in the lanes for K-quant batches, AVX-512
-    /// for F16 / BF16 batches; the AVX2 tiles for one-token and short K-quant products.
+    /// Q4_0 / Q8_0 kernels, 512-bit tiles with tokens in the lanes for K-quant batches, 512-bit
+    /// one-row K-quant kernels for one token, AVX-512 for F16 / BF16 batches; the AVX2 tiles for
+    /// short K-quant batches (2 to 9 tokens).
     Avx512Vnni,
     /// x86-64 AVX-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512 epilogue) for quantized
     /// batches of `amx::MIN_TOKENS` tokens or more, and AVX-512 for F16 / BF16 batches
@@ -646,6 +647,8 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         Isa::Avx512Vnni if avx512::takes(w, act) => avx512::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if vnni512::takes_k(w, act) => vnni512::matmul_rows_k(w, act, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if vnni512::takes_one(w, act) => vnni512::matmul_rows_one(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => x86::matmul_rows(w, act, rows, out, x86::Dot::Evex),
         #[cfg(target_arch = "x86_64")]

@@ -483,3 +483,135 @@ unsafe fn tile_k<const KIND: u8>(a: &Activations, tile: &KTile, r0: usize, m: us
         }
     }
 }
+
+/// Whether a one-token product of K-quant weights runs here ([`rows_qk_one`], [`rows_q6k_one`]).
+pub(crate) fn takes_one(w: &WeightRef, a: &Activations) -> bool {
+    matches!(w.dtype, DType::Q4K | DType::Q5K | DType::Q6K) && a.tokens == 1
+}
+
+/// Q4_K / Q5_K weights against one token (decode), one row at a time in file order (one weight
+/// stream per thread, prefetched ~1.5 KB ahead as the Q4_0 kernels do; the AVX2 tiles read 8 rows
+/// as interleaved streams, which streamed ~20% slower here). Per 64 values (sub-blocks 2jj and
+/// 2jj + 1), one `vpdpbusd` gives 16 lanes of four products (8 lanes per sub-block) and one
+/// `vpdpwssd` adds them times their sub-block's scale (each lane's sum fits i16: |Σ| ≤ 4 · 31 ·
+/// 128, and its high half is the sign, which meets a zero scale half). Per super-block the exact
+/// `isum = Σ_j sc_j · Σ q·x` and `msum = Σ_j m_j · Σx_j`, then the scalar twin's
+/// `(d·dx)·isum − (dmin·dx)·msum`, added in super-block order.
+pub(crate) fn matmul_rows_one(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    debug_assert!(takes_one(w, a));
+    // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test).
+    unsafe {
+        match w.dtype {
+            DType::Q4K => rows_qk_one::<false>(w, a, rows, out),
+            DType::Q5K => rows_qk_one::<true>(w, a, rows, out),
+            _ => rows_q6k_one(w, a, rows, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn rows_qk_one<const Q5: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    let bytes = if Q5 { 176 } else { 144 };
+    let qs_off = if Q5 { 48 } else { 16 };
+    let nb = w.cols / 256;
+    let m4 = _mm512_set1_epi8(0x0F);
+    let one = _mm512_set1_epi8(1);
+    let mut pick = [_mm512_setzero_si512(); 4];
+    let mut shift = [_mm512_setzero_si512(); 4];
+    for jj in 0..4 {
+        pick[jj] = _mm512_inserti64x4::<1>(_mm512_set1_epi32(2 * jj as i32), _mm256_set1_epi32(2 * jj as i32 + 1));
+        shift[jj] = _mm512_inserti64x4::<1>(_mm512_set1_epi16(2 * jj as i16), _mm256_set1_epi16(2 * jj as i16 + 1));
+    }
+    let x = a.q.as_ptr() as *const __m512i;
+    for r in rows.clone() {
+        let rp = w.row(r).as_ptr();
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let blk = rp.add(b * bytes);
+            // The weight stream, ~1.5 KB ahead (rows are contiguous, so this runs on into the
+            // next row; one line per 64 bytes of this super-block).
+            for l in 0..bytes.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(1536 + 64 * l) as *const i8);
+            }
+            let (scales, mins) = x86::scales_mins_k4(blk.add(4));
+            let pairs = x86::bsum_pairs(a, 0, nb, b);
+            let mv = _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mins as i64)), pairs);
+            let sc = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(scales as i64));
+            let qh = if Q5 { bcast_i(blk.add(16) as *const __m256i) } else { _mm512_setzero_si512() };
+            let mut s = _mm512_setzero_si512();
+            for jj in 0..4 {
+                let q = bcast_i(blk.add(qs_off + 32 * jj) as *const __m256i);
+                let mut v = _mm512_and_si512(_mm512_mask_blend_epi64(0xF0, q, _mm512_srli_epi16::<4>(q)), m4);
+                if Q5 {
+                    let hb = _mm512_and_si512(_mm512_srlv_epi16(qh, shift[jj]), one);
+                    v = _mm512_or_si512(v, _mm512_slli_epi16::<4>(hb));
+                }
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, _mm512_loadu_si512(x.add(4 * b + jj)));
+                s = _mm512_dpwssd_epi32(s, p, _mm512_permutexvar_epi32(pick[jj], sc));
+            }
+            let isum = _mm512_reduce_add_epi32(s);
+            let msum = _mm512_reduce_add_epi32(_mm512_zextsi256_si512(mv));
+            let (d, dmin) = (super::f16_at(std::slice::from_raw_parts(blk, 4), 0), super::f16_at(std::slice::from_raw_parts(blk, 4), 2));
+            let dx = *a.d.get_unchecked(b);
+            acc += (d * dx) * isum as f32 - (dmin * dx) * msum as f32;
+        }
+        out.set(0, r, acc);
+    }
+}
+
+/// Q6_K weights against one token, one row at a time like [`rows_qk_one`]: per 64 values one
+/// `vpdpbusd` of the unsigned 6-bit values (q, 0..63) gives 16 lanes of four products (4 lanes
+/// per sub-block of 16), one `vpdpwssd` adds them times their signed sub-block scale (|Σ| ≤
+/// 4 · 63 · 128 fits i16; the scale's high half is cleared), then the super-block's
+/// `isum = Σ − 32 · Σ_j sc_j · Σx_j` (exact) and the scalar twin's `(d · dx) · isum`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn rows_q6k_one(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    let nb = w.cols / 256;
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m2 = _mm512_set1_epi8(0x03);
+    let lo16 = _mm512_set1_epi32(0xFFFF);
+    // Chunk (n, c) of 64 values: lane l's sub-block is 8n + 4c + l / 4; the high-bit shifts of its
+    // two halves (c = 0: 0 and 2; c = 1: 4 and 6).
+    let mut pick = [_mm512_setzero_si512(); 4];
+    for (k, p) in pick.iter_mut().enumerate() {
+        let mut idx = [0i32; 16];
+        for (l, v) in idx.iter_mut().enumerate() {
+            *v = (4 * k + l / 4) as i32;
+        }
+        *p = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
+    }
+    let shift = [
+        _mm512_inserti64x4::<1>(_mm512_set1_epi16(0), _mm256_set1_epi16(2)),
+        _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(6)),
+    ];
+    let x = a.q.as_ptr() as *const __m512i;
+    for r in rows {
+        let rp = w.row(r).as_ptr();
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let blk = rp.add(b * 210);
+            for l in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(1536 + 64 * l) as *const i8);
+            }
+            let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk.add(192) as *const __m128i));
+            let scl = _mm512_and_si512(sc, lo16);
+            let mut s = _mm512_setzero_si512();
+            for n in 0..2 {
+                let l = _mm512_loadu_si512(blk.add(64 * n) as *const __m512i);
+                let h = bcast_i(blk.add(128 + 32 * n) as *const __m256i);
+                for c in 0..2 {
+                    let low = if c == 0 { _mm512_and_si512(l, m4) } else { _mm512_and_si512(_mm512_srli_epi16::<4>(l), m4) };
+                    let high = _mm512_and_si512(_mm512_srlv_epi16(h, shift[c]), m2);
+                    let q = _mm512_or_si512(low, _mm512_slli_epi16::<4>(high));
+                    let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(x.add(4 * b + 2 * n + c)));
+                    s = _mm512_dpwssd_epi32(s, p, _mm512_permutexvar_epi32(pick[2 * n + c], scl));
+                }
+            }
+            let bs = _mm512_loadu_si512(a.bsums.as_ptr().add(b * 16) as *const __m512i);
+            let isum = _mm512_reduce_add_epi32(s) - 32 * _mm512_reduce_add_epi32(_mm512_mullo_epi32(sc, bs));
+            let d = super::f16_at(std::slice::from_raw_parts(blk.add(208), 2), 0);
+            acc += (d * *a.d.get_unchecked(b)) * isum as f32;
+        }
+        out.set(0, r, acc);
+    }
+}

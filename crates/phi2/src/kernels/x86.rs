@@ -395,7 +395,7 @@ unsafe fn token_tile<const SIGNED: bool, const DOT: u8, const C: usize>(
 
 /// Eight i32x8 vectors → one i32x8 holding each vector's lane sum (exact).
 #[inline(always)]
-unsafe fn tree8(v: &[__m256i; 8]) -> __m256i {
+pub(super) unsafe fn tree8(v: &[__m256i; 8]) -> __m256i {
     let h01 = _mm256_hadd_epi32(v[0], v[1]);
     let h23 = _mm256_hadd_epi32(v[2], v[3]);
     let h45 = _mm256_hadd_epi32(v[4], v[5]);
@@ -407,7 +407,7 @@ unsafe fn tree8(v: &[__m256i; 8]) -> __m256i {
 
 /// Lane p = r·C + c holds `f(r)` (f16 bits, widened).
 #[inline(always)]
-unsafe fn per_row_f16<const R: usize, const C: usize>(f: impl Fn(usize) -> u16) -> __m256 {
+pub(super) unsafe fn per_row_f16<const R: usize, const C: usize>(f: impl Fn(usize) -> u16) -> __m256 {
     let mut h = [0u16; 8];
     for (p, v) in h.iter_mut().enumerate() {
         *v = f(p / C);
@@ -426,7 +426,7 @@ unsafe fn per_token_f32<const C: usize>(v: &[f32]) -> __m256 {
 }
 
 #[inline(always)]
-unsafe fn u16_at(b: &[u8], i: usize) -> u16 {
+pub(super) unsafe fn u16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
 }
 
@@ -445,7 +445,7 @@ unsafe fn bsums_i16(a: &Activations, t: usize, nb: usize, b: usize) -> __m256i {
 
 /// Σx of each of the 8 sub-blocks of 32 of token `t`'s super-block `b` (i32, in order).
 #[inline(always)]
-unsafe fn bsum_pairs(a: &Activations, t: usize, nb: usize, b: usize) -> __m256i {
+pub(super) unsafe fn bsum_pairs(a: &Activations, t: usize, nb: usize, b: usize) -> __m256i {
     let p = a.bsums.as_ptr().add((t * nb + b) * 16) as *const __m256i;
     _mm256_permute4x64_epi64(_mm256_hadd_epi32(_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))), 0xD8)
 }
@@ -468,7 +468,7 @@ pub(super) unsafe fn scales_mins_k4(q: *const u8) -> (u64, u64) {
 /// streams, which the hardware prefetchers follow poorly (measured on Q6_K/Q4_K decode: ~2x
 /// from this, two threads streaming from memory).
 #[inline(always)]
-unsafe fn prefetch_next_tile<const R: usize>(w: &WeightRef, r0: usize, b: usize, bytes: usize) {
+pub(super) unsafe fn prefetch_next_tile<const R: usize>(w: &WeightRef, r0: usize, b: usize, bytes: usize) {
     let row_bytes = w.row_bytes();
     let base = w.data.as_ptr().wrapping_add((r0 + R) * row_bytes + b * bytes);
     let end = w.data.as_ptr().wrapping_add(w.data.len());
