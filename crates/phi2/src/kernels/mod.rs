@@ -164,8 +164,9 @@ pub struct Activations {
     pub qt: Vec<i8>,
     /// wasm32: `q` widened to i16 (same layout), for SIMD128's i16 dot products.
     pub q16: Vec<i16>,
-    /// Batches of at least `amx::MIN_TOKENS` on CPUs with AMX (Q8_0 and Q8_K families): the
-    /// activation tiles, their scales and (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
+    /// Batches of at least `amx::MIN_TOKENS` on CPUs with AMX (Q8_0 and Q8_K families) or with
+    /// AVX512-VNNI (Q8_K, for `vnni512`'s K-quant kernel): the activation tiles, their scales and
+    /// (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
     pub tb: buffer::Aligned<i8>,
     pub td: buffer::Aligned<f32>,
     pub tbs: buffer::Aligned<i16>,
@@ -673,6 +674,8 @@ pub fn matmul_with(isa: Isa, w: &WeightRef, act: &Activations, out: &mut [f32]) 
     if !runnable().contains(&isa) {
         return None;
     }
+    assert_eq!(act.family, Family::of(w.dtype), "activations prepared for another weight type");
+    assert_eq!(act.cols, w.cols, "activations have {} columns, the weights {}", act.cols, w.cols);
     assert_eq!(out.len(), act.tokens * w.rows, "output size");
     let o = OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows };
     matmul_rows(isa, w, act, 0..w.rows, o);
