@@ -356,7 +356,6 @@ unsafe fn regroup_k<const KIND: u8>(w: &WeightRef, row: usize, r: usize, tile: &
     let data = w.row(row);
     let m4 = _mm256_set1_epi8(0x0F);
     let one = _mm256_set1_epi8(1);
-    let m2 = _mm256_set1_epi8(0x03);
     let x32 = _mm256_set1_epi8(32);
     let u128 = _mm256_set1_epi8(-128);
     let zero = _mm256_setzero_si256();
@@ -372,15 +371,7 @@ unsafe fn regroup_k<const KIND: u8>(w: &WeightRef, row: usize, r: usize, tile: &
                 *tile.sc.get_unchecked_mut(at * 16 + j) = *blk.add(192 + j) as i8 as i32;
             }
             for n in 0..2 {
-                let ql0 = _mm256_loadu_si256(blk.add(64 * n) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(blk.add(64 * n + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
-                let groups = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                    _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
-                ];
+                let groups = x86::q6k_groups(blk, n);
                 for (g, q) in groups.iter().enumerate() {
                     let v = _mm256_sub_epi8(*q, x32);
                     *qv.add(4 * n + g) = v;

@@ -555,14 +555,30 @@ unsafe fn tile_qk<const R: usize, const C: usize, const Q5: bool>(
     outv
 }
 
+/// The unsigned 6-bit values (q + 32, 0..63) of half `n` of the Q6_K super-block at `blk`, as 4
+/// vectors of 32: vector g holds values `128n + 32g .. +32` (low nibbles from `ql`, two high
+/// bits from `qh`).
+#[inline(always)]
+pub(super) unsafe fn q6k_groups(blk: *const u8, n: usize) -> [__m256i; 4] {
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
+    let ql0 = load32(blk.add(64 * n));
+    let ql1 = load32(blk.add(64 * n + 32));
+    let qh = load32(blk.add(128 + 32 * n));
+    // (No closure for the high bits: it would not inherit the caller's target features.)
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+        _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4)),
+    ]
+}
+
 /// Q6_K: unsigned 6-bit values (q + 32) against x, scaled per 16 with the signed scales, minus
 /// 32 · Σ_j sc_j · Σx after the tree.
 #[inline(always)]
 unsafe fn tile_q6k<const R: usize, const C: usize>(w: &WeightRef, a: &Activations, r0: usize, t0: usize) -> [f32; 8] {
     let nb = w.cols / 256;
     let rows: [&[u8]; R] = std::array::from_fn(|r| w.row(r0 + r));
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m2 = _mm256_set1_epi8(0x03);
     let mut acc = _mm256_setzero_ps();
     for b in 0..nb {
         prefetch_next_tile::<R>(w, r0, b, 210);
@@ -581,24 +597,7 @@ unsafe fn tile_q6k<const R: usize, const C: usize>(w: &WeightRef, a: &Activation
                 v[k] = _mm256_sub_epi32(v[k], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16[c]), 5));
             }
             for n in 0..2 {
-                let ql0 = load32(blk.as_ptr().add(64 * n));
-                let ql1 = load32(blk.as_ptr().add(64 * n + 32));
-                let qh = load32(blk.as_ptr().add(128 + 32 * n));
-                let groups = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
-                    ),
-                ];
+                let groups = q6k_groups(blk.as_ptr(), n);
                 for (g, q) in groups.iter().enumerate() {
                     // Elements 128n + 32g .. +32: sub-blocks j and j + 1 (16 values each).
                     let j = 8 * n + 2 * g;
