@@ -33,12 +33,29 @@ pub(crate) const TILE: usize = 16;
 /// row kernel is faster).
 pub(crate) const MIN_TOKENS: usize = 10;
 
+/// Whether the tile kernels beat [`super::vnni512`]'s on a batch of `tokens` (which the AMX set
+/// runs otherwise). A tile product costs as much half empty as full, and its per-block epilogue
+/// goes through memory, so the 512-bit VNNI kernels win short batches. Measured
+/// (`kernel_bench --threads 2 --tokens T`, 10240×2560, `PHI2_KERNELS=amx` against
+/// `avx512-vnni`, Sapphire Rapids-class Xeon), GMAC/s: Q4_0 at 16 tokens 190 vs 205, 24: 216
+/// vs 208; Q8_0 at 24: 181 vs 187, 32: 221 vs 222, 48: 253 vs 223; Q4_K at 32: 193 vs 216,
+/// 48: 244 vs 245, 64: 273 vs 240 (Q6_K alike).
+pub(crate) fn wins(dtype: DType, tokens: usize) -> bool {
+    tokens
+        >= match dtype {
+            DType::Q4_0 => 24,
+            DType::Q8_0 => 40,
+            _ => 48,
+        }
+}
+
 /// Whether this CPU and OS run the tile kernels: AMX-TILE + AMX-INT8, AVX-512F (and BW) for the
-/// epilogue, AVX-VNNI for small batches, and the kernel's permission for the tile state.
+/// epilogue, AVX-VNNI and AVX512-VNNI for smaller batches, and the kernel's permission for the
+/// tile state.
 pub(crate) fn available() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
-        if !(super::x86::vnni_available() && super::avx512::available() && is_x86_feature_detected!("avx512bw")) {
+        if !(super::x86::vnni_available() && super::vnni512::available() && super::avx512::available() && is_x86_feature_detected!("avx512bw")) {
             return false;
         }
         // CPUID.(EAX=7, ECX=0):EDX bit 24 = AMX-TILE, bit 25 = AMX-INT8.

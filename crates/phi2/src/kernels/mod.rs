@@ -653,9 +653,19 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => x86::matmul_rows(w, act, rows, out, x86::Dot::Evex),
         #[cfg(target_arch = "x86_64")]
-        Isa::Amx if amx::takes(w, act) => amx::matmul_rows(w, act, rows, out),
+        Isa::Amx if amx::takes(w, act) && amx::wins(w.dtype, act.tokens) => amx::matmul_rows(w, act, rows, out),
+        // Shorter batches: the AVX512-VNNI kernels where they were measured faster (Q4_0 / Q8_0
+        // from 8 tokens: at 4 the row kernel is as fast or faster; the one-token Q6_K row
+        // kernel: 38 against 32 GB/s, while Q4_K / Q5_K stream faster from the AVX-VNNI tiles
+        // here, 28 against 24 GB/s).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx if vnni512::takes(w, act) && act.tokens >= 8 => vnni512::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if avx512::takes(w, act) => avx512::matmul_rows(w, act, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx if vnni512::takes_k(w, act) => vnni512::matmul_rows_k(w, act, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx if vnni512::takes_one(w, act) && w.dtype == DType::Q6K => vnni512::matmul_rows_one(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx => x86::matmul_rows(w, act, rows, out, x86::Dot::AvxVnni),
         #[cfg(target_arch = "wasm32")]
