@@ -198,14 +198,16 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     let mut slab = SLAB.with(|s| std::mem::replace(&mut *s.borrow_mut(), EMPTY_SLAB));
     // SAFETY: `available()` held when the kernel set was chosen (it is part of `Isa::Amx`).
     //
-    // Q4_0 takes long batches in passes of 128 tokens over the rows, repacking its slabs for each
-    // (cheap: nibbles to bytes), so that a pass's activation tiles stay near the tile unit
-    // (Phi-2's fc2 at 512 tokens has 5 MB of them). Measured (generate example, 512-token
-    // Phi-2-shaped prompt, alternating, 3 each): Q4_0 4.56 -> 4.31 s; Q8_0 (34-byte blocks to
-    // copy again) and the K-quants (scales to fold again) were not faster, so they run in one
-    // pass.
+    // Q4_0 takes long batches in passes over the rows, repacking its slabs for each (cheap:
+    // nibbles to bytes), so that a pass's activation tiles (16 bytes per token and column) stay
+    // in L2: about 1 MB of them, at least 128 tokens (Phi-2's fc2 at 512 tokens has 5 MB).
+    // Measured (generate example, 512-token Phi-2-shaped prompt, alternating, 3 each): passes of
+    // 128 tokens, Q4_0 4.56 -> 4.31 s; then (`kernel_bench --threads 2 --tokens 512`) ~1 MB
+    // rather than 128 tokens for 2560 columns: 392-405 -> 411-413 GMAC/s (10240×2560). Q8_0
+    // (34-byte blocks to copy again: passes of 128 tokens measured 354 -> 329 GMAC/s on fc2's
+    // shape) and the K-quants (scales to fold again) run in one pass.
     let tiles = a.tokens.div_ceil(TILE);
-    let block = if w.dtype == DType::Q4_0 { 8 } else { tiles.max(1) };
+    let block = if w.dtype == DType::Q4_0 { ((1 << 20) / (w.cols * TILE)).max(8) } else { tiles.max(1) };
     let mut t0 = 0;
     while t0 < tiles {
         let ts = t0..(t0 + block).min(tiles);
