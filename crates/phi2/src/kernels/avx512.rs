@@ -79,6 +79,38 @@ pub(crate) fn available() -> bool {
 /// width apart; for widths a multiple of 1024 floats, such as Phi-2's fc1 (10240), they all sit
 /// in one L1 set, and those writes were a quarter of a 128-token Q4_0 product's time,
 /// `kernel_bench --threads 1`.)
+/// [`store_block16`] for 4 rows: `y[r]` holds row `r0 + r` for tokens `t0 .. t0 + 16`; the
+/// rows from `m` and the tokens from `nt` are not written. Transposed in registers (4 × 4 within
+/// each 128-bit lane), one 16-byte store per token.
+#[target_feature(enable = "avx512f,avx512vl")]
+pub(crate) unsafe fn store_block4(out: OutPtr, t0: usize, nt: usize, r0: usize, m: usize, y: &[__m512; 4]) {
+    let (t0v, t1v) = (_mm512_unpacklo_ps(y[0], y[1]), _mm512_unpackhi_ps(y[0], y[1]));
+    let (t2v, t3v) = (_mm512_unpacklo_ps(y[2], y[3]), _mm512_unpackhi_ps(y[2], y[3]));
+    let (a, b) = (_mm512_castps_pd(t0v), _mm512_castps_pd(t2v));
+    let (c, d) = (_mm512_castps_pd(t1v), _mm512_castps_pd(t3v));
+    // u[i] lane q holds token 4q + i's 4 rows.
+    let u = [
+        _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        _mm512_castpd_ps(_mm512_unpacklo_pd(c, d)),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)),
+    ];
+    let mask: __mmask8 = if m >= 4 { 0xF } else { (1u8 << m) - 1 };
+    assert!(m <= 4 && r0 + m <= out.stride);
+    for n in 0..nt.min(16) {
+        let v = match n / 4 {
+            0 => _mm512_castps512_ps128(u[n % 4]),
+            1 => _mm512_extractf32x4_ps::<1>(u[n % 4]),
+            2 => _mm512_extractf32x4_ps::<2>(u[n % 4]),
+            _ => _mm512_extractf32x4_ps::<3>(u[n % 4]),
+        };
+        let i = (t0 + n) * out.stride + r0;
+        assert!(i + m <= out.len);
+        // SAFETY: in bounds (checked); these (token, row) elements are this caller's alone.
+        _mm_mask_storeu_ps(out.ptr.add(i), mask, v);
+    }
+}
+
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn store_block16(out: OutPtr, t0: usize, nt: usize, r0: usize, m: usize, y: &[__m512; 16]) {
     #[repr(C, align(64))]

@@ -465,14 +465,7 @@ unsafe fn tile_k<const KIND: u8>(a: &Activations, tile: &KTile, r0: usize, m: us
         }
     }
     let t0 = tt * TT;
-    let n = TT.min(a.tokens - t0);
-    for (r, v) in acc.iter().enumerate().take(m) {
-        let mut lanes = [0f32; TT];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), *v);
-        for (i, &y) in lanes.iter().enumerate().take(n) {
-            out.set(t0 + i, r0 + r, y);
-        }
-    }
+    super::avx512::store_block4(out, t0, TT.min(a.tokens - t0), r0, m, &acc);
 }
 
 /// Whether a one-token product of K-quant weights runs here ([`rows_qk_one`], [`rows_q6k_one`]).
