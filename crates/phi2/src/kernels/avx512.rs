@@ -79,6 +79,25 @@ pub(crate) fn available() -> bool {
 /// width apart; for widths a multiple of 1024 floats, such as Phi-2's fc1 (10240), they all sit
 /// in one L1 set, and those writes were a quarter of a 128-token Q4_0 product's time,
 /// `kernel_bench --threads 1`.)
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn store_block16(out: OutPtr, t0: usize, nt: usize, r0: usize, m: usize, y: &[__m512; 16]) {
+    #[repr(C, align(64))]
+    struct Block([f32; 256]);
+    let mut s = Block([0.0; 256]);
+    for (mi, v) in y.iter().enumerate() {
+        _mm512_store_ps(s.0.as_mut_ptr().add(mi * 16), *v);
+    }
+    let idx = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    let mask: __mmask16 = if m >= 16 { 0xFFFF } else { (1u16 << m) - 1 };
+    for n in 0..nt.min(16) {
+        let col = _mm512_i32gather_ps::<4>(_mm512_add_epi32(idx, _mm512_set1_epi32(n as i32)), s.0.as_ptr());
+        let i = (t0 + n) * out.stride + r0;
+        assert!(m <= 16 && r0 + m <= out.stride && i + m <= out.len);
+        // SAFETY: in bounds (checked); these (token, row) elements are this caller's alone.
+        _mm512_mask_storeu_ps(out.ptr.add(i), mask, col);
+    }
+}
+
 /// [`store_block16`] for 4 rows: `y[r]` holds row `r0 + r` for tokens `t0 .. t0 + 16`; the
 /// rows from `m` and the tokens from `nt` are not written. Transposed in registers (4 × 4 within
 /// each 128-bit lane), one 16-byte store per token.
@@ -108,25 +127,6 @@ pub(crate) unsafe fn store_block4(out: OutPtr, t0: usize, nt: usize, r0: usize, 
         assert!(i + m <= out.len);
         // SAFETY: in bounds (checked); these (token, row) elements are this caller's alone.
         _mm_mask_storeu_ps(out.ptr.add(i), mask, v);
-    }
-}
-
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn store_block16(out: OutPtr, t0: usize, nt: usize, r0: usize, m: usize, y: &[__m512; 16]) {
-    #[repr(C, align(64))]
-    struct Block([f32; 256]);
-    let mut s = Block([0.0; 256]);
-    for (mi, v) in y.iter().enumerate() {
-        _mm512_store_ps(s.0.as_mut_ptr().add(mi * 16), *v);
-    }
-    let idx = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
-    let mask: __mmask16 = if m >= 16 { 0xFFFF } else { (1u16 << m) - 1 };
-    for n in 0..nt.min(16) {
-        let col = _mm512_i32gather_ps::<4>(_mm512_add_epi32(idx, _mm512_set1_epi32(n as i32)), s.0.as_ptr());
-        let i = (t0 + n) * out.stride + r0;
-        assert!(m <= 16 && r0 + m <= out.stride && i + m <= out.len);
-        // SAFETY: in bounds (checked); these (token, row) elements are this caller's alone.
-        _mm512_mask_storeu_ps(out.ptr.add(i), mask, col);
     }
 }
 
