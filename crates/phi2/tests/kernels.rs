@@ -171,7 +171,8 @@ fn fused_products_give_the_bits_of_a_product_then_bias_act() {
                 })
                 .collect();
             for threads in [1, 2, 3] {
-                let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; tokens * w.rows]).collect();
+                // Outputs that start as NaN: every one must be written.
+                let mut outs: Vec<Vec<std::mem::MaybeUninit<f32>>> = ws.iter().map(|w| vec![std::mem::MaybeUninit::new(f32::NAN); tokens * w.rows]).collect();
                 let mut products: Vec<kernels::Product> = ws
                     .iter()
                     .zip(&parts)
@@ -179,6 +180,8 @@ fn fused_products_give_the_bits_of_a_product_then_bias_act() {
                     .map(|((w, (_, bias, gelu)), out)| kernels::Product { w: *w, out, bias: Some(bias), gelu: *gelu })
                     .collect();
                 kernels::matmul_many(&mut products, &a, threads);
+                // SAFETY: initialized above (and overwritten).
+                let outs: Vec<Vec<f32>> = outs.iter().map(|o| o.iter().map(|v| unsafe { v.assume_init() }).collect()).collect();
                 for (i, (got, want)) in outs.iter().zip(&want).enumerate() {
                     assert_eq!(bits(want), bits(got), "{dtype} {rows}x{cols} tokens {tokens} part {i} threads {threads}");
                 }

@@ -584,7 +584,9 @@ pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize)
 /// given, [`bias_act`]'s `+ bias` and `gelu_new` on it.
 pub struct Product<'a> {
     pub w: WeightRef<'a>,
-    pub out: &'a mut [f32],
+    /// Written in full, never read before it is written: it may start uninitialized (a new
+    /// vector's spare capacity), so the engine does not zero megabytes per product first.
+    pub out: &'a mut [std::mem::MaybeUninit<f32>],
     /// `[w.rows]`.
     pub bias: Option<&'a [f32]>,
     pub gelu: bool,
@@ -614,7 +616,8 @@ pub fn matmul_many(parts: &mut [Product], act: &Activations, threads: usize) {
         }
         starts[i] = total;
         total += w.rows.div_ceil(chunk);
-        outs[i] = Some((*w, OutPtr { ptr: p.out.as_mut_ptr(), len: p.out.len(), stride: w.rows }, p.bias, p.gelu));
+        // (Every element is written by `matmul_rows` before `bias_act_row` reads it.)
+        outs[i] = Some((*w, OutPtr { ptr: p.out.as_mut_ptr().cast::<f32>(), len: p.out.len(), stride: w.rows }, p.bias, p.gelu));
     }
     let n = parts.len();
     starts[n] = total;
