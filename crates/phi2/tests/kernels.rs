@@ -86,7 +86,8 @@ fn activations(tokens: usize, cols: usize, rng: &mut Rng) -> Vec<f32> {
 fn run(isa: Isa, w: &WeightRef, x: &[f32], tokens: usize) -> Option<Vec<f32>> {
     let mut a = Activations::default();
     a.prepare(Family::of(w.dtype).unwrap(), x, tokens, w.cols);
-    let mut out = vec![0f32; tokens * w.rows];
+    // NaN to start with: a kernel that left an output unwritten would differ from the scalar.
+    let mut out = vec![f32::NAN; tokens * w.rows];
     kernels::matmul_with(isa, w, &a, &mut out)?;
     Some(out)
 }

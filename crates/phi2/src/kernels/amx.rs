@@ -28,9 +28,8 @@ use crate::dtype::DType;
 /// Tokens per tile (the N dimension) and weight rows per tile (M).
 pub(crate) const TILE: usize = 16;
 
-/// The smallest batch given to the tiles; smaller ones (decode, short drafts) run the AVX-VNNI
-/// row kernel (measured: a half-empty tile costs as much as a full one, and below ~10 tokens the
-/// row kernel is faster).
+/// The smallest batch for which the activation tiles are prepared (for the AMX kernels and the
+/// AVX512-VNNI K-quant kernel); which batches the tiles take is [`wins`]' crossover.
 pub(crate) const MIN_TOKENS: usize = 10;
 
 /// Whether the tile kernels beat [`super::vnni512`]'s on a batch of `tokens` (which the AMX set

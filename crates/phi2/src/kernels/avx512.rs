@@ -75,7 +75,7 @@ pub(crate) fn available() -> bool {
 /// Writes a block of up to 16 rows × 16 tokens: `y[mi]` holds row `r0 + mi` for tokens
 /// `t0 .. t0 + 16` (one per lane); rows from `m` and tokens from `nt` are not written. The block
 /// is transposed through an L1 scratch (a gather per token), so each token's `m` outputs go out
-/// in one 64-byte store. (Writing a row's 16 tokens one by one touched 16 lines a full output
+/// in one 64-byte (masked, usually unaligned) store. (Writing a row's 16 tokens one by one touched 16 lines a full output
 /// width apart; for widths a multiple of 1024 floats, such as Phi-2's fc1 (10240), they all sit
 /// in one L1 set, and those writes were a quarter of a 128-token Q4_0 product's time,
 /// `kernel_bench --threads 1`.)
@@ -89,10 +89,11 @@ pub(crate) unsafe fn store_block16(out: OutPtr, t0: usize, nt: usize, r0: usize,
     }
     let idx = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
     let mask: __mmask16 = if m >= 16 { 0xFFFF } else { (1u16 << m) - 1 };
+    assert!(m <= 16 && r0 + m <= out.stride);
     for n in 0..nt.min(16) {
         let col = _mm512_i32gather_ps::<4>(_mm512_add_epi32(idx, _mm512_set1_epi32(n as i32)), s.0.as_ptr());
         let i = (t0 + n) * out.stride + r0;
-        assert!(m <= 16 && r0 + m <= out.stride && i + m <= out.len);
+        assert!(i + m <= out.len);
         // SAFETY: in bounds (checked); these (token, row) elements are this caller's alone.
         _mm512_mask_storeu_ps(out.ptr.add(i), mask, col);
     }

@@ -165,8 +165,8 @@ pub struct Activations {
     /// wasm32: `q` widened to i16 (same layout), for SIMD128's i16 dot products.
     pub q16: Vec<i16>,
     /// Batches of at least `amx::MIN_TOKENS` on CPUs with AMX (Q8_0 and Q8_K families) or with
-    /// AVX512-VNNI (Q8_K, for `vnni512`'s K-quant kernel): the activation tiles, their scales and
-    /// (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
+    /// AVX512-VNNI (Q8_K, for `vnni512`'s K-quant kernel, which AMX CPUs also have): the
+    /// activation tiles, their scales and (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
     pub tb: buffer::Aligned<i8>,
     pub td: buffer::Aligned<f32>,
     pub tbs: buffer::Aligned<i16>,
@@ -262,7 +262,7 @@ impl Activations {
                 self.tb.clear();
                 // The activation tiles: for AMX, and for the AVX-512 VNNI K-quant kernel.
                 #[cfg(target_arch = "x86_64")]
-                if tokens >= amx::MIN_TOKENS && (amx::available() || vnni512::available()) {
+                if tokens >= amx::MIN_TOKENS && vnni512::available() {
                     amx::prepare(self);
                 }
             }
@@ -394,9 +394,10 @@ pub enum Isa {
     /// one-row K-quant kernels for one token, AVX-512 for F16 / BF16 batches; the AVX2 tiles for
     /// short K-quant batches (2 to 9 tokens).
     Avx512Vnni,
-    /// x86-64 AVX-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512 epilogue) for quantized
-    /// batches of `amx::MIN_TOKENS` tokens or more, and AVX-512 for F16 / BF16 batches
-    /// (`avx512::MIN_TOKENS`).
+    /// x86-64 AVX-VNNI and AVX512-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512
+    /// epilogue) for quantized batches from their measured crossover (`amx::wins`: 24 / 40 / 48
+    /// tokens; shorter batches and one-token Q6_K run `vnni512`), and AVX-512 for F16 / BF16
+    /// batches (`avx512::MIN_TOKENS`).
     Amx,
     /// wasm32 SIMD128.
     Simd128,
@@ -520,6 +521,9 @@ fn chunk_rows(tokens: usize, cols: usize, rows: usize, threads: usize) -> usize 
 }
 
 /// A raw output pointer shared by the threads of one product; each writes disjoint elements.
+/// A safety invariant of every kernel (`matmul_rows`): it writes every (token, row) of its rows
+/// and reads none before writing it, since [`matmul_many`]'s outputs may start uninitialized.
+/// The parity tests start outputs as NaN.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr {
     ptr: *mut f32,

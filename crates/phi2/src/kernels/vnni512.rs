@@ -82,7 +82,8 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // Out of the thread-local and back, so the work is not inside a closure (which would not
     // inherit the target features).
     let mut tile = TILE.with(|t| std::mem::replace(&mut *t.borrow_mut(), Tile { w: Vec::new(), d: Vec::new(), c: Vec::new() }));
-    // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test).
+    // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test,
+    // and `amx::available()`, `Isa::Amx`'s, requires it).
     unsafe {
         if w.dtype == DType::Q8_0 {
             rows_q32::<true>(w, a, rows, out, &mut tile);
@@ -304,7 +305,8 @@ const K6: u8 = 6;
 pub(crate) fn matmul_rows_k(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     debug_assert!(takes_k(w, a));
     let mut tile = KTILE.with(|t| std::mem::replace(&mut *t.borrow_mut(), EMPTY_KTILE));
-    // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test).
+    // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test,
+    // and `amx::available()`, `Isa::Amx`'s, requires it).
     unsafe {
         match w.dtype {
             DType::Q4K => rows_k::<K4>(w, a, rows, out, &mut tile),
@@ -483,7 +485,8 @@ pub(crate) fn takes_one(w: &WeightRef, a: &Activations) -> bool {
 /// `(d·dx)·isum − (dmin·dx)·msum`, added in super-block order.
 pub(crate) fn matmul_rows_one(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     debug_assert!(takes_one(w, a));
-    // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test).
+    // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test,
+    // and `amx::available()`, `Isa::Amx`'s, requires it).
     unsafe {
         match w.dtype {
             DType::Q4K => rows_qk_one::<false>(w, a, rows, out),
