@@ -75,10 +75,11 @@ pub(crate) fn available() -> bool {
 /// Writes a block of up to 16 rows × 16 tokens: `y[mi]` holds row `r0 + mi` for tokens
 /// `t0 .. t0 + 16` (one per lane); rows from `m` and tokens from `nt` are not written. The block
 /// is transposed through an L1 scratch (a gather per token), so each token's `m` outputs go out
-/// in one 64-byte (masked, usually unaligned) store. (Writing a row's 16 tokens one by one touched 16 lines a full output
-/// width apart; for widths a multiple of 1024 floats, such as Phi-2's fc1 (10240), they all sit
+/// in one 64-byte (masked, usually unaligned) store. (Writing a row's 16 tokens one by one
+/// touched 16 lines a full output width apart; for widths a multiple of 1024 floats, such as Phi-2's fc1 (10240), they all sit
 /// in one L1 set, and those writes were a quarter of a 128-token Q4_0 product's time,
-/// `kernel_bench --threads 1`.)
+/// `kernel_bench --threads 1`. Four [`store_block4`] calls instead, four 16-byte stores per token
+/// without the gathers, measured 4–10% slower on 10240×2560.)
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn store_block16(out: OutPtr, t0: usize, nt: usize, r0: usize, m: usize, y: &[__m512; 16]) {
     #[repr(C, align(64))]
@@ -244,16 +245,13 @@ unsafe fn tile<const RR: usize, const PP: usize>(w: &WeightRef, a: &Activations,
         }
     }
     if 8 * groups == cols {
-        // No columns past the groups: [`reduce8`] in registers, both tokens of a pair at once,
-        // with its adds on the same operands in the same order (lanes i and i + 4, then 0 + 2
-        // and 1 + 3, then those two). Measured (`kernel_bench --types f16 --tokens 128`): one
+        // No columns past the groups: [`reduce8`] in registers for both tokens of a pair at
+        // once ([`reduce8x2`], as attention does). Measured (`kernel_bench --types f16 --tokens 128`): one
         // thread, 600×512, 51 -> 99 GMAC/s; two threads, 10240×2560, 108 -> 112 (512 tokens
         // 112 -> 120), 2560×10240 93 -> 96.
         for (r, acc_r) in acc.iter().enumerate() {
             for (q, v) in acc_r.iter().enumerate() {
-                let h = _mm512_add_ps(*v, _mm512_shuffle_f32x4::<0b10_11_00_01>(*v, *v));
-                let s = _mm512_add_ps(h, _mm512_permute_ps::<0b01_00_11_10>(h));
-                let y = _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s));
+                let y = reduce8x2(*v);
                 let t = 2 * (p0 + q);
                 out.set(t, r0 + r, _mm512_cvtss_f32(y));
                 if t + 1 < a.tokens {
