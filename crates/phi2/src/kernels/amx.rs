@@ -127,8 +127,7 @@ pub(crate) fn prepare(a: &mut Activations) {
     let tb = super::Shared(a.tb.as_mut_ptr());
     let td = super::Shared(a.td.as_mut_ptr());
     let tbs = super::Shared(if k_family { a.tbs.as_mut_ptr() } else { std::ptr::null_mut() });
-    let threads = if tiles > 1 && tokens * cols >= 16384 { super::pool::threads() } else { 1 };
-    super::pool::run(tiles, threads, &|tile| {
+    super::par_items(tiles, tokens * cols, &|tile| {
         // SAFETY: tile `tile`'s ranges of each buffer (sized above) are this item's alone.
         let (tb, td) = unsafe { (tb.slice(tile * nb * 512, nb * 512), td.slice(tile * nsb * TILE, nsb * TILE)) };
         let tbs = if k_family { unsafe { tbs.slice(tile * nsb * 8 * TILE, nsb * 8 * TILE) } } else { &mut [] };

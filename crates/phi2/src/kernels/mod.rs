@@ -302,8 +302,14 @@ impl<T> Shared<T> {
 
 /// Runs `f(t)` for every token, over the pool when the batch is large enough to pay for it.
 fn par_tokens(tokens: usize, cols: usize, f: &(dyn Fn(usize) + Sync)) {
-    let threads = if tokens > 1 && tokens * cols >= 16384 { pool::threads() } else { 1 };
-    pool::run(tokens, threads, f);
+    par_items(tokens, tokens * cols, f);
+}
+
+/// Runs `f(i)` for `items` items that together touch `values` activation values, over the pool
+/// when there are several items and enough values to pay for waking it.
+fn par_items(items: usize, values: usize, f: &(dyn Fn(usize) + Sync)) {
+    let threads = if items > 1 && values >= 16384 { pool::threads() } else { 1 };
+    pool::run(items, threads, f);
 }
 
 /// Round to nearest, ties to even, for |v| < 2²² (all our callers: |v| ≤ 128), as ggml's
