@@ -119,6 +119,34 @@ fn simd_kernels_give_the_scalar_bits() {
 }
 
 #[test]
+fn reused_activations_give_the_bits_of_fresh_ones() {
+    // The activation buffers keep their allocations and old contents between products (only
+    // what a product reads is written): a wider, longer batch first, then shorter ones whose
+    // last tile of tokens is partly padding, on the buffers it left behind.
+    let sets = kernels::runnable();
+    let mut rng = Rng(0xAC7);
+    for dtype in TYPES {
+        let bs = Family::of(dtype).unwrap().block().max(32);
+        let (rows, cols) = (19, 8 * bs);
+        let data = weights(dtype, rows, cols, &mut rng);
+        let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
+        for &isa in &sets {
+            let mut a = Activations::default();
+            let wide = activations(40, 2 * cols, &mut rng).iter().map(|v| v * 1e3).collect::<Vec<_>>();
+            a.prepare(Family::of(dtype).unwrap(), &wide, 40, 2 * cols);
+            for tokens in [35, 21, 17, 2, 33] {
+                let x = activations(tokens, cols, &mut rng);
+                a.prepare(Family::of(dtype).unwrap(), &x, tokens, cols);
+                let mut out = vec![f32::NAN; tokens * rows];
+                kernels::matmul_with(isa, &w, &a, &mut out).unwrap();
+                let fresh = run(isa, &w, &x, tokens).unwrap();
+                assert_eq!(bits(&fresh), bits(&out), "{dtype} {tokens} tokens after others: {}", isa.name());
+            }
+        }
+    }
+}
+
+#[test]
 fn results_do_not_depend_on_batch_or_threads() {
     let mut rng = Rng(0xBA7C);
     for dtype in TYPES {

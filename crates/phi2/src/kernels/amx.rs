@@ -114,10 +114,11 @@ pub(crate) fn prepare(a: &mut Activations) {
     let tiles = tokens.div_ceil(TILE);
     let k_family = a.family == Some(super::Family::Q8K);
     let nsb = if k_family { cols / 256 } else { nb };
-    a.tb.resize_zeroed(tiles * nb * 512);
-    a.td.resize_zeroed(tiles * nsb * TILE);
+    // (Not zeroed: every value is written below, the padding tokens' as zeros.)
+    a.tb.resize(tiles * nb * 512);
+    a.td.resize(tiles * nsb * TILE);
     if k_family {
-        a.tbs.resize_zeroed(tiles * nsb * 8 * TILE);
+        a.tbs.resize(tiles * nsb * 8 * TILE);
         debug_assert!(a.bsums.iter().all(|&s| s.unsigned_abs() <= 16 * 128));
     }
     // Per tile of 16 tokens, over the pool: each writes only its tile's part of `tb`, `td` and
@@ -131,24 +132,29 @@ pub(crate) fn prepare(a: &mut Activations) {
         // SAFETY: tile `tile`'s ranges of each buffer (sized above) are this item's alone.
         let (tb, td) = unsafe { (tb.slice(tile * nb * 512, nb * 512), td.slice(tile * nsb * TILE, nsb * TILE)) };
         let tbs = if k_family { unsafe { tbs.slice(tile * nsb * 8 * TILE, nsb * 8 * TILE) } } else { &mut [] };
-        for t in tile * TILE..tokens.min((tile + 1) * TILE) {
+        for t in tile * TILE..(tile + 1) * TILE {
             let n = t % TILE;
+            let real = t < tokens;
             for b in 0..nb {
                 let base = b * 512 + 4 * n;
-                let src = &q[t * cols + 32 * b..t * cols + 32 * b + 32];
                 for k in 0..8 {
-                    tb[base + 64 * k..base + 64 * k + 4].copy_from_slice(&src[4 * k..4 * k + 4]);
+                    let dst = &mut tb[base + 64 * k..base + 64 * k + 4];
+                    if real {
+                        dst.copy_from_slice(&q[t * cols + 32 * b + 4 * k..t * cols + 32 * b + 4 * k + 4]);
+                    } else {
+                        dst.fill(0);
+                    }
                 }
             }
             for b in 0..nsb {
                 if k_family {
-                    td[b * TILE + n] = d[b * tokens + t];
+                    td[b * TILE + n] = if real { d[b * tokens + t] } else { 0.0 };
                     for j in 0..8 {
-                        let bs = &bsums[(t * nsb + b) * 16..];
-                        tbs[(b * 4 + j / 2) * 2 * TILE + 2 * n + j % 2] = (bs[2 * j] + bs[2 * j + 1]) as i16;
+                        let sum = if real { bsums[(t * nsb + b) * 16 + 2 * j] + bsums[(t * nsb + b) * 16 + 2 * j + 1] } else { 0 };
+                        tbs[(b * 4 + j / 2) * 2 * TILE + 2 * n + j % 2] = sum as i16;
                     }
                 } else {
-                    td[b * TILE + n] = d[t * nb + b];
+                    td[b * TILE + n] = if real { d[t * nb + b] } else { 0.0 };
                 }
             }
         }

@@ -52,12 +52,18 @@ fn pair_stride(cols: usize) -> usize {
 pub(crate) fn prepare(a: &mut Activations) {
     let (tokens, cols) = (a.tokens, a.cols);
     let groups = cols / 8;
-    a.fp.resize_zeroed(pairs_len(tokens, cols));
-    for t in 0..tokens {
+    // (Not zeroed: every value a tile reads is written below, an odd last token's partner as
+    // zeros; the line between pairs is never read.)
+    a.fp.resize(pairs_len(tokens, cols));
+    for t in 0..tokens.next_multiple_of(2) {
         let (p, h) = (t / 2, t % 2);
         for g in 0..groups {
             let dst = p * pair_stride(cols) + g * 16 + 8 * h;
-            a.fp[dst..dst + 8].copy_from_slice(&a.f[t * cols + 8 * g..t * cols + 8 * g + 8]);
+            if t < tokens {
+                a.fp[dst..dst + 8].copy_from_slice(&a.f[t * cols + 8 * g..t * cols + 8 * g + 8]);
+            } else {
+                a.fp[dst..dst + 8].fill(0.0);
+            }
         }
     }
 }

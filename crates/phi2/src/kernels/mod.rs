@@ -157,13 +157,13 @@ pub struct Activations {
     pub family: Option<Family>,
     pub tokens: usize,
     pub cols: usize,
-    pub q: Vec<i8>,
-    pub d: Vec<f32>,
-    pub s: Vec<i32>,
-    pub bsums: Vec<i32>,
-    pub qt: Vec<i8>,
+    pub q: buffer::Aligned<i8>,
+    pub d: buffer::Aligned<f32>,
+    pub s: buffer::Aligned<i32>,
+    pub bsums: buffer::Aligned<i32>,
+    pub qt: buffer::Aligned<i8>,
     /// wasm32: `q` widened to i16 (same layout), for SIMD128's i16 dot products.
-    pub q16: Vec<i16>,
+    pub q16: buffer::Aligned<i16>,
     /// Batches of at least `amx::MIN_TOKENS` on CPUs with AMX (Q8_0 and Q8_K families) or with
     /// AVX512-VNNI (Q8_K, for `vnni512`'s K-quant kernel, which AMX CPUs also have): the
     /// activation tiles, their scales and (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
@@ -174,13 +174,6 @@ pub struct Activations {
     /// F16/BF16 batches on CPUs with AVX-512: `f` by token pairs (see `avx512::prepare`);
     /// empty otherwise.
     pub fp: buffer::Aligned<f32>,
-}
-
-/// `n` elements for a buffer the caller then writes in full: old contents are kept instead of
-/// zeroed (zeroing a prompt's activation buffers measured ~1.5% of a 512-token prompt, on one
-/// thread while the other waited).
-fn resize_to_overwrite<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
-    v.resize(n, T::default());
 }
 
 impl Activations {
@@ -195,15 +188,15 @@ impl Activations {
             Family::Q8_0 => {
                 let nb = cols / 32;
                 let groups = nb / 8;
-                resize_to_overwrite(&mut self.q, tokens * cols);
-                resize_to_overwrite(&mut self.d, tokens * nb);
-                resize_to_overwrite(&mut self.s, tokens * nb);
+                self.q.resize(tokens * cols);
+                self.d.resize(tokens * nb);
+                self.s.resize(tokens * nb);
                 // The SIMD layouts: `qt` for x86-64's 8-block lanes, `q16` for wasm32 (aarch64
                 // reads `q` as it is).
                 let wasm = cfg!(target_arch = "wasm32");
                 let x86 = cfg!(target_arch = "x86_64");
-                resize_to_overwrite(&mut self.qt, if x86 { tokens * groups * 256 } else { 0 });
-                resize_to_overwrite(&mut self.q16, if wasm { tokens * cols } else { 0 });
+                self.qt.resize(if x86 { tokens * groups * 256 } else { 0 });
+                self.q16.resize(if wasm { tokens * cols } else { 0 });
                 let (q, d, s) = (Shared(self.q.as_mut_ptr()), Shared(self.d.as_mut_ptr()), Shared(self.s.as_mut_ptr()));
                 let (qt, q16) = (Shared(self.qt.as_mut_ptr()), Shared(self.q16.as_mut_ptr()));
                 par_tokens(tokens, cols, &|t| {
@@ -241,9 +234,9 @@ impl Activations {
             }
             Family::Q8K => {
                 let nb = cols / 256;
-                resize_to_overwrite(&mut self.q, tokens * cols);
-                resize_to_overwrite(&mut self.d, tokens * nb);
-                resize_to_overwrite(&mut self.bsums, tokens * nb * 16);
+                self.q.resize(tokens * cols);
+                self.d.resize(tokens * nb);
+                self.bsums.resize(tokens * nb * 16);
                 let mut dt = vec![0f32; tokens * nb];
                 let (q, d, bsums) = (Shared(self.q.as_mut_ptr()), Shared(dt.as_mut_ptr()), Shared(self.bsums.as_mut_ptr()));
                 par_tokens(tokens, cols, &|t| {
@@ -286,7 +279,7 @@ impl Activations {
 /// A buffer's base pointer shared by the items of one [`par_tokens`] call, each of which takes
 /// a disjoint range of it.
 #[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
+pub(crate) struct Shared<T>(pub(crate) *mut T);
 // SAFETY: items only form slices of disjoint ranges (see `slice`'s contract).
 unsafe impl<T> Sync for Shared<T> {}
 unsafe impl<T> Send for Shared<T> {}
@@ -295,13 +288,13 @@ impl<T> Shared<T> {
     /// # Safety
     /// `start + len` within the buffer, and no other live slice overlaps this one.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
 
 /// Runs `f(t)` for every token, over the pool when the batch is large enough to pay for it.
-fn par_tokens(tokens: usize, cols: usize, f: &(dyn Fn(usize) + Sync)) {
+pub(crate) fn par_tokens(tokens: usize, cols: usize, f: &(dyn Fn(usize) + Sync)) {
     par_items(tokens, tokens * cols, f);
 }
 
@@ -640,12 +633,34 @@ pub fn matmul_many(parts: &mut [Product], act: &Activations, threads: usize) {
         matmul_rows(isa, &w, act, rows.clone(), o);
         if let Some(bias) = bias {
             for t in 0..act.tokens {
+                // Two tokens ahead: a token's rows sit a full output width after the last
+                // token's, often in the same L1 sets (for Phi-2's widths), so they come back from
+                // L2; waiting on those loads was ~40% of this pass's samples.
+                if t + 2 < act.tokens {
+                    prefetch(o.ptr.wrapping_add((t + 2) * o.stride + rows.start), rows.len());
+                }
                 // SAFETY: these rows of every token are this item's alone.
                 let y = unsafe { o.token_cols(t, rows.clone()) };
                 bias_act_row(isa, y, &bias[rows.clone()], gelu);
             }
         }
     });
+}
+
+/// Asks for the cache lines of `len` f32 values from `p` ahead of their use (x86-64; nothing
+/// elsewhere). A prefetch never faults, whatever the address.
+#[inline(always)]
+fn prefetch(p: *const f32, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for i in (0..len).step_by(16) {
+        // SAFETY: see above; SSE is part of x86-64.
+        #[allow(unused_unsafe)]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(i) as *const i8)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
 }
 
 /// The rows `rows` of [`matmul`] on the calling thread, with the given kernel set.
