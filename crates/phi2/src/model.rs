@@ -470,22 +470,27 @@ impl Phi2 {
         kv.host.reserve(pos + t, pos, nh, hd, cfg.context_length);
         let cap = kv.host.cap;
         let mut qh = vec![0f32; nh * t * hd];
+        // Per head over the pool for prompts (a new cache's pages are first touched here).
+        let (qd, kd, vd) = (kernels::Shared(qh.as_mut_ptr()), kernels::Shared(kv.host.k.as_mut_ptr()), kernels::Shared(kv.host.v.as_mut_ptr()));
         with_rows(q, |qs, qst| {
             with_rows(k, |ks, kst| {
                 with_rows(v, |vs, vst| {
                     with_f32(cos, |cs| {
                         with_f32(sin, |sn| {
                             let half = rot / 2;
-                            for i in 0..t {
-                                let (c, s) = (&cs[i * half..(i + 1) * half], &sn[i * half..(i + 1) * half]);
-                                for h in 0..nh {
-                                    let src = h * hd..(h + 1) * hd;
-                                    rotate(&qs[i * qst..][src.clone()], &mut qh[(h * t + i) * hd..(h * t + i + 1) * hd], c, s);
-                                    let at = (h * cap + pos + i) * hd;
-                                    rotate(&ks[i * kst..][src.clone()], &mut kv.host.k[at..at + hd], c, s);
-                                    kv.host.v[at..at + hd].copy_from_slice(&vs[i * vst..][src]);
+                            kernels::par_items(nh, nh * t * hd, &|h| {
+                                // SAFETY: head h's rows of `qh` and its new positions in the
+                                // caches (`reserve`d above) are this item's alone.
+                                let (qd, kd, vd) = unsafe { (qd.slice(h * t * hd, t * hd), kd.slice((h * cap + pos) * hd, t * hd), vd.slice((h * cap + pos) * hd, t * hd)) };
+                                let src = h * hd..(h + 1) * hd;
+                                for i in 0..t {
+                                    let (c, s) = (&cs[i * half..(i + 1) * half], &sn[i * half..(i + 1) * half]);
+                                    let dst = i * hd..(i + 1) * hd;
+                                    rotate(&qs[i * qst..][src.clone()], &mut qd[dst.clone()], c, s);
+                                    rotate(&ks[i * kst..][src.clone()], &mut kd[dst.clone()], c, s);
+                                    vd[dst].copy_from_slice(&vs[i * vst..][src.clone()]);
                                 }
-                            }
+                            })
                         })
                     })
                 })

@@ -300,7 +300,7 @@ pub(crate) fn par_tokens(tokens: usize, cols: usize, f: &(dyn Fn(usize) + Sync))
 
 /// Runs `f(i)` for `items` items that together touch `values` activation values, over the pool
 /// when there are several items and enough values to pay for waking it.
-fn par_items(items: usize, values: usize, f: &(dyn Fn(usize) + Sync)) {
+pub(crate) fn par_items(items: usize, values: usize, f: &(dyn Fn(usize) + Sync)) {
     let threads = if items > 1 && values >= 16384 { pool::threads() } else { 1 };
     pool::run(items, threads, f);
 }
