@@ -22,6 +22,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::buffer::Aligned;
+use super::x86::{K4, K5, K6};
 use super::{Activations, OutPtr, WeightRef};
 use crate::dtype::DType;
 
@@ -212,7 +213,6 @@ thread_local! {
 
 pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     debug_assert!(takes(w, a));
-    let mut slab = SLAB.with(|s| std::mem::replace(&mut *s.borrow_mut(), EMPTY_SLAB));
     // SAFETY: `available()` held when the kernel set was chosen (it is part of `Isa::Amx`).
     //
     // Q4_0 takes long batches in passes over the rows, repacking its slabs for each (cheap:
@@ -225,22 +225,23 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // shape) and the K-quants (scales to fold again) run in one pass.
     let tiles = a.tokens.div_ceil(TILE);
     let block = if w.dtype == DType::Q4_0 { ((1 << 20) / (w.cols * TILE)).max(8) } else { tiles.max(1) };
-    let mut t0 = 0;
-    while t0 < tiles {
-        let ts = t0..(t0 + block).min(tiles);
-        let rows = rows.clone();
-        unsafe {
-            match w.dtype {
-                DType::Q8_0 => rows_amx::<true>(w, a, rows, ts.clone(), out, &mut slab),
-                DType::Q4_0 => rows_amx::<false>(w, a, rows, ts.clone(), out, &mut slab),
-                DType::Q4K => rows_amx_k::<K4>(w, a, rows, out, &mut slab),
-                DType::Q5K => rows_amx_k::<K5>(w, a, rows, out, &mut slab),
-                _ => rows_amx_k::<K6>(w, a, rows, out, &mut slab),
+    SLAB.with_borrow_mut(|slab| {
+        let mut t0 = 0;
+        while t0 < tiles {
+            let ts = t0..(t0 + block).min(tiles);
+            let rows = rows.clone();
+            unsafe {
+                match w.dtype {
+                    DType::Q8_0 => rows_amx::<true>(w, a, rows, ts.clone(), out, slab),
+                    DType::Q4_0 => rows_amx::<false>(w, a, rows, ts.clone(), out, slab),
+                    DType::Q4K => rows_amx_k::<K4>(w, a, rows, out, slab),
+                    DType::Q5K => rows_amx_k::<K5>(w, a, rows, out, slab),
+                    _ => rows_amx_k::<K6>(w, a, rows, out, slab),
+                }
             }
+            t0 = ts.end;
         }
-        t0 = ts.end;
-    }
-    SLAB.with(|s| *s.borrow_mut() = slab);
+    });
 }
 
 /// Weight rows `r0 .. r0 + m` (m ≤ 16) into A tiles (Q4_0: nibbles minus 8 as bytes, values
@@ -427,9 +428,6 @@ unsafe fn rows_amx<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Ran
     asm!("tilerelease", options(nostack, nomem));
 }
 
-const K4: u8 = 4;
-const K5: u8 = 5;
-const K6: u8 = 6;
 
 /// K-quant rows `r0 .. r0 + m` into A tiles with the sub-block scales folded in: each value's
 /// `p = sc_j · q` (Q4_K: q, Q5_K: q with its fifth bit, Q6_K: q − 32; |p| ≤ 4096) split as
@@ -441,11 +439,7 @@ const K6: u8 = 6;
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn pack_kslab<const KIND: u8>(w: &WeightRef, r0: usize, m: usize, slab: &mut Slab) {
     let nsb = w.cols / 256;
-    let bytes = match KIND {
-        K4 => 144,
-        K5 => 176,
-        _ => 210,
-    };
+    let bytes = super::x86::k_dtype(KIND).type_size();
     if m < TILE {
         slab.a.fill(0);
         slab.dw.fill(0.0);

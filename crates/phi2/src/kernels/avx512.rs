@@ -140,16 +140,14 @@ pub(crate) unsafe fn store_block4(out: OutPtr, t0: usize, nt: usize, r0: usize, 
 
 pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     debug_assert!(takes(w, a));
-    let mut buf = ROWS.with(|b| std::mem::take(&mut *b.borrow_mut()));
     // SAFETY: `available()` held when the kernel set was chosen (`amx::available` requires it).
-    unsafe {
+    ROWS.with_borrow_mut(|buf| unsafe {
         if w.dtype == DType::BF16 {
-            rows_float::<true>(w, a, rows, out, &mut buf);
+            rows_float::<true>(w, a, rows, out, buf);
         } else {
-            rows_float::<false>(w, a, rows, out, &mut buf);
+            rows_float::<false>(w, a, rows, out, buf);
         }
-    }
-    ROWS.with(|b| *b.borrow_mut() = buf);
+    });
 }
 
 #[target_feature(enable = "avx512f,avx2,f16c,fma")]

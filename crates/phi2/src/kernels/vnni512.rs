@@ -29,6 +29,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::x86::{K4, K5, K6};
 use super::{scalar, x86, Activations, OutPtr, WeightRef};
 use crate::dtype::DType;
 
@@ -79,19 +80,15 @@ thread_local! {
 
 pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     debug_assert!(takes(w, a));
-    // Out of the thread-local and back, so the work is not inside a closure (which would not
-    // inherit the target features).
-    let mut tile = TILE.with(|t| std::mem::replace(&mut *t.borrow_mut(), Tile { w: Vec::new(), d: Vec::new(), c: Vec::new() }));
     // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test,
     // and `amx::available()`, `Isa::Amx`'s, requires it).
-    unsafe {
+    TILE.with_borrow_mut(|tile| unsafe {
         if w.dtype == DType::Q8_0 {
-            rows_q32::<true>(w, a, rows, out, &mut tile);
+            rows_q32::<true>(w, a, rows, out, tile);
         } else {
-            rows_q32::<false>(w, a, rows, out, &mut tile);
+            rows_q32::<false>(w, a, rows, out, tile);
         }
-    }
-    TILE.with(|t| *t.borrow_mut() = tile);
+    });
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -289,9 +286,6 @@ thread_local! {
     static KTILE: std::cell::RefCell<KTile> = const { std::cell::RefCell::new(EMPTY_KTILE) };
 }
 
-const K4: u8 = 4;
-const K5: u8 = 5;
-const K6: u8 = 6;
 
 /// Q4_K, Q5_K and Q6_K batches with tokens in the lanes: one register holds one weight row
 /// against 16 tokens (the activation tiles of `amx::prepare`, taken as unsigned `x + 128`), so
@@ -304,17 +298,15 @@ const K6: u8 = 6;
 /// added in super-block order: the same bits.
 pub(crate) fn matmul_rows_k(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     debug_assert!(takes_k(w, a));
-    let mut tile = KTILE.with(|t| std::mem::replace(&mut *t.borrow_mut(), EMPTY_KTILE));
     // SAFETY: `available()` held when the kernel set was chosen (it is `Isa::Avx512Vnni`'s test,
     // and `amx::available()`, `Isa::Amx`'s, requires it).
-    unsafe {
+    KTILE.with_borrow_mut(|tile| unsafe {
         match w.dtype {
-            DType::Q4K => rows_k::<K4>(w, a, rows, out, &mut tile),
-            DType::Q5K => rows_k::<K5>(w, a, rows, out, &mut tile),
-            _ => rows_k::<K6>(w, a, rows, out, &mut tile),
+            DType::Q4K => rows_k::<K4>(w, a, rows, out, tile),
+            DType::Q5K => rows_k::<K5>(w, a, rows, out, tile),
+            _ => rows_k::<K6>(w, a, rows, out, tile),
         }
-    }
-    KTILE.with(|t| *t.borrow_mut() = tile);
+    });
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -350,11 +342,7 @@ unsafe fn rows_k<const KIND: u8>(w: &WeightRef, a: &Activations, rows: Range<usi
 #[inline(always)]
 unsafe fn regroup_k<const KIND: u8>(w: &WeightRef, row: usize, r: usize, tile: &mut KTile) {
     let nsb = w.cols / 256;
-    let bytes = match KIND {
-        K4 => 144,
-        K5 => 176,
-        _ => 210,
-    };
+    let bytes = x86::k_dtype(KIND).type_size();
     let data = w.row(row);
     let m4 = _mm256_set1_epi8(0x0F);
     let one = _mm256_set1_epi8(1);

@@ -154,6 +154,7 @@ pub(super) const fn prefetch_blocks<const SIGNED: bool>() -> usize {
 }
 
 /// Weights of one row regrouped for 8-block lanes (`transpose_q32`), reused across token tiles.
+#[derive(Default)]
 struct RowCache {
     /// Per group of 8 blocks: 8 weight vectors (k = 0..8), (Q8_0) their absolute values, and
     /// the 8 block scales as f32.
@@ -275,7 +276,7 @@ unsafe fn rows_q32<const SIGNED: bool, const DOT: u8>(w: &WeightRef, a: &Activat
     }
     // Taken out of the thread-local (and put back) so that the work below is not inside a
     // closure, which would not inherit this function's target features.
-    let mut cache = ROW_CACHE.with(|c| std::mem::replace(&mut *c.borrow_mut(), RowCache { w: Vec::new(), aw: Vec::new(), d: Vec::new() }));
+    let mut cache = ROW_CACHE.take();
     cache.w.resize(groups * 8, _mm256_setzero_si256());
     cache.aw.resize(if SIGNED { groups * 8 } else { 0 }, _mm256_setzero_si256());
     cache.d.resize(groups, _mm256_setzero_ps());
@@ -304,7 +305,7 @@ unsafe fn rows_q32<const SIGNED: bool, const DOT: u8>(w: &WeightRef, a: &Activat
             t0 += c;
         }
     }
-    ROW_CACHE.with(|c| *c.borrow_mut() = cache);
+    ROW_CACHE.set(cache);
 }
 
 /// The products of vector `u` (u8) and `s` (i8) summed in fours onto `acc`.
@@ -448,6 +449,21 @@ unsafe fn bsums_i16(a: &Activations, t: usize, nb: usize, b: usize) -> __m256i {
 pub(super) unsafe fn bsum_pairs(a: &Activations, t: usize, nb: usize, b: usize) -> __m256i {
     let p = a.bsums.as_ptr().add((t * nb + b) * 16) as *const __m256i;
     _mm256_permute4x64_epi64(_mm256_hadd_epi32(_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))), 0xD8)
+}
+
+/// The K-quant weight types as the const generic parameter of the batch kernels (`amx`,
+/// `vnni512`), which an enum cannot be on stable Rust.
+pub(super) const K4: u8 = 4;
+pub(super) const K5: u8 = 5;
+pub(super) const K6: u8 = 6;
+
+/// The weight type of K-quant kind `kind` ([`K4`], [`K5`], [`K6`]).
+pub(super) const fn k_dtype(kind: u8) -> DType {
+    match kind {
+        K4 => DType::Q4K,
+        K5 => DType::Q5K,
+        _ => DType::Q6K,
+    }
 }
 
 /// The 8 six-bit scales and 8 mins of a Q4_K / Q5_K super-block (its 12 scale bytes at `q`),
