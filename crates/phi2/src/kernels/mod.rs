@@ -164,15 +164,16 @@ pub struct Activations {
     pub qt: buffer::Aligned<i8>,
     /// wasm32: `q` widened to i16 (same layout), for SIMD128's i16 dot products.
     pub q16: buffer::Aligned<i16>,
-    /// Batches of at least `amx::MIN_TOKENS` on CPUs with AMX (Q8_0 and Q8_K families) or with
-    /// AVX512-VNNI (Q8_K, for `vnni512`'s K-quant kernel, which AMX CPUs also have): the
-    /// activation tiles, their scales and (Q8_K) pair sums (see `amx::prepare`); empty otherwise.
+    /// Batches of at least `amx::MIN_TOKENS` when the kernel set in use ([`isa`]) is the AMX one
+    /// (Q8_0 and Q8_K families) or AVX512-VNNI (Q8_K, for `vnni512`'s K-quant kernel, which the
+    /// AMX set also runs): the activation tiles, their scales and (Q8_K) pair sums (see
+    /// `amx::prepare`); empty otherwise.
     pub tb: buffer::Aligned<i8>,
     pub td: buffer::Aligned<f32>,
     pub tbs: buffer::Aligned<i16>,
     pub f: Vec<f32>,
-    /// F16/BF16 batches on CPUs with AVX-512: `f` by token pairs (see `avx512::prepare`);
-    /// empty otherwise.
+    /// F16/BF16 batches when the kernel set in use is AVX512-VNNI or AMX (both run
+    /// `avx512`'s float kernel): `f` by token pairs (see `avx512::prepare`); empty otherwise.
     pub fp: buffer::Aligned<f32>,
 }
 
@@ -227,8 +228,9 @@ impl Activations {
                     }
                 });
                 self.tb.clear();
+                // The activation tiles, for the AMX set only (not when a lesser one was chosen).
                 #[cfg(target_arch = "x86_64")]
-                if tokens >= amx::MIN_TOKENS && amx::available() {
+                if tokens >= amx::MIN_TOKENS && isa() == Isa::Amx {
                     amx::prepare(self);
                 }
             }
@@ -253,9 +255,10 @@ impl Activations {
                     }
                 }
                 self.tb.clear();
-                // The activation tiles: for AMX, and for the AVX-512 VNNI K-quant kernel.
+                // The activation tiles: for AMX, and for the AVX-512 VNNI K-quant kernel (both
+                // sets run it).
                 #[cfg(target_arch = "x86_64")]
-                if tokens >= amx::MIN_TOKENS && vnni512::available() {
+                if tokens >= amx::MIN_TOKENS && matches!(isa(), Isa::Amx | Isa::Avx512Vnni) {
                     amx::prepare(self);
                 }
             }
@@ -270,7 +273,7 @@ impl Activations {
         }
         self.fp.clear();
         #[cfg(target_arch = "x86_64")]
-        if matches!(family, Family::F16 | Family::BF16) && tokens >= avx512::MIN_TOKENS && avx512::available() {
+        if matches!(family, Family::F16 | Family::BF16) && tokens >= avx512::MIN_TOKENS && matches!(isa(), Isa::Amx | Isa::Avx512Vnni) && avx512::available() {
             avx512::prepare(self);
         }
     }
