@@ -522,6 +522,49 @@ fn chunk_rows(tokens: usize, cols: usize, rows: usize, threads: usize) -> usize 
     }
 }
 
+/// How one product's rows are cut into work items: items of [`chunk_rows`], except that when
+/// `fine_tail` is set the last `threads` items' worth of rows is cut four times finer. The pool
+/// hands items out in order and a product ends when its last item does, so the thread that
+/// takes the last big item would otherwise leave the others waiting for up to its whole length
+/// (a one-token item is ~1 MB of weights, ~90 µs at this machine's bandwidth; three products
+/// per layer).
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    rows: usize,
+    chunk: usize,
+    /// Rows from here on are in items of `fine` rows.
+    fine_from: usize,
+    fine: usize,
+}
+
+impl Split {
+    fn new(tokens: usize, cols: usize, rows: usize, threads: usize, fine_tail: bool) -> Split {
+        Split::with_chunk(rows, chunk_rows(tokens, cols, rows, threads), threads, fine_tail)
+    }
+
+    fn with_chunk(rows: usize, chunk: usize, threads: usize, fine_tail: bool) -> Split {
+        // A multiple of 16 rows (the AMX slab height; the row kernels take any count).
+        let fine = (chunk / 4 / 16 * 16).max(16).min(chunk);
+        let fine_from = if fine_tail && threads > 1 { rows.saturating_sub(threads * chunk) } else { rows };
+        Split { rows, chunk, fine_from, fine }
+    }
+
+    fn items(&self) -> usize {
+        self.fine_from.div_ceil(self.chunk) + (self.rows - self.fine_from).div_ceil(self.fine)
+    }
+
+    /// The rows of item `i` (< [`Self::items`]).
+    fn range(&self, i: usize) -> Range<usize> {
+        let big = self.fine_from.div_ceil(self.chunk);
+        if i < big {
+            i * self.chunk..((i + 1) * self.chunk).min(self.fine_from)
+        } else {
+            let start = self.fine_from + (i - big) * self.fine;
+            start..(start + self.fine).min(self.rows)
+        }
+    }
+}
+
 /// A raw output pointer shared by the threads of one product; each writes disjoint elements.
 /// A safety invariant of every kernel (`matmul_rows`): it writes every (token, row) of its rows
 /// and reads none before writing it, since [`matmul_many`]'s outputs may start uninitialized.
@@ -578,11 +621,9 @@ pub fn matmul(w: &WeightRef, act: &Activations, out: &mut [f32], threads: usize)
     assert_eq!(out.len(), act.tokens * w.rows, "output size");
     let o = OutPtr { ptr: out.as_mut_ptr(), len: out.len(), stride: w.rows };
     let isa = isa();
-    let chunk = chunk_rows(act.tokens, act.cols, w.rows, threads);
-    let chunks = w.rows.div_ceil(chunk);
-    pool::run(chunks, threads, &|c| {
-        let rows = c * chunk..((c + 1) * chunk).min(w.rows);
-        matmul_rows(isa, w, act, rows, o);
+    let split = Split::new(act.tokens, act.cols, w.rows, threads, true);
+    pool::run(split.items(), threads, &|i| {
+        matmul_rows(isa, w, act, split.range(i), o);
     });
 }
 
@@ -610,8 +651,9 @@ pub fn matmul_many(parts: &mut [Product], act: &Activations, threads: usize) {
     // Work items before each part (fixed-size array: no allocation for up to 8 parts).
     let mut starts = [0usize; 9];
     assert!(parts.len() < starts.len(), "matmul_many: at most {} products", starts.len() - 1);
-    let mut outs: [Option<(WeightRef, OutPtr, Option<&[f32]>, bool)>; 8] = [None; 8];
+    let mut outs: [Option<(WeightRef, OutPtr, Option<&[f32]>, bool, Split)>; 8] = [None; 8];
     let mut total = 0;
+    let last = parts.len().saturating_sub(1);
     for (i, p) in parts.iter_mut().enumerate() {
         let w = &p.w;
         assert_eq!(act.family, Family::of(w.dtype), "activations prepared for another weight type");
@@ -620,19 +662,20 @@ pub fn matmul_many(parts: &mut [Product], act: &Activations, threads: usize) {
         if let Some(b) = p.bias {
             assert_eq!(b.len(), w.rows, "bias size");
         }
+        // The pool takes items in order: only the last part's end is the product's.
+        let split = Split::with_chunk(w.rows, chunk, threads, i == last);
         starts[i] = total;
-        total += w.rows.div_ceil(chunk);
+        total += split.items();
         // (Every element is written by `matmul_rows` before `bias_act_row` reads it.)
-        outs[i] = Some((*w, OutPtr { ptr: p.out.as_mut_ptr().cast::<f32>(), len: p.out.len(), stride: w.rows }, p.bias, p.gelu));
+        outs[i] = Some((*w, OutPtr { ptr: p.out.as_mut_ptr().cast::<f32>(), len: p.out.len(), stride: w.rows }, p.bias, p.gelu, split));
     }
     let n = parts.len();
     starts[n] = total;
     let isa = isa();
     pool::run(total, threads, &|i| {
         let p = starts[..=n].partition_point(|&s| s <= i) - 1;
-        let (w, o, bias, gelu) = outs[p].expect("set above");
-        let c = i - starts[p];
-        let rows = c * chunk..((c + 1) * chunk).min(w.rows);
+        let (w, o, bias, gelu, split) = outs[p].expect("set above");
+        let rows = split.range(i - starts[p]);
         matmul_rows(isa, &w, act, rows.clone(), o);
         if let Some(bias) = bias {
             for t in 0..act.tokens {
@@ -824,6 +867,27 @@ mod tests {
         assert_eq!(chunk_rows(1, 2560, 2560, 16), 96);
         assert_eq!(chunk_rows(1, 2560, 7, 64), 32);
         assert_eq!(chunk_rows(128, 2560, 2560, 16), 128);
+    }
+
+    #[test]
+    fn work_items_cover_every_row_once_with_a_finer_tail() {
+        use super::Split;
+        for (tokens, cols, rows, threads) in [(1, 2560, 7680, 2), (1, 10240, 2560, 2), (128, 2560, 10240, 2), (1, 2560, 7, 2), (1, 2560, 1000, 3), (5, 64, 33, 4), (1, 2560, 2560, 1)] {
+            for fine_tail in [false, true] {
+                let s = Split::new(tokens, cols, rows, threads, fine_tail);
+                let mut next = 0;
+                for i in 0..s.items() {
+                    let r = s.range(i);
+                    assert_eq!(r.start, next, "{s:?}: item {i}");
+                    assert!(r.end > r.start && r.len() <= s.chunk, "{s:?}: item {i} {r:?}");
+                    next = r.end;
+                }
+                assert_eq!(next, rows, "{s:?}");
+            }
+        }
+        // Phi-2's q/k/v on two threads: 10 items of 640 rows, then the last 1280 rows as 8 of 160.
+        let s = Split::new(1, 2560, 7680, 2, true);
+        assert_eq!((s.items(), s.range(9), s.range(10), s.range(17)), (18, 5760..6400, 6400..6560, 7520..7680));
     }
 }
 
