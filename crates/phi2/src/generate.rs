@@ -204,6 +204,14 @@ enum RunState {
     Done(FinishReason),
 }
 
+/// The cache goes back to the model for the next session ([`Phi2::recycle_cache`]).
+impl Drop for Session {
+    fn drop(&mut self) {
+        let cache = std::mem::replace(&mut self.cache, KvCache::detached());
+        self.model.recycle_cache(cache);
+    }
+}
+
 impl Session {
     pub fn new(model: Arc<Phi2>) -> Self {
         let cache = model.new_cache();

@@ -174,6 +174,34 @@ fn a_session_reuses_its_cache_for_a_continued_conversation() {
 }
 
 #[test]
+fn a_finished_sessions_cache_serves_the_next_one_with_the_same_bits() {
+    let m = model();
+    let fresh = m.new_cache();
+    assert_eq!(fresh.capacity(), 0);
+    // A longer conversation leaves its keys and values behind in the cache it gives back.
+    let long: Vec<u32> = (0..40).map(|i| 300 + 17 * i).collect();
+    let mut s = Session::new(m.clone());
+    s.generate(&long, &GenerateOptions { max_new_tokens: 3, stop_on_eos: false, ..Default::default() }, &AtomicBool::new(false), |_| true).unwrap();
+    drop(s);
+    let mut reused = m.new_cache();
+    assert!(reused.capacity() >= 43 && reused.is_empty(), "the session's cache came back");
+    // The next one (a shorter prompt, then single tokens) gives the logits of a new cache, bit for bit.
+    let mut new = fresh;
+    let steps: [&[u32]; 4] = [&PROMPT, &[13], &[464], &[2068]];
+    for tokens in steps {
+        let a = m.forward(tokens, &mut reused, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = m.forward(tokens, &mut new, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    }
+    // Given back, it serves the next one again; one is kept at a time.
+    let cap = reused.capacity();
+    m.recycle_cache(reused);
+    m.recycle_cache(new);
+    assert_eq!(m.new_cache().capacity(), cap);
+    assert_eq!(m.new_cache().capacity(), 0);
+}
+
+#[test]
 fn incremental_decoding_matches_one_batch_forward() {
     // The KV-cache path (prefill + one token at a time) must equal scoring the whole sequence.
     let m = Arc::new(Phi2::load(&fixture("odd-f32.gguf")).unwrap());
