@@ -237,6 +237,7 @@ impl Batch {
                 Some(f) => {
                     let s = self.seqs.remove(i);
                     events.push(BatchEvent::Finished { seq: s.id, generation: s.generation(f) });
+                    self.model.recycle_cache(s.cache);
                 }
                 None => i += 1,
             }
@@ -340,6 +341,8 @@ impl Batch {
                 (_, Some(error)) => BatchEvent::Failed { seq: s.id, error },
                 (f, None) => BatchEvent::Finished { seq: s.id, generation: s.generation(f.unwrap_or(FinishReason::Length)) },
             });
+            // (The next sequence, in this batch or another session, starts from its memory.)
+            self.model.recycle_cache(s.cache);
         }
         Ok(events)
     }
