@@ -228,9 +228,10 @@ impl Session {
         &self.history
     }
 
-    /// Forgets the KV cache (and drops a step-wise generation in progress).
+    /// Forgets the KV cache, keeping its memory for the next prompt (and drops a step-wise
+    /// generation in progress).
     pub fn reset(&mut self) {
-        self.cache.clear();
+        self.cache.rewind();
         self.history.clear();
         self.run = None;
     }

@@ -166,6 +166,24 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Forgets every position, keeping the memory: every layer's length too (a pass that failed
+    /// part-way may have advanced some layers without the cache's own length).
+    pub fn rewind(&mut self) {
+        self.len = 0;
+        self.layers.iter_mut().for_each(|l| l.len = 0);
+    }
+
+    /// Whether this cache has the shape of a model of `layers` layers, `heads` heads of `hd`
+    /// values (for the memory it holds).
+    fn fits(&self, layers: usize, heads: usize, hd: usize) -> bool {
+        self.layers.len() == layers
+            && self.layers.iter().all(|l| {
+                let host = l.host.k.len() == heads * l.host.cap * hd && l.host.v.len() == heads * l.host.cap * hd;
+                let dev = |t: &Option<Tensor>| t.as_ref().is_none_or(|t| matches!(t.dims(), [1, h, _, d] if *h == heads && *d == hd));
+                host && dev(&l.k) && dev(&l.v)
+            })
+    }
+
     /// A cache of no layers, holding nothing (a placeholder once the real one was moved out).
     pub(crate) fn detached() -> KvCache {
         KvCache { layers: Vec::new(), len: 0 }
@@ -190,12 +208,12 @@ const KV_CHUNK: usize = 256;
 /// The most positions a cache kept for the next generation may hold ([`Phi2::recycle_cache`]).
 const SPARE_POSITIONS: usize = KV_CHUNK;
 
-/// Whether a finished generation's `cache` replaces the model's `spare` one: it has memory, no
-/// more than [`SPARE_POSITIONS`] positions of it, this model's layers, and more room than the
+/// Whether a finished generation's `cache` (of the model's shape) replaces the model's `spare`
+/// one: it has memory, no more than [`SPARE_POSITIONS`] positions of it, and more room than the
 /// spare.
-fn keeps(spare: Option<&KvCache>, cache: &KvCache, layers: usize) -> bool {
+fn keeps(spare: Option<&KvCache>, cache: &KvCache) -> bool {
     let room = cache.capacity();
-    room > 0 && room <= SPARE_POSITIONS && cache.layers.len() == layers && spare.is_none_or(|s| s.capacity() < room)
+    room > 0 && room <= SPARE_POSITIONS && spare.is_none_or(|s| s.capacity() < room)
 }
 
 impl Phi2 {
@@ -302,7 +320,7 @@ impl Phi2 {
     /// prompt's samples), else a new one.
     pub fn new_cache(&self) -> KvCache {
         if let Some(mut cache) = self.spare.lock().ok().and_then(|mut s| s.take()) {
-            cache.truncate(0);
+            cache.rewind();
             return cache;
         }
         KvCache { layers: (0..self.config.num_layers).map(|_| LayerKv::default()).collect(), len: 0 }
@@ -310,11 +328,16 @@ impl Phi2 {
 
     /// Takes back the cache of a finished generation for the next [`Phi2::new_cache`]. One is
     /// kept, of at most [`SPARE_POSITIONS`] positions (so an idle model holds at most that much
-    /// cache memory, ~170 MB of f32 keys and values for Phi-2, and only the positions a
-    /// generation wrote; a longer cache is freed); dropping the model frees it.
+    /// cache memory: on the CPU ~170 MB of f32 keys and values for Phi-2, of which only the
+    /// positions a generation wrote are resident; on a GPU the whole reservation), a longer
+    /// cache is freed, and so is one of another model's shape; dropping the model frees it.
     pub fn recycle_cache(&self, cache: KvCache) {
+        let cfg = &self.config;
+        if !cache.fits(cfg.num_layers, cfg.num_heads, cfg.head_dim()) {
+            return;
+        }
         if let Ok(mut spare) = self.spare.lock() {
-            if keeps(spare.as_ref(), &cache, self.config.num_layers) {
+            if keeps(spare.as_ref(), &cache) {
                 *spare = Some(cache);
             }
         }
@@ -513,6 +536,11 @@ impl Phi2 {
         let pos = kv.len;
         kv.host.reserve(pos + t, pos, nh, hd, cfg.context_length);
         let cap = kv.host.cap;
+        // The items below write through raw pointers: the cache must be this model's shape (a
+        // cache made by another model fails here, not past its buffers).
+        if kv.host.k.len() != nh * cap * hd || kv.host.v.len() != nh * cap * hd || pos + t > cap {
+            candle_core::bail!("KV cache of {} values for {nh} heads × {cap} positions × {hd}: not this model's cache", kv.host.k.len());
+        }
         let mut qh = vec![0f32; nh * t * hd];
         // Per head over the pool for prompts (a new cache's pages are first touched here).
         let (qd, kd, vd) = (kernels::Shared(qh.as_mut_ptr()), kernels::Shared(kv.host.k.as_mut_ptr()), kernels::Shared(kv.host.v.as_mut_ptr()));
@@ -666,6 +694,28 @@ fn has_gguf_magic(path: &Path) -> bool {
 mod tests {
     use super::{keeps, KvCache, LayerKv, SPARE_POSITIONS};
 
+    #[test]
+    fn a_rewound_cache_forgets_every_layers_positions() {
+        // A pass that failed part-way: some layers advanced, the cache's own length not.
+        let mut c = cache(3, 8);
+        c.layers[0].len = 5;
+        c.layers[1].len = 5;
+        c.truncate(0);
+        assert_eq!(c.layers[0].len, 5, "truncate(0) of an empty cache is a no-op");
+        c.rewind();
+        assert!(c.layers.iter().all(|l| l.len == 0) && c.capacity() == 8);
+    }
+
+    #[test]
+    fn only_a_cache_of_the_models_shape_fits() {
+        let mut c = cache(2, 4);
+        for l in c.layers.iter_mut() {
+            (l.host.k, l.host.v) = (crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5), crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5));
+        }
+        assert!(c.fits(2, 3, 5));
+        assert!(!c.fits(2, 4, 5) && !c.fits(2, 3, 4) && !c.fits(3, 3, 5));
+    }
+
     /// A cache of `layers` layers with room for `cap` positions (bookkeeping only, no memory).
     fn cache(layers: usize, cap: usize) -> KvCache {
         let mut c = KvCache { layers: (0..layers).map(|_| LayerKv::default()).collect(), len: 0 };
@@ -675,12 +725,11 @@ mod tests {
 
     #[test]
     fn the_model_keeps_one_short_cache_for_the_next_generation() {
-        assert!(keeps(None, &cache(4, 256), 4));
-        assert!(keeps(Some(&cache(4, 128)), &cache(4, 256), 4), "the roomier one");
-        assert!(!keeps(Some(&cache(4, 256)), &cache(4, 128), 4));
-        assert!(!keeps(None, &cache(4, 0), 4), "nothing to keep");
-        assert!(!keeps(None, &cache(4, SPARE_POSITIONS + 1), 4), "too long: freed");
-        assert!(!keeps(None, &cache(3, 64), 4), "another model's");
+        assert!(keeps(None, &cache(4, 256)));
+        assert!(keeps(Some(&cache(4, 128)), &cache(4, 256)), "the roomier one");
+        assert!(!keeps(Some(&cache(4, 256)), &cache(4, 128)));
+        assert!(!keeps(None, &cache(4, 0)), "nothing to keep");
+        assert!(!keeps(None, &cache(4, SPARE_POSITIONS + 1)), "too long: freed");
     }
 
     #[test]
