@@ -1,4 +1,6 @@
-//! Zeroed f32 buffers whose pages become resident only when written.
+//! The engine's own buffers: [`F32Buffer`], zeroed f32 buffers whose pages become resident
+//! only when written (the KV cache), and [`Aligned`], buffers that start on a cache line and keep
+//! their allocation from one use to the next (the kernels' activations and scratch).
 //!
 //! The KV cache reserves room for hundreds of positions ahead ([`crate::model`]), of which a
 //! generation may use a few. A `vec![0.0; n]` gives lazily zeroed pages only while glibc serves
@@ -136,7 +138,7 @@ mod tests {
     use super::{Aligned, F32Buffer};
 
     #[test]
-    fn aligned_buffers_start_on_a_line_and_are_zeroed() {
+    fn aligned_buffers_start_on_a_line_are_zeroed_when_new_and_keep_their_allocation() {
         fn check<T: Copy + Default + PartialEq + std::fmt::Debug>(b: &mut Aligned<T>, n: usize) {
             b.resize_zeroed(n);
             assert_eq!(b.len(), n);

@@ -178,8 +178,16 @@ pub struct Activations {
 }
 
 impl Activations {
-    /// Prepares `x` (`[tokens, cols]` row-major f32) for weights of `family`.
+    /// Prepares `x` (`[tokens, cols]` row-major f32) for weights of `family`, for the kernel set
+    /// in use ([`isa`]).
     pub fn prepare(&mut self, family: Family, x: &[f32], tokens: usize, cols: usize) {
+        self.prepare_for(isa(), family, x, tokens, cols);
+    }
+
+    /// [`Activations::prepare`] for kernel set `set` (the layouts only some sets read are built
+    /// for those: [`matmul_with`] of another set takes the kernels these layouts allow).
+    pub fn prepare_for(&mut self, set: Isa, family: Family, x: &[f32], tokens: usize, cols: usize) {
+        let _ = set; // (read by the x86-64 layouts only)
         assert_eq!(x.len(), tokens * cols, "activations: {} values for {tokens} x {cols}", x.len());
         assert!(cols.is_multiple_of(family.block()), "activations: {cols} columns for blocks of {}", family.block());
         self.family = Some(family);
@@ -230,7 +238,7 @@ impl Activations {
                 self.tb.clear();
                 // The activation tiles, for the AMX set only (not when a lesser one was chosen).
                 #[cfg(target_arch = "x86_64")]
-                if tokens >= amx::MIN_TOKENS && isa() == Isa::Amx {
+                if tokens >= amx::MIN_TOKENS && set == Isa::Amx {
                     amx::prepare(self);
                 }
             }
@@ -258,7 +266,7 @@ impl Activations {
                 // The activation tiles: for AMX, and for the AVX-512 VNNI K-quant kernel (both
                 // sets run it).
                 #[cfg(target_arch = "x86_64")]
-                if tokens >= amx::MIN_TOKENS && matches!(isa(), Isa::Amx | Isa::Avx512Vnni) {
+                if tokens >= amx::MIN_TOKENS && matches!(set, Isa::Amx | Isa::Avx512Vnni) {
                     amx::prepare(self);
                 }
             }
@@ -273,7 +281,7 @@ impl Activations {
         }
         self.fp.clear();
         #[cfg(target_arch = "x86_64")]
-        if matches!(family, Family::F16 | Family::BF16) && tokens >= avx512::MIN_TOKENS && matches!(isa(), Isa::Amx | Isa::Avx512Vnni) && avx512::available() {
+        if matches!(family, Family::F16 | Family::BF16) && tokens >= avx512::MIN_TOKENS && matches!(set, Isa::Amx | Isa::Avx512Vnni) && avx512::available() {
             avx512::prepare(self);
         }
     }
@@ -543,9 +551,11 @@ impl Split {
     }
 
     fn with_chunk(rows: usize, chunk: usize, threads: usize, fine_tail: bool) -> Split {
-        // A multiple of 16 rows (the AMX slab height; the row kernels take any count).
+        // Fine items of a multiple of 16 rows from a row that is one too (the AMX slab height: a
+        // slab that straddles two items would be packed half empty in each; the row kernels
+        // take any rows).
         let fine = (chunk / 4 / 16 * 16).max(16).min(chunk);
-        let fine_from = if fine_tail && threads > 1 { rows.saturating_sub(threads * chunk) } else { rows };
+        let fine_from = if fine_tail && threads > 1 { rows.saturating_sub(threads * chunk) / 16 * 16 } else { rows };
         Split { rows, chunk, fine_from, fine }
     }
 
@@ -888,6 +898,11 @@ mod tests {
         // Phi-2's q/k/v on two threads: 10 items of 640 rows, then the last 1280 rows as 8 of 160.
         let s = Split::new(1, 2560, 7680, 2, true);
         assert_eq!((s.items(), s.range(9), s.range(10), s.range(17)), (18, 5760..6400, 6400..6560, 7520..7680));
+        // Fine items start on a multiple of 16 rows.
+        let s = Split::new(128, 2560, 300, 2, true);
+        assert_eq!((s.range(0), s.range(1), s.range(2)), (0..32, 32..64, 64..96));
+        let s = Split::new(128, 2560, 1000, 2, true);
+        assert!((0..s.items()).all(|i| s.range(i).start % 16 == 0), "{s:?}");
     }
 }
 
