@@ -207,7 +207,7 @@ enum RunState {
 /// The cache goes back to the model for the next session ([`Phi2::recycle_cache`]).
 impl Drop for Session {
     fn drop(&mut self) {
-        let cache = std::mem::replace(&mut self.cache, KvCache::detached());
+        let cache = std::mem::take(&mut self.cache);
         self.model.recycle_cache(cache);
     }
 }

@@ -459,11 +459,12 @@ pub fn residual(x: &Tensor, attn: &Tensor, mlp: &Tensor, norm: Option<&LayerNorm
     let mut h: Option<Vec<f32>> = norm.map(|_| Vec::with_capacity(rows * n));
     let yp = kernels::Shared(y.spare_capacity_mut().as_mut_ptr());
     let hp = h.as_mut().map(|h| kernels::Shared(h.spare_capacity_mut().as_mut_ptr()));
-    let mut ts = vec![x, attn, mlp];
-    if let Some(norm) = norm {
-        ts.extend([&norm.weight, &norm.bias]);
-    }
-    with_f32_each(&ts, &mut |v| {
+    let all = norm.map(|n| [x, attn, mlp, &n.weight, &n.bias]);
+    let ts: &[&Tensor] = match &all {
+        Some(all) => all,
+        None => &[x, attn, mlp],
+    };
+    with_f32_each(ts, &mut |v| {
         let (xs, a, m) = (v[0], v[1], v[2]);
         kernels::par_tokens(rows, n, &|i| {
             let r = i * n..(i + 1) * n;

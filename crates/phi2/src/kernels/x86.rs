@@ -831,11 +831,7 @@ const ATTN_PREFETCH: usize = 2048;
 #[inline(always)]
 unsafe fn prefetch_span(x: &[f32], from: usize, len: usize) {
     let end = (from + len).min(x.len());
-    let mut i = from;
-    while i < end {
-        _mm_prefetch::<_MM_HINT_T0>(x.as_ptr().add(i) as *const i8);
-        i += 16;
-    }
+    super::prefetch(x.as_ptr().wrapping_add(from), end.saturating_sub(from));
 }
 
 /// Key j's score from its 8 lanes of `q · k_j` over the full groups (`acc`): the columns past
