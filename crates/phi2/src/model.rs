@@ -48,8 +48,9 @@ pub struct Phi2 {
     spare: std::sync::Mutex<Option<KvCache>>,
 }
 
-/// Keys and values of every layer for the positions seen so far.
-#[derive(Debug)]
+/// Keys and values of every layer for the positions seen so far (the default: no layers, a
+/// placeholder).
+#[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
     len: usize,
@@ -182,11 +183,6 @@ impl KvCache {
                 let dev = |t: &Option<Tensor>| t.as_ref().is_none_or(|t| matches!(t.dims(), [1, h, _, d] if *h == heads && *d == hd));
                 host && dev(&l.k) && dev(&l.v)
             })
-    }
-
-    /// A cache of no layers, holding nothing (a placeholder once the real one was moved out).
-    pub(crate) fn detached() -> KvCache {
-        KvCache { layers: Vec::new(), len: 0 }
     }
 
     /// Positions the cache has memory for (0 for a new cache).
@@ -361,7 +357,7 @@ impl Phi2 {
     /// [`Phi2::forward`] on the calling thread.
     fn forward_here(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
         let (t, pos) = (tokens.len(), cache.len);
-        self.check_pass(tokens, pos)?;
+        self.check_pass(tokens, cache)?;
         let mut x = self.weights.embed.forward(tokens, &self.device)?; // [T, H]
         let tables = self.pass_tables(pos, t)?;
         let layers = &self.weights.layers;
@@ -381,9 +377,13 @@ impl Phi2 {
         Ok(self.weights.lm_head.forward(&x)?)
     }
 
-    /// The checks of one pass: at least one token, every id in the vocabulary, and room for them
-    /// after the `pos` cached positions.
-    fn check_pass(&self, tokens: &[u32], pos: usize) -> Result<()> {
+    /// The checks of one pass: a cache of this model's layers, at least one token, every id in
+    /// the vocabulary, and room for them after the cached positions.
+    fn check_pass(&self, tokens: &[u32], cache: &KvCache) -> Result<()> {
+        let pos = cache.len;
+        if cache.layers.len() != self.config.num_layers {
+            return Err(Error::invalid("cache", format!("a cache of {} layers for a model of {}: not this model's cache", cache.layers.len(), self.config.num_layers)));
+        }
         let cfg = &self.config;
         if tokens.is_empty() {
             return Err(Error::invalid("tokens", "at least one token is needed"));
@@ -414,7 +414,7 @@ impl Phi2 {
             return Ok(Vec::new());
         }
         for it in items.iter() {
-            self.check_pass(it.tokens, it.cache.len)?;
+            self.check_pass(it.tokens, it.cache)?;
         }
         let ids: Vec<u32> = items.iter().flat_map(|it| it.tokens.iter().copied()).collect();
         let mut x = self.weights.embed.forward(&ids, &self.device)?; // [ΣT, H]

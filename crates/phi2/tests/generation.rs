@@ -202,6 +202,29 @@ fn a_finished_sessions_cache_serves_the_next_one_with_the_same_bits() {
 }
 
 #[test]
+fn another_models_cache_is_a_typed_error() {
+    let models: Vec<Arc<Phi2>> = ["tiny-q8_0.gguf", "odd-q8_0.gguf", "kq-q8_0.gguf"].iter().map(|f| Arc::new(Phi2::load(&fixture(f)).unwrap())).collect();
+    let mut pairs = 0;
+    for a in &models {
+        for b in &models {
+            let (ca, cb) = (&a.config, &b.config);
+            if (ca.num_layers, ca.num_heads, ca.head_dim()) == (cb.num_layers, cb.num_heads, cb.head_dim()) {
+                continue;
+            }
+            pairs += 1;
+            let mut foreign = b.new_cache();
+            b.forward(&[1, 2, 3], &mut foreign, false).unwrap();
+            let err = a.forward(&[1, 2], &mut foreign, false).unwrap_err().to_string();
+            assert!(err.contains("not this model's cache"), "{err}");
+            // And it is not kept for the next generation.
+            a.recycle_cache(foreign);
+            assert_eq!(a.new_cache().capacity(), 0);
+        }
+    }
+    assert!(pairs >= 2, "the fixtures differ in shape");
+}
+
+#[test]
 fn incremental_decoding_matches_one_batch_forward() {
     // The KV-cache path (prefill + one token at a time) must equal scoring the whole sequence.
     let m = Arc::new(Phi2::load(&fixture("odd-f32.gguf")).unwrap());
