@@ -107,7 +107,7 @@ fn simd_kernels_give_the_scalar_bits() {
             let data = weights(dtype, rows, cols, &mut rng);
             let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
             // 150: more than one of the AMX Q4_0 kernel's passes of 128 tokens (8192 columns).
-            for tokens in [1, 2, 3, 4, 5, 7, 9, 16, 21, 35, 150] {
+            for tokens in [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 21, 35, 150] {
                 let x = activations(tokens, cols, &mut rng);
                 let s = run(Isa::Scalar, &w, &x, tokens).unwrap();
                 for &isa in &sets[1..] {

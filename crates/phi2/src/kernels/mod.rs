@@ -739,11 +739,13 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if amx::takes(w, act) && amx::wins(w.dtype, act.tokens) => amx::matmul_rows(w, act, rows, out),
         // Shorter batches: the AVX512-VNNI kernels where they were measured faster (Q4_0 / Q8_0
-        // from 8 tokens: at 4 the row kernel is as fast or faster; the one-token Q6_K row
-        // kernel: 38 against 32 GB/s, while Q4_K / Q5_K stream faster from the AVX-VNNI tiles
-        // here, 28 against 24 GB/s).
+        // from 2 tokens, with as many token pairs per tile as the batch fills: 10240×2560,
+        // 2 threads, ms against the AVX-VNNI row kernel, Q4_0 / Q8_0 at 2 tokens 0.50 / 0.68
+        // vs 0.57 / 0.84, at 3 0.64 / 0.90 vs 1.03 / 1.48, at 7 1.09 / 1.35 vs 1.55 / 2.0; the
+        // one-token Q6_K row kernel: 38 against 32 GB/s, while Q4_K / Q5_K stream faster from
+        // the AVX-VNNI tiles here, 28 against 24 GB/s).
         #[cfg(target_arch = "x86_64")]
-        Isa::Amx if vnni512::takes(w, act) && act.tokens >= 8 => vnni512::matmul_rows(w, act, rows, out),
+        Isa::Amx if vnni512::takes(w, act) && act.tokens >= 2 => vnni512::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if avx512::takes(w, act) => avx512::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]

@@ -6,7 +6,7 @@
 //!
 //! One 512-bit register holds the 8 block lanes of two outputs: one weight row against a token
 //! pair (token A in the low 256 bits, token B in the high), as the AVX-512 F16 kernel does. A
-//! register tile is [`R`] rows × [`P`] token pairs; per group of 8 blocks and per 4-byte step k,
+//! register tile is [`R`] rows × up to [`P`] token pairs (as many as the batch fills); per group of 8 blocks and per 4-byte step k,
 //! each row's regrouped weights are broadcast once and each pair's activations loaded once. The
 //! exact integer block sums come out of the `vpdpbusd` chains (no horizontal sums), then the
 //! definition's epilogue per block: `(d_w · d_x) · isum` added to lane `b % 8`, in block order;
@@ -108,10 +108,13 @@ unsafe fn rows_q32<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Ran
             let mut t = p0;
             while t < p1 {
                 let n = (p1 - t).min(2 * P);
-                if n > 2 {
-                    tile_rows::<SIGNED, P>(w, a, tile, r0, m, t, n, out);
-                } else {
-                    tile_rows::<SIGNED, 1>(w, a, tile, r0, m, t, n, out);
+                // As many token pairs as the tokens fill: a short batch (a speculative draft,
+                // a few served streams) computes no stand-in pairs.
+                match n.div_ceil(2) {
+                    1 => tile_rows::<SIGNED, 1>(w, a, tile, r0, m, t, n, out),
+                    2 => tile_rows::<SIGNED, 2>(w, a, tile, r0, m, t, n, out),
+                    3 => tile_rows::<SIGNED, 3>(w, a, tile, r0, m, t, n, out),
+                    _ => tile_rows::<SIGNED, P>(w, a, tile, r0, m, t, n, out),
                 }
                 t += n;
             }
