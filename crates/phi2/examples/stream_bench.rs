@@ -63,5 +63,10 @@ fn main() {
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let med = times[times.len() / 2];
-    println!("{} matrices, {:.2} GB: median {:.1} ms, {:.2} GB/s ({})", mats.len(), bytes as f64 / 1e9, med * 1e3, bytes as f64 / med / 1e9, if copy { "heap copy" } else { "mmap" });
+    let gbs = bytes as f64 / med / 1e9;
+    println!("{} matrices, {:.2} GB: median {:.1} ms, {:.2} GB/s ({})", mats.len(), bytes as f64 / 1e9, med * 1e3, gbs, if copy { "heap copy" } else { "mmap" });
+    // The ceiling phi2-bench divides by: the engine's read-bandwidth probe, same threads.
+    if let Ok(probe) = phi2::probe::read_bandwidth(1 << 30, threads, 5) {
+        println!("read-bandwidth probe: {probe:.2} GB/s; the products stream at {:.0}% of it", 100.0 * gbs / probe);
+    }
 }
