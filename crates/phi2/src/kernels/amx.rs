@@ -37,13 +37,14 @@ pub(crate) const MIN_TOKENS: usize = 10;
 /// runs otherwise). A tile product costs as much half empty as full, and its per-block epilogue
 /// goes through memory, so the 512-bit VNNI kernels win short batches. Measured
 /// (`kernel_bench --threads 2 --tokens T`, 10240×2560, `PHI2_KERNELS=amx` against
-/// `avx512-vnni`, Sapphire Rapids-class Xeon), GMAC/s: Q4_0 at 16 tokens 190 vs 205, 24: 216
-/// vs 208; Q8_0 at 24: 181 vs 187, 32: 221 vs 222, 48: 253 vs 223; Q4_K at 32: 193 vs 216,
-/// 48: 244 vs 245, 64: 273 vs 240 (Q6_K alike).
+/// `avx512-vnni`, Sapphire Rapids-class Xeon): Q4_0 / Q8_0, ms, since `vnni512` reads token
+/// pairs prepared whole: at 24 tokens 2.57–2.60 / 2.36–2.50 vs 2.34–2.47 / 2.43–2.73, 32:
+/// 2.65–2.77 / 3.07–3.08 vs 3.03–3.07 / 3.07–3.17, 48: 3.49–3.58 / 4.08–4.22 vs 4.41–4.42 /
+/// 4.36–4.43; Q4_K, GMAC/s, at 32: 193 vs 216, 48: 244 vs 245, 64: 273 vs 240 (Q6_K alike).
 pub(crate) fn wins(dtype: DType, tokens: usize) -> bool {
     tokens
         >= match dtype {
-            DType::Q4_0 => 24,
+            DType::Q4_0 => 32,
             DType::Q8_0 => 40,
             _ => 48,
         }

@@ -148,7 +148,12 @@ pub fn supports(dtype: DType) -> bool {
 /// - Q8_0: `d[t * B + b]`, the block scale (the f16 scale widened); `s[t * B + b]`, the block's
 ///   integer sum; `qt`, the same values as `q` regrouped for 8-block SIMD lanes: for every full
 ///   group g of 8 blocks and k in 0..8, 32 bytes whose 4-byte lane j holds values `4k .. 4k + 4`
-///   of block `8g + j` (at `((t * G + g) * 8 + k) * 32`, G = B / 8 full groups).
+///   of block `8g + j` (at `((t * G + g) * 8 + k) * 32`, G = B / 8 full groups). `qp` and `dp`,
+///   for `vnni512`'s token pairs: pair p (tokens 2p and 2p + 1; the last token stands in for a
+///   missing second one) has `qt`'s 32 bytes of both tokens side by side, as unsigned bytes
+///   `x + 128` (`qp[((p * G + g) * 8 + k) * 64 + 32 * h + ..]`, h = which token of the pair),
+///   and the 8 block scales and `−8 ·` block sums of both (`dp[(p * G + g) * 16 + 8 * h + j]`,
+///   `sp` alike).
 /// - Q8K: `d[b * tokens + t]`, block-major so a tile's tokens are contiguous;
 ///   `bsums[(t * B + b) * 16 + k]`, sums of each 16 values.
 /// - `f[t * cols + i]`: F16/BF16: the rounded activation as f32.
@@ -162,6 +167,11 @@ pub struct Activations {
     pub s: buffer::Aligned<i32>,
     pub bsums: buffer::Aligned<i32>,
     pub qt: buffer::Aligned<i8>,
+    /// Q8_0 batches of 2+ tokens for the AVX512-VNNI kernels (sets AVX512-VNNI and AMX, the
+    /// latter below its tile crossover): the token-pair layouts above; empty otherwise.
+    pub qp: buffer::Aligned<u8>,
+    pub dp: buffer::Aligned<f32>,
+    pub sp: buffer::Aligned<i32>,
     /// wasm32: `q` widened to i16 (same layout), for SIMD128's i16 dot products.
     pub q16: buffer::Aligned<i16>,
     /// Batches of at least `amx::MIN_TOKENS` when the kernel set in use ([`isa`]) is the AMX one
@@ -235,6 +245,15 @@ impl Activations {
                         }
                     }
                 });
+                self.qp.clear();
+                self.dp.clear();
+                self.sp.clear();
+                #[cfg(target_arch = "x86_64")]
+                if tokens >= vnni512::MIN_TOKENS
+                    && (set == Isa::Avx512Vnni || set == Isa::Amx && !(amx::wins(DType::Q4_0, tokens) && amx::wins(DType::Q8_0, tokens)))
+                {
+                    self.prepare_pairs();
+                }
                 self.tb.clear();
                 // The activation tiles, for the AMX set only (not when a lesser one was chosen).
                 #[cfg(target_arch = "x86_64")]
@@ -284,6 +303,42 @@ impl Activations {
         if matches!(family, Family::F16 | Family::BF16) && tokens >= avx512::MIN_TOKENS && matches!(set, Isa::Amx | Isa::Avx512Vnni) && avx512::available() {
             avx512::prepare(self);
         }
+    }
+}
+
+impl Activations {
+    /// `qp` and `dp` (Q8_0 family, x86-64) from `qt` and `d`.
+    #[cfg(target_arch = "x86_64")]
+    fn prepare_pairs(&mut self) {
+        let (tokens, nb) = (self.tokens, self.cols / 32);
+        let groups = nb / 8;
+        let pairs = tokens.div_ceil(2);
+        // (Not zeroed: every value is written below.)
+        self.qp.resize(pairs * groups * 512);
+        self.dp.resize(pairs * groups * 16);
+        self.sp.resize(pairs * groups * 16);
+        let (qp, dp, sp) = (Shared(self.qp.as_mut_ptr()), Shared(self.dp.as_mut_ptr()), Shared(self.sp.as_mut_ptr()));
+        let (qt, d, s) = (&self.qt[..], &self.d[..], &self.s[..]);
+        par_tokens(pairs, 2 * self.cols, &|p| {
+            // SAFETY: pair p's ranges of each buffer (sized above) are this item's alone.
+            let (qp, dp, sp) = unsafe { (qp.slice(p * groups * 512, groups * 512), dp.slice(p * groups * 16, groups * 16), sp.slice(p * groups * 16, groups * 16)) };
+            for h in 0..2 {
+                let t = (2 * p + h).min(tokens - 1);
+                for g in 0..groups {
+                    for k in 0..8 {
+                        let src = &qt[((t * groups + g) * 8 + k) * 32..][..32];
+                        let dst = &mut qp[(g * 8 + k) * 64 + 32 * h..][..32];
+                        for (o, &v) in dst.iter_mut().zip(src) {
+                            *o = (v as u8) ^ 0x80;
+                        }
+                    }
+                    dp[g * 16 + 8 * h..g * 16 + 8 * h + 8].copy_from_slice(&d[t * nb + 8 * g..t * nb + 8 * g + 8]);
+                    for j in 0..8 {
+                        sp[g * 16 + 8 * h + j] = -8 * s[t * nb + 8 * g + j];
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -405,7 +460,7 @@ pub enum Isa {
     /// short K-quant batches (2 to 9 tokens).
     Avx512Vnni,
     /// x86-64 AVX-VNNI and AVX512-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512
-    /// epilogue) for quantized batches from their measured crossover (`amx::wins`: 24 / 40 / 48
+    /// epilogue) for quantized batches from their measured crossover (`amx::wins`: 32 / 40 / 48
     /// tokens; shorter batches and one-token Q6_K run `vnni512`), and AVX-512 for F16 / BF16
     /// batches (`avx512::MIN_TOKENS`).
     Amx,

@@ -1,23 +1,26 @@
 //! x86-64 AVX-512 VNNI (`vpdpbusd` on 512-bit vectors) for quantized weights against batches
-//! of tokens, for CPUs that have AVX512-VNNI but no AMX tiles: Ice Lake and Cascade Lake Xeons,
-//! AMD Zen 4 and Zen 5. (Without it those CPUs ran the AVX2 row kernel on prompts, one row against
-//! four tokens, re-reading every token's activations for each row: a 512-token prompt streamed
-//! them from L3 ~2,500 times per matrix.)
+//! of tokens: prompts on CPUs that have AVX512-VNNI but no AMX tiles (Ice Lake and Cascade Lake
+//! Xeons, AMD Zen 4 and Zen 5), and on AMX CPUs the batches below the tiles' crossover
+//! (speculative drafts, a few served streams, short prompts). (Without it those CPUs ran the
+//! AVX2 row kernel on prompts, one row against four tokens, re-reading every token's activations
+//! for each row: a 512-token prompt streamed them from L3 ~2,500 times per matrix.)
 //!
 //! One 512-bit register holds the 8 block lanes of two outputs: one weight row against a token
-//! pair (token A in the low 256 bits, token B in the high), as the AVX-512 F16 kernel does. A
-//! register tile is [`R`] rows × up to [`P`] token pairs (as many as the batch fills); per group of 8 blocks and per 4-byte step k,
-//! each row's regrouped weights are broadcast once and each pair's activations loaded once. The
-//! exact integer block sums come out of the `vpdpbusd` chains (no horizontal sums), then the
-//! definition's epilogue per block: `(d_w · d_x) · isum` added to lane `b % 8`, in block order;
-//! the blocks past the last full group and the lane reduction are the scalar twin's
-//! ([`super::scalar::finish_q32`]). Same bits as every other kernel set, for any batch.
+//! pair (token A in the low 256 bits, token B in the high), as the AVX-512 F16 kernel does;
+//! [`super::Activations`] lays the activations out by pairs (`qp`, `dp`, `sp`), so a pair's
+//! step is one load. A register tile is [`R`] rows × up to [`P`] token pairs (as many as the
+//! batch fills); per group of 8 blocks and per 4-byte step k, each row's regrouped weights are
+//! broadcast once and each pair's activations loaded once. The exact integer block sums come
+//! out of the `vpdpbusd` chains (no horizontal sums), then the definition's epilogue per block:
+//! `(d_w · d_x) · isum` added to lane `b % 8`, in block order; the blocks past the last full
+//! group and the lane reduction are the scalar twin's ([`super::scalar::finish_q32`]). Same
+//! bits as every other kernel set, for any batch.
 //!
-//! `vpdpbusd` multiplies unsigned by signed bytes. Q4_0 weights are unsigned nibbles (0..15)
-//! against the signed activations, and each chain starts at `−8 · Σx` of its block (the nibbles'
-//! offset). Q8_0 weights are signed, so the activations are taken as unsigned `x + 128` (an XOR
-//! of the sign bit) and each chain starts at `−128 · Σw`, computed once per row. Both are exact in
-//! i32.
+//! `vpdpbusd` multiplies unsigned by signed bytes: the activations are taken as unsigned
+//! `x + 128` (their sign bit flipped when the pairs are laid out), the weights as signed (Q8_0's
+//! values; Q4_0's nibbles 0..15 are non-negative bytes either way). Each chain starts at
+//! `−128 · Σw` of its block (computed once per row tile) and, for Q4_0, `−8 · Σx` (the nibbles'
+//! offset), so it ends at the exact `Σ x · w` (Q4_0: `Σ x · (q − 8)`) in i32.
 //!
 //! Blocking: the activations of a pass of tokens ([`pass_tokens`], sized to stay in L2 with the
 //! row tile's weights) are reused by every row tile of a work item; a row tile's weights are
@@ -56,7 +59,7 @@ pub(crate) fn available() -> bool {
 
 /// Whether this product runs here.
 pub(crate) fn takes(w: &WeightRef, a: &Activations) -> bool {
-    matches!(w.dtype, DType::Q4_0 | DType::Q8_0) && a.tokens >= MIN_TOKENS && a.qt.len() == a.tokens * (a.cols / 256) * 256
+    matches!(w.dtype, DType::Q4_0 | DType::Q8_0) && a.tokens >= MIN_TOKENS && a.qp.len() == a.tokens.div_ceil(2) * (a.cols / 256) * 512
 }
 
 /// Tokens per pass: their activations (`cols` bytes each) take at most ~384 KB of L2, at least 8
@@ -66,8 +69,9 @@ fn pass_tokens(cols: usize) -> usize {
 }
 
 /// One row tile's weights regrouped for the block lanes: per group g and step k, the R rows'
-/// 32-byte vectors `w[(g · 8 + k) · R + r]` (`transpose_q32`'s layout); per group the rows'
-/// scales `d[g · R + r]` and (Q8_0) the chains' start `−128 · Σw` per block, `c[g · R + r]`.
+/// 32-byte vectors `w[(g · 8 + k) · R + r]` (`transpose_q32`'s layout: Q8_0's signed values,
+/// Q4_0's nibbles 0..15); per group the rows' scales `d[g · R + r]` and their part of the chains'
+/// start, `−128 · Σw` per block, `c[g · R + r]`.
 struct Tile {
     w: Vec<__m256i>,
     d: Vec<__m256>,
@@ -96,7 +100,7 @@ unsafe fn rows_q32<const SIGNED: bool>(w: &WeightRef, a: &Activations, rows: Ran
     let groups = w.cols / 256;
     tile.w.resize(groups * 8 * R, _mm256_setzero_si256());
     tile.d.resize(groups * R, _mm256_setzero_ps());
-    tile.c.resize(if SIGNED { groups * R } else { 0 }, _mm256_setzero_si256());
+    tile.c.resize(groups * R, _mm256_setzero_si256());
     let pass = pass_tokens(w.cols);
     let mut p0 = 0;
     while p0 < a.tokens {
@@ -138,27 +142,12 @@ unsafe fn regroup<const SIGNED: bool>(w: &WeightRef, r0: usize, m: usize, tile: 
             let mut sum = _mm256_setzero_si256();
             for (k, v) in wk.iter().enumerate() {
                 *tile.w.get_unchecked_mut((g * 8 + k) * R + r) = *v;
-                if SIGNED {
-                    sum = _mm256_dpbusd_epi32(sum, ones, *v);
-                }
+                sum = _mm256_dpbusd_epi32(sum, ones, *v);
             }
             *tile.d.get_unchecked_mut(g * R + r) = dw;
-            if SIGNED {
-                *tile.c.get_unchecked_mut(g * R + r) = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(sum));
-            }
+            *tile.c.get_unchecked_mut(g * R + r) = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(sum));
         }
     }
-}
-
-/// `lo` in the low 256 bits, `hi` in the high.
-#[inline(always)]
-unsafe fn pair_i(lo: __m256i, hi: __m256i) -> __m512i {
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-}
-
-#[inline(always)]
-unsafe fn pair_f(lo: __m256, hi: __m256) -> __m512 {
-    _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi)))
 }
 
 /// The 256 bits at `p` in both halves.
@@ -182,49 +171,44 @@ unsafe fn tile_rows<const SIGNED: bool, const PP: usize>(
     out: OutPtr,
 ) {
     let groups = a.cols / 256;
-    let nb = a.cols / 32;
     let mut ta = [0usize; PP];
     let mut tb = [0usize; PP];
     for p in 0..PP {
         ta[p] = t0 + (2 * p).min(n - 1);
         tb[p] = t0 + (2 * p + 1).min(n - 1);
     }
-    let sign = _mm512_set1_epi8(-128);
+    // Token pairs are aligned (t0 is even): pair p of the tile is the layout's pair t0 / 2 + p.
+    let pair0 = t0 / 2;
     let mut acc = [[_mm512_setzero_ps(); PP]; R];
     for g in 0..groups {
         let mut dx = [_mm512_setzero_ps(); PP];
-        let mut start = [_mm512_setzero_si512(); PP];
-        let mut xa = [std::ptr::null::<__m256i>(); PP];
-        let mut xb = [std::ptr::null::<__m256i>(); PP];
+        let mut xp = [std::ptr::null::<__m512i>(); PP];
+        let mut sx = [_mm512_setzero_si512(); PP];
         for p in 0..PP {
-            let (ia, ib) = (ta[p] * nb + 8 * g, tb[p] * nb + 8 * g);
-            dx[p] = pair_f(_mm256_loadu_ps(a.d.as_ptr().add(ia)), _mm256_loadu_ps(a.d.as_ptr().add(ib)));
+            let at = (pair0 + p) * groups + g;
+            dx[p] = _mm512_loadu_ps(a.dp.as_ptr().add(at * 16));
+            xp[p] = a.qp.as_ptr().add(at * 512) as *const __m512i;
             if !SIGNED {
-                let s = pair_i(_mm256_loadu_si256(a.s.as_ptr().add(ia) as *const __m256i), _mm256_loadu_si256(a.s.as_ptr().add(ib) as *const __m256i));
-                start[p] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<3>(s));
+                sx[p] = _mm512_loadu_si512(a.sp.as_ptr().add(at * 16) as *const __m512i);
             }
-            xa[p] = a.qt.as_ptr().add((ta[p] * groups + g) * 256) as *const __m256i;
-            xb[p] = a.qt.as_ptr().add((tb[p] * groups + g) * 256) as *const __m256i;
         }
         let mut isum = [[_mm512_setzero_si512(); PP]; R];
         for (r, row) in isum.iter_mut().enumerate() {
+            let c = bcast_i(tile.c.as_ptr().add(g * R + r));
             for (p, v) in row.iter_mut().enumerate() {
-                *v = if SIGNED { bcast_i(tile.c.as_ptr().add(g * R + r)) } else { start[p] };
+                *v = if SIGNED { c } else { _mm512_add_epi32(c, sx[p]) };
             }
         }
         let wp = tile.w.as_ptr().add(g * 8 * R);
         for k in 0..8 {
             let mut x = [_mm512_setzero_si512(); PP];
             for p in 0..PP {
-                x[p] = pair_i(_mm256_loadu_si256(xa[p].add(k)), _mm256_loadu_si256(xb[p].add(k)));
-                if SIGNED {
-                    x[p] = _mm512_xor_si512(x[p], sign);
-                }
+                x[p] = _mm512_loadu_si512(xp[p].add(k));
             }
             for (r, row) in isum.iter_mut().enumerate() {
                 let wv = bcast_i(wp.add(k * R + r));
                 for (p, v) in row.iter_mut().enumerate() {
-                    *v = if SIGNED { _mm512_dpbusd_epi32(*v, x[p], wv) } else { _mm512_dpbusd_epi32(*v, wv, x[p]) };
+                    *v = _mm512_dpbusd_epi32(*v, x[p], wv);
                 }
             }
         }
