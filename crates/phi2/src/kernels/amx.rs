@@ -30,8 +30,11 @@ use crate::dtype::DType;
 pub(crate) const TILE: usize = 16;
 
 /// The smallest batch for which the activation tiles are prepared (for the AMX kernels and the
-/// AVX512-VNNI K-quant kernel); which batches the tiles take is [`wins`]' crossover.
-pub(crate) const MIN_TOKENS: usize = 10;
+/// AVX512-VNNI K-quant kernel); which batches the tiles take is [`wins`]' crossover. The K-quant
+/// kernel's 16 token lanes cost about the same from 7 tokens to 16, and from 7 it beats the
+/// row kernels (10240×2560, 2 threads, AMX set, Q4_K / Q5_K / Q6_K, ms: the row kernel at 8
+/// tokens 2.53 / 2.60 / 2.39, at 9 3.03 / 3.20 / 3.00; the tiles at 10 2.12 / 2.08 / 2.20).
+pub(crate) const MIN_TOKENS: usize = 7;
 
 /// Whether the tile kernels beat [`super::vnni512`]'s on a batch of `tokens` (which the AMX set
 /// runs otherwise). A tile product costs as much half empty as full, and its per-block epilogue

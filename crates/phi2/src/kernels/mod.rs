@@ -174,10 +174,11 @@ pub struct Activations {
     pub sp: buffer::Aligned<i32>,
     /// wasm32: `q` widened to i16 (same layout), for SIMD128's i16 dot products.
     pub q16: buffer::Aligned<i16>,
-    /// Batches of at least `amx::MIN_TOKENS` when the kernel set in use ([`isa`]) is the AMX one
-    /// (Q8_0 and Q8_K families) or AVX512-VNNI (Q8_K, for `vnni512`'s K-quant kernel, which the
-    /// AMX set also runs): the activation tiles, their scales and (Q8_K) pair sums (see
-    /// `amx::prepare`); empty otherwise.
+    /// The activation tiles, their scales and (Q8_K) pair sums (see `amx::prepare`), for the
+    /// batches that read them: with the AMX set, Q8_0-family batches a Q4_0 or Q8_0 tile kernel
+    /// takes (`amx::wins`); with the AMX or AVX512-VNNI set, Q8_K batches of at least
+    /// `amx::MIN_TOKENS` (`vnni512`'s K-quant kernel, and AMX's from its crossover). Empty
+    /// otherwise.
     pub tb: buffer::Aligned<i8>,
     pub td: buffer::Aligned<f32>,
     pub tbs: buffer::Aligned<i16>,
@@ -255,9 +256,10 @@ impl Activations {
                     self.prepare_pairs();
                 }
                 self.tb.clear();
-                // The activation tiles, for the AMX set only (not when a lesser one was chosen).
+                // The activation tiles, for the AMX set only (not when a lesser one was chosen),
+                // and only for batches that a Q4_0 or Q8_0 tile kernel takes.
                 #[cfg(target_arch = "x86_64")]
-                if tokens >= amx::MIN_TOKENS && set == Isa::Amx {
+                if set == Isa::Amx && (amx::wins(DType::Q4_0, tokens) || amx::wins(DType::Q8_0, tokens)) {
                     amx::prepare(self);
                 }
             }
@@ -457,7 +459,7 @@ pub enum Isa {
     /// `vpdpbusd` tiles for Q4_0 / Q8_0 batches (`vnni512`), the EVEX `vpdpbusd` in the one-token
     /// Q4_0 / Q8_0 kernels, 512-bit tiles with tokens in the lanes for K-quant batches, 512-bit
     /// one-row K-quant kernels for one token, AVX-512 for F16 / BF16 batches; the AVX2 tiles for
-    /// short K-quant batches (2 to 9 tokens).
+    /// short K-quant batches (2 to 6 tokens).
     Avx512Vnni,
     /// x86-64 AVX-VNNI and AVX512-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512
     /// epilogue) for quantized batches from their measured crossover (`amx::wins`: 32 / 40 / 48
