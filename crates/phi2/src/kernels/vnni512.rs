@@ -177,7 +177,9 @@ unsafe fn tile_rows<const SIGNED: bool, const PP: usize>(
         ta[p] = t0 + (2 * p).min(n - 1);
         tb[p] = t0 + (2 * p + 1).min(n - 1);
     }
-    // Token pairs are aligned (t0 is even): pair p of the tile is the layout's pair t0 / 2 + p.
+    // Token pairs are aligned (passes and full chunks are even): pair p of the tile is the
+    // layout's pair t0 / 2 + p.
+    debug_assert!(t0 % 2 == 0);
     let pair0 = t0 / 2;
     let mut acc = [[_mm512_setzero_ps(); PP]; R];
     for g in 0..groups {
