@@ -6,7 +6,7 @@
 //!
 //! With [`GenerateOptions::speculative`] set, each decode step looks for the most recent earlier
 //! occurrence of the last `ngram` tokens of prompt + output, takes up to `max_draft` tokens that
-//! followed it as a draft (fewer after rejected drafts: [`next_draft_len`]), and runs the
+//! followed it as a draft (fewer after rejected drafts: `next_draft_len`), and runs the
 //! pending token and the draft through the model in one forward pass (all logits). Tokens are then accepted left to right with
 //! [`Sampler::sample_draft`], each position sampled with the history up to it: greedy keeps a
 //! draft token while it is the argmax, sampling uses speculative sampling for a deterministic
