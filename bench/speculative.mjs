@@ -131,8 +131,8 @@ async function runPrompt(model, p, cfg) {
     drafted: s.drafted,
     accepted: s.accepted,
     acceptance: s.drafted ? s.accepted / s.drafted : 0,
-    // Decode steps of the speculative run: verify passes plus plain one-token steps (no draft
-    // found). Tokens per step = what one forward pass yielded on average.
+    // What one verify pass yielded on average: its accepted draft tokens plus the model's own.
+    // (Steps with no draft found run plainly and are not counted here.)
     tokensPerPass: s.passes ? (s.accepted + s.passes) / s.passes : 0,
     sample: plain[0].text.slice(0, 160),
   };

@@ -150,8 +150,9 @@ fn reused_activations_give_the_bits_of_fresh_ones() {
 #[test]
 fn results_do_not_depend_on_batch_or_threads() {
     let mut rng = Rng(0xBA7C);
-    // 6 tokens: the row kernels; 50: the batch kernels (tiles), on 300 rows, whose split over
-    // several threads ends in finer items.
+    // 6 tokens: the short-batch kernels (token pairs for Q4_0 / Q8_0, rows for K-quants); 50:
+    // the batch kernels (tiles), on 300 rows, whose split over several threads ends in finer
+    // items.
     for (dtype, rows, tokens) in TYPES.iter().flat_map(|&d| [(d, 97, 6), (d, 300, 50)]) {
         let cols = 11 * Family::of(dtype).unwrap().block().max(32);
         let data = weights(dtype, rows, cols, &mut rng);

@@ -463,8 +463,9 @@ pub enum Isa {
     Avx512Vnni,
     /// x86-64 AVX-VNNI and AVX512-VNNI, plus AMX tiles (`tdpbusd` / `tdpbssd`, AVX-512
     /// epilogue) for quantized batches from their measured crossover (`amx::wins`: 32 / 40 / 48
-    /// tokens; shorter batches and one-token Q6_K run `vnni512`), and AVX-512 for F16 / BF16
-    /// batches (`avx512::MIN_TOKENS`).
+    /// tokens; shorter Q4_0 / Q8_0 batches, K-quant batches from `amx::MIN_TOKENS` and
+    /// one-token Q6_K run `vnni512`, shorter K-quant batches the AVX-VNNI row kernel), and
+    /// AVX-512 for F16 / BF16 batches (`avx512::MIN_TOKENS`).
     Amx,
     /// wasm32 SIMD128.
     Simd128,
