@@ -14,11 +14,10 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { mdTable, writeSection } from './lib/report.mjs';
+import { machineLine, resultsFile, scriptArgs } from './lib/script.mjs';
 import { ensureSynthetic } from './lib/synthetic.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -36,21 +35,9 @@ const HELP = `Usage: node bench/serve-load.mjs [--model FILE | --synthetic q4_0|
   --json               print the report as JSON
 `;
 
-function fail(msg) {
-  process.stderr.write(`serve-load: ${msg}\n`);
-  process.exit(2);
-}
-
-function intList(s, name) {
+function intList(s, name, fail) {
   const v = s.split(',').map((x) => Number(x));
   if (!v.length || v.some((x) => !Number.isInteger(x) || x < 1)) fail(`--${name} must be positive integers, got ${s}`);
-  return v;
-}
-
-function posInt(s, name, dflt) {
-  if (s === undefined) return dflt;
-  const v = Number(s);
-  if (!Number.isInteger(v) || v < 1) fail(`--${name} must be a positive integer, got ${s}`);
   return v;
 }
 
@@ -212,39 +199,21 @@ function writeResults(report, file) {
 }
 
 async function main() {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      options: {
-        model: { type: 'string' },
-        synthetic: { type: 'string' },
-        clients: { type: 'string' },
-        requests: { type: 'string' },
-        'max-tokens': { type: 'string' },
-        'prompt-tokens': { type: 'string' },
-        parallel: { type: 'string' },
-        threads: { type: 'string' },
-        cli: { type: 'string' },
-        'write-results': { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      args: process.argv.slice(2).map((a, i, all) => (a === '--write-results' && (i === all.length - 1 || all[i + 1].startsWith('--')) ? '--write-results=' : a)),
-    }));
-  } catch (e) {
-    fail(e.message);
-  }
-  if (values.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+  const { values, fail, posInt } = scriptArgs('serve-load', HELP, {
+    clients: { type: 'string' },
+    requests: { type: 'string' },
+    'max-tokens': { type: 'string' },
+    'prompt-tokens': { type: 'string' },
+    parallel: { type: 'string' },
+    cli: { type: 'string' },
+  });
   if (!!values.model === !!values.synthetic) fail('give --model FILE or --synthetic TYPE (one of them)');
-  const levels = intList(values.clients ?? '1,8', 'clients');
-  const requests = posInt(values.requests, 'requests', 2);
-  const maxTokens = posInt(values['max-tokens'], 'max-tokens', 64);
-  const promptTokens = posInt(values['prompt-tokens'], 'prompt-tokens', 32);
-  const parallel = posInt(values.parallel, 'parallel', Math.max(...levels));
-  const threads = values.threads === undefined ? null : posInt(values.threads, 'threads');
+  const levels = intList(values.clients ?? '1,8', 'clients', fail);
+  const requests = posInt('requests', 2);
+  const maxTokens = posInt('max-tokens', 64);
+  const promptTokens = posInt('prompt-tokens', 32);
+  const parallel = posInt('parallel', Math.max(...levels));
+  const threads = posInt('threads', null);
   const cli = values.cli ?? path.join(HERE, '..', 'packages', 'phi2', 'dist', 'cli.js');
   if (!existsSync(cli)) fail(`the phi2 CLI is not at ${cli} (build @x/phi2, or pass --cli)`);
   let model = values.model;
@@ -257,7 +226,7 @@ async function main() {
   const report = {
     date: new Date().toISOString(),
     command: `node bench/serve-load.mjs ${process.argv.slice(2).join(' ')}`,
-    machine: `${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
+    machine: machineLine(),
     model: { name: values.synthetic ? `synthetic-${values.synthetic}` : path.basename(model), label },
     threads,
     parallel,
@@ -285,8 +254,8 @@ async function main() {
   }
   if (values.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   else process.stdout.write(`${renderMarkdown(report)}\n`);
-  if (values['write-results'] !== undefined) {
-    const file = values['write-results'] ? path.resolve(values['write-results']) : path.join(HERE, 'RESULTS.md');
+  const file = resultsFile(values);
+  if (file) {
     writeResults(report, file);
     process.stderr.write(`serve-load: wrote ${file}\n`);
   }

@@ -20,14 +20,10 @@
 //
 // --write-results adds or replaces this configuration's section of bench/RESULTS.md (the marker
 // scheme of phi2-bench --write-results); RESULTS.md is written by tools only.
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { mdTable, writeSection } from './lib/report.mjs';
+import { median, mdTable, writeSection } from './lib/report.mjs';
+import { machineLine, resultsFile, scriptArgs } from './lib/script.mjs';
 import { ensureSynthetic } from './lib/synthetic.mjs';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
 const EOS = 50256;
 
 const HELP = `Usage: node bench/speculative.mjs [--model FILE | --synthetic q4_0|q8_0|q4_k_m|f16] [options]
@@ -78,23 +74,6 @@ Output:`,
     text: 'Instruct: Explain in a few sentences why a hash table lookup takes constant time on average.\nOutput:',
   },
 ];
-
-function fail(msg) {
-  process.stderr.write(`speculative: ${msg}\n`);
-  process.exit(2);
-}
-
-function posInt(s, name, dflt) {
-  if (s === undefined) return dflt;
-  const v = Number(s);
-  if (!Number.isInteger(v) || v < 1) fail(`--${name} must be a positive integer, got ${s}`);
-  return v;
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 /** Decode tokens/s of one result: tokens after the first over the decoding time. The first token
  * comes out of the prompt's pass in both modes, so it is not counted. */
@@ -149,37 +128,19 @@ function renderMarkdown(report) {
 }
 
 async function main() {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      options: {
-        model: { type: 'string' },
-        synthetic: { type: 'string' },
-        'max-new-tokens': { type: 'string' },
-        runs: { type: 'string' },
-        ngram: { type: 'string' },
-        'max-draft': { type: 'string' },
-        threads: { type: 'string' },
-        'write-results': { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      args: process.argv.slice(2).map((a, i, all) => (a === '--write-results' && (i === all.length - 1 || all[i + 1].startsWith('--')) ? '--write-results=' : a)),
-    }));
-  } catch (e) {
-    fail(e.message);
-  }
-  if (values.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+  const { values, fail, posInt } = scriptArgs('speculative', HELP, {
+    'max-new-tokens': { type: 'string' },
+    runs: { type: 'string' },
+    ngram: { type: 'string' },
+    'max-draft': { type: 'string' },
+  });
   if (values.model && values.synthetic) fail('give --model FILE or --synthetic TYPE, not both');
   const cfg = {
-    maxNewTokens: posInt(values['max-new-tokens'], 'max-new-tokens', 96),
-    runs: posInt(values.runs, 'runs', 3),
-    ngram: values.ngram === undefined ? null : posInt(values.ngram, 'ngram'),
-    maxDraft: values['max-draft'] === undefined ? null : posInt(values['max-draft'], 'max-draft'),
-    threads: values.threads === undefined ? null : posInt(values.threads, 'threads'),
+    maxNewTokens: posInt('max-new-tokens', 96),
+    runs: posInt('runs', 3),
+    ngram: posInt('ngram', null),
+    maxDraft: posInt('max-draft', null),
+    threads: posInt('threads', null),
   };
   const sdk = await import('@x/phi2');
   let file;
@@ -202,7 +163,7 @@ async function main() {
   const report = {
     date: new Date().toISOString(),
     command: `node bench/speculative.mjs ${process.argv.slice(2).join(' ')}`.trim(),
-    machine: `${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
+    machine: machineLine(),
     model: { name, label, dtype: model.info.dtype },
     threads: model.info.runtime?.threads ?? cfg.threads,
     runs: cfg.runs,
@@ -222,8 +183,8 @@ async function main() {
   }
   if (values.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   else process.stdout.write(`${renderMarkdown(report)}\n`);
-  if (values['write-results'] !== undefined) {
-    const out = values['write-results'] ? path.resolve(values['write-results']) : path.join(HERE, 'RESULTS.md');
+  const out = resultsFile(values);
+  if (out) {
     const key = `speculative ${name} threads-${report.threads ?? 'all'} g${cfg.maxNewTokens}`;
     writeSection(out, key, [
       `## Prompt-lookup speculative decoding: ${label}, cpu, ${report.threads ?? 'all'} threads`,

@@ -1,7 +1,7 @@
 // Summaries (median and min–max over runs), the text table, Markdown, JSON and bench/RESULTS.md.
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 
-const median = (xs) => {
+export const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
