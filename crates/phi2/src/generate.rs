@@ -7,8 +7,8 @@
 //! With [`GenerateOptions::speculative`] set, each decode step looks for the most recent earlier
 //! occurrence of the last `ngram` tokens of prompt + output, takes up to `max_draft` tokens that
 //! followed it as a draft (fewer after rejected drafts: `next_draft_len`), and runs the
-//! pending token and the draft through the model in one forward pass (all logits). Tokens are then accepted left to right with
-//! [`Sampler::sample_draft`], each position sampled with the history up to it: greedy keeps a
+//! pending token and the draft through the model in one forward pass (all logits). Tokens are
+//! then accepted left to right with [`Sampler::sample_draft`], each position sampled with the history up to it: greedy keeps a
 //! draft token while it is the argmax, sampling uses speculative sampling for a deterministic
 //! draft, so the output has the distribution of plain sampling. A pass always yields at least
 //! one token (the one after the last accepted draft token); the cache is then truncated to the
@@ -123,7 +123,7 @@ impl Speculative {
 /// and accepted `accepted` of them: two more after a draft accepted whole (up to `max_draft`),
 /// one less after a rejection (at least 1). The schedule of HF transformers' assisted generation
 /// ("heuristic"): a verify pass costs more the more tokens it carries (on a 2-core AMX Xeon,
-/// Phi-2-shaped Q4_0: 2 tokens ≈ 1.45 one-token steps, 9 tokens ≈ 3), so while drafts keep
+/// Phi-2-shaped Q4_0, `bench/speculative.mjs`: 2 tokens ≈ 1.5 one-token steps, 9 tokens ≈ 3), so while drafts keep
 /// failing (output that stopped copying the prompt) they shrink, and a copy that is accepted
 /// whole grows them back. Greedy output does not depend on it.
 fn next_draft_len(limit: usize, drafted: usize, accepted: usize, max_draft: usize) -> usize {
