@@ -8,9 +8,10 @@
 //! occurrence of the last `ngram` tokens of prompt + output, takes up to `max_draft` tokens that
 //! followed it as a draft (fewer after rejected drafts: `next_draft_len`), and runs the
 //! pending token and the draft through the model in one forward pass (all logits). Tokens are
-//! then accepted left to right with [`Sampler::sample_draft`], each position sampled with the history up to it: greedy keeps a
-//! draft token while it is the argmax, sampling uses speculative sampling for a deterministic
-//! draft, so the output has the distribution of plain sampling. A pass always yields at least
+//! then accepted left to right with [`Sampler::sample_draft`], each position sampled with the
+//! history up to it: greedy keeps a draft token while it is the argmax, sampling uses
+//! speculative sampling for a deterministic draft, so the output has the distribution of plain
+//! sampling. A pass always yields at least
 //! one token (the one after the last accepted draft token); the cache is then truncated to the
 //! accepted positions.
 //!
