@@ -17,7 +17,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mdTable, writeSection } from './lib/report.mjs';
-import { machineLine, resultsFile, scriptArgs } from './lib/script.mjs';
+import { machineLine, resultsFile, runScript, scriptArgs } from './lib/script.mjs';
 import { ensureSynthetic } from './lib/synthetic.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -262,10 +262,4 @@ async function main() {
   return code;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (e) => {
-    process.stderr.write(`serve-load: ${e.stack ?? e}\n`);
-    process.exit(1);
-  },
-);
+runScript('serve-load', main);

@@ -22,7 +22,7 @@
 // scheme of phi2-bench --write-results); RESULTS.md is written by tools only.
 import path from 'node:path';
 import { median, mdTable, writeSection } from './lib/report.mjs';
-import { machineLine, resultsFile, scriptArgs } from './lib/script.mjs';
+import { machineLine, resultsFile, runScript, scriptArgs } from './lib/script.mjs';
 import { ensureSynthetic } from './lib/synthetic.mjs';
 const EOS = 50256;
 
@@ -201,10 +201,4 @@ async function main() {
   return code;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (e) => {
-    process.stderr.write(`speculative: ${e.stack ?? e}\n`);
-    process.exit(1);
-  },
-);
+runScript('speculative', main);

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { SYNTHETIC_TYPES } from './synthetic.mjs';
 
 const BENCH = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -42,6 +43,9 @@ export function scriptArgs(prog, help, options, argv = process.argv.slice(2)) {
     process.stdout.write(help);
     process.exit(0);
   }
+  if (values.synthetic !== undefined && !SYNTHETIC_TYPES.includes(values.synthetic)) {
+    fail(`--synthetic must be one of ${SYNTHETIC_TYPES.join(', ')}, got "${values.synthetic}"`);
+  }
   const posInt = (name, dflt) => {
     const s = values[name];
     if (s === undefined) return dflt;
@@ -61,4 +65,20 @@ export function resultsFile(values) {
 /** CPU model, cores, memory and Node version: a report's machine line. */
 export function machineLine() {
   return `${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
+}
+
+/**
+ * Runs script `prog`'s `main` (resolving to its exit code). A failure exits 1: an engine or SDK
+ * error (one with a `code`, e.g. E_MODEL_LOAD) as its name, code and message, anything else
+ * with its stack.
+ */
+export function runScript(prog, main) {
+  main().then(
+    (code) => process.exit(code),
+    (e) => {
+      const what = e?.code ? `${e.name} (${e.code}): ${e.message}` : (e?.stack ?? String(e));
+      process.stderr.write(`${prog}: ${what}\n`);
+      process.exit(1);
+    },
+  );
 }

@@ -50,4 +50,5 @@ test('levels of concurrent streaming clients, 0 errors, RSS, results section wri
 test('usage errors exit 2', () => {
   assert.equal(load(['--clients', '1']).code, 2);
   assert.equal(load(['--model', 'x.gguf', '--clients', '0']).code, 2);
+  assert.equal(load(['--synthetic', 'q9']).code, 2);
 });

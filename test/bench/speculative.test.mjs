@@ -57,4 +57,14 @@ test('usage errors exit 2', () => {
   assert.equal(bench(['--runs', '0']).code, 2);
   assert.equal(bench(['--model', 'x.gguf', '--synthetic', 'q4_0']).code, 2);
   assert.equal(bench(['--max-draft', 'x']).code, 2);
+  const bad = bench(['--synthetic', 'q9']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--synthetic must be one of f16, q8_0, q4_0, q4_k_m, got "q9"/);
+});
+
+test('a model that cannot be loaded exits 1 with the typed error, not a stack', () => {
+  const r = bench(['--model', path.join(tmp, 'missing.gguf')]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^speculative: \w+ \(E_\w+\): .*missing\.gguf/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /);
 });
