@@ -5,7 +5,7 @@
 //! minute on shared machines).
 //!
 //! ```text
-//! decode_bench --model PATH [--prompt-tokens 128] [--steps 32] [--threads 2]
+//! decode_bench --model PATH [--prompt-tokens 128] [--steps 32] [--threads 2] [--kv-cache f32|f16]
 //! ```
 //! Prints the median decode step, the median weight-streaming pass and their difference: the
 //! time a step spends outside weight products (norms, rotary, KV cache, attention, residuals,
@@ -31,7 +31,8 @@ fn main() -> Result<(), String> {
 
     let probe = || phi2::probe::read_bandwidth(1 << 30, threads, 5).map_err(|e| e.to_string());
     let bw_before = probe()?;
-    let model = Phi2::load(&path).map_err(|e| e.to_string())?;
+    let kv = phi2::KvType::parse(&opt("--kv-cache", "f32")).map_err(|e| e.to_string())?;
+    let model = Phi2::load(&path).map_err(|e| e.to_string())?.with_kv_type(kv);
     let g = GgufFile::open(&path).map_err(|e| e.to_string())?;
     let map = phi2::storage::Bytes::map(&path).map_err(|e| e.to_string())?;
     let file: &[u8] = &map;

@@ -3,7 +3,8 @@
 //! ```text
 //! generate --model PATH --tokens 464,2068,7586 --max-new-tokens N [--temperature T] [--top-k K]
 //!          [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--logprobs-out FILE]
-//!          [--speculative] [--speculative-ngram N] [--speculative-max-draft N] [--stats]
+//!          [--speculative] [--speculative-ngram N] [--speculative-max-draft N] [--kv-cache f32|f16]
+//!          [--stats]
 //! ```
 //! Prints `{"tokens":[…]}` on stdout (with `--stats`, also decode time and the speculative
 //! decoding counters: `"decode_ms"`, `"passes"`, `"drafted"`, `"accepted"`). `--logprobs-out` writes little-endian f32 log-softmax rows
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use phi2::generate::Speculative;
-use phi2::{GenerateOptions, Phi2, SamplingParams, Session};
+use phi2::{GenerateOptions, KvType, Phi2, SamplingParams, Session};
 
 struct Args {
     model: PathBuf,
@@ -25,6 +26,7 @@ struct Args {
     sampling: SamplingParams,
     logprobs_out: Option<PathBuf>,
     speculative: Option<Speculative>,
+    kv: KvType,
     stats: bool,
 }
 
@@ -36,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
     let mut logprobs_out = None;
     let mut speculative: Option<Speculative> = None;
     let mut stats = false;
+    let mut kv = KvType::F32;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -72,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
                 let n = num("--speculative-max-draft", value()?)?;
                 speculative.get_or_insert_with(Speculative::default).max_draft = n;
             }
+            "--kv-cache" => kv = KvType::parse(&value()?).map_err(|e| e.to_string())?,
             "--stats" => stats = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -84,16 +88,17 @@ fn parse_args() -> Result<Args, String> {
         sampling,
         logprobs_out,
         speculative,
+        kv,
         stats,
     })
 }
 
 const USAGE: &str = "usage: generate --model PATH --tokens ID,ID,... --max-new-tokens N [--temperature T] \
 [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--logprobs-out FILE] \
-[--speculative] [--speculative-ngram N] [--speculative-max-draft N] [--stats]";
+[--speculative] [--speculative-ngram N] [--speculative-max-draft N] [--kv-cache f32|f16] [--stats]";
 
 fn run(args: Args) -> Result<(), String> {
-    let model = std::sync::Arc::new(Phi2::load(&args.model).map_err(|e| e.to_string())?);
+    let model = std::sync::Arc::new(Phi2::load(&args.model).map_err(|e| e.to_string())?.with_kv_type(args.kv));
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling: args.sampling,

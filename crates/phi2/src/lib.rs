@@ -40,7 +40,7 @@ pub use device::Backend;
 pub use dtype::{DType, TensorData, TensorSource, TensorView};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateOptions, Generation, Session};
-pub use model::{BatchItem, KvCache, ModelInfo, Phi2};
+pub use model::{BatchItem, KvCache, KvType, ModelInfo, Phi2};
 pub use params::GenerationParams;
 pub use sampler::{Sampler, SamplingParams};
 pub use stream::GgufStreamLoader;

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::safetensors::SafetensorsModel;
 use crate::kernels;
+use crate::kernels::attention::KvElem;
 use crate::sampler::exp_nonpositive;
 use crate::weights::{with_f32, Layout, Phi2Weights, Qkv};
 
@@ -44,8 +45,51 @@ pub struct Phi2 {
     /// The engine's kernels run the products and attention (the CPU); else candle's ops (a GPU,
     /// or [`crate::Backend::CpuReference`]).
     own_kernels: bool,
+    /// What the KV caches it makes store ([`Phi2::with_kv_type`]).
+    kv_type: KvType,
     /// The cache of a finished generation, for the next one ([`Phi2::new_cache`]).
     spare: std::sync::Mutex<Option<KvCache>>,
+}
+
+/// What a model's KV caches store ([`Phi2::with_kv_type`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// Keys and values in f32, as computed (the default).
+    #[default]
+    F32,
+    /// Keys and values rounded to f16 (nearest, ties to even) when written: half the memory, and
+    /// half the bytes each decode step reads from the cache. Attention still computes in f32 on
+    /// the widened values ([`kernels::attention::KvElem`]), so the results differ from an f32
+    /// cache only by that rounding, and stay the same bits on every ISA and for any split of a
+    /// prompt into passes.
+    F16,
+}
+
+impl KvType {
+    /// `"f32"` or `"f16"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+
+    /// `"f32"` or `"f16"`; anything else is `E_INVALID_ARGUMENT`.
+    pub fn parse(s: &str) -> Result<KvType> {
+        match s {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            _ => Err(Error::invalid("kvCache", format!("expected \"f32\" or \"f16\", got {s:?}"))),
+        }
+    }
+
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
 }
 
 /// Keys and values of every layer for the positions seen so far (the default: no layers, a
@@ -72,11 +116,61 @@ pub struct BatchItem<'a> {
 struct LayerKv {
     k: Option<Tensor>,
     v: Option<Tensor>,
-    host: HostKv,
+    host: KvHost,
     len: usize,
 }
 
-/// A layer's cache on the CPU: keys and values `[heads, cap, head_dim]` (f32), the layout the
+impl LayerKv {
+    fn new(kind: KvType) -> LayerKv {
+        LayerKv { host: KvHost::new(kind), ..LayerKv::default() }
+    }
+}
+
+/// A layer's cache on the CPU in the model's [`KvType`].
+#[derive(Debug)]
+enum KvHost {
+    F32(HostKv<f32>),
+    F16(HostKv<half::f16>),
+}
+
+impl Default for KvHost {
+    fn default() -> Self {
+        KvHost::F32(HostKv::default())
+    }
+}
+
+impl KvHost {
+    fn new(kind: KvType) -> KvHost {
+        match kind {
+            KvType::F32 => KvHost::F32(HostKv::default()),
+            KvType::F16 => KvHost::F16(HostKv::default()),
+        }
+    }
+
+    fn kind(&self) -> KvType {
+        match self {
+            KvHost::F32(_) => KvType::F32,
+            KvHost::F16(_) => KvType::F16,
+        }
+    }
+
+    fn cap(&self) -> usize {
+        match self {
+            KvHost::F32(h) => h.cap,
+            KvHost::F16(h) => h.cap,
+        }
+    }
+
+    /// Whether its buffers hold `heads × cap × hd` values each.
+    fn shaped(&self, heads: usize, hd: usize) -> bool {
+        match self {
+            KvHost::F32(h) => h.shaped(heads, hd),
+            KvHost::F16(h) => h.shaped(heads, hd),
+        }
+    }
+}
+
+/// A layer's cache on the CPU: keys and values `[heads, cap, head_dim]` (f32 or f16), the layout the
 /// attention kernel reads ([`kernels::attention`]). Owned buffers rather than candle tensors, so
 /// that a step writes its new rows straight into place (a candle `slice_set` needs the rows
 /// rotated, transposed and made contiguous first: three tensors per step and layer). Positions
@@ -85,13 +179,17 @@ struct LayerKv {
 /// touch of fresh 2 MB pages cost ~90 ms per new cache (the kernel clears them; 9.5% of a
 /// 128-token prompt), more than a short generation gains back.
 #[derive(Debug, Default)]
-struct HostKv {
-    k: kernels::buffer::F32Buffer,
-    v: kernels::buffer::F32Buffer,
+struct HostKv<T: kernels::attention::KvElem> {
+    k: kernels::buffer::Zeroed<T>,
+    v: kernels::buffer::Zeroed<T>,
     cap: usize,
 }
 
-impl HostKv {
+impl<T: kernels::attention::KvElem> HostKv<T> {
+    fn shaped(&self, heads: usize, hd: usize) -> bool {
+        self.k.len() == heads * self.cap * hd && self.v.len() == heads * self.cap * hd
+    }
+
     /// Makes room for `need` positions of `heads × hd` values, keeping the first `keep`.
     fn reserve(&mut self, need: usize, keep: usize, heads: usize, hd: usize, max_len: usize) {
         if need <= self.cap {
@@ -99,8 +197,8 @@ impl HostKv {
         }
         let cap = need.div_ceil(KV_CHUNK).saturating_mul(KV_CHUNK).min(max_len.max(need));
         let old_cap = self.cap;
-        let grow = |old: &[f32]| {
-            let mut buf = kernels::buffer::F32Buffer::zeroed(heads * cap * hd);
+        let grow = |old: &[T]| {
+            let mut buf = kernels::buffer::Zeroed::<T>::zeroed(heads * cap * hd);
             if old_cap > 0 {
                 for h in 0..heads {
                     buf[h * cap * hd..(h * cap + keep) * hd].copy_from_slice(&old[h * old_cap * hd..(h * old_cap + keep) * hd]);
@@ -163,7 +261,7 @@ impl KvCache {
 
     /// Forgets every position and frees the memory.
     pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = LayerKv::default());
+        self.layers.iter_mut().for_each(|l| *l = LayerKv::new(l.host.kind()));
         self.len = 0;
     }
 
@@ -175,11 +273,11 @@ impl KvCache {
     }
 
     /// Whether this cache has the shape of a model of `layers` layers, `heads` heads of `hd`
-    /// values (for the memory it holds).
-    fn fits(&self, layers: usize, heads: usize, hd: usize) -> bool {
+    /// values (for the memory it holds), and stores `kind`.
+    fn fits(&self, layers: usize, heads: usize, hd: usize, kind: KvType) -> bool {
         self.layers.len() == layers
             && self.layers.iter().all(|l| {
-                let host = l.host.k.len() == heads * l.host.cap * hd && l.host.v.len() == heads * l.host.cap * hd;
+                let host = l.host.kind() == kind && l.host.shaped(heads, hd);
                 let dev = |t: &Option<Tensor>| t.as_ref().is_none_or(|t| matches!(t.dims(), [1, h, _, d] if *h == heads && *d == hd));
                 host && dev(&l.k) && dev(&l.v)
             })
@@ -187,7 +285,7 @@ impl KvCache {
 
     /// Positions the cache has memory for (0 for a new cache).
     pub fn capacity(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.host.cap.max(l.k.as_ref().map_or(0, |k| k.dim(2).unwrap_or(0))))
+        self.layers.first().map_or(0, |l| l.host.cap().max(l.k.as_ref().map_or(0, |k| k.dim(2).unwrap_or(0))))
     }
 }
 
@@ -263,7 +361,20 @@ impl Phi2 {
             device: crate::device::describe(&device),
         };
         let own_kernels = own_kernels && device.is_cpu();
-        Ok(Phi2 { config, info, weights, device, own_kernels, spare: std::sync::Mutex::new(None) })
+        Ok(Phi2 { config, info, weights, device, own_kernels, kv_type: KvType::F32, spare: std::sync::Mutex::new(None) })
+    }
+
+    /// This model with KV caches of `kind` (default [`KvType::F32`]) from now on: the caches
+    /// [`Phi2::new_cache`] makes store it. Set it right after loading.
+    pub fn with_kv_type(mut self, kind: KvType) -> Self {
+        self.kv_type = kind;
+        *self.spare.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        self
+    }
+
+    /// What this model's KV caches store.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// NeoX rotary tables `[t, rotary_dim / 2]` for positions `pos..pos + t`, as HF computes
@@ -319,7 +430,7 @@ impl Phi2 {
             cache.rewind();
             return cache;
         }
-        KvCache { layers: (0..self.config.num_layers).map(|_| LayerKv::default()).collect(), len: 0 }
+        KvCache { layers: (0..self.config.num_layers).map(|_| LayerKv::new(self.kv_type)).collect(), len: 0 }
     }
 
     /// Takes back the cache of a finished generation for the next [`Phi2::new_cache`]. One is
@@ -329,7 +440,7 @@ impl Phi2 {
     /// cache is freed, and so is one of another model's shape; dropping the model frees it.
     pub fn recycle_cache(&self, cache: KvCache) {
         let cfg = &self.config;
-        if !cache.fits(cfg.num_layers, cfg.num_heads, cfg.head_dim()) {
+        if !cache.fits(cfg.num_layers, cfg.num_heads, cfg.head_dim(), self.kv_type) {
             return;
         }
         if let Ok(mut spare) = self.spare.lock() {
@@ -518,6 +629,12 @@ impl Phi2 {
         let heads = |x: &Tensor| x.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let (q, k) = (self.rotary(&q, cos, sin)?, self.rotary(&k, cos, sin)?);
+        // An f16 cache: the values it would hold (kept in f32 here, the same numbers).
+        let round = |x: Tensor| match kv.host.kind() {
+            KvType::F32 => Ok(x),
+            KvType::F16 => x.to_dtype(candle_core::DType::F16)?.to_dtype(candle_core::DType::F32),
+        };
+        let (k, v) = (round(k)?, round(v)?);
         kv.append(&k, &v, cfg.context_length)?;
         self.attend_on_device(&q, kv, t, tables.mask.as_ref())
     }
@@ -530,20 +647,31 @@ impl Phi2 {
     /// The rotation is candle's `rope` (NeoX halves) operation for operation, so the bits are
     /// those of the tensor path.
     fn attend_cpu(&self, q: &Tensor, k: &Tensor, v: &Tensor, kv: &mut LayerKv, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let pos = kv.len;
+        let y = match &mut kv.host {
+            KvHost::F32(host) => self.attend_host(q, k, v, host, pos, cos, sin)?,
+            KvHost::F16(host) => self.attend_host(q, k, v, host, pos, cos, sin)?,
+        };
+        kv.len += q.dim(0)?;
+        Ok(y)
+    }
+
+    /// [`Phi2::attend_cpu`] with a cache of `T` holding `pos` positions.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_host<T: KvElem>(&self, q: &Tensor, k: &Tensor, v: &Tensor, host: &mut HostKv<T>, pos: usize, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
         let cfg = &self.config;
         let (t, hidden) = q.dims2()?;
         let (nh, hd, rot) = (cfg.num_heads, cfg.head_dim(), cfg.rotary_dim);
-        let pos = kv.len;
-        kv.host.reserve(pos + t, pos, nh, hd, cfg.context_length);
-        let cap = kv.host.cap;
+        host.reserve(pos + t, pos, nh, hd, cfg.context_length);
+        let cap = host.cap;
         // The items below write through raw pointers: the cache must be this model's shape (a
         // cache made by another model fails here, not past its buffers).
-        if kv.host.k.len() != nh * cap * hd || kv.host.v.len() != nh * cap * hd || pos + t > cap {
-            candle_core::bail!("KV cache of {} values for {nh} heads × {cap} positions × {hd}: not this model's cache", kv.host.k.len());
+        if !host.shaped(nh, hd) || pos + t > cap {
+            candle_core::bail!("KV cache of {} values for {nh} heads × {cap} positions × {hd}: not this model's cache", host.k.len());
         }
         let mut qh = vec![0f32; nh * t * hd];
         // Per head over the pool for prompts (a new cache's pages are first touched here).
-        let (qd, kd, vd) = (kernels::Shared(qh.as_mut_ptr()), kernels::Shared(kv.host.k.as_mut_ptr()), kernels::Shared(kv.host.v.as_mut_ptr()));
+        let (qd, kd, vd) = (kernels::Shared(qh.as_mut_ptr()), kernels::Shared(host.k.as_mut_ptr()), kernels::Shared(host.v.as_mut_ptr()));
         with_rows(q, |qs, qst| {
             with_rows(k, |ks, kst| {
                 with_rows(v, |vs, vst| {
@@ -560,7 +688,7 @@ impl Phi2 {
                                     let dst = i * hd..(i + 1) * hd;
                                     rotate(&qs[i * qst..][src.clone()], &mut qd[dst.clone()], c, s);
                                     rotate(&ks[i * kst..][src.clone()], &mut kd[dst.clone()], c, s);
-                                    vd[dst].copy_from_slice(&vs[i * vst..][src.clone()]);
+                                    store(&vs[i * vst..][src.clone()], &mut vd[dst]);
                                 }
                             })
                         })
@@ -568,11 +696,10 @@ impl Phi2 {
                 })
             })
         })?????;
-        kv.len += t;
         let shape = kernels::attention::AttnShape { heads: nh, head_dim: hd, cap, pos, tokens: t };
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let mut y = vec![0f32; t * hidden];
-        kernels::attention::attention(&qh, &kv.host.k, &kv.host.v, shape, scale, &mut y, kernels::pool::threads());
+        kernels::attention::attention(&qh, &host.k, &host.v, shape, scale, &mut y, kernels::pool::threads());
         Tensor::from_vec(y, (t, hidden), q.device())
     }
 
@@ -626,14 +753,21 @@ impl Phi2 {
 /// values (angle cosines `c`, sines `s`) and the rest copied: the operations of candle's `rope`
 /// (`x1·cos − x2·sin`, `x1·sin + x2·cos`, each product rounded, no fused multiply-add).
 #[inline]
-fn rotate(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32]) {
+fn rotate<T: KvElem>(x: &[f32], y: &mut [T], c: &[f32], s: &[f32]) {
     let half = c.len();
     for d in 0..half {
         let (x1, x2) = (x[d], x[d + half]);
-        y[d] = x1 * c[d] - x2 * s[d];
-        y[d + half] = x1 * s[d] + x2 * c[d];
+        y[d] = T::store(x1 * c[d] - x2 * s[d]);
+        y[d + half] = T::store(x1 * s[d] + x2 * c[d]);
     }
-    y[2 * half..].copy_from_slice(&x[2 * half..]);
+    store(&x[2 * half..], &mut y[2 * half..]);
+}
+
+/// `x` into `y` as the cache stores it ([`KvElem::store`]).
+fn store<T: KvElem>(x: &[f32], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = T::store(x);
+    }
 }
 
 /// Runs `f(values, row_stride)` on an f32 CPU matrix `[T, n]` whose rows are contiguous but may
@@ -692,7 +826,7 @@ fn has_gguf_magic(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{keeps, KvCache, LayerKv, SPARE_POSITIONS};
+    use super::{keeps, HostKv, KvCache, KvHost, KvType, LayerKv, SPARE_POSITIONS};
 
     #[test]
     fn a_rewound_cache_forgets_every_layers_positions() {
@@ -710,16 +844,23 @@ mod tests {
     fn only_a_cache_of_the_models_shape_fits() {
         let mut c = cache(2, 4);
         for l in c.layers.iter_mut() {
-            (l.host.k, l.host.v) = (crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5), crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5));
+            l.host = KvHost::F32(HostKv { k: crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5), v: crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5), cap: 4 });
         }
-        assert!(c.fits(2, 3, 5));
-        assert!(!c.fits(2, 4, 5) && !c.fits(2, 3, 4) && !c.fits(3, 3, 5));
+        assert!(c.fits(2, 3, 5, KvType::F32));
+        assert!(!c.fits(2, 4, 5, KvType::F32) && !c.fits(2, 3, 4, KvType::F32) && !c.fits(3, 3, 5, KvType::F32));
+        assert!(!c.fits(2, 3, 5, KvType::F16), "an f32 cache is not an f16 one");
+        c.clear();
+        assert!(c.layers.iter().all(|l| l.host.kind() == KvType::F32));
+        let mut h = cache(2, 0);
+        h.layers.iter_mut().for_each(|l| *l = LayerKv::new(KvType::F16));
+        h.clear();
+        assert!(h.fits(2, 3, 5, KvType::F16) && h.layers.iter().all(|l| l.host.kind() == KvType::F16), "clear keeps the cache's type");
     }
 
     /// A cache of `layers` layers with room for `cap` positions (bookkeeping only, no memory).
     fn cache(layers: usize, cap: usize) -> KvCache {
         let mut c = KvCache { layers: (0..layers).map(|_| LayerKv::default()).collect(), len: 0 };
-        c.layers.iter_mut().for_each(|l| l.host.cap = cap);
+        c.layers.iter_mut().for_each(|l| l.host = KvHost::F32(HostKv { cap, ..HostKv::default() }));
         c
     }
 

@@ -20,7 +20,8 @@
 //! # Memory fit
 //! With a `memory_limit` (the wasm binding passes [`WASM32_MEMORY_LIMIT`]), the need is counted as
 //! `file bytes + max(largest tensor, KV cache at full context) + WORKING_MARGIN`, where the KV cache
-//! is f32 keys and values for every layer at the context length (`2 · layers · ctx · hidden · 4`)
+//! is the keys and values of every layer at the context length (`2 · layers · ctx · hidden · b`,
+//! b = 4 bytes for an f32 cache, 2 for f16: [`GgufStreamLoader::with_kv_type`])
 //! and the largest tensor is the transient extra copy while it is converted in `finish`. Before the
 //! header is known only `file bytes + WORKING_MARGIN` is checked (in [`GgufStreamLoader::new`], so
 //! a hopeless download fails before it starts); the full check runs once the header is parsed.
@@ -36,7 +37,7 @@ use crate::config::Phi2Config;
 use crate::dtype::{TensorData, TensorSource, TensorView};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufVocab, HeaderParse};
-use crate::model::Phi2;
+use crate::model::{KvType, Phi2};
 use crate::weights::{Layout, Phi2Weights};
 
 /// wasm32's address space: 4 GiB.
@@ -60,6 +61,8 @@ pub struct GgufStreamLoader {
     memory_limit: Option<u64>,
     /// Caps the context length (and so the KV cache the fit check counts).
     context_limit: Option<usize>,
+    /// What the model's KV cache will store (the fit check counts its bytes).
+    kv_type: KvType,
     received: usize,
     hasher: Option<Sha256>,
     digest: Option<String>,
@@ -165,12 +168,20 @@ impl GgufStreamLoader {
             total,
             memory_limit,
             context_limit,
+            kv_type: KvType::F32,
             received: 0,
             hasher: hash.then(Sha256::new),
             digest: None,
             state: State::Header { buf: Vec::new(), next_try: 1 },
             failed: None,
         })
+    }
+
+    /// The model will keep its KV cache as `kind` ([`Phi2::with_kv_type`]), and the fit check
+    /// counts that cache's bytes. Before the first push.
+    pub fn with_kv_type(mut self, kind: KvType) -> Self {
+        self.kv_type = kind;
+        self
     }
 
     /// Bytes pushed so far.
@@ -307,6 +318,7 @@ fn header_step(
 struct Limits {
     memory: Option<u64>,
     context: Option<usize>,
+    kv: KvType,
 }
 
 /// Config, tensor checks, fit check and buffer reservations for a parsed header.
@@ -334,13 +346,17 @@ fn start_body(path: &Path, total: usize, limits: Limits, header: GgufFile) -> Re
         }
     }
     if let Some(limit) = limits.memory {
-        // f32 keys and values for every layer, per position.
-        let kv_per_token = 2u64.saturating_mul(config.num_layers as u64).saturating_mul(config.hidden_size as u64).saturating_mul(4);
+        // Keys and values for every layer, per position.
+        let kv_per_token = 2u64
+            .saturating_mul(config.num_layers as u64)
+            .saturating_mul(config.hidden_size as u64)
+            .saturating_mul(limits.kv.bytes() as u64);
         let kv = kv_per_token.saturating_mul(config.context_length as u64);
         let need = (total as u64).saturating_add(kv.max(largest as u64)).saturating_add(WORKING_MARGIN);
         if need > limit {
             let mut detail = format!(
-                "with the f32 KV cache at a context of {} tokens: {:.2} GB",
+                "with the {} KV cache at a context of {} tokens: {:.2} GB",
+                limits.kv.name(),
                 config.context_length,
                 kv as f64 / GB
             );
@@ -371,7 +387,7 @@ fn start_body(path: &Path, total: usize, limits: Limits, header: GgufFile) -> Re
 
 impl GgufStreamLoader {
     fn limits(&self) -> Limits {
-        Limits { memory: self.memory_limit, context: self.context_limit }
+        Limits { memory: self.memory_limit, context: self.context_limit, kv: self.kv_type }
     }
 
     /// Builds the model (and reads the tokenizer from the metadata). `E_MALFORMED_FILE` when
@@ -432,7 +448,7 @@ impl GgufStreamLoader {
         };
         let vocab = GgufVocab::read(&header);
         let own_kernels = device.is_cpu();
-        let mut model = Phi2::from_parts(config, weights, "gguf", device, own_kernels)?;
+        let mut model = Phi2::from_parts(config, weights, "gguf", device, own_kernels)?.with_kv_type(limits.kv);
         model.info.trained_context_length = trained_context;
         Ok((model, vocab))
     }

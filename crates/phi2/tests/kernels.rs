@@ -2,6 +2,7 @@
 //! type, on odd shapes, any token count and any thread count; and the scalar twin agrees with
 //! an f32 product of the dequantized weights within the 8-bit activation rounding.
 
+use phi2::kernels::attention::KvElem;
 use phi2::kernels::{self, Activations, Family, Isa, WeightRef};
 use phi2::DType;
 
@@ -386,7 +387,7 @@ fn exp_is_within_two_ulp_of_the_exact_value() {
 }
 
 /// Attention of every query row against a cache, in f64 (the reference).
-fn attention_f64(q: &[f32], k: &[f32], v: &[f32], s: kernels::attention::AttnShape, scale: f32) -> Vec<f64> {
+fn attention_f64<T: KvElem>(q: &[f32], k: &[T], v: &[T], s: kernels::attention::AttnShape, scale: f32) -> Vec<f64> {
     let (h_n, hd) = (s.heads, s.head_dim);
     let mut out = vec![0f64; s.tokens * h_n * hd];
     for h in 0..h_n {
@@ -394,13 +395,13 @@ fn attention_f64(q: &[f32], k: &[f32], v: &[f32], s: kernels::attention::AttnSha
             let n = s.pos + i + 1;
             let qr = &q[(h * s.tokens + i) * hd..][..hd];
             let sc: Vec<f64> = (0..n)
-                .map(|j| qr.iter().zip(&k[(h * s.cap + j) * hd..][..hd]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64)
+                .map(|j| qr.iter().zip(&k[(h * s.cap + j) * hd..][..hd]).map(|(&a, &b)| a as f64 * b.load() as f64).sum::<f64>() * scale as f64)
                 .collect();
             let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
             let sum: f64 = e.iter().sum();
             for d in 0..hd {
-                out[(i * h_n + h) * hd + d] = (0..n).map(|j| e[j] / sum * v[(h * s.cap + j) * hd + d] as f64).sum();
+                out[(i * h_n + h) * hd + d] = (0..n).map(|j| e[j] / sum * v[(h * s.cap + j) * hd + d].load() as f64).sum();
             }
         }
     }
@@ -409,36 +410,45 @@ fn attention_f64(q: &[f32], k: &[f32], v: &[f32], s: kernels::attention::AttnSha
 
 #[test]
 fn attention_matches_f64_and_gives_the_same_bits_for_any_split() {
-    use kernels::attention::{attention, AttnShape};
     let mut rng = Rng(0xA77);
     for (heads, hd, pos, tokens) in [(2, 80, 0, 1), (3, 80, 5, 7), (2, 13, 9, 3), (4, 32, 0, 19), (1, 8, 40, 1), (2, 24, 3, 33)] {
         let cap = pos + tokens + 5;
         let q: Vec<f32> = (0..heads * tokens * hd).map(|_| rng.unit() * 2.0).collect();
         let k: Vec<f32> = (0..heads * cap * hd).map(|_| rng.unit() * 2.0).collect();
         let v: Vec<f32> = (0..heads * cap * hd).map(|_| rng.unit()).collect();
-        let scale = 1.0 / (hd as f32).sqrt();
-        let s = AttnShape { heads, head_dim: hd, cap, pos, tokens };
-        let mut out = vec![0f32; tokens * heads * hd];
-        attention(&q, &k, &v, s, scale, &mut out, 2);
-        let want = attention_f64(&q, &k, &v, s, scale);
-        for (g, w) in out.iter().zip(&want) {
-            assert!((*g as f64 - w).abs() < 1e-5, "heads {heads} hd {hd} pos {pos} tokens {tokens}: {g} vs {w}");
-        }
-        // The scalar twin: same bits.
-        for h in 0..heads {
-            for i in 0..tokens {
-                let n = pos + i + 1;
-                let mut y = vec![0f32; hd];
-                kernels::attention::row_scalar(&q[(h * tokens + i) * hd..][..hd], &k[h * cap * hd..(h * cap + n) * hd], &v[h * cap * hd..(h * cap + n) * hd], scale, &mut y);
-                assert_eq!(bits(&y), bits(&out[(i * heads + h) * hd..][..hd]), "scalar twin, head {h} row {i}");
-            }
-        }
-        // Each row alone (a one-token step at its position): same bits as inside the batch.
+        let s = kernels::attention::AttnShape { heads, head_dim: hd, cap, pos, tokens };
+        attention_case(&q, &k, &v, s, "f32 cache");
+        // An f16 cache: the same values rounded as the model stores them.
+        let half = |x: &[f32]| x.iter().map(|&x| <half::f16 as KvElem>::store(x)).collect::<Vec<_>>();
+        attention_case(&q, &half(&k), &half(&v), s, "f16 cache");
+    }
+}
+
+/// [`attention_matches_f64_and_gives_the_same_bits_for_any_split`] for one cache.
+fn attention_case<T: KvElem>(q: &[f32], k: &[T], v: &[T], s: kernels::attention::AttnShape, what: &str) {
+    use kernels::attention::{attention, AttnShape};
+    let AttnShape { heads, head_dim: hd, cap, pos, tokens } = s;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; tokens * heads * hd];
+    attention(q, k, v, s, scale, &mut out, 2);
+    let want = attention_f64(q, k, v, s, scale);
+    for (g, w) in out.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() < 1e-5, "{what}, heads {heads} hd {hd} pos {pos} tokens {tokens}: {g} vs {w}");
+    }
+    // The scalar twin: same bits.
+    for h in 0..heads {
         for i in 0..tokens {
-            let qi: Vec<f32> = (0..heads).flat_map(|h| q[(h * tokens + i) * hd..][..hd].to_vec()).collect();
-            let mut y = vec![0f32; heads * hd];
-            attention(&qi, &k, &v, AttnShape { tokens: 1, pos: pos + i, ..s }, scale, &mut y, 1);
-            assert_eq!(bits(&y), bits(&out[i * heads * hd..(i + 1) * heads * hd]), "row {i} alone vs in a batch of {tokens}");
+            let n = pos + i + 1;
+            let mut y = vec![0f32; hd];
+            kernels::attention::row_scalar(&q[(h * tokens + i) * hd..][..hd], &k[h * cap * hd..(h * cap + n) * hd], &v[h * cap * hd..(h * cap + n) * hd], scale, &mut y);
+            assert_eq!(bits(&y), bits(&out[(i * heads + h) * hd..][..hd]), "{what}: scalar twin, head {h} row {i}");
         }
+    }
+    // Each row alone (a one-token step at its position): same bits as inside the batch.
+    for i in 0..tokens {
+        let qi: Vec<f32> = (0..heads).flat_map(|h| q[(h * tokens + i) * hd..][..hd].to_vec()).collect();
+        let mut y = vec![0f32; heads * hd];
+        attention(&qi, k, v, AttnShape { tokens: 1, pos: pos + i, ..s }, scale, &mut y, 1);
+        assert_eq!(bits(&y), bits(&out[i * heads * hd..(i + 1) * heads * hd]), "{what}: row {i} alone vs in a batch of {tokens}");
     }
 }

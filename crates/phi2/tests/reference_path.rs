@@ -66,6 +66,21 @@ fn every_weight_type_runs_on_the_reference_path() {
 }
 
 #[test]
+fn an_f16_cache_matches_on_both_paths() {
+    // The reference path keeps f32 tensors holding the f16-rounded keys and values; the engine
+    // stores f16. The same numbers, so the paths agree as closely as with f32 caches.
+    for name in ["tiny-f32.gguf", "tiny-q8_0.gguf", "kq-q4_K.gguf"] {
+        let f16 = |backend| Arc::new(Phi2::load_on(&fixture(name), backend).unwrap().with_kv_type(phi2::KvType::F16));
+        let (a, b) = (logprobs_in_two_passes(&f16(Backend::Cpu)), logprobs_in_two_passes(&f16(Backend::CpuReference)));
+        let d = max_abs_diff(&a, &b);
+        assert!(d <= tolerance(name), "{name}: f16 caches, engine vs reference path: max |Δ| {d}");
+        // And the f16 cache is really in use on the reference path: not the f32 path's numbers.
+        let f32_ref = logprobs_in_two_passes(&load(name, Backend::CpuReference));
+        assert!(max_abs_diff(&b, &f32_ref) > 0.0, "{name}: the reference path ignored the f16 cache");
+    }
+}
+
+#[test]
 fn the_gpu_code_path_matches_the_engine_on_the_cpu() {
     let mut report = Vec::new();
     for name in [

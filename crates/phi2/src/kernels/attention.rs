@@ -11,8 +11,47 @@
 //! A row's result depends only on its own query, position and the cache, so a prompt gives the
 //! same bits in one pass, in chunks, token by token (decode, speculative verification) or inside
 //! a continuous batch, and native and wasm builds agree. Split over the pool by (head, row).
+//!
+//! The cache holds f32 keys and values, or f16 ones ([`KvElem`]): rounded to the nearest f16
+//! when written, widened exactly when read, so the steps above run on the same f32 values in
+//! every kernel and only what is stored differs.
 
 use super::{pool, reduce8};
+
+/// What a KV cache stores per value: `f32` as computed, or `half::f16`, rounded to the nearest
+/// (ties to even) when written ([`KvElem::store`]) and widened exactly when read
+/// ([`KvElem::load`]; every kernel widens the same way). An f16 cache takes half the memory, and a
+/// decode step reads half the bytes of it.
+pub trait KvElem: super::buffer::ZeroBits {
+    /// f16 (else f32): the SIMD kernels widen their loads.
+    const HALF: bool;
+    fn store(x: f32) -> Self;
+    fn load(self) -> f32;
+}
+
+impl KvElem for f32 {
+    const HALF: bool = false;
+    #[inline(always)]
+    fn store(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self
+    }
+}
+
+impl KvElem for half::f16 {
+    const HALF: bool = true;
+    #[inline(always)]
+    fn store(x: f32) -> half::f16 {
+        half::f16::from_f32(x)
+    }
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self.to_f32()
+    }
+}
 
 /// Shapes of one call: `heads × head_dim` values per row; the cache holds `cap` positions per
 /// head (`[heads, cap, head_dim]`), the first `pos + tokens` of them valid.
@@ -28,7 +67,7 @@ pub struct AttnShape {
 
 /// `out[i][h·hd + d]` (`[tokens, heads·head_dim]`) for queries `q` laid out `[heads, tokens,
 /// head_dim]` and caches `k`, `v` laid out `[heads, cap, head_dim]`.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, scale: f32, out: &mut [f32], threads: usize) {
+pub fn attention<T: KvElem>(q: &[f32], k: &[T], v: &[T], s: AttnShape, scale: f32, out: &mut [f32], threads: usize) {
     let AttnShape { heads, head_dim: hd, cap, pos, tokens } = s;
     assert!(pos + tokens <= cap, "attention: {} positions in a cache of {cap}", pos + tokens);
     assert!(q.len() >= heads * tokens * hd && k.len() >= heads * cap * hd && v.len() >= heads * cap * hd, "attention: short inputs");
@@ -84,7 +123,7 @@ fn pairs_of_rows(isa: super::Isa, head_dim: usize) -> bool {
     matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512Vnni | super::Isa::Amx) && super::avx512::rows2_fit(head_dim) && super::avx512::available()
 }
 
-fn row(isa: super::Isa, q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+fn row<T: KvElem>(isa: super::Isa, q: &[f32], k: &[T], v: &[T], scale: f32, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512Vnni | super::Isa::Amx) {
         // SAFETY: every x86 kernel set includes AVX2 (checked when it was chosen).
@@ -106,14 +145,14 @@ fn row(isa: super::Isa, q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f3
 }
 
 /// The definition, one value at a time.
-pub fn row_scalar(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+pub fn row_scalar<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, y: &mut [f32]) {
     let hd = q.len();
     let n = k.len() / hd;
     let mut e: Vec<f32> = (0..n)
         .map(|j| {
             let mut lanes = [0f32; 8];
             for (d, (&a, &b)) in q.iter().zip(&k[j * hd..(j + 1) * hd]).enumerate() {
-                lanes[d % 8] += a * b;
+                lanes[d % 8] += a * b.load();
             }
             reduce8(&lanes) * scale
         })
@@ -123,7 +162,7 @@ pub fn row_scalar(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
     for (j, &ej) in e.iter().enumerate() {
         let p = ej / sum;
         for (yd, &vd) in y.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
-            *yd += p * vd;
+            *yd += p * vd.load();
         }
     }
 }

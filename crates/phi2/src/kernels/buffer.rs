@@ -1,4 +1,4 @@
-//! The engine's own buffers: [`F32Buffer`], zeroed f32 buffers whose pages become resident
+//! The engine's own buffers: [`Zeroed`] (f32: [`F32Buffer`]), zeroed buffers whose pages become resident
 //! only when written (the KV cache), and [`Aligned`], buffers that start on a cache line and keep
 //! their allocation from one use to the next (the kernels' activations and scratch).
 //!
@@ -11,62 +11,75 @@
 
 use std::ops::{Deref, DerefMut};
 
-/// `len` f32 values, zeroed.
-pub enum F32Buffer {
-    Heap(Vec<f32>),
+/// Values for which every bit pattern, all zeros included, is a valid value (so that a buffer of
+/// them may start as a zeroed map): the KV cache's element types.
+///
+/// # Safety
+/// Implement only for plain number types without padding or invalid bit patterns.
+pub unsafe trait ZeroBits: Copy + Default + Send + Sync + 'static {}
+// SAFETY: f32 and f16 are plain 4- and 2-byte numbers; every bit pattern is one of them.
+unsafe impl ZeroBits for f32 {}
+unsafe impl ZeroBits for half::f16 {}
+
+/// `len` values, zeroed (an f32 buffer: [`F32Buffer`]).
+pub enum Zeroed<T: ZeroBits> {
+    Heap(Vec<T>),
     #[cfg(target_os = "linux")]
     Mapped { map: memmap2::MmapMut, len: usize },
 }
 
-impl Default for F32Buffer {
+/// `len` f32 values, zeroed.
+pub type F32Buffer = Zeroed<f32>;
+
+impl<T: ZeroBits> Default for Zeroed<T> {
     fn default() -> Self {
-        F32Buffer::Heap(Vec::new())
+        Zeroed::Heap(Vec::new())
     }
 }
 
-impl std::fmt::Debug for F32Buffer {
+impl<T: ZeroBits> std::fmt::Debug for Zeroed<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = if matches!(self, F32Buffer::Heap(_)) { "heap" } else { "mapped" };
-        write!(f, "F32Buffer({} values, {kind})", self.len())
+        let kind = if matches!(self, Zeroed::Heap(_)) { "heap" } else { "mapped" };
+        write!(f, "Zeroed<{}>({} values, {kind})", std::any::type_name::<T>(), self.len())
     }
 }
 
-impl F32Buffer {
+impl<T: ZeroBits> Zeroed<T> {
     /// `len` zeros: an anonymous map of its own from 64 KB up (Linux), else the heap.
-    pub fn zeroed(len: usize) -> F32Buffer {
+    pub fn zeroed(len: usize) -> Zeroed<T> {
         #[cfg(target_os = "linux")]
-        if len * 4 >= 64 << 10 {
-            if let Ok(map) = memmap2::MmapMut::map_anon(len * 4) {
-                return F32Buffer::Mapped { map, len };
+        if len * size_of::<T>() >= 64 << 10 {
+            if let Ok(map) = memmap2::MmapMut::map_anon(len * size_of::<T>()) {
+                return Zeroed::Mapped { map, len };
             }
         }
-        F32Buffer::Heap(vec![0f32; len])
+        Zeroed::Heap(vec![T::default(); len])
     }
 }
 
-impl Deref for F32Buffer {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
+impl<T: ZeroBits> Deref for Zeroed<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         match self {
-            F32Buffer::Heap(v) => v,
+            Zeroed::Heap(v) => v,
             #[cfg(target_os = "linux")]
-            F32Buffer::Mapped { map, len } => {
-                // SAFETY: the map holds `4 · len` bytes, is page (so 4-byte) aligned, and any
-                // bits are a valid f32.
-                unsafe { std::slice::from_raw_parts(map.as_ptr() as *const f32, *len) }
+            Zeroed::Mapped { map, len } => {
+                // SAFETY: the map holds `size_of::<T>() · len` bytes, is page (so T-) aligned,
+                // and any bits are a valid T (`ZeroBits`).
+                unsafe { std::slice::from_raw_parts(map.as_ptr() as *const T, *len) }
             }
         }
     }
 }
 
-impl DerefMut for F32Buffer {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T: ZeroBits> DerefMut for Zeroed<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         match self {
-            F32Buffer::Heap(v) => v,
+            Zeroed::Heap(v) => v,
             #[cfg(target_os = "linux")]
-            F32Buffer::Mapped { map, len } => {
+            Zeroed::Mapped { map, len } => {
                 // SAFETY: as in `deref`, and the map is borrowed mutably.
-                unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut f32, *len) }
+                unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut T, *len) }
             }
         }
     }

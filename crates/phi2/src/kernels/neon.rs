@@ -26,6 +26,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 use std::ops::Range;
 
+use super::attention::KvElem;
 use super::{f16_at, reduce8, scalar, scale_min_k4, Activations, Family, OutPtr, WeightRef};
 use crate::dtype::DType;
 
@@ -351,7 +352,7 @@ unsafe fn row_float<const C: usize, const BF: bool>(row: &[u8], a: &Activations,
 /// `q` (`head_dim` values) against the `n` keys and values in `k`, `v`, into `y`. Each key's
 /// 8 lanes are two f32x4 (multiply then add, as defined), four keys at a time so each query
 /// vector is loaded once for the four; the values four dimensions per vector.
-pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+pub(super) fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, y: &mut [f32]) {
     let hd = q.len();
     let n = k.len() / hd;
     assert!(k.len() >= n * hd && v.len() >= n * hd && y.len() == hd, "attention_row: shapes");
@@ -364,7 +365,7 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
         // SAFETY: NEON is part of every aarch64 target.
         let mut lanes = unsafe { lanes8(lo, hi) };
         for d in hd8..hd {
-            lanes[d % 8] += q[d] * kj[d];
+            lanes[d % 8] += q[d] * kj[d].load();
         }
         reduce8(&lanes) * scale
     };
@@ -380,8 +381,8 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
                 let (q0, q1) = (vld1q_f32(qp.add(d)), vld1q_f32(qp.add(d + 4)));
                 for u in 0..4 {
                     let kr = kp.add((j0 + u) * hd + d);
-                    lo[u] = vaddq_f32(lo[u], vmulq_f32(q0, vld1q_f32(kr)));
-                    hi[u] = vaddq_f32(hi[u], vmulq_f32(q1, vld1q_f32(kr.add(4))));
+                    lo[u] = vaddq_f32(lo[u], vmulq_f32(q0, kv4(kr)));
+                    hi[u] = vaddq_f32(hi[u], vmulq_f32(q1, kv4(kr.add(4))));
                 }
             }
         }
@@ -394,8 +395,8 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
         for d in (0..hd8).step_by(8) {
             unsafe {
                 let kr = kp.add(j * hd + d);
-                lo = vaddq_f32(lo, vmulq_f32(vld1q_f32(qp.add(d)), vld1q_f32(kr)));
-                hi = vaddq_f32(hi, vmulq_f32(vld1q_f32(qp.add(d + 4)), vld1q_f32(kr.add(4))));
+                lo = vaddq_f32(lo, vmulq_f32(vld1q_f32(qp.add(d)), kv4(kr)));
+                hi = vaddq_f32(hi, vmulq_f32(vld1q_f32(qp.add(d + 4)), kv4(kr.add(4))));
             }
         }
         scores[j] = lanes_of(j, lo, hi);
@@ -411,11 +412,21 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
             let pv = vdupq_n_f32(p);
             for d in (0..hd4).step_by(4) {
                 let yp = y.as_mut_ptr().add(d);
-                vst1q_f32(yp, vaddq_f32(vld1q_f32(yp), vmulq_f32(pv, vld1q_f32(vj.as_ptr().add(d)))));
+                vst1q_f32(yp, vaddq_f32(vld1q_f32(yp), vmulq_f32(pv, kv4(vj.as_ptr().add(d)))));
             }
         }
         for d in hd4..hd {
-            y[d] += p * vj[d];
+            y[d] += p * vj[d].load();
         }
+    }
+}
+
+/// Four keys' or values' elements at `p` as f32 (f16: widened by [`f16x4_to_f32`], exact).
+#[inline(always)]
+unsafe fn kv4<T: KvElem>(p: *const T) -> float32x4_t {
+    if T::HALF {
+        f16x4_to_f32(vmovl_u16(vld1_u16(p as *const u16)))
+    } else {
+        vld1q_f32(p as *const f32)
     }
 }

@@ -33,6 +33,7 @@
 use std::arch::wasm32::*;
 use std::ops::Range;
 
+use super::attention::KvElem;
 use super::{reduce8, scalar, Activations, OutPtr, WeightRef};
 use crate::dtype::DType;
 
@@ -705,7 +706,7 @@ unsafe fn q6k_chunk<const C: usize, const N: usize, const LH: usize>(
 /// lanes (dimension d in lane d % 8, in order, multiply then add) as two f32x4 accumulators,
 /// four keys at a time; the weighted sum of the values four dimensions per vector, in key order.
 /// The softmax steps are the scalar twin's. The same bits as [`super::attention::row_scalar`].
-pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+pub(super) fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, y: &mut [f32]) {
     let hd = q.len();
     let n = k.len() / hd;
     assert!(k.len() >= n * hd && v.len() >= n * hd && y.len() == hd, "attention_row: shapes");
@@ -718,7 +719,7 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
         let kj = &k[j * hd..(j + 1) * hd];
         let mut lanes = lanes8(lo, hi);
         for d in hd8..hd {
-            lanes[d % 8] += q[d] * kj[d];
+            lanes[d % 8] += q[d] * kj[d].load();
         }
         reduce8(&lanes) * scale
     };
@@ -737,8 +738,8 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
             for u in 0..4 {
                 let kr = unsafe { kp.add((j0 + u) * hd + d) };
                 unsafe {
-                    lo[u] = f32x4_add(lo[u], f32x4_mul(q0, ld(kr)));
-                    hi[u] = f32x4_add(hi[u], f32x4_mul(q1, ld(kr.add(4))));
+                    lo[u] = f32x4_add(lo[u], f32x4_mul(q0, kv4(kr)));
+                    hi[u] = f32x4_add(hi[u], f32x4_mul(q1, kv4(kr.add(4))));
                 }
             }
         }
@@ -751,8 +752,8 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
         for d in (0..hd8).step_by(8) {
             let kr = unsafe { kp.add(j * hd + d) };
             unsafe {
-                lo = f32x4_add(lo, f32x4_mul(ld(qp.add(d)), ld(kr)));
-                hi = f32x4_add(hi, f32x4_mul(ld(qp.add(d + 4)), ld(kr.add(4))));
+                lo = f32x4_add(lo, f32x4_mul(ld(qp.add(d)), kv4(kr)));
+                hi = f32x4_add(hi, f32x4_mul(ld(qp.add(d + 4)), kv4(kr.add(4))));
             }
         }
         scores[j] = lanes_of(j, lo, hi);
@@ -768,18 +769,29 @@ pub(super) fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut
             // SAFETY: d + 4 <= hd4 <= hd = y.len() = vj.len().
             unsafe {
                 let yp = y.as_mut_ptr().add(d) as *mut v128;
-                v128_store(yp, f32x4_add(v128_load(yp), f32x4_mul(pv, v128_load(vj.as_ptr().add(d) as *const v128))));
+                v128_store(yp, f32x4_add(v128_load(yp), f32x4_mul(pv, kv4(vj.as_ptr().add(d)))));
             }
         }
         for d in hd4..hd {
-            y[d] += p * vj[d];
+            y[d] += p * vj[d].load();
         }
+    }
+}
+
+/// Four keys' or values' elements at `p` as f32x4 (f16: widened by [`f16x4_to_f32`], exact).
+#[inline(always)]
+unsafe fn kv4<T: KvElem>(p: *const T) -> v128 {
+    if T::HALF {
+        f16x4_to_f32::<false>(u32x4_extend_low_u16x8(v128_load64_zero(p as *const u64)))
+    } else {
+        v128_load(p as *const v128)
     }
 }
 
 /// Attention parity check for the wasm tests, a plain export like [`phi2_simd128_parity`]: one
 /// head of `head_dim` values, `keys` positions of random queries, keys and values from `seed`,
-/// through the scalar twin and [`attention_row`]. Returns how many outputs differ in their bits
+/// through the scalar twin and [`attention_row`], with the keys and values as they are (an f32
+/// cache) and rounded to f16 (an f16 cache). Returns how many outputs differ in their bits
 /// (-1 for an empty shape).
 #[no_mangle]
 pub extern "C" fn phi2_simd128_attention_parity(head_dim: u32, keys: u32, seed: u32) -> i32 {
@@ -801,7 +813,13 @@ pub extern "C" fn phi2_simd128_attention_parity(head_dim: u32, keys: u32, seed: 
     let (mut ys, mut yv) = (vec![0f32; hd], vec![0f32; hd]);
     super::attention::row_scalar(&q, &k, &v, scale, &mut ys);
     attention_row(&q, &k, &v, scale, &mut yv);
-    ys.iter().zip(&yv).filter(|(a, b)| a.to_bits() != b.to_bits()).count() as i32
+    let mut bad = ys.iter().zip(&yv).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    let half = |x: &[f32]| x.iter().map(|&x| half::f16::from_f32(x)).collect::<Vec<_>>();
+    let (kh, vh) = (half(&k), half(&v));
+    super::attention::row_scalar(&q, &kh, &vh, scale, &mut ys);
+    attention_row(&q, &kh, &vh, scale, &mut yv);
+    bad += ys.iter().zip(&yv).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    bad as i32
 }
 
 // ---- parity self-check ----

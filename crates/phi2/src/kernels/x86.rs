@@ -7,6 +7,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::attention::KvElem;
 use super::{scalar, Activations, OutPtr, WeightRef};
 use crate::dtype::DType;
 
@@ -748,9 +749,10 @@ pub(super) unsafe fn bias_act_row(y: &mut [f32], bias: &[f32], gelu: bool) {
 /// vector (10 steps for head_dim 80), the exponentials 8 scores at a time with the same
 /// operations as [`super::attention::exp`], the sum in lanes j % 8, the weighted sum of values
 /// 8 dimensions at a time in j order. Tails (head_dim or scores not a multiple of 8) take the
-/// scalar steps of the same lanes, so the bits are the scalar twin's.
-#[target_feature(enable = "avx2")]
-pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, y: &mut [f32]) {
+/// scalar steps of the same lanes, so the bits are the scalar twin's. f16 keys and values are
+/// widened by F16C, exactly as `half` widens them.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, y: &mut [f32]) {
     let hd = q.len();
     let n = k.len() / hd;
     let hd8 = hd - hd % 8;
@@ -760,12 +762,12 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
     // operations in the same order as one at a time.
     let n8k = n - n % 8;
     for j0 in (0..n8k).step_by(8) {
-        prefetch_span(k, (j0 + 8) * hd + ATTN_PREFETCH / 4, 8 * hd);
+        prefetch_span(k, (j0 + 8) * hd + ATTN_PREFETCH / size_of::<T>(), 8 * hd);
         let mut acc = [_mm256_setzero_ps(); 8];
         for d in (0..hd8).step_by(8) {
             let qv = _mm256_loadu_ps(q.as_ptr().add(d));
             for (u, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, _mm256_loadu_ps(k.as_ptr().add((j0 + u) * hd + d))));
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, kv8(k.as_ptr().add((j0 + u) * hd + d))));
             }
         }
         for (u, a) in acc.iter().enumerate() {
@@ -776,7 +778,7 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
         let kj = k.as_ptr().add(j * hd);
         let mut acc = _mm256_setzero_ps();
         for d in (0..hd8).step_by(8) {
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(q.as_ptr().add(d)), _mm256_loadu_ps(kj.add(d))));
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(q.as_ptr().add(d)), kv8(kj.add(d))));
         }
         scores[j] = key_score(q, k, j, acc, scale);
     }
@@ -786,15 +788,15 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
     let chunks = hd8 / 8;
     if chunks <= 16 {
         for j in 0..n {
-            prefetch_span(v, (j + 1) * hd + ATTN_PREFETCH / 4, hd);
+            prefetch_span(v, (j + 1) * hd + ATTN_PREFETCH / size_of::<T>(), hd);
             let p = scores[j] / total;
             let pv = _mm256_set1_ps(p);
             let vj = v.as_ptr().add(j * hd);
             for (ci, acc) in accs.iter_mut().enumerate().take(chunks) {
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, _mm256_loadu_ps(vj.add(8 * ci))));
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, kv8(vj.add(8 * ci))));
             }
             for d in hd8..hd {
-                y[d] += p * *vj.add(d);
+                y[d] += p * (*vj.add(d)).load();
             }
         }
         for (ci, acc) in accs.iter().enumerate().take(chunks) {
@@ -802,6 +804,16 @@ pub(super) unsafe fn attention_row(q: &[f32], k: &[f32], v: &[f32], scale: f32, 
         }
     } else {
         super::attention::row_scalar(q, k, v, scale, y);
+    }
+}
+
+/// Eight keys' or values' elements at `p` as f32 (f16: widened by F16C, exact).
+#[inline(always)]
+pub(super) unsafe fn kv8<T: KvElem>(p: *const T) -> __m256 {
+    if T::HALF {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    } else {
+        _mm256_loadu_ps(p as *const f32)
     }
 }
 
@@ -851,21 +863,24 @@ const ATTN_PREFETCH: usize = 2048;
 
 /// Prefetches the lines of `x[from..from + len]` that lie inside `x`.
 #[inline(always)]
-unsafe fn prefetch_span(x: &[f32], from: usize, len: usize) {
+unsafe fn prefetch_span<T>(x: &[T], from: usize, len: usize) {
     let end = (from + len).min(x.len());
-    super::prefetch(x.as_ptr().wrapping_add(from), end.saturating_sub(from));
+    let p = x.as_ptr().wrapping_add(from) as *const u8;
+    for i in (0..end.saturating_sub(from) * size_of::<T>()).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i) as *const i8);
+    }
 }
 
 /// Key j's score from its 8 lanes of `q · k_j` over the full groups (`acc`): the columns past
 /// them, the lane reduction, the scale (the scalar definition's operations, in order).
 #[inline(always)]
-unsafe fn key_score(q: &[f32], k: &[f32], j: usize, acc: __m256, scale: f32) -> f32 {
+unsafe fn key_score<T: KvElem>(q: &[f32], k: &[T], j: usize, acc: __m256, scale: f32) -> f32 {
     let hd = q.len();
     let kj = k.as_ptr().add(j * hd);
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
     for d in hd - hd % 8..hd {
-        lanes[d % 8] += q[d] * *kj.add(d);
+        lanes[d % 8] += q[d] * (*kj.add(d)).load();
     }
     super::reduce8(&lanes) * scale
 }
