@@ -2,7 +2,7 @@
 // short warm-up generation, then for each prompt size one generation of `genTokens` greedy tokens
 // from a fresh context. Prints one line `PHI2BENCH_RESULT {json}` on stdout.
 //   node child.mjs '{"engine":"phi2"|"node-llama-cpp","model":FILE,"threads":N,"backend":"cpu",
-//                    "promptTokens":[128],"genTokens":64,"warmup":true}'
+//                    "promptTokens":[128],"genTokens":64,"warmup":true[,"kvCache":"f16"]}'
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { promptIds } from './prompt.mjs';
 
@@ -32,7 +32,7 @@ const EOS = 50256;
 async function phi2() {
   const { loadModel } = await import('@x/phi2');
   const t0 = performance.now();
-  const model = await loadModel(cfg.model, { threads: cfg.threads, backend: cfg.backend });
+  const model = await loadModel(cfg.model, { threads: cfg.threads, backend: cfg.backend, ...(cfg.kvCache ? { kvCache: cfg.kvCache } : {}) });
   const loadMs = performance.now() - t0;
   const out = { loadMs, rssAfterLoad: process.memoryUsage().rss, peakRssAfterLoad: peakRss(), info: { ...model.info }, prompts: [] };
   const opts = (n) => ({ maxNewTokens: n, doSample: false, logitBias: { [model.info.eosTokenId ?? EOS]: -Infinity } });

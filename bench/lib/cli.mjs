@@ -35,6 +35,8 @@ what to run
   --runs N                 measured runs per engine, alternating engines; median and min–max (default 3)
   --backend cpu|wasm|cuda  @x/phi2's backend in Node (default cpu); cuda: the CUDA addon on GPU 0, and the
                            ceiling is the GPU's memory bandwidth (a device copy) instead of the CPU's
+  --kv-cache f32|f16       @x/phi2's KV cache in Node (loadModel's kvCache; default f32). node-llama-cpp
+                           keeps its default, f16
   --compare LIST           node-llama-cpp, wllama and/or transformers, comma-separated: node-llama-cpp on the
                            same file and threads; wllama in headless Chromium against @x/phi2's wasm build,
                            same page setup; transformers (with --backend cuda and --synthetic): HF
@@ -62,7 +64,7 @@ const FLAGS = {
   '--threads': 'value', '--runs': 'value', '--backend': 'value', '--compare': 'value', '--load': 'value',
   '--no-warmup': 'bool', '--bandwidth-mb': 'value', '--no-bandwidth': 'bool', '--json': 'bool', '--markdown': 'bool',
   '--write-results': 'optional', '--shape': 'value', '--help': 'bool', '-h': 'bool', '--version': 'bool', '-V': 'bool',
-  '--chromium': 'value',
+  '--chromium': 'value', '--kv-cache': 'value',
 };
 
 const posInt = (flag, v, min = 1, max = 1 << 20) => {
@@ -105,6 +107,8 @@ export function parseArgs(argv) {
   if (compare.includes('transformers') && (backend !== 'cuda' || !o['--synthetic'])) {
     throw new UsageError('--compare transformers runs HF transformers on the GPU with random weights of the synthetic shapes: it needs --backend cuda and --synthetic');
   }
+  const kvCache = o['--kv-cache'] ?? 'f32';
+  if (!['f32', 'f16'].includes(kvCache)) throw new UsageError(`--kv-cache must be f32 or f16, got "${kvCache}"`);
   const load = o['--load'] ?? 'warm';
   if (!['warm', 'cold'].includes(load)) throw new UsageError(`--load must be warm or cold, got "${load}"`);
   const bandwidthMb = posInt('--bandwidth-mb', o['--bandwidth-mb'] ?? '1024', 16, 3072);
@@ -120,6 +124,7 @@ export function parseArgs(argv) {
     threads,
     runs,
     backend,
+    kvCache,
     compare,
     load,
     warmup: !o['--no-warmup'],
@@ -302,7 +307,7 @@ export async function main(argv) {
   }
 
   // Runs: native engines alternate, one process per run
-  const engines = [{ id: 'phi2', label: `@x/phi2 ${opts.backend}` }];
+  const engines = [{ id: 'phi2', label: `@x/phi2 ${opts.backend}${opts.kvCache === 'f16' ? ' (f16 KV)' : ''}` }];
   if (opts.compare.includes('node-llama-cpp')) {
     if (!engineVersion('node-llama-cpp')) {
       log('phi2-bench: --compare node-llama-cpp needs the npm package node-llama-cpp (npm install node-llama-cpp@3.21.1)');
@@ -330,6 +335,7 @@ export async function main(argv) {
       if (opts.load === 'cold' && model.sizeBytes) evictFromPageCache(file);
       const residentBefore = model.sizeBytes ? pageCacheResident(file) : null;
       const cfg = { engine: e.id, model: file, threads: opts.threads, backend: opts.backend, promptTokens: opts.promptTokens, genTokens: opts.genTokens, warmup: opts.warmup };
+      if (e.id === 'phi2' && opts.kvCache !== 'f32') cfg.kvCache = opts.kvCache;
       if (e.id === 'transformers') cfg.shape = SHAPES[opts.shape];
       const t0 = performance.now();
       const r = await runChild(cfg);

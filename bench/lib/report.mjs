@@ -117,6 +117,7 @@ function describe(report) {
   lines.push(`model: ${md.name}${md.synthetic ? ` (synthetic random weights, Phi-2 shapes, ${md.synthetic})` : ''}, ${md.sizeBytes ? `${(md.sizeBytes / 1e9).toFixed(2)} GB` : 'directory'}${md.types ? `, ${md.types}` : ''}${md.bytesPerToken ? `; ${(md.bytesPerToken / 1e9).toFixed(3)} GB of weights read per decode step` : ''}`);
   if (report.bandwidth && md.bytesPerToken) lines.push(`decode ceiling at this bandwidth: ${((report.bandwidth.gbPerS * 1e9) / md.bytesPerToken).toFixed(2)} tok/s (bandwidth / weight bytes per step; KV-cache reads not counted)`);
   lines.push(`runs: ${o.runs} per engine, alternating, one process each; ${o.threads} threads; prompt ${o.promptTokens.join(', ')} tokens (ids, greedy), ${o.genTokens} generated tokens; load ${o.load}${o.warmup ? '; one short warm-up generation after each load' : ''}`);
+  if (o.kvCache === 'f16') lines.push('KV cache: f16 for @x/phi2 (loadModel kvCache); node-llama-cpp keeps its default, f16');
   return lines;
 }
 
@@ -188,14 +189,15 @@ replaces its section. Every number in a section comes from the one run it names.
 
 export function resultsKey(report) {
   const o = report.options;
-  return [report.model.synthetic ? `synthetic-${report.model.synthetic}` : report.model.name, o.backend, `t${o.threads}`, `p${o.promptTokens.join('+')}`, `g${o.genTokens}`, ...o.compare].join(' ');
+  const kv = o.kvCache && o.kvCache !== 'f32' ? [`kv-${o.kvCache}`] : [];
+  return [report.model.synthetic ? `synthetic-${report.model.synthetic}` : report.model.name, o.backend, ...kv, `t${o.threads}`, `p${o.promptTokens.join('+')}`, `g${o.genTokens}`, ...o.compare].join(' ');
 }
 
 export function writeResults(report, file) {
   const key = resultsKey(report);
   const m = report.model;
   const section = [
-    `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}`,
+    `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}${report.options.kvCache === 'f16' ? ', f16 KV cache' : ''}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}`,
     '',
     `- date: ${report.date}`,
     `- command: \`${report.command}\``,

@@ -44,8 +44,9 @@ export declare class NativeModel {
    * Loads off the JS thread. `threads` sets the process-wide compute threads of the engine's
    * kernels (the latest load's value wins). `backend`: `"cpu"` (default), `"cuda"` or
    * `"cuda:N"` (only the CUDA build has it; others answer `E_BACKEND_UNAVAILABLE`).
+   * `kvCache`: `"f32"` (default) or `"f16"` (`E_INVALID_ARGUMENT` otherwise).
    */
-  static load(path: string, threads?: number | undefined | null, backend?: string | undefined | null): Promise<NativeModel>
+  static load(path: string, threads?: number | undefined | null, backend?: string | undefined | null, kvCache?: string | undefined | null): Promise<NativeModel>
   get info(): NativeModelInfo
   /** The tokenizer stored in a GGUF file's metadata, or null for safetensors models. */
   ggufVocab(): NativeGgufVocab | null
@@ -249,6 +250,8 @@ export interface NativeModelInfo {
   eosTokenId?: number
   /** Where it runs: `"cpu"` or `"cuda:0 (NVIDIA H200, compute 9.0)"`. */
   device: string
+  /** What its KV cache stores: `"f32"` or `"f16"`. */
+  kvCache: string
 }
 
 /** What speculative decoding did (all zero when off, or not used for this model's type). */

@@ -48,8 +48,8 @@ function wrapAddon(native) {
   // napi-rs defines static methods as non-configurable, so `NativeModel.load` is re-exported from a
   // facade class; `instanceof NativeModel` still recognises the addon's instances.
   class NativeModel {
-    static load(path, threads, backend) {
-      return wrapFn(native.NativeModel.load).call(native.NativeModel, path, threads, backend)
+    static load(...args) {
+      return wrapFn(native.NativeModel.load).apply(native.NativeModel, args)
     }
 
     static [Symbol.hasInstance](x) {

@@ -39,6 +39,7 @@ describe('flags', () => {
     [['--synthetic', 'q4_0', '--backend', 'gpu'], '--backend'],
     [['--synthetic', 'q4_0', '--compare', 'ollama'], '--compare'],
     [['--synthetic', 'q4_0', '--load', 'hot'], '--load'],
+    [['--synthetic', 'q4_0', '--kv-cache', 'q8_0'], '--kv-cache'],
     [['--synthetic', 'q4_0', '--frobnicate'], '--frobnicate'],
     [['--synthetic', 'q4_0', '--json', '--markdown'], '--json'],
     [['--synthetic'], '--synthetic'],
@@ -240,6 +241,21 @@ describe('end to end', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /\| metric \| @x\/phi2 wasm \|/);
     assert.match(r.stdout, /\| decode tok\/s \(after 8\) \| [\d.]+ \|/);
+  });
+
+  test('--kv-cache f16 reaches the engine and names the run', () => {
+    const model = path.join(fixtures, 'tiny-q8_0.gguf');
+    const args = ['--model', model, '--runs', '1', '--prompt-tokens', '8', '--gen-tokens', '3', '--threads', '1', '--no-bandwidth', '--kv-cache', 'f16'];
+    const j = JSON.parse(bench([...args, '--json']).stdout);
+    assert.equal(j.engines[0].runs[0].error, undefined);
+    assert.equal(j.engines[0].runs[0].info.kvCache, 'f16');
+    assert.equal(j.engines[0].label, '@x/phi2 cpu (f16 KV)');
+    const results = path.join(tmp, 'RESULTS-kv.md');
+    assert.equal(bench([...args, '--write-results', results]).code, 0);
+    const text = readFileSync(results, 'utf8');
+    assert.match(text, /<!-- phi2-bench:tiny-q8_0.gguf cpu kv-f16 t1 p8 g3 -->/);
+    assert.match(text, /## tiny-q8_0.gguf, cpu, f16 KV cache, 1 threads/);
+    assert.match(text, /KV cache: f16 for @x\/phi2/);
   });
 
   test('a run that fails is reported and the exit status is 1', () => {

@@ -79,6 +79,8 @@ pub struct NativeModelInfo {
     pub eos_token_id: Option<u32>,
     /// Where it runs: `"cpu"` or `"cuda:0 (NVIDIA H200, compute 9.0)"`.
     pub device: String,
+    /// What its KV cache stores: `"f32"` or `"f16"`.
+    pub kv_cache: String,
 }
 
 #[napi(object)]
@@ -177,6 +179,7 @@ pub struct NativeModel {
 pub struct LoadTask {
     path: PathBuf,
     backend: String,
+    kv_cache: String,
 }
 
 impl Task for LoadTask {
@@ -186,7 +189,8 @@ impl Task for LoadTask {
     fn compute(&mut self) -> Result<Phi2> {
         guarded("loading the model", || {
             let backend = phi2::Backend::parse(&self.backend).map_err(engine_err)?;
-            Phi2::load_on(&self.path, backend).map_err(engine_err)
+            let kv = phi2::KvType::parse(&self.kv_cache).map_err(engine_err)?;
+            Ok(Phi2::load_on(&self.path, backend).map_err(engine_err)?.with_kv_type(kv))
         })
     }
 
@@ -222,12 +226,17 @@ impl NativeModel {
     /// Loads off the JS thread. `threads` sets the process-wide compute threads of the engine's
     /// kernels (the latest load's value wins). `backend`: `"cpu"` (default), `"cuda"` or
     /// `"cuda:N"` (only the CUDA build has it; others answer `E_BACKEND_UNAVAILABLE`).
+    /// `kvCache`: `"f32"` (default) or `"f16"` (`E_INVALID_ARGUMENT` otherwise).
     #[napi(ts_return_type = "Promise<NativeModel>")]
-    pub fn load(path: String, threads: Option<u32>, backend: Option<String>) -> AsyncTask<LoadTask> {
+    pub fn load(path: String, threads: Option<u32>, backend: Option<String>, kv_cache: Option<String>) -> AsyncTask<LoadTask> {
         if let Some(n) = threads.filter(|&n| n > 0) {
             phi2::kernels::pool::set_threads(n as usize);
         }
-        AsyncTask::new(LoadTask { path: PathBuf::from(path), backend: backend.unwrap_or_else(|| "cpu".into()) })
+        AsyncTask::new(LoadTask {
+            path: PathBuf::from(path),
+            backend: backend.unwrap_or_else(|| "cpu".into()),
+            kv_cache: kv_cache.unwrap_or_else(|| "f32".into()),
+        })
     }
 
     #[napi(getter)]
@@ -251,6 +260,7 @@ impl NativeModel {
             context_length: c.context_length as u32,
             eos_token_id: c.eos_token_id,
             device: m.info.device.clone(),
+            kv_cache: m.kv_type().name().into(),
         })
     }
 

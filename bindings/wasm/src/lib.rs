@@ -35,6 +35,8 @@ export interface NativeModelInfo {
   rotaryDim: number; ropeTheta: number; layerNormEps: number; contextLength: number; eosTokenId: number | null;
   /** The file's context length; `contextLength` is this or the loader's `contextLength` cap. */
   trainedContextLength: number;
+  /** What the KV cache stores: the loader's `kvCache`. */
+  kvCache: 'f32' | 'f16';
 }
 export interface NativeGgufVocab {
   model: string; pre: string | null; tokens: string[]; tokenTypes: number[]; merges: string[];
@@ -154,7 +156,7 @@ impl WasmModel {
     ) -> Result<WasmModel, JsValue> {
         let view = bytes_view(&bytes)?;
         let name = name.unwrap_or_else(|| "model.gguf".into());
-        let mut loader = WasmModelLoader::create(&name, view.length() as u64, false, None)?;
+        let mut loader = WasmModelLoader::create(&name, view.length() as u64, false, None, phi2::KvType::F32)?;
         loader.push_view(&view)?;
         loader.finish()
     }
@@ -180,6 +182,7 @@ impl WasmModel {
         set(&o, "contextLength", c.context_length as u32);
         set(&o, "trainedContextLength", m.info.trained_context_length as u32);
         set(&o, "eosTokenId", opt_u32(c.eos_token_id));
+        set(&o, "kvCache", m.kv_type().name());
         Ok(o)
     }
 
@@ -257,8 +260,8 @@ pub struct WasmModelLoader {
 }
 
 impl WasmModelLoader {
-    fn create(name: &str, total: u64, hash: bool, context: Option<usize>) -> Result<WasmModelLoader, JsValue> {
-        let inner = GgufStreamLoader::with_limits(name, total, hash, MEMORY_LIMIT, context).map_err(engine_err)?;
+    fn create(name: &str, total: u64, hash: bool, context: Option<usize>, kv: phi2::KvType) -> Result<WasmModelLoader, JsValue> {
+        let inner = GgufStreamLoader::with_limits(name, total, hash, MEMORY_LIMIT, context).map_err(engine_err)?.with_kv_type(kv);
         Ok(WasmModelLoader { inner, scratch: Vec::new() })
     }
 
@@ -292,13 +295,16 @@ impl WasmModelLoader {
 #[wasm_bindgen]
 impl WasmModelLoader {
     /// `totalBytes`: the file's exact length. `hash`: compute `sha256()` over the pushed bytes.
-    /// Throws E_MODEL_TOO_LARGE when the file cannot fit in wasm32 memory with the engine's needs.
+    /// `kvCache`: `"f32"` (default) or `"f16"`, what the model's KV cache stores (the memory
+    /// check counts it). Throws E_MODEL_TOO_LARGE when the file cannot fit in wasm32 memory with
+    /// the engine's needs.
     #[wasm_bindgen(constructor)]
     pub fn new(
         name: String,
         #[wasm_bindgen(js_name = totalBytes)] total_bytes: f64,
         hash: bool,
         #[wasm_bindgen(js_name = contextLength)] context_length: Option<f64>,
+        #[wasm_bindgen(js_name = kvCache)] kv_cache: Option<String>,
     ) -> Result<WasmModelLoader, JsValue> {
         if !(total_bytes.is_finite() && total_bytes >= 0.0 && total_bytes.fract() == 0.0 && total_bytes <= 9_007_199_254_740_992.0) {
             return Err(invalid(format!("totalBytes must be a non-negative integer, got {total_bytes}")));
@@ -308,7 +314,8 @@ impl WasmModelLoader {
             Some(c) if c.is_finite() && c >= 1.0 && c.fract() == 0.0 && c <= u32::MAX as f64 => Some(c as usize),
             Some(c) => return Err(invalid(format!("contextLength must be an integer ≥ 1, got {c}"))),
         };
-        Self::create(&name, total_bytes as u64, hash, context)
+        let kv = phi2::KvType::parse(kv_cache.as_deref().unwrap_or("f32")).map_err(engine_err)?;
+        Self::create(&name, total_bytes as u64, hash, context, kv)
     }
 
     /// The next bytes of the file (Uint8Array, Buffer or ArrayBuffer). Throws on a bad header (as

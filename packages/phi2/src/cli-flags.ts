@@ -49,6 +49,13 @@ export const FLAGS = {
     group: 'Model',
   },
   backend: { type: 'string', arg: 'B', help: 'auto | cpu | cuda | wasm (default auto: cuda where usable, else cpu)', commands: ALL, group: 'Model' },
+  'kv-cache': {
+    type: 'string',
+    arg: 'T',
+    help: 'f32 | f16: what the KV cache stores (default f32; f16 halves its memory and\nspeeds up decoding at long contexts, results differ by that rounding)',
+    commands: ALL,
+    group: 'Model',
+  },
   quiet: { type: 'boolean', help: 'no progress or statistics on stderr', commands: ALL, group: 'Model' },
 
   'max-new-tokens': {

@@ -80,6 +80,8 @@ function loadOptions(flags: Flags): LoadOptions {
   if (ctx !== undefined) o.contextLength = ctx
   const backend = str(flags, 'backend')
   if (backend !== undefined) o.backend = backend as LoadOptions['backend']
+  const kv = str(flags, 'kv-cache')
+  if (kv !== undefined) o.kvCache = kv as LoadOptions['kvCache']
   const revision = str(flags, 'revision')
   if (revision !== undefined) o.revision = revision
   return parseOptions(LoadOptionsSchema, o, 'load')

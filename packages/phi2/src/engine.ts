@@ -26,6 +26,8 @@ export interface EngineModelInfo {
   eosTokenId?: number | null
   /** Native engines: the device the model runs on (`'cpu'`, `'cuda:0 (…)'`). */
   device?: string
+  /** What the KV cache stores (engines before the option: absent, f32). */
+  kvCache?: 'f32' | 'f16'
 }
 
 export interface EngineGgufVocab {
@@ -114,6 +116,8 @@ export interface EngineLoadOptions {
   cache?: boolean
   /** The `contextLength` load option: the wasm engine caps its context there (and plans memory for it). */
   contextLength?: number | null
+  /** The `kvCache` load option (null: the engine's default, f32). */
+  kvCache?: 'f32' | 'f16' | null
   /** Why the backend asked for was not used (e.g. CUDA under `'auto'`): starts `runtime.reason`. */
   note?: string
 }

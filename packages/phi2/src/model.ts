@@ -100,6 +100,8 @@ export interface ModelInfo {
   contextLength: number
   /** The context window the model was trained with (2048 for Phi-2). */
   trainedContextLength: number
+  /** What the KV cache stores: the `kvCache` load option (default `'f32'`). */
+  kvCache: 'f32' | 'f16'
   hiddenSize: number
   intermediateSize: number
   numLayers: number
@@ -147,6 +149,7 @@ export async function loadWithEngine(plan: LoadPlan): Promise<Phi2Model> {
       onProgress: progress,
       cache: opts.cache ?? true,
       contextLength: opts.contextLength ?? null,
+      kvCache: opts.kvCache ?? null,
       ...(plan.note ? { note: plan.note } : {}),
     })
   } catch (err) {
@@ -191,6 +194,7 @@ export async function loadWithEngine(plan: LoadPlan): Promise<Phi2Model> {
       tokenizerSize: info.tokenizerSize,
       contextLength,
       trainedContextLength,
+      kvCache: info.kvCache ?? 'f32',
       hiddenSize: info.hiddenSize,
       intermediateSize: info.intermediateSize,
       numLayers: info.numLayers,

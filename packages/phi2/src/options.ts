@@ -101,6 +101,16 @@ export interface LoadOptions {
    */
   contextLength?: number
   /**
+   * What the KV cache (the keys and values of every token in the context) stores. Default `'f32'`:
+   * as computed, the engine's exact numerics. `'f16'`: rounded to 16-bit floats as they are written
+   * (llama.cpp's default), attention still computed in f32 on the widened values: half the cache's
+   * memory (Phi-2: 320 KB per token instead of 640 KB, 0.67 GB instead of 1.34 GB at 2048 tokens), and
+   * faster decoding at long contexts, where reading the cache takes a large share of each step
+   * (bench/RESULTS.md). Results then differ from `'f32'` by that rounding only, and stay the same on
+   * every backend build and batch shape. `model.info.kvCache` says which is in use.
+   */
+  kvCache?: 'f32' | 'f16'
+  /**
    * Compute backend. Default `'auto'`: in Node the GPU (`'cuda'`) where the CUDA addon and an NVIDIA
    * driver are there, else `'cpu'`, with the reason in `model.info.runtime.reason`; `'wasm'` in
    * browsers. `'cuda'` where it is not usable (and `'cpu'` / `'cuda'` in browsers):
@@ -131,6 +141,7 @@ export interface LoadOptions {
 export const LoadOptionsSchema: z.ZodType<LoadOptions> = z.strictObject({
   threads: int(1, 1024).optional(),
   contextLength: int(2, 1 << 24).optional(),
+  kvCache: z.enum(['f32', 'f16']).optional(),
   backend: z.enum(['auto', 'cpu', 'cuda', 'wasm']).optional(),
   cache: z.boolean().optional(),
   revision: z.string().min(1).max(256).optional(),

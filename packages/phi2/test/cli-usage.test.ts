@@ -54,6 +54,7 @@ describe('flag values', () => {
       ['--repetition-penalty', '-2', /"repetitionPenalty".*>0/],
       ['--threads', '-2', /"threads".*>=1.*\(flag --threads\)/],
       ['--context-length', '-5', /"contextLength".*>=2.*\(flag --context-length\)/],
+      ['--kv-cache', 'f8', /"kvCache".*"f32"\|"f16".*\(flag --kv-cache\)/],
     ]
     for (const [flag, value, message] of cases) {
       const r = phi2(['generate', '--model', model(), flag, value, 'Hi'])
@@ -233,8 +234,10 @@ describe('help', () => {
       const accepted = (Object.keys(FLAGS) as FlagName[]).filter((f) => accepts(cmd, f))
       expect(flagsIn(r.stdout).sort(), cmd).toEqual(accepted.sort())
     }
-    expect(flagsIn(phi2(['tokenize', '--help']).stdout).sort()).toEqual(['backend', 'context-length', 'file', 'help', 'json', 'model', 'quiet', 'revision', 'threads'])
-    expect(flagsIn(phi2(['info', '--help']).stdout).sort()).toEqual(['backend', 'context-length', 'help', 'json', 'model', 'quiet', 'revision', 'threads'])
+    expect(flagsIn(phi2(['tokenize', '--help']).stdout).sort()).toEqual(['backend', 'context-length', 'file', 'help', 'json', 'kv-cache', 'model', 'quiet', 'revision', 'threads'])
+    expect(flagsIn(phi2(['info', '--help']).stdout).sort()).toEqual(['backend', 'context-length', 'help', 'json', 'kv-cache', 'model', 'quiet', 'revision', 'threads'])
+    // --kv-cache reaches the engine: `info --json` reports what the cache stores.
+    expect(JSON.parse(phi2(['info', '--model', model(), '--kv-cache', 'f16', '--json']).stdout).kvCache).toBe('f16')
     const chat = flagsIn(phi2(['chat', '--help']).stdout)
     expect(chat).toContain('user-name')
     expect(chat).not.toContain('format')

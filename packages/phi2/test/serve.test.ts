@@ -64,6 +64,22 @@ const CARD_SAMPLES = [
   { prompt: 'def is_prime(', parameters: { top_p: 0.9, temperature: 0.6, max_new_tokens: 100, do_sample: true } },
 ]
 
+describe('phi2 serve --kv-cache f16', () => {
+  it("serves with f16 KV caches: greedy text equal to the SDK's with kvCache 'f16'", async () => {
+    const s = await serve(['--model', fixture('kq-f16.gguf'), '--kv-cache', 'f16'])
+    const model = await loadModel(fixture('kq-f16.gguf'), { kvCache: 'f16' })
+    try {
+      const r = await post(`${s.url}/v1/completions`, { prompt: 'def add(a, b):', max_tokens: 12, temperature: 0 })
+      expect(r.status).toBe(200)
+      const want = await model.generate('def add(a, b):', { maxNewTokens: 12 })
+      expect(r.json.choices[0].text).toBe(want.text)
+    } finally {
+      model.dispose()
+      expect(await s.stop()).toBe(0)
+    }
+  })
+})
+
 describe('phi2 serve: /score (the model card contract)', () => {
   let s: Served
   let model: Phi2Model
@@ -407,6 +423,9 @@ describe('phi2 serve: lifecycle', () => {
     expect(bad.code).toBe(2)
     expect(bad.out).toMatch(/E_USAGE: --port must be an integer/)
     expect((await runCli(['serve', '--colour'])).code).toBe(2)
+    const kv = await runCli(['serve', '--kv-cache', 'q8'])
+    expect(kv.code).toBe(2)
+    expect(kv.out).toMatch(/E_USAGE: --kv-cache must be f32 or f16/)
     const missing = await runCli(['serve', '--model', '/nonexistent/m.gguf', '--port', '0'])
     expect(missing.code).toBe(1)
     expect(missing.out).toMatch(/phi2: E_IO: /)

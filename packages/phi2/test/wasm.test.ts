@@ -276,6 +276,31 @@ describe('backend wasm: contextLength', () => {
   })
 })
 
+describe('backend wasm: kvCache', () => {
+  it("'f16' gives the native engine's f16 results and is reported", async () => {
+    const path = fixture('tiny-q8_0.gguf')
+    const [wasm, cpu] = await Promise.all([
+      loadModel(path, { backend: 'wasm', threads: 1, kvCache: 'f16' }),
+      loadModel(path, { backend: 'cpu', kvCache: 'f16' }),
+    ])
+    try {
+      expect(wasm.info.kvCache).toBe('f16')
+      expect(cpu.info.kvCache).toBe('f16')
+      const opts = { maxNewTokens: 16 }
+      expect((await wasm.generate(PROMPT_TEXT, opts)).tokens).toEqual((await cpu.generate(PROMPT_TEXT, opts)).tokens)
+      const tokens = wasm.tokenize(PROMPT_TEXT)
+      expect(maxAbsDiff(await wasm.logprobs(tokens), await cpu.logprobs(tokens))).toBeLessThanOrEqual(1e-4)
+    } finally {
+      wasm.dispose()
+      cpu.dispose()
+    }
+    await expect(loadModel(fixture('tiny-q8_0.gguf'), { backend: 'wasm', threads: 1, kvCache: 'bf16' as never })).rejects.toMatchObject({
+      name: 'Phi2OptionsError',
+      path: 'kvCache',
+    })
+  })
+})
+
 describe('backend wasm: sources', () => {
   const expectedTokens = async (m: Phi2Model) => (await m.generate('Hello', { maxNewTokens: 5 })).tokens
   const EXPECTED = [11044, 44899, 13104, 2952, 25581] // greedy after "Hello" on tiny-q8_0 (package.test.ts)

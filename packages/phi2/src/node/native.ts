@@ -14,7 +14,7 @@ import type { Engine, EngineCancelToken, EngineModel, EngineRuntime } from '../e
 import { Phi2BackendUnavailableError, Phi2Error, Phi2ModelLoadError, abortErrorFrom } from '../errors.js'
 
 interface NativeAddon {
-  NativeModel: { load(path: string, threads?: number | null, backend?: string | null): Promise<EngineModel> }
+  NativeModel: { load(path: string, threads?: number | null, backend?: string | null, kvCache?: string | null): Promise<EngineModel> }
   NativeCancelToken: new () => EngineCancelToken
 }
 
@@ -94,7 +94,7 @@ function addonEngine(addon: NativeAddon, backend: 'cpu' | 'cuda'): Engine {
         )
       }
       const signal = options.signal
-      const loading = NativeModel.load(source.path, options.threads ?? null, backend).catch((err: unknown) => {
+      const loading = NativeModel.load(source.path, options.threads ?? null, backend, options.kvCache ?? null).catch((err: unknown) => {
         // The CUDA build answers E_BACKEND_UNAVAILABLE when the GPU cannot be used (no device, a
         // driver too old for its kernels): a backend problem, not a bad model file.
         if ((err as { code?: unknown } | null)?.code === 'E_BACKEND_UNAVAILABLE') {

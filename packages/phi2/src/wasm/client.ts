@@ -436,7 +436,7 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         }
         const { source: src, transfer } = transferable(source)
         const onProgress = options.onProgress
-        const { id, promise } = conn.call<LoadReply>({ op: 'load', source: src, cache: options.cache ?? true, contextLength: options.contextLength ?? null }, transfer, {
+        const { id, promise } = conn.call<LoadReply>({ op: 'load', source: src, cache: options.cache ?? true, contextLength: options.contextLength ?? null, kvCache: options.kvCache ?? null }, transfer, {
           raw: true,
           onProgress: (m) => {
             if (m.phase === 'download') {

@@ -18,7 +18,7 @@ export interface WireError {
 export type Request =
   | { op: 'init'; flavour: Flavour }
   | { op: 'pool'; threads: number }
-  | { op: 'load'; source: EngineSource; cache: boolean; contextLength?: number | null }
+  | { op: 'load'; source: EngineSource; cache: boolean; contextLength?: number | null; kvCache?: 'f32' | 'f16' | null }
   | { op: 'session'; sid: number }
   | { op: 'generate'; sid: number; tokens: number[]; options: EngineGenerateOptions }
   | { op: 'logprobs'; tokens: number[] }

@@ -44,7 +44,7 @@ interface LoaderLike {
 
 export interface Glue {
   initSync(arg: { module: WebAssembly.Module; memory?: WebAssembly.Memory }): { memory: WebAssembly.Memory }
-  WasmModelLoader: new (name: string, totalBytes: number, hash: boolean, contextLength?: number) => LoaderLike
+  WasmModelLoader: new (name: string, totalBytes: number, hash: boolean, contextLength?: number, kvCache?: string) => LoaderLike
   threadsSupported?(): boolean
   threadWorkerRun?(): void
   threadPoolBuild?(n: number): void
@@ -245,6 +245,8 @@ export function runWorker(host: WorkerHost): void {
 
   /** The load's `contextLength` option: the engine caps its context (and the memory it plans for) there. */
   let contextCap: number | null = null
+  /** The load's `kvCache` option: what the KV cache stores (the engine's memory check counts it). */
+  let kvCache: 'f32' | 'f16' | null = null
 
   async function consume(
     id: number,
@@ -266,7 +268,7 @@ export function runWorker(host: WorkerHost): void {
       host.post({ kind: 'progress', id, phase: 'download', loadedBytes: loaded, totalBytes: total, fromCache: opened.fromCache })
     }
     try {
-      loader = new g.WasmModelLoader(name, total, hash, contextCap ?? undefined)
+      loader = new g.WasmModelLoader(name, total, hash, contextCap ?? undefined, kvCache ?? undefined)
       progress(0)
       // The magic check needs the first 16 bytes, which may come in more than one chunk (a stream
       // is free to deliver a few bytes first): they are held back from the loader until then.
@@ -477,8 +479,9 @@ export function runWorker(host: WorkerHost): void {
     return { ...r, fromCache: false, total }
   }
 
-  async function load(id: number, source: EngineSource, useCache: boolean, contextLength: number | null): Promise<void> {
+  async function load(id: number, source: EngineSource, useCache: boolean, contextLength: number | null, kv: 'f32' | 'f16' | null): Promise<void> {
     contextCap = contextLength
+    kvCache = kv
     const ac = new AbortController()
     loads.set(id, ac)
     try {
@@ -605,7 +608,7 @@ export function runWorker(host: WorkerHost): void {
         return
       }
       case 'load':
-        await load(id, req.source, req.cache, req.contextLength ?? null)
+        await load(id, req.source, req.cache, req.contextLength ?? null, req.kvCache ?? null)
         return
       case 'session': {
         // The client picks the id (its createSession() is synchronous); later calls name it.
