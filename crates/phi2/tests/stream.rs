@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::fixture;
 use phi2::stream::{WASM32_MEMORY_LIMIT, WORKING_MARGIN};
-use phi2::{FinishReason, GenerateOptions, GgufStreamLoader, Phi2, SamplingParams, Session};
+use phi2::{FinishReason, GenerateOptions, GgufStreamLoader, KvType, Phi2, SamplingParams, Session};
 
 const PROMPT: [u32; 11] = [464, 2068, 7586, 21831, 18045, 625, 198, 50284, 1169, 16931, 3290];
 const FIXTURES: [&str; 6] = ["tiny-f32.gguf", "tiny-f16.gguf", "tiny-q4_0.gguf", "tiny-q8_0.gguf", "kq-q4_K.gguf", "kq-mix.gguf"];
@@ -442,4 +442,21 @@ fn a_context_cap_lets_a_model_fit_that_does_not_at_its_full_context() {
     assert_eq!(3 + out.tokens.len(), 10);
 
     assert_eq!(GgufStreamLoader::with_limits("x.gguf", total, false, None, Some(0)).err().unwrap().code(), "E_INVALID_ARGUMENT");
+}
+
+#[test]
+fn an_f16_cache_counts_half_the_bytes_in_the_fit_check() {
+    // tiny at a context of 2^19 positions: an f32 KV cache of 512 MiB, an f16 one of 256 MiB. The
+    // limit leaves room for 300 MiB: only the f16 cache fits, and the model then makes f16 caches.
+    let bytes = with_context_length(std::fs::read(fixture("tiny-q8_0.gguf")).unwrap(), 1 << 19);
+    let total = bytes.len() as u64;
+    let limit = total + WORKING_MARGIN + (300 << 20);
+    let mut loader = GgufStreamLoader::with_limits("long.gguf", total, false, Some(limit), None).unwrap();
+    let err = loader.push(&bytes).err().expect("an f32 cache cannot fit");
+    assert_eq!(err.code(), "E_MODEL_TOO_LARGE");
+    assert!(err.to_string().contains("with the f32 KV cache"), "{err}");
+    let mut loader = GgufStreamLoader::with_limits("long.gguf", total, false, Some(limit), None).unwrap().with_kv_type(KvType::F16);
+    push_random(&mut loader, &bytes, 3);
+    let (model, _) = loader.finish().unwrap();
+    assert_eq!((model.kv_type(), model.config.context_length), (KvType::F16, 1 << 19));
 }

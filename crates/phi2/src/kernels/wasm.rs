@@ -778,6 +778,22 @@ pub(super) fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, 
     }
 }
 
+/// f16 bits → f32 ([`f16x4_to_f32`], exactly as `half` widens them), four at a time.
+pub(super) fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let n4 = n - n % 4;
+    for i in (0..n4).step_by(4) {
+        // SAFETY: i + 4 <= n, inside both slices.
+        unsafe {
+            let h = u32x4_extend_low_u16x8(v128_load64_zero(src.as_ptr().add(i) as *const u64));
+            v128_store(dst.as_mut_ptr().add(i) as *mut v128, f16x4_to_f32::<false>(h));
+        }
+    }
+    for i in n4..n {
+        dst[i] = half::f16::from_bits(src[i]).to_f32();
+    }
+}
+
 /// Four keys' or values' elements at `p` as f32x4 (f16: widened by [`f16x4_to_f32`], exact).
 #[inline(always)]
 unsafe fn kv4<T: KvElem>(p: *const T) -> v128 {

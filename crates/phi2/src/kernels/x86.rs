@@ -807,6 +807,19 @@ pub(super) unsafe fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale
     }
 }
 
+/// f16 bits → f32 (F16C, exactly as `half` widens them), eight at a time.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let n8 = n - n % 8;
+    for i in (0..n8).step_by(8) {
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i) as *const __m128i)));
+    }
+    for i in n8..n {
+        dst[i] = half::f16::from_bits(src[i]).to_f32();
+    }
+}
+
 /// Eight keys' or values' elements at `p` as f32 (f16: widened by F16C, exact).
 #[inline(always)]
 pub(super) unsafe fn kv8<T: KvElem>(p: *const T) -> __m256 {
