@@ -149,14 +149,16 @@ pub struct WasmModel {
 impl WasmModel {
     /// Loads a GGUF model from its bytes; `name` only labels errors. A one-shot
     /// `WasmModelLoader`: the bytes are copied into wasm memory piecewise, straight into the
-    /// per-tensor buffers (the caller may drop its copy afterwards).
+    /// per-tensor buffers (the caller may drop its copy afterwards). `kvCache` as the loader's.
     pub fn load(
         #[wasm_bindgen(unchecked_param_type = "Uint8Array | ArrayBuffer")] bytes: JsValue,
         name: Option<String>,
+        #[wasm_bindgen(js_name = kvCache)] kv_cache: Option<String>,
     ) -> Result<WasmModel, JsValue> {
         let view = bytes_view(&bytes)?;
         let name = name.unwrap_or_else(|| "model.gguf".into());
-        let mut loader = WasmModelLoader::create(&name, view.length() as u64, false, None, phi2::KvType::F32)?;
+        let kv = phi2::KvType::parse(kv_cache.as_deref().unwrap_or("f32")).map_err(engine_err)?;
+        let mut loader = WasmModelLoader::create(&name, view.length() as u64, false, None, kv)?;
         loader.push_view(&view)?;
         loader.finish()
     }

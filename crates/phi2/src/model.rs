@@ -483,6 +483,7 @@ impl Phi2 {
             (x, h) = self.residual(&x, &attn, &mlp, layers.get(i + 1))?;
         }
         cache.len += t;
+        kernels::attention::release_scratch();
         let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
         let x = self.weights.final_norm.forward(&x)?;
         Ok(self.weights.lm_head.forward(&x)?)
@@ -554,6 +555,7 @@ impl Phi2 {
             let mlp = layer.fc2.forward(&up)?;
             (x, h) = self.residual(&x, &attn, &mlp, layers.get(l + 1))?;
         }
+        kernels::attention::release_scratch();
         // The rows whose logits are wanted, through the final norm and lm_head together.
         let mut keep = Vec::with_capacity(items.len());
         for (it, (row, t, ..)) in items.iter_mut().zip(&parts) {

@@ -21,7 +21,8 @@
 //! With a `memory_limit` (the wasm binding passes [`WASM32_MEMORY_LIMIT`]), the need is counted as
 //! `file bytes + max(largest tensor, KV cache at full context) + WORKING_MARGIN`, where the KV cache
 //! is the keys and values of every layer at the context length (`2 · layers · ctx · hidden · b`,
-//! b = 4 bytes for an f32 cache, 2 for f16: [`GgufStreamLoader::with_kv_type`])
+//! b = 4 bytes for an f32 cache, 2 for f16 ([`GgufStreamLoader::with_kv_type`]), which a prompt
+//! pass also reads through an f32 copy of one layer's keys and values: `+ 2 · ctx · hidden · 4`)
 //! and the largest tensor is the transient extra copy while it is converted in `finish`. Before the
 //! header is known only `file bytes + WORKING_MARGIN` is checked (in [`GgufStreamLoader::new`], so
 //! a hopeless download fails before it starts); the full check runs once the header is parsed.
@@ -346,11 +347,13 @@ fn start_body(path: &Path, total: usize, limits: Limits, header: GgufFile) -> Re
         }
     }
     if let Some(limit) = limits.memory {
-        // Keys and values for every layer, per position.
-        let kv_per_token = 2u64
-            .saturating_mul(config.num_layers as u64)
-            .saturating_mul(config.hidden_size as u64)
-            .saturating_mul(limits.kv.bytes() as u64);
+        // Keys and values for every layer, per position; an f16 cache also an f32 copy of one
+        // layer's, which a prompt pass reads it through (kernels::attention::widened).
+        let layer_per_token = 2u64.saturating_mul(config.hidden_size as u64);
+        let mut kv_per_token = layer_per_token.saturating_mul(config.num_layers as u64).saturating_mul(limits.kv.bytes() as u64);
+        if limits.kv == KvType::F16 {
+            kv_per_token = kv_per_token.saturating_add(layer_per_token.saturating_mul(4));
+        }
         let kv = kv_per_token.saturating_mul(config.context_length as u64);
         let need = (total as u64).saturating_add(kv.max(largest as u64)).saturating_add(WORKING_MARGIN);
         if need > limit {

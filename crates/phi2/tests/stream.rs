@@ -445,18 +445,22 @@ fn a_context_cap_lets_a_model_fit_that_does_not_at_its_full_context() {
 }
 
 #[test]
-fn an_f16_cache_counts_half_the_bytes_in_the_fit_check() {
-    // tiny at a context of 2^19 positions: an f32 KV cache of 512 MiB, an f16 one of 256 MiB. The
-    // limit leaves room for 300 MiB: only the f16 cache fits, and the model then makes f16 caches.
+fn an_f16_cache_counts_its_bytes_in_the_fit_check() {
+    // tiny (2 layers × hidden 64) at a context of 2^19 positions: an f32 cache of 512 MiB; an f16
+    // one of 256 MiB plus the f32 copy of one layer a prompt pass reads it through (256 MiB). The
+    // limit leaves room for 300 MiB: neither fits; capped at 2^18 positions, the f16 one does,
+    // and the model then makes f16 caches.
     let bytes = with_context_length(std::fs::read(fixture("tiny-q8_0.gguf")).unwrap(), 1 << 19);
     let total = bytes.len() as u64;
     let limit = total + WORKING_MARGIN + (300 << 20);
-    let mut loader = GgufStreamLoader::with_limits("long.gguf", total, false, Some(limit), None).unwrap();
-    let err = loader.push(&bytes).err().expect("an f32 cache cannot fit");
-    assert_eq!(err.code(), "E_MODEL_TOO_LARGE");
-    assert!(err.to_string().contains("with the f32 KV cache"), "{err}");
-    let mut loader = GgufStreamLoader::with_limits("long.gguf", total, false, Some(limit), None).unwrap().with_kv_type(KvType::F16);
+    for (kv, what) in [(KvType::F32, "with the f32 KV cache at a context of 524288 tokens: 0.54 GB"), (KvType::F16, "with the f16 KV cache at a context of 524288 tokens: 0.54 GB")] {
+        let mut loader = GgufStreamLoader::with_limits("long.gguf", total, false, Some(limit), None).unwrap().with_kv_type(kv);
+        let err = loader.push(&bytes).err().expect("cannot fit");
+        assert_eq!(err.code(), "E_MODEL_TOO_LARGE");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+    let mut loader = GgufStreamLoader::with_limits("long.gguf", total, false, Some(limit), Some(1 << 18)).unwrap().with_kv_type(KvType::F16);
     push_random(&mut loader, &bytes, 3);
     let (model, _) = loader.finish().unwrap();
-    assert_eq!((model.kv_type(), model.config.context_length), (KvType::F16, 1 << 19));
+    assert_eq!((model.kv_type(), model.config.context_length), (KvType::F16, 1 << 18));
 }

@@ -31,6 +31,7 @@ Options:
   --stride S             llama.cpp's --ppl-stride, integer 1..N-1 (default: none)
   --threads N            compute threads, integer 1..1024 (default: all cores)
   --backend B            auto | cpu | wasm (default auto = cpu)
+  --kv-cache T           f32 | f16: what the KV cache stores (default f32)
   --json                 print one JSON object {"perplexity","nll","nllStdError","tokens",
                          "windows","textTokens","contextLength","stride","model"}
   --quiet                no progress or statistics on stderr
@@ -47,6 +48,7 @@ const OPTIONS = {
   stride: { type: 'string' },
   threads: { type: 'string' },
   backend: { type: 'string' },
+  'kv-cache': { type: 'string' },
   json: { type: 'boolean' },
   quiet: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
@@ -111,6 +113,7 @@ export async function runPerplexity(argv: string[]): Promise<number> {
     const threads = int(values.threads, 'threads')
     if (threads !== undefined) load.threads = threads
     if (values.backend !== undefined) load.backend = values.backend as LoadOptions['backend']
+    if (values['kv-cache'] !== undefined) load.kvCache = values['kv-cache'] as LoadOptions['kvCache']
     parseOptions(LoadOptionsSchema, load, 'load')
     let text: string
     if (values.file !== undefined) {
@@ -159,7 +162,7 @@ export async function runPerplexity(argv: string[]): Promise<number> {
     if (err instanceof Phi2Error) {
       let msg = err.message.replace(/\s*\n\s*/g, ' ')
       const path = 'path' in err && typeof err.path === 'string' ? err.path : ''
-      const flag = { contextLength: 'context', stride: 'stride', text: 'file', threads: 'threads', backend: 'backend' }[path.split('.')[0]!]
+      const flag = { contextLength: 'context', stride: 'stride', text: 'file', threads: 'threads', backend: 'backend', kvCache: 'kv-cache' }[path.split('.')[0]!]
       if (err.code === 'E_INVALID_OPTION' && flag) msg += ` (flag --${flag})`
       process.stderr.write(`phi2: ${err.code}: ${msg}\n`)
       return err.code === 'E_INVALID_OPTION' ? 2 : 1

@@ -166,6 +166,10 @@ export async function loadWithEngine(plan: LoadPlan): Promise<Phi2Model> {
     }
     tokenizer ??= plan.fallbackTokenizer(info)
     progress({ phase: 'tokenizer', progress: 1 })
+    // An engine build that predates the option ignores it: refuse rather than run another cache.
+    if (opts.kvCache !== undefined && (info.kvCache ?? 'f32') !== opts.kvCache) {
+      invalidOption('kvCache', 'loadModel', `'${opts.kvCache}' is not supported by this engine build (it keeps an ${info.kvCache ?? 'f32'} KV cache)`)
+    }
     const trainedContextLength = info.trainedContextLength ?? info.contextLength
     let contextLength = info.contextLength
     if (opts.contextLength !== undefined) {

@@ -104,7 +104,8 @@ export interface LoadOptions {
    * What the KV cache (the keys and values of every token in the context) stores. Default `'f32'`:
    * as computed, the engine's exact numerics. `'f16'`: rounded to 16-bit floats as they are written
    * (llama.cpp's default), attention still computed in f32 on the widened values: half the cache's
-   * memory (Phi-2: 320 KB per token instead of 640 KB, 0.67 GB instead of 1.34 GB at 2048 tokens), and
+   * memory on the cpu and wasm backends (Phi-2: 320 KB per token instead of 640 KB, 0.67 GB instead of
+   * 1.34 GB at 2048 tokens; on cuda the rounded values are kept in f32, the same results), and
    * faster decoding at long contexts, where reading the cache takes a large share of each step
    * (bench/RESULTS.md). Results then differ from `'f32'` by that rounding only, and stay the same on
    * every backend build and batch shape. `model.info.kvCache` says which is in use.

@@ -3,7 +3,7 @@
 // that the random-weight fixtures cannot produce on demand.
 import { describe, expect, it } from 'vitest'
 import type { Engine, EngineCancelToken, EngineGenerateOptions, EngineModel, EngineSession } from '../src/engine.js'
-import { Phi2Model, type ModelInfo } from '../src/model.js'
+import { Phi2Model, type ModelInfo, loadWithEngine } from '../src/model.js'
 import { bundledTokenizer } from '../src/node/files.js'
 
 const tok = bundledTokenizer()
@@ -226,5 +226,23 @@ describe('generation logic (scripted engine)', () => {
       expect(chunks.every((c) => c.finishReason === undefined)).toBe(true)
       await expect(stream.result).rejects.toMatchObject({ code: 'E_ABORTED' })
     })
+  })
+})
+
+describe('load', () => {
+  it("refuses kvCache 'f16' when the engine build keeps another cache (an addon that predates the option)", async () => {
+    let disposed = false
+    const { model } = fakeModel(() => [])
+    const native = { ...(model as unknown as { info: unknown }), info: { vocabSize: 51200, contextLength: 2048, architecture: 'phi2', format: 'gguf', dtype: 'q8_0' }, disposed: false, ggufVocab: () => null, dispose: () => void (disposed = true) }
+    const engine: Engine = {
+      backend: 'cpu',
+      load: async () => ({ model: native as unknown as EngineModel, runtime: { backend: 'cpu', build: 'native', threads: 1, reason: 'fake' }, fileSizeBytes: 0, fromCache: false, sha256: null }),
+      createCancelToken: () => new FakeCancel(),
+    }
+    const plan = { engine, source: { kind: 'path' as const, path: '/x.gguf', name: 'x.gguf' }, display: '/x.gguf', useGgufVocab: false, fallbackTokenizer: () => tok }
+    await expect(loadWithEngine({ ...plan, options: { kvCache: 'f16' } })).rejects.toMatchObject({ name: 'Phi2OptionsError', path: 'kvCache' })
+    expect(disposed).toBe(true)
+    const ok = await loadWithEngine({ ...plan, options: {} })
+    expect(ok.info.kvCache).toBe('f32')
   })
 })

@@ -217,6 +217,16 @@ describe('the trained default model: held-out perplexity, ours vs llama.cpp vs P
     expect(missing.code).toBe(1)
     expect(missing.stderr).toMatch(/^phi2: E_IO: cannot read --file/)
     expect(phi2(['perplexity', '--frobnicate']).code).toBe(2)
+    // --kv-cache f16: the same measurement on an f16 cache, a hair away from the f32 one.
+    const half = phi2(['perplexity', '--model', fx.gguf.Q8_0!, '--file', file, '--context', String(golden.contextLength), '--kv-cache', 'f16', '--json'])
+    expect(half.code, half.stderr).toBe(0)
+    const h = JSON.parse(half.stdout)
+    expect(h.tokens).toBe(j.tokens)
+    expect(h.nll).not.toBe(j.nll)
+    expect(Math.abs(h.perplexity / j.perplexity - 1)).toBeLessThan(0.002)
+    const badKv = phi2(['perplexity', '--model', fx.gguf.Q8_0!, '--file', file, '--kv-cache', 'f8'])
+    expect(badKv.code).toBe(2)
+    expect(badKv.stderr).toMatch(/E_INVALID_OPTION: .*kvCache.*\(flag --kv-cache\)/)
   })
 
   it('the random-weight fixtures still load for perplexity (any Phi model)', async () => {

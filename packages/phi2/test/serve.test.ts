@@ -65,16 +65,30 @@ const CARD_SAMPLES = [
 ]
 
 describe('phi2 serve --kv-cache f16', () => {
-  it("serves with f16 KV caches: greedy text equal to the SDK's with kvCache 'f16'", async () => {
+  it("serves with f16 KV caches: the SDK's greedy text with kvCache 'f16', and its log-probs, not f32's", async () => {
     const s = await serve(['--model', fixture('kq-f16.gguf'), '--kv-cache', 'f16'])
-    const model = await loadModel(fixture('kq-f16.gguf'), { kvCache: 'f16' })
+    const [model, f32] = await Promise.all([loadModel(fixture('kq-f16.gguf'), { kvCache: 'f16' }), loadModel(fixture('kq-f16.gguf'))])
     try {
-      const r = await post(`${s.url}/v1/completions`, { prompt: 'def add(a, b):', max_tokens: 12, temperature: 0 })
+      const prompt = 'def add(a, b):'
+      const r = await post(`${s.url}/v1/completions`, { prompt, max_tokens: 12, temperature: 0, logprobs: 1 })
       expect(r.status).toBe(200)
-      const want = await model.generate('def add(a, b):', { maxNewTokens: 12 })
+      const want = await model.generate(prompt, { maxNewTokens: 12 })
       expect(r.json.choices[0].text).toBe(want.text)
+      // The served log-probs of those tokens: an f16 cache's (the two caches differ by ~1e-3 here,
+      // far more than the log-softmax definitions of the server and of logprobs()).
+      const served: number[] = r.json.choices[0].logprobs.token_logprobs
+      const ids = [...model.tokenize(prompt), ...want.tokens]
+      const vocab = model.info.vocabSize
+      const off = async (m: Phi2Model) => {
+        const rows = await m.logprobs(ids)
+        return served.reduce((sum, lp, k) => sum + Math.abs(lp - rows[(ids.length - want.tokens.length + k - 1) * vocab + want.tokens[k]!]!), 0)
+      }
+      const [toF16, toF32] = [await off(model), await off(f32)]
+      expect(served).toHaveLength(want.tokens.length)
+      expect(toF16).toBeLessThan(toF32 / 10)
     } finally {
       model.dispose()
+      f32.dispose()
       expect(await s.stop()).toBe(0)
     }
   })

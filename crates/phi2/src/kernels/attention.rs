@@ -21,12 +21,19 @@ use super::{pool, reduce8};
 /// What a KV cache stores per value: `f32` as computed, or `half::f16`, rounded to the nearest
 /// (ties to even) when written ([`KvElem::store`]) and widened exactly when read
 /// ([`KvElem::load`]; every kernel widens the same way). An f16 cache takes half the memory, and a
-/// decode step reads half the bytes of it.
-pub trait KvElem: super::buffer::ZeroBits {
+/// decode step reads half the bytes of it. Sealed: the kernels read `HALF` types as f16 bits.
+pub trait KvElem: super::buffer::ZeroBits + sealed::Sealed {
     /// f16 (else f32): the SIMD kernels widen their loads.
     const HALF: bool;
     fn store(x: f32) -> Self;
     fn load(self) -> f32;
+}
+
+mod sealed {
+    /// Only f32 and half::f16 are cache elements.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
 }
 
 impl KvElem for f32 {
@@ -129,9 +136,15 @@ pub fn attention<T: KvElem>(q: &[f32], k: &[T], v: &[T], s: AttnShape, scale: f3
 const WIDEN_FROM: usize = 16;
 
 thread_local! {
-    /// [`widened`]'s f32 keys and values, kept from one call to the next (at most 2 · heads ·
-    /// context · head_dim values: 42 MB for Phi-2 at 2048 positions).
+    /// [`widened`]'s f32 keys and values, kept from one layer's call to the next within a pass
+    /// (2 · heads · positions · head_dim values: 42 MB for Phi-2 at 2048 positions) and freed at
+    /// its end ([`release_scratch`]).
     static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Frees this thread's [`widened`] scratch (the model calls it at the end of every pass).
+pub fn release_scratch() {
+    WIDE.take();
 }
 
 /// [`attention`] of an f16 cache through f32 copies of its first `pos + tokens` positions.
