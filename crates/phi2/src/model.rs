@@ -57,8 +57,9 @@ pub enum KvType {
     /// Keys and values in f32, as computed (the default).
     #[default]
     F32,
-    /// Keys and values rounded to f16 (nearest, ties to even) when written: half the memory, and
-    /// half the bytes each decode step reads from the cache. Attention still computes in f32 on
+    /// Keys and values rounded to f16 (nearest, ties to even) when written: on the CPU half the
+    /// memory, and half the bytes each decode step reads from the cache (a GPU keeps the rounded
+    /// values in f32 tensors: the same numbers, no memory saved). Attention still computes in f32 on
     /// the widened values ([`kernels::attention::KvElem`]), so the results differ from an f32
     /// cache only by that rounding, and stay the same bits on every ISA and for any split of a
     /// prompt into passes.
