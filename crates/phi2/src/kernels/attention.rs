@@ -173,7 +173,7 @@ fn widen<T: KvElem>(isa: super::Isa, src: &[T], dst: &mut [f32]) {
         // SAFETY: T is half::f16 (`HALF`), two bytes of f16 bits like u16.
         let bits = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u16, src.len()) };
         #[cfg(target_arch = "x86_64")]
-        if matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512Vnni | super::Isa::Amx) {
+        if x86_set(isa) {
             // SAFETY: every x86 kernel set includes AVX2 and F16C (checked when it was chosen).
             unsafe { super::x86::widen_f16(bits, dst) };
             return;
@@ -195,16 +195,23 @@ fn widen<T: KvElem>(isa: super::Isa, src: &[T], dst: &mut [f32]) {
     }
 }
 
+/// Whether `isa` is one of the x86 kernel sets (each includes AVX2, FMA and F16C: checked when it
+/// was chosen).
+#[cfg(target_arch = "x86_64")]
+fn x86_set(isa: super::Isa) -> bool {
+    matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512Vnni | super::Isa::Amx)
+}
+
 /// Whether batches run two rows at a time ([`super::avx512::attention_rows2`]): an x86 kernel
 /// set on a CPU with AVX-512F, and a head size it takes. Same bits either way.
 #[cfg(target_arch = "x86_64")]
 fn pairs_of_rows(isa: super::Isa, head_dim: usize) -> bool {
-    matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512Vnni | super::Isa::Amx) && super::avx512::rows2_fit(head_dim) && super::avx512::available()
+    x86_set(isa) && super::avx512::rows2_fit(head_dim) && super::avx512::available()
 }
 
 fn row<T: KvElem>(isa: super::Isa, q: &[f32], k: &[T], v: &[T], scale: f32, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, super::Isa::Avx2 | super::Isa::AvxVnni | super::Isa::Avx512Vnni | super::Isa::Amx) {
+    if x86_set(isa) {
         // SAFETY: every x86 kernel set includes AVX2 (checked when it was chosen).
         unsafe { super::x86::attention_row(q, k, v, scale, y) };
         return;

@@ -761,16 +761,16 @@ pub fn matmul_many(parts: &mut [Product], act: &Activations, threads: usize) {
     });
 }
 
-/// Asks for the cache lines of `len` f32 values from `p` ahead of their use (x86-64; nothing
+/// Asks for the cache lines of `len` values from `p` ahead of their use (x86-64; nothing
 /// elsewhere). A prefetch never faults, whatever the address.
 #[inline(always)]
-fn prefetch(p: *const f32, len: usize) {
+fn prefetch<T>(p: *const T, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    for i in (0..len).step_by(16) {
+    for i in (0..len * size_of::<T>()).step_by(64) {
         // SAFETY: see above; SSE is part of x86-64.
         #[allow(unused_unsafe)]
         unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(i) as *const i8)
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((p as *const i8).wrapping_add(i))
         };
     }
     #[cfg(not(target_arch = "x86_64"))]

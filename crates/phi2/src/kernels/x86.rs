@@ -878,10 +878,7 @@ const ATTN_PREFETCH: usize = 2048;
 #[inline(always)]
 unsafe fn prefetch_span<T>(x: &[T], from: usize, len: usize) {
     let end = (from + len).min(x.len());
-    let p = x.as_ptr().wrapping_add(from) as *const u8;
-    for i in (0..end.saturating_sub(from) * size_of::<T>()).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i) as *const i8);
-    }
+    super::prefetch(x.as_ptr().wrapping_add(from), end.saturating_sub(from));
 }
 
 /// Key j's score from its 8 lanes of `q · k_j` over the full groups (`acc`): the columns past
