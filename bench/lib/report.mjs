@@ -9,9 +9,11 @@ export const median = (xs) => {
 const stat = (xs) => (xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length } : null);
 
 /** Per-run metrics of one engine's run (native child or browser page). */
-function runMetrics(r, bytesPerToken, bwGbPerS) {
+function runMetrics(r, bytesPerToken, bwGbPerS, fileBytes) {
   const m = { load: r.loadMs / 1000 };
+  if (r.peakRssAfterLoad) m.rssLoad = r.peakRssAfterLoad / 1e9;
   if (r.peakRss) m.rss = r.peakRss / 1e9;
+  if (r.peakRss && fileBytes) m.rssFile = r.peakRss / fileBytes;
   if (Number.isFinite(r.hugePageShare)) m.huge = 100 * r.hugePageShare;
   for (const p of r.prompts) {
     const P = p.promptTokens;
@@ -25,9 +27,9 @@ function runMetrics(r, bytesPerToken, bwGbPerS) {
   return m;
 }
 
-export function summarize(engine, bytesPerToken, bwGbPerS) {
+export function summarize(engine, bytesPerToken, bwGbPerS, fileBytes) {
   const ok = engine.runs.filter((r) => !r.error);
-  const per = ok.map((r) => runMetrics(r, bytesPerToken, bwGbPerS));
+  const per = ok.map((r) => runMetrics(r, bytesPerToken, bwGbPerS, fileBytes));
   const keys = [...new Set(per.flatMap((m) => Object.keys(m)))];
   const s = {};
   for (const k of keys) s[k] = stat(per.map((m) => m[k]).filter((v) => Number.isFinite(v)));
@@ -51,7 +53,11 @@ function metricRows(promptTokens, withShare, withRss) {
     rows.push([`decode@${P}`, `decode tok/s (after ${P})`, 'higher', 2]);
     if (withShare) rows.push([`share@${P}`, `decode, % of bandwidth ceiling`, 'higher', 0]);
   }
-  if (withRss) rows.push(['rss', 'peak RSS GB', 'lower', 2]);
+  if (withRss) {
+    rows.push(['rssLoad', 'peak RSS when loaded, GB', 'lower', 2]);
+    rows.push(['rss', 'peak RSS GB', 'lower', 2]);
+    rows.push(['rssFile', 'peak RSS ÷ model file size', 'info', 2]);
+  }
   rows.push(['huge', 'model file mapped on 2 MB pages, %', 'info', 0]);
   return rows;
 }
@@ -100,7 +106,7 @@ export function mdTable(rows) {
 export function analyse(report) {
   const bw = report.bandwidth?.gbPerS ?? null;
   const bpt = report.model.bytesPerToken;
-  const native = report.engines.map((e) => summarize(e, bpt, bw));
+  const native = report.engines.map((e) => summarize(e, bpt, bw, report.model.sizeBytes));
   const browser = report.browser?.engines ? report.browser.engines.map((e) => summarize(e, bpt, null)) : null;
   return { native, browser };
 }
@@ -125,7 +131,7 @@ const NOTES = [
   'load: loadModel() until it resolves (node-llama-cpp: loadModel + createContext); "warm" / "cold" = share of the file in the page cache before the run (fincore).',
   'time to first token = prefill: the engine\'s own clock from the call to the first sampled token (@x/phi2: timings.promptMs; node-llama-cpp: the first token out of evaluate(); wllama: timings.prompt_ms); prefill tok/s = prompt tokens / that time (includes one greedy sampling).',
   'decode tok/s = (generated − 1) / time from the first to the last token (each step: one forward pass of one token + sampling); end-of-text banned for @x/phi2 (logitBias), yielded and continued through for node-llama-cpp, ignore_eos for wllama, so every engine runs the same number of steps.',
-  'peak RSS: getrusage maxRSS of the run\'s own process (load + every generation). × columns: advantage of @x/phi2 (>1 = @x/phi2 faster or smaller).',
+  'peak RSS: getrusage maxRSS of the run\'s own process (Node and the SDK included), when the model is loaded (loadModel() resolved; node-llama-cpp: after createContext) and over the whole run (load + every generation: KV cache and activations too); ÷ model file size: the whole run\'s. The file is mapped, so its pages count once they are read. × columns: advantage of @x/phi2 (>1 = @x/phi2 faster or smaller).',
   'model file mapped on 2 MB pages (Linux): FilePmdMapped of the model file\'s mappings in the run\'s process (/proc/self/smaps) over the file size, after the generations. Weights stream faster from 2 MB pages; the page cache has them where the file was read in large pieces (--load warm evicts the file and reads it back in 8 MB reads, so both engines start from the same state), not where it was written or faulted in small pieces.',
 ];
 

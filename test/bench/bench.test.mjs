@@ -202,11 +202,16 @@ describe('end to end', () => {
     assert.ok(j.bandwidth.gbPerS > 0);
     assert.ok(j.model.bytesPerToken > 0);
     const [ours, llama] = j.summary.native;
-    for (const k of ['load', 'rss', 'ttft@8', 'prefill@16', 'decode@16', 'share@16']) {
+    for (const k of ['load', 'rssLoad', 'rss', 'rssFile', 'ttft@8', 'prefill@16', 'decode@16', 'share@16']) {
       assert.ok(Number.isFinite(ours.stats[k].median), k);
       assert.equal(ours.stats[k].n, 2);
       assert.ok(ours.stats[k].min <= ours.stats[k].median && ours.stats[k].median <= ours.stats[k].max);
       assert.ok(Number.isFinite(llama.stats[k].median), k);
+    }
+    // peak RSS: at load no more than over the whole run; ÷ file size = the whole run's / the file's
+    for (const e of [ours, llama]) {
+      assert.ok(e.stats.rssLoad.median <= e.stats.rss.median);
+      assert.ok(Math.abs(e.stats.rssFile.median - (e.stats.rss.median * 1e9) / j.model.sizeBytes) < 1e-9);
     }
     assert.match(j.command, /^phi2-bench --synthetic q4_k_m --shape test/);
   });
@@ -220,7 +225,9 @@ describe('end to end', () => {
     assert.match(r.stdout, /memory read bandwidth: [\d.]+ GB\/s/);
     assert.match(r.stdout, /prefill tok\/s \(16 tokens\)/);
     assert.match(r.stdout, /decode tok\/s \(after 8\)/);
+    assert.match(r.stdout, /peak RSS when loaded, GB/);
     assert.match(r.stdout, /peak RSS GB/);
+    assert.match(r.stdout, /peak RSS ÷ model file size/);
     const first = readFileSync(results, 'utf8');
     assert.match(first, /^# phi2-bench results/);
     assert.equal(first.match(/<!-- phi2-bench:/g).length, 1);
