@@ -14,6 +14,19 @@
 //! accumulates in block order), so a lane's 16 × 16 accumulators stay in registers. Same bits
 //! as the scalar twin, whatever the number of tokens.
 //!
+//! Where a Q4_0 / Q8_0 product's time goes (`kernel_bench --threads 2 --tokens 128 --types
+//! q8_0`, 10240×2560, Sapphire Rapids-class Xeon: 7.6–7.8 ms), with parts of [`rows_amx`] left
+//! out: 5.2–5.3 ms without the epilogue's arithmetic, 4.4–4.7 without the per-block tile stores
+//! too, 4.0–4.3 with the tile products' loads gone as well, 2.3 with no tile work at all
+//! (packing, lane reduction, output). The parts add up: the AVX-512 epilogue does not run while
+//! the tile unit works, in any order tried (alternating builds, Q4_0 / Q8_0 ms): one pipeline
+//! over all 8 lanes instead of one per lane 7.1–7.3 / 7.4–7.7 vs 6.6–6.8 / 7.2–7.4; the epilogue
+//! before the next store 7.9–8.2 / 8.8–9.0 vs 6.5–7.0 / 7.2–7.7; a third result buffer, so that
+//! the epilogue reads results stored two steps earlier, 6.6–7.6 / 7.6–8.8 vs 6.7–7.7 / 7.2–8.4.
+//! What is left to win is the epilogue's own work (four vector operations per 16 outputs and
+//! block, which the definition fixes) and the tile products' (each uses half the tile unit: a
+//! Q8_0 / Q4_0 block has 32 values, a product takes 64).
+//!
 //! Linux only: a process must ask the kernel for the tile state (`arch_prctl`) before the first
 //! tile instruction; [`available`] does that once.
 
