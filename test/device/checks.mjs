@@ -3,7 +3,10 @@
 //   1. log-probs of a prompt on every fixture: within 1e-3 for F32 and F16 weights, the BF16 and
 //      quantized tolerances of the llama.cpp comparison (test/engine/llama.test.mjs) otherwise;
 //   2. greedy and seeded (sampled) tokens identical to the CPU's;
-//   3. 100 load / generate / dispose cycles without growth of the device's memory use.
+//   3. 100 load / generate / dispose cycles without growth of the device's memory use;
+//   4. with `kvCache: 'f16'`, log-probs and greedy tokens against the CPU's f16 cache (the CUDA
+//      path rounds keys and values to f16 as the CPU's cache stores them), on an F16 and a Q4_0
+//      fixture.
 // Prints one line per check and writes everything to $OUT/device-checks.json when OUT is set.
 // Exit 1 when a check fails.
 //   node test/device/checks.mjs FIXTURES_DIR
@@ -16,7 +19,7 @@ import { loadModel } from '@x/phi2';
 
 const fixtures = path.resolve(process.argv[2] ?? 'test/fixtures/gen');
 const PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n';
-const results = { fixtures, logprobs: [], tokens: [], memory: null, failures: [] };
+const results = { fixtures, logprobs: [], tokens: [], kvF16: [], memory: null, failures: [] };
 const fail = (what) => {
   results.failures.push(what);
   console.log(`FAIL ${what}`);
@@ -86,6 +89,37 @@ for (const name of models) {
 }
 results.device = device.cuda;
 
+// 4. The f16 KV cache: CPU (keys and values stored as f16) against the backend (rounded to f16).
+for (const name of models.filter((m) => /^kq-(f16|q4_0)\.gguf$/.test(m))) {
+  const file = path.join(fixtures, name);
+  let cpu;
+  let gpu;
+  try {
+    cpu = await loadModel(file, { backend: 'cpu', kvCache: 'f16' });
+    gpu = await loadModel(file, { backend, kvCache: 'f16' });
+    const ids = cpu.tokenize(PROMPT).slice(0, Math.min(48, cpu.info.contextLength - 40));
+    const [a, b] = [await cpu.logprobs(ids), await gpu.logprobs(ids)];
+    let max = a.length === b.length ? 0 : Infinity;
+    for (let i = 0; i < a.length; i++) {
+      const d = Math.abs(a[i] - b[i]);
+      max = Number.isNaN(d) ? Infinity : Math.max(max, d);
+    }
+    const opts = { maxNewTokens: 24, doSample: false };
+    const [x, y] = [await cpu.generate(ids, opts), await gpu.generate(ids, opts)];
+    const same = x.tokens.length === y.tokens.length && x.tokens.every((t, i) => t === y.tokens[i]);
+    const tol = tolerance(name);
+    const ok = gpu.info.kvCache === 'f16' && max <= tol.max && same;
+    results.kvF16.push({ name, kvCache: gpu.info.kvCache, max, tol: tol.max, same, ok });
+    console.log(`${ok ? 'ok  ' : 'FAIL'} kvCache f16 ${name}: info.kvCache ${gpu.info.kvCache}, log-probs max |Δ| ${max.toExponential(2)} (tolerance ${tol.max}), greedy tokens ${same ? 'identical' : 'differ'}`);
+    if (!ok) results.failures.push(`kvCache f16 ${name}`);
+  } catch (e) {
+    fail(`kvCache f16 ${name}: ${e.code ?? ''} ${e.message}`);
+  } finally {
+    cpu?.dispose();
+    gpu?.dispose();
+  }
+}
+
 // 3. Device memory over load / generate / dispose cycles: after a warm-up of 10 (kernels loaded,
 // the allocator's pools filled), 90 more must not take more memory.
 if (backend === 'cuda') {
@@ -110,6 +144,6 @@ if (backend === 'cuda') {
   if (!ok) results.failures.push('device memory growth');
 }
 
-console.log(`${results.failures.length ? "FAILED" : "passed"}: ${results.logprobs.length} log-prob checks, ${results.tokens.length} token checks, memory ${results.memory === null ? "not checked" : results.memory.ok ? "ok" : "FAILED"} on ${device.cuda}`);
+console.log(`${results.failures.length ? "FAILED" : "passed"}: ${results.logprobs.length} log-prob checks, ${results.tokens.length} token checks, ${results.kvF16.length} f16-KV checks, memory ${results.memory === null ? "not checked" : results.memory.ok ? "ok" : "FAILED"} on ${device.cuda}`);
 if (process.env.OUT) writeFileSync(path.join(process.env.OUT, 'device-checks.json'), JSON.stringify(results, null, 1));
 process.exitCode = results.failures.length ? 1 : 0;

@@ -10,7 +10,7 @@
 #
 # (Call 1 only reports the version where the machine has Node.js >= 20 itself.)
 # checks: test/device/checks.mjs on fixtures made there by phi2-fixtures (log-probs CPU vs CUDA,
-#   greedy and seeded tokens, 100 load/generate/dispose cycles of device memory).
+#   greedy and seeded tokens, 100 load/generate/dispose cycles of device memory, the f16 KV cache).
 # bench: phi2-bench --backend cuda on Phi-2-shaped random-weight GGUFs written there (F16, Q8_0,
 #   Q4_0): 512-token prefill, 128-token decode, the GPU's bandwidth ceiling, HF transformers fp16
 #   (eager) as the peer for F16 and Q4_0.
