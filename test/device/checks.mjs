@@ -32,6 +32,18 @@ function tolerance(name) {
   return { max: 0.35, mean: 0.06 };
 }
 
+/** max and mean |Δ| of two log-prob arrays; a length mismatch or a NaN on one side only: Infinity. */
+function difference(a, b) {
+  let max = a.length === b.length ? 0 : Infinity;
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    max = Number.isNaN(d) ? Infinity : Math.max(max, d);
+    sum += Number.isFinite(d) ? d : 0;
+  }
+  return { max, mean: sum / a.length };
+}
+
 const models = readdirSync(fixtures)
   .filter((f) => f.endsWith('.gguf') || (statSync(path.join(fixtures, f)).isDirectory() && readdirSync(path.join(fixtures, f)).includes('config.json')))
   .sort();
@@ -55,16 +67,9 @@ for (const name of models) {
   try {
     const ids = cpu.tokenize(PROMPT).slice(0, Math.min(48, cpu.info.contextLength - 40));
     const [a, b] = [await cpu.logprobs(ids), await gpu.logprobs(ids)];
-    let max = 0;
-    let sum = 0;
-    for (let i = 0; i < a.length; i++) {
-      const d = Math.abs(a[i] - b[i]);
-      max = Number.isNaN(d) ? Infinity : Math.max(max, d); // NaN on one side only: a failure
-      sum += Number.isFinite(d) ? d : 0;
-    }
-    const mean = sum / a.length;
+    const { max, mean } = difference(a, b);
     const tol = tolerance(name);
-    const ok = a.length === b.length && max <= tol.max && mean <= tol.mean;
+    const ok = max <= tol.max && mean <= tol.mean;
     results.logprobs.push({ name, dtype: cpu.info.dtype, rows: ids.length, max, mean, tol, ok });
     console.log(`${ok ? 'ok  ' : 'FAIL'} log-probs ${name} (${cpu.info.dtype}): max |Δ| ${max.toExponential(2)} mean ${mean.toExponential(2)} (tolerance ${tol.max} / ${tol.mean})`);
     if (!ok) results.failures.push(`log-probs ${name}`);
@@ -98,12 +103,7 @@ for (const name of models.filter((m) => /^kq-(f16|q4_0)\.gguf$/.test(m))) {
     cpu = await loadModel(file, { backend: 'cpu', kvCache: 'f16' });
     gpu = await loadModel(file, { backend, kvCache: 'f16' });
     const ids = cpu.tokenize(PROMPT).slice(0, Math.min(48, cpu.info.contextLength - 40));
-    const [a, b] = [await cpu.logprobs(ids), await gpu.logprobs(ids)];
-    let max = a.length === b.length ? 0 : Infinity;
-    for (let i = 0; i < a.length; i++) {
-      const d = Math.abs(a[i] - b[i]);
-      max = Number.isNaN(d) ? Infinity : Math.max(max, d);
-    }
+    const { max } = difference(await cpu.logprobs(ids), await gpu.logprobs(ids));
     const opts = { maxNewTokens: 24, doSample: false };
     const [x, y] = [await cpu.generate(ids, opts), await gpu.generate(ids, opts)];
     const same = x.tokens.length === y.tokens.length && x.tokens.every((t, i) => t === y.tokens[i]);
