@@ -477,6 +477,7 @@ impl Phi2 {
             Some(l) => l.norm.forward(&x)?,
             None => x.clone(),
         };
+        let scratch = kernels::attention::PassScratch;
         for (i, (layer, kv)) in layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let (q, k, v, up) = self.project(layer, &h)?;
             let attn = layer.dense.forward(&self.attend(&q, &k, &v, kv, &tables)?)?;
@@ -484,7 +485,7 @@ impl Phi2 {
             (x, h) = self.residual(&x, &attn, &mlp, layers.get(i + 1))?;
         }
         cache.len += t;
-        kernels::attention::release_scratch();
+        drop(scratch);
         let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
         let x = self.weights.final_norm.forward(&x)?;
         Ok(self.weights.lm_head.forward(&x)?)
@@ -544,6 +545,7 @@ impl Phi2 {
             Some(l) => l.norm.forward(&x)?,
             None => x.clone(),
         };
+        let scratch = kernels::attention::PassScratch;
         for (l, layer) in layers.iter().enumerate() {
             let (q, k, v, up) = self.project(layer, &h)?;
             let mut ys = Vec::with_capacity(items.len());
@@ -556,7 +558,7 @@ impl Phi2 {
             let mlp = layer.fc2.forward(&up)?;
             (x, h) = self.residual(&x, &attn, &mlp, layers.get(l + 1))?;
         }
-        kernels::attention::release_scratch();
+        drop(scratch);
         // The rows whose logits are wanted, through the final norm and lm_head together.
         let mut keep = Vec::with_capacity(items.len());
         for (it, (row, t, ..)) in items.iter_mut().zip(&parts) {

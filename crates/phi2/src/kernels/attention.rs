@@ -138,13 +138,18 @@ const WIDEN_FROM: usize = 16;
 thread_local! {
     /// [`widened`]'s f32 keys and values, kept from one layer's call to the next within a pass
     /// (2 · heads · positions · head_dim values: 42 MB for Phi-2 at 2048 positions) and freed at
-    /// its end ([`release_scratch`]).
+    /// its end ([`PassScratch`]).
     static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Frees this thread's [`widened`] scratch (the model calls it at the end of every pass).
-pub fn release_scratch() {
-    WIDE.take();
+/// Held by a forward pass over its layers: dropping it frees this thread's [`widened`] scratch,
+/// at the end of the layers or on any early return.
+pub struct PassScratch;
+
+impl Drop for PassScratch {
+    fn drop(&mut self) {
+        WIDE.take();
+    }
 }
 
 /// [`attention`] of an f16 cache through f32 copies of its first `pos + tokens` positions.
