@@ -81,6 +81,7 @@ test('dispose: in-flight work finishes, later calls fail with E_DISPOSED', async
 test('bad input is a coded error, never a crash', async () => {
   await assert.rejects(NativeModel.load('/nonexistent/model.gguf'), { code: 'E_IO', message: /nonexistent/ });
   await assert.rejects(NativeModel.load(path.join(root, 'package.json')), (e) => /^E_/.test(e.code));
+  await assert.rejects(NativeModel.load(model, null, 'cpu', 'f8'), { code: 'E_INVALID_ARGUMENT', message: /kvCache.*f8/ });
   const m = await NativeModel.load(model);
   const s = m.createSession();
   await assert.rejects(s.generate([1, 51200], greedy, () => {}), { code: 'E_INVALID_ARGUMENT', message: /51200/ });

@@ -375,6 +375,8 @@ test('WasmModelLoader errors carry their codes', () => {
   throwsCode(() => extra.push(new Uint8Array(1)), 'E_INVALID_ARGUMENT');
   assert.equal(extra.received, bytes.length);
   extra.finish().free();
+  throwsCode(() => new WasmModelLoader('kv.gguf', bytes.length, false, undefined, 'f8'), 'E_INVALID_ARGUMENT');
+  throwsCode(() => WasmModel.load(bytes, 'kv.gguf', 'bf16'), 'E_INVALID_ARGUMENT');
   const over = new WasmModelLoader('over.gguf', 10, false);
   throwsCode(() => over.push(bytes.subarray(0, 11)), 'E_INVALID_ARGUMENT');
   assert.equal(over.received, 0);
