@@ -12,8 +12,17 @@
 //!
 //! Measured (`kernel_bench --threads 2 --types f16`, 10240 × 2560, this project's 2-core Xeon):
 //! 128 tokens 81 → ~100 GMAC/s, 32 tokens 82 → ~93; at 8 tokens the AVX2 tile was faster, hence
-//! [`MIN_TOKENS`]. That is about 40% of the two cores' 16-lane FMA peak; the limit was not found
-//! (not L2: blocking the columns so a pass's activations stayed in L2 was slower).
+//! [`MIN_TOKENS`]. A core's peak here is ~105 G lane-FMA/s (a loop of independent 512-bit
+//! FMAs); this loop alone (4 loads, 6 broadcasts, 24 FMAs per group, on this layout and these
+//! footprints, in C) reaches ~82, and the kernel on one thread 55–65 GMAC/s: the rest is the
+//! widening (each row tile once per pass: ~10% of fc1's time, ~20% of fc2's, whose 10240
+//! columns leave 16 token pairs per pass) and the tile ends. Keeping a tile's 6 rows in L1 by
+//! blocking the columns (the sums kept between blocks) was 4–6% slower, and asking for the next
+//! row tile's weights into L2 during this one's tiles was 9% slower on fc2: neither is done.
+//! Kept (`kernel_bench --threads 2 --types f16 --tokens 128`, alternating builds, GMAC/s): the
+//! widened rows on a cache line, the last rows of an item (128 = 21 · 6 + 2) in one tile of
+//! their count instead of one-row tiles, and two groups widened per 512-bit store: fc1
+//! (10240 × 2560) 108–110 → 119–124, fc2 (2560 × 10240) 88–91 → 99–103.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -69,9 +78,11 @@ pub(crate) fn prepare(a: &mut Activations) {
     }
 }
 
-// Per-thread buffer: the current row tile's weights widened to f32.
+// Per-thread buffer: the current row tile's weights widened to f32. On a cache line: a `Vec`'s
+// 16-byte alignment split every other 32-byte weight load of the tiles across two lines
+// (measured, `kernel_bench --threads 1 --types f16 --tokens 128`: see `rows_float`).
 thread_local! {
-    static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ROWS: std::cell::RefCell<super::buffer::Aligned<f32>> = const { std::cell::RefCell::new(super::buffer::Aligned::new()) };
 }
 
 /// Whether this CPU runs [`matmul_rows`] (checked once; part of `amx::available`).
@@ -143,6 +154,8 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     debug_assert!(takes(w, a));
     // SAFETY: `available()` held when the kernel set was chosen (`amx::available` requires it).
     ROWS.with_borrow_mut(|buf| unsafe {
+        // (Not zeroed: a tile reads only the groups `widen_rows` wrote.)
+        buf.resize(R * (w.cols / 8 * 8 + 16));
         if w.dtype == DType::BF16 {
             rows_float::<true>(w, a, rows, out, buf);
         } else {
@@ -152,8 +165,7 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
 }
 
 #[target_feature(enable = "avx512f,avx2,f16c,fma")]
-unsafe fn rows_float<const BF: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, buf: &mut Vec<f32>) {
-    buf.resize(R * (w.cols / 8 * 8 + 16), 0.0);
+unsafe fn rows_float<const BF: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, buf: &mut [f32]) {
     // Token pairs per pass over the rows: a pass's activations (`X_BLOCK` bytes, at least 16
     // pairs so that widening a wide row tile is shared by enough tokens) stay in L2 while every
     // row tile of the item goes by, instead of streaming each row tile's whole batch from L3.
@@ -169,12 +181,14 @@ unsafe fn rows_float<const BF: bool>(w: &WeightRef, a: &Activations, rows: Range
         while r0 < rows.end {
             let m = (rows.end - r0).min(R);
             widen_rows::<BF>(w, r0, m, buf);
-            if m == R {
-                pairs::<R>(w, a, r0, buf, 0, p0..p1, out);
-            } else {
-                for r in 0..m {
-                    pairs::<1>(w, a, r0 + r, buf, r, p0..p1, out);
-                }
+            // (The last tile of an item of 128 rows has 2.)
+            match m {
+                R => pairs::<R>(w, a, r0, buf, p0..p1, out),
+                5 => pairs::<5>(w, a, r0, buf, p0..p1, out),
+                4 => pairs::<4>(w, a, r0, buf, p0..p1, out),
+                3 => pairs::<3>(w, a, r0, buf, p0..p1, out),
+                2 => pairs::<2>(w, a, r0, buf, p0..p1, out),
+                _ => pairs::<1>(w, a, r0, buf, p0..p1, out),
             }
             r0 += m;
         }
@@ -193,7 +207,15 @@ unsafe fn widen_rows<const BF: bool>(w: &WeightRef, r0: usize, m: usize, buf: &m
     for r in 0..m {
         let src = w.row(r0 + r).as_ptr();
         let dst = buf.as_mut_ptr().add(r * (8 * groups + 16));
-        for g in 0..groups {
+        // Two groups per 512-bit store (half the stores of one group at a time: the widening
+        // is ~10-20% of a product's time, as each row tile is widened once per pass).
+        for g in (0..groups - groups % 2).step_by(2) {
+            let raw = _mm256_loadu_si256(src.add(16 * g) as *const __m256i);
+            let v = if BF { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw))) } else { _mm512_cvtph_ps(raw) };
+            _mm512_storeu_ps(dst.add(8 * g), v);
+        }
+        if groups % 2 == 1 {
+            let g = groups - 1;
             let raw = _mm_loadu_si128(src.add(16 * g) as *const __m128i);
             let v = if BF { _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16)) } else { _mm256_cvtph_ps(raw) };
             _mm256_storeu_ps(dst.add(8 * g), v);
@@ -201,23 +223,23 @@ unsafe fn widen_rows<const BF: bool>(w: &WeightRef, r0: usize, m: usize, buf: &m
     }
 }
 
-/// Rows `r0 .. r0 + RR` (tile rows `wr ..` of `buf`) against the token pairs `ps`, `P` at a time.
+/// Rows `r0 .. r0 + RR` (widened in `buf`) against the token pairs `ps`, `P` at a time.
 #[inline(always)]
-unsafe fn pairs<const RR: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], wr: usize, ps: Range<usize>, out: OutPtr) {
+unsafe fn pairs<const RR: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], ps: Range<usize>, out: OutPtr) {
     let npairs = ps.end;
     let mut p = ps.start;
     while p < npairs {
         p += match npairs - p {
             n if n >= P => {
-                tile::<RR, P>(w, a, r0, buf, wr, p, out);
+                tile::<RR, P>(w, a, r0, buf, p, out);
                 P
             }
             n if n >= 2 => {
-                tile::<RR, 2>(w, a, r0, buf, wr, p, out);
+                tile::<RR, 2>(w, a, r0, buf, p, out);
                 2
             }
             _ => {
-                tile::<RR, 1>(w, a, r0, buf, wr, p, out);
+                tile::<RR, 1>(w, a, r0, buf, p, out);
                 1
             }
         };
@@ -227,13 +249,13 @@ unsafe fn pairs<const RR: usize>(w: &WeightRef, a: &Activations, r0: usize, buf:
 /// `RR` rows × token pairs `p0 .. p0 + PP` over every full group in registers; then per output
 /// the columns past them (the scalar definition, same lanes) and the lane reduction.
 #[inline(always)]
-unsafe fn tile<const RR: usize, const PP: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], wr: usize, p0: usize, out: OutPtr) {
+unsafe fn tile<const RR: usize, const PP: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], p0: usize, out: OutPtr) {
     let cols = w.cols;
     let groups = cols / 8;
     let stride = pair_stride(cols);
     let xp = a.fp.as_ptr().add(p0 * stride);
     let wrow = 8 * groups + 16;
-    let wp = buf.as_ptr().add(wr * wrow);
+    let wp = buf.as_ptr();
     let mut acc = [[_mm512_setzero_ps(); PP]; RR];
     for g in 0..groups {
         // (A loop, not a closure: closures do not inherit the target features.)
