@@ -15,14 +15,16 @@
 //! [`MIN_TOKENS`]. A core's peak here is ~105 G lane-FMA/s (a loop of independent 512-bit
 //! FMAs); this loop alone (4 loads, 6 broadcasts, 24 FMAs per group, on this layout and these
 //! footprints, in C) reaches ~82, and the kernel on one thread 55–65 GMAC/s: the rest is the
-//! widening (each row tile once per pass: ~10% of fc1's time, ~20% of fc2's, whose 10240
-//! columns leave 16 token pairs per pass) and the tile ends. Keeping a tile's 6 rows in L1 by
-//! blocking the columns (the sums kept between blocks) was 4–6% slower, and asking for the next
-//! row tile's weights into L2 during this one's tiles was 9% slower on fc2: neither is done.
-//! Kept (`kernel_bench --threads 2 --types f16 --tokens 128`, alternating builds, GMAC/s): the
-//! widened rows on a cache line, the last rows of an item (128 = 21 · 6 + 2) in one tile of
-//! their count instead of one-row tiles, and two groups widened per 512-bit store: fc1
-//! (10240 × 2560) 108–110 → 119–124, fc2 (2560 × 10240) 88–91 → 99–103.
+//! widening (each row tile once per pass: ~10% of fc1's time) and the tile ends. Keeping a
+//! tile's 6 rows in L1 by blocking the columns finely (64 groups, the sums kept between blocks)
+//! was 4–6% slower, and asking for the next row tile's weights into L2 during this one's tiles
+//! was 9% slower on fc2: neither is done. Kept (`kernel_bench --threads 2 --types f16 --tokens
+//! 128`, alternating builds, GMAC/s): the widened rows on a cache line, the last rows of an
+//! item (128 = 21 · 6 + 2) in one tile of their count instead of one-row tiles, and two groups
+//! widened per 512-bit store: fc1 (10240 × 2560) 108–110 → 119–124, fc2 (2560 × 10240) 88–91
+//! → 99–103; then wide rows in spans of columns ([`rows_float`]): fc2 92–101 → 108–119 (512
+//! tokens 93–97 → 108–112), the others unchanged. A Phi-2-shaped F16 prompt of 128 tokens
+//! (`generate` example, load included): 3.70–3.91 s → 3.45–3.59 s.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -78,12 +80,15 @@ pub(crate) fn prepare(a: &mut Activations) {
     }
 }
 
-// Per-thread buffer: the current row tile's weights widened to f32. On a cache line: a `Vec`'s
-// 16-byte alignment split every other 32-byte weight load of the tiles across two lines
-// (measured, `kernel_bench --threads 1 --types f16 --tokens 128`: see `rows_float`).
+// Per-thread buffers: the current row tile's weights widened to f32, on a cache line (a `Vec`'s
+// 16-byte alignment split every other 32-byte weight load of the tiles across two lines), and
+// the tiles' sums between spans of columns ([`rows_float`]).
 thread_local! {
-    static ROWS: std::cell::RefCell<super::buffer::Aligned<f32>> = const { std::cell::RefCell::new(super::buffer::Aligned::new()) };
+    static ROWS: std::cell::RefCell<(super::buffer::Aligned<f32>, Vec<Sums>)> = const { std::cell::RefCell::new((super::buffer::Aligned::new(), Vec::new())) };
 }
+
+/// A register tile's sums: `[row][pair]`.
+type Sums = [[__m512; P]; R];
 
 /// Whether this CPU runs [`matmul_rows`] (checked once; part of `amx::available`).
 pub(crate) fn available() -> bool {
@@ -153,69 +158,110 @@ pub(crate) unsafe fn store_block4(out: OutPtr, t0: usize, nt: usize, r0: usize, 
 pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
     debug_assert!(takes(w, a));
     // SAFETY: `available()` held when the kernel set was chosen (`amx::available` requires it).
-    ROWS.with_borrow_mut(|buf| unsafe {
-        // (Not zeroed: a tile reads only the groups `widen_rows` wrote.)
-        buf.resize(R * (w.cols / 8 * 8 + 16));
+    ROWS.with_borrow_mut(|(buf, sums)| unsafe {
         if w.dtype == DType::BF16 {
-            rows_float::<true>(w, a, rows, out, buf);
+            rows_float::<true>(w, a, rows, out, buf, sums);
         } else {
-            rows_float::<false>(w, a, rows, out, buf);
+            rows_float::<false>(w, a, rows, out, buf, sums);
         }
     });
 }
 
 #[target_feature(enable = "avx512f,avx2,f16c,fma")]
-unsafe fn rows_float<const BF: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, buf: &mut [f32]) {
+unsafe fn rows_float<const BF: bool>(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr, buf: &mut super::buffer::Aligned<f32>, sums: &mut Vec<Sums>) {
     // Token pairs per pass over the rows: a pass's activations (`X_BLOCK` bytes, at least 16
     // pairs so that widening a wide row tile is shared by enough tokens) stay in L2 while every
     // row tile of the item goes by, instead of streaming each row tile's whole batch from L3.
     // Measured (`kernel_bench --threads 2 --types f16 [--shape 2560x10240]`, GMAC/s): 512
     // tokens 72 -> 144 (10240 x 2560) and 73 -> 117 (2560 x 10240); 128 tokens unchanged
-    // (~150) and 103 -> 117. Each output still sums all its columns in one go: same bits.
+    // (~150) and 103 -> 117.
+    //
+    // Rows wider than [`SPAN_GROUPS`] (Phi-2's fc2, 10240 columns) go through a pass in spans
+    // of columns: each span's activations are what stays in L2, so a pass takes as many pairs as
+    // at 2560 columns, and each row tile is widened once per pass, a span at a time (at 10240
+    // columns a pass was 16 pairs, so every row tile was widened four times for 128 tokens).
+    // The tiles' sums wait in `sums` from one span to the next; each lane still adds its
+    // columns in order: same bits.
+    let groups = w.cols / 8;
+    let span = if groups > SPAN_GROUPS + SPAN_GROUPS / 2 { SPAN_GROUPS } else { groups };
+    let spans = if span == 0 { 1 } else { groups.div_ceil(span) };
+    let span_cols = if spans == 1 { w.cols } else { 8 * span };
+    let wrow = 8 * span + 16;
+    // (Not zeroed: a tile reads only the groups `widen_rows` wrote.)
+    buf.resize(R * wrow);
     let npairs = a.tokens.div_ceil(2);
-    let block = (X_BLOCK / (8 * w.cols.max(1))).max(16) / P * P;
+    let block = (X_BLOCK / (8 * span_cols.max(1))).max(16) / P * P;
+    let row_tiles = rows.len().div_ceil(R);
     let mut p0 = 0;
     while p0 < npairs {
         let p1 = (p0 + block).min(npairs);
-        let mut r0 = rows.start;
-        while r0 < rows.end {
-            let m = (rows.end - r0).min(R);
-            widen_rows::<BF>(w, r0, m, buf);
-            // (The last tile of an item of 128 rows has 2.)
-            match m {
-                R => pairs::<R>(w, a, r0, buf, p0..p1, out),
-                5 => pairs::<5>(w, a, r0, buf, p0..p1, out),
-                4 => pairs::<4>(w, a, r0, buf, p0..p1, out),
-                3 => pairs::<3>(w, a, r0, buf, p0..p1, out),
-                2 => pairs::<2>(w, a, r0, buf, p0..p1, out),
-                _ => pairs::<1>(w, a, r0, buf, p0..p1, out),
+        let tiles = tiles_of(p1 - p0);
+        if spans > 1 && sums.len() < row_tiles * tiles {
+            sums.resize(row_tiles * tiles, [[_mm512_setzero_ps(); P]; R]);
+        }
+        for s in 0..spans {
+            let cols = Span { groups: s * span..((s + 1) * span).min(groups), first: s == 0, last: s + 1 == spans, wrow };
+            let mut r0 = rows.start;
+            for t in 0..row_tiles {
+                let m = (rows.end - r0).min(R);
+                widen_rows::<BF>(w, r0, m, &cols, buf);
+                // (Unused when there is one span: every tile starts and ends in registers.)
+                let sums = if spans > 1 { &mut sums[t * tiles..(t + 1) * tiles] } else { &mut [] };
+                // (The last tile of an item of 128 rows has 2.)
+                match m {
+                    R => pairs::<R>(w, a, r0, buf, p0..p1, &cols, sums, out),
+                    5 => pairs::<5>(w, a, r0, buf, p0..p1, &cols, sums, out),
+                    4 => pairs::<4>(w, a, r0, buf, p0..p1, &cols, sums, out),
+                    3 => pairs::<3>(w, a, r0, buf, p0..p1, &cols, sums, out),
+                    2 => pairs::<2>(w, a, r0, buf, p0..p1, &cols, sums, out),
+                    _ => pairs::<1>(w, a, r0, buf, p0..p1, &cols, sums, out),
+                }
+                r0 += m;
             }
-            r0 += m;
         }
         p0 = p1;
     }
 }
 
+/// Full groups of 8 columns per span of [`rows_float`] (rows up to 1.5 times as wide are one
+/// span): Phi-2's hidden width.
+const SPAN_GROUPS: usize = 320;
+
+/// The full groups a tile runs in one go, and whether they start its sums (else they continue
+/// from its `Sums`) and end them (else they go back there).
+struct Span {
+    groups: Range<usize>,
+    first: bool,
+    last: bool,
+    /// Floats from one widened row to the next in the buffer.
+    wrow: usize,
+}
+
+/// The register tiles of `n` token pairs ([`pairs`]): `P` pairs each, then 2 and 1.
+fn tiles_of(n: usize) -> usize {
+    n / P + usize::from(n % P >= 2) + n % 2
+}
+
 /// Bytes of activations (f32) per pass of [`rows_float`] over its rows.
 const X_BLOCK: usize = 768 << 10;
 
-/// The full groups of rows `r0 .. r0 + m` as f32 into `buf[r · (cols + 16) ..]` (a cache line
-/// between rows, against L1 set conflicts as in [`pair_stride`]).
+/// The groups `cols.groups` of rows `r0 .. r0 + m` as f32 into `buf[r · cols.wrow ..]` (a
+/// cache line between rows, against L1 set conflicts as in [`pair_stride`]).
 #[inline(always)]
-unsafe fn widen_rows<const BF: bool>(w: &WeightRef, r0: usize, m: usize, buf: &mut [f32]) {
-    let groups = w.cols / 8;
+unsafe fn widen_rows<const BF: bool>(w: &WeightRef, r0: usize, m: usize, cols: &Span, buf: &mut [f32]) {
+    let (g0, n) = (cols.groups.start, cols.groups.len());
     for r in 0..m {
-        let src = w.row(r0 + r).as_ptr();
-        let dst = buf.as_mut_ptr().add(r * (8 * groups + 16));
+        let src = w.row(r0 + r).as_ptr().add(16 * g0);
+        let dst = buf.as_mut_ptr().add(r * cols.wrow);
         // Two groups per 512-bit store (half the stores of one group at a time: the widening
-        // is ~10-20% of a product's time, as each row tile is widened once per pass).
-        for g in (0..groups - groups % 2).step_by(2) {
+        // is ~10-20% of a product's time).
+        for g in (0..n - n % 2).step_by(2) {
             let raw = _mm256_loadu_si256(src.add(16 * g) as *const __m256i);
             let v = if BF { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw))) } else { _mm512_cvtph_ps(raw) };
             _mm512_storeu_ps(dst.add(8 * g), v);
         }
-        if groups % 2 == 1 {
-            let g = groups - 1;
+        if n % 2 == 1 {
+            let g = n - 1;
             let raw = _mm_loadu_si128(src.add(16 * g) as *const __m128i);
             let v = if BF { _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16)) } else { _mm256_cvtph_ps(raw) };
             _mm256_storeu_ps(dst.add(8 * g), v);
@@ -223,41 +269,55 @@ unsafe fn widen_rows<const BF: bool>(w: &WeightRef, r0: usize, m: usize, buf: &m
     }
 }
 
-/// Rows `r0 .. r0 + RR` (widened in `buf`) against the token pairs `ps`, `P` at a time.
+/// Rows `r0 .. r0 + RR` (widened in `buf`) against the token pairs `ps`, `P` at a time, over
+/// the span `cols`; tile i's sums in `sums[i]` between spans.
 #[inline(always)]
-unsafe fn pairs<const RR: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], ps: Range<usize>, out: OutPtr) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn pairs<const RR: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], ps: Range<usize>, cols: &Span, sums: &mut [Sums], out: OutPtr) {
     let npairs = ps.end;
     let mut p = ps.start;
+    let mut i = 0;
     while p < npairs {
+        let sum = sums.get_mut(i);
         p += match npairs - p {
             n if n >= P => {
-                tile::<RR, P>(w, a, r0, buf, p, out);
+                tile::<RR, P>(w, a, r0, buf, p, cols, sum, out);
                 P
             }
             n if n >= 2 => {
-                tile::<RR, 2>(w, a, r0, buf, p, out);
+                tile::<RR, 2>(w, a, r0, buf, p, cols, sum, out);
                 2
             }
             _ => {
-                tile::<RR, 1>(w, a, r0, buf, p, out);
+                tile::<RR, 1>(w, a, r0, buf, p, cols, sum, out);
                 1
             }
         };
+        i += 1;
     }
 }
 
-/// `RR` rows × token pairs `p0 .. p0 + PP` over every full group in registers; then per output
-/// the columns past them (the scalar definition, same lanes) and the lane reduction.
+/// `RR` rows × token pairs `p0 .. p0 + PP` over the span's full groups in registers (from
+/// zeros, or from `sum`); at the span that ends the sums, per output the columns past the full
+/// groups (the scalar definition, same lanes) and the lane reduction; else back into `sum`.
 #[inline(always)]
-unsafe fn tile<const RR: usize, const PP: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], p0: usize, out: OutPtr) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const RR: usize, const PP: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], p0: usize, span: &Span, sum: Option<&mut Sums>, out: OutPtr) {
     let cols = w.cols;
     let groups = cols / 8;
     let stride = pair_stride(cols);
     let xp = a.fp.as_ptr().add(p0 * stride);
-    let wrow = 8 * groups + 16;
+    let wrow = span.wrow;
+    let g0 = span.groups.start;
     let wp = buf.as_ptr();
     let mut acc = [[_mm512_setzero_ps(); PP]; RR];
-    for g in 0..groups {
+    if !span.first {
+        let sum = sum.as_deref().expect("a span past the first keeps its sums");
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            acc_r.copy_from_slice(&sum[r][..PP]);
+        }
+    }
+    for g in span.groups.clone() {
         // (A loop, not a closure: closures do not inherit the target features.)
         let mut x = [_mm512_setzero_ps(); PP];
         for (q, xq) in x.iter_mut().enumerate() {
@@ -265,11 +325,18 @@ unsafe fn tile<const RR: usize, const PP: usize>(w: &WeightRef, a: &Activations,
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
             // The row's 8 values in both halves (a broadcast load: no shuffle).
-            let wv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(wp.add(r * wrow + g * 8) as *const f64)));
+            let wv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(wp.add(r * wrow + (g - g0) * 8) as *const f64)));
             for (q, acc_rq) in acc_r.iter_mut().enumerate() {
                 *acc_rq = _mm512_fmadd_ps(wv, x[q], *acc_rq);
             }
         }
+    }
+    if !span.last {
+        let sum = sum.expect("a span before the last keeps its sums");
+        for (r, acc_r) in acc.iter().enumerate() {
+            sum[r][..PP].copy_from_slice(acc_r);
+        }
+        return;
     }
     if 8 * groups == cols {
         // No columns past the groups: [`reduce8`] in registers for both tokens of a pair at
