@@ -807,6 +807,21 @@ pub(super) unsafe fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale
     }
 }
 
+/// Each of `x` rounded to the nearest f16 (ties to even) and widened back, into `y` (as many):
+/// F16C's conversions, the instructions `half` uses one value at a time, eight at a time.
+#[target_feature(enable = "avx,f16c")]
+pub(super) unsafe fn round_f16(x: &[f32], y: &mut [std::mem::MaybeUninit<f32>]) {
+    assert_eq!(x.len(), y.len(), "round_f16: lengths");
+    let n8 = x.len() - x.len() % 8;
+    for i in (0..n8).step_by(8) {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(x.as_ptr().add(i)));
+        _mm256_storeu_ps(y.as_mut_ptr().add(i).cast::<f32>(), _mm256_cvtph_ps(h));
+    }
+    for i in n8..x.len() {
+        y[i].write(half::f16::from_f32(x[i]).to_f32());
+    }
+}
+
 /// f16 bits → f32 (F16C, exactly as `half` widens them), eight at a time.
 #[target_feature(enable = "avx2,f16c")]
 pub(super) unsafe fn widen_f16(src: &[u16], dst: &mut [f32]) {
