@@ -67,17 +67,24 @@ pub(crate) fn prepare(a: &mut Activations) {
     // (Not zeroed: every value a tile reads is written below, an odd last token's partner as
     // zeros; the line between pairs is never read.)
     a.fp.resize(pairs_len(tokens, cols));
-    for t in 0..tokens.next_multiple_of(2) {
-        let (p, h) = (t / 2, t % 2);
-        for g in 0..groups {
-            let dst = p * pair_stride(cols) + g * 16 + 8 * h;
-            if t < tokens {
-                a.fp[dst..dst + 8].copy_from_slice(&a.f[t * cols + 8 * g..t * cols + 8 * g + 8]);
-            } else {
-                a.fp[dst..dst + 8].fill(0.0);
+    let stride = pair_stride(cols);
+    let (f, fp) = (&a.f, super::Shared(a.fp.as_mut_ptr()));
+    // Pairs over the pool (a 512-token prompt's are 5 MB).
+    super::par_items(tokens.div_ceil(2), tokens * cols, &|p| {
+        // SAFETY: pair p's stride of `fp` (sized above) is this item's alone.
+        let fp = unsafe { fp.slice(p * stride, stride) };
+        for h in 0..2 {
+            let t = 2 * p + h;
+            for g in 0..groups {
+                let dst = &mut fp[g * 16 + 8 * h..g * 16 + 8 * h + 8];
+                if t < tokens {
+                    dst.copy_from_slice(&f[t * cols + 8 * g..t * cols + 8 * g + 8]);
+                } else {
+                    dst.fill(0.0);
+                }
             }
         }
-    }
+    });
 }
 
 // Per-thread buffers: the current row tile's weights widened to f32, on a cache line (a `Vec`'s

@@ -299,12 +299,16 @@ impl Activations {
                 #[cfg(target_arch = "x86_64")]
                 if x86::available() {
                     self.f.reserve(x.len());
-                    // SAFETY: the CPU has AVX and F16C (`available`); `round_f16` writes every
-                    // value of the spare capacity it is given (`x.len()` of them, reserved).
-                    unsafe {
-                        x86::round_f16(x, &mut self.f.spare_capacity_mut()[..x.len()]);
-                        self.f.set_len(x.len());
-                    }
+                    // Token rows over the pool (a 512-token prompt's rows are 5 MB).
+                    let dst = Shared(self.f.spare_capacity_mut().as_mut_ptr());
+                    par_items(tokens, x.len(), &|t| {
+                        // SAFETY: the CPU has AVX and F16C (`available`); row t of the spare
+                        // capacity (`x.len()` = tokens · cols reserved) is this item's alone,
+                        // and `round_f16` writes every value of it.
+                        unsafe { x86::round_f16(&x[t * cols..(t + 1) * cols], dst.slice(t * cols, cols)) };
+                    });
+                    // SAFETY: every row was written above.
+                    unsafe { self.f.set_len(x.len()) };
                 }
                 if self.f.len() != x.len() {
                     self.f.extend(x.iter().map(|&v| f16::from_f32(v).to_f32()));
