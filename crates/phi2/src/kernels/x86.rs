@@ -887,6 +887,13 @@ pub(super) unsafe fn exp_scores(scores: &mut [f32]) -> f32 {
 /// evicted it), one head's keys, then its values, each a run of a few tens of KB that the
 /// hardware prefetchers pick up late. Measured on Phi-2-shaped Q4_0 at 128–160 positions, two
 /// threads (`decode_bench` under `perf`): attention's time 5.4% → 5.0% of the weight products'.
+/// Tried and not kept (no faster, 2026-12-02): 1, 4 and 8 KB; a second distance into L2
+/// (`prefetcht1`, 8 KB); a thread's heads read as one stream (runs of heads per work item, each
+/// head's reads asking for the next head's keys and values across the seam). In a cold-cache
+/// probe (32 heads × 250 positions of f32, the caches evicted between calls) attention read
+/// 10–12 GB/s on two threads and 7–12 on one, where a plain sum over the same rows read ~13 on
+/// one: short runs on 4 KB pages are most of it (on 2 MB pages ~10% more, see the cache's note
+/// in `model.rs`).
 const ATTN_PREFETCH: usize = 2048;
 
 /// Prefetches the lines of `x[from..from + len]` that lie inside `x`.
