@@ -240,6 +240,11 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // rather than 128 tokens for 2560 columns: 392-405 -> 411-413 GMAC/s (10240×2560). Q8_0
     // (34-byte blocks to copy again: passes of 128 tokens measured 354 -> 329 GMAC/s on fc2's
     // shape) and the K-quants (scales to fold again) run in one pass.
+    //
+    // Open (2026-12-02, `kernel_bench --threads 2 --types q8_0 --tokens 128|64`): Q8_0 runs
+    // ~12% slower on fc2's shape (2560 × 10240: 288–290 GMAC/s) than on fc1's (10240 × 2560:
+    // 329–352) at 128 tokens, and ~23% at 64 (229 against 299), so the activations' footprint
+    // is not why; Q4_0 alike (319 against 360). Not found yet.
     let tiles = a.tokens.div_ceil(TILE);
     let block = if w.dtype == DType::Q4_0 { ((1 << 20) / (w.cols * TILE)).max(8) } else { tiles.max(1) };
     SLAB.with_borrow_mut(|slab| {
