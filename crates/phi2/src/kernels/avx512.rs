@@ -190,10 +190,10 @@ unsafe fn rows_float<const BF: bool>(w: &WeightRef, a: &Activations, rows: Range
     // The tiles' sums wait in `sums` from one span to the next; each lane still adds its
     // columns in order: same bits.
     let groups = w.cols / 8;
-    let span = if groups > SPAN_GROUPS + SPAN_GROUPS / 2 { SPAN_GROUPS } else { groups };
-    let spans = if span == 0 { 1 } else { groups.div_ceil(span) };
-    let span_cols = if spans == 1 { w.cols } else { 8 * span };
-    let wrow = 8 * span + 16;
+    let span_groups = if groups > SPAN_GROUPS + SPAN_GROUPS / 2 { SPAN_GROUPS } else { groups };
+    let spans = if span_groups == 0 { 1 } else { groups.div_ceil(span_groups) };
+    let span_cols = if spans == 1 { w.cols } else { 8 * span_groups };
+    let wrow = 8 * span_groups + 16;
     // (Not zeroed: a tile reads only the groups `widen_rows` wrote.)
     buf.resize(R * wrow);
     let npairs = a.tokens.div_ceil(2);
@@ -207,21 +207,21 @@ unsafe fn rows_float<const BF: bool>(w: &WeightRef, a: &Activations, rows: Range
             sums.resize(row_tiles * tiles, [[_mm512_setzero_ps(); P]; R]);
         }
         for s in 0..spans {
-            let cols = Span { groups: s * span..((s + 1) * span).min(groups), first: s == 0, last: s + 1 == spans, wrow };
+            let span = Span { groups: s * span_groups..((s + 1) * span_groups).min(groups), first: s == 0, last: s + 1 == spans, wrow };
             let mut r0 = rows.start;
             for t in 0..row_tiles {
                 let m = (rows.end - r0).min(R);
-                widen_rows::<BF>(w, r0, m, &cols, buf);
+                widen_rows::<BF>(w, r0, m, &span, buf);
                 // (Unused when there is one span: every tile starts and ends in registers.)
                 let sums = if spans > 1 { &mut sums[t * tiles..(t + 1) * tiles] } else { &mut [] };
                 // (The last tile of an item of 128 rows has 2.)
                 match m {
-                    R => pairs::<R>(w, a, r0, buf, p0..p1, &cols, sums, out),
-                    5 => pairs::<5>(w, a, r0, buf, p0..p1, &cols, sums, out),
-                    4 => pairs::<4>(w, a, r0, buf, p0..p1, &cols, sums, out),
-                    3 => pairs::<3>(w, a, r0, buf, p0..p1, &cols, sums, out),
-                    2 => pairs::<2>(w, a, r0, buf, p0..p1, &cols, sums, out),
-                    _ => pairs::<1>(w, a, r0, buf, p0..p1, &cols, sums, out),
+                    R => pairs::<R>(w, a, r0, buf, p0..p1, &span, sums, out),
+                    5 => pairs::<5>(w, a, r0, buf, p0..p1, &span, sums, out),
+                    4 => pairs::<4>(w, a, r0, buf, p0..p1, &span, sums, out),
+                    3 => pairs::<3>(w, a, r0, buf, p0..p1, &span, sums, out),
+                    2 => pairs::<2>(w, a, r0, buf, p0..p1, &span, sums, out),
+                    _ => pairs::<1>(w, a, r0, buf, p0..p1, &span, sums, out),
                 }
                 r0 += m;
             }
@@ -252,14 +252,14 @@ fn tiles_of(n: usize) -> usize {
 /// Bytes of activations (f32) per pass of [`rows_float`] over its rows.
 const X_BLOCK: usize = 768 << 10;
 
-/// The groups `cols.groups` of rows `r0 .. r0 + m` as f32 into `buf[r · cols.wrow ..]` (a
+/// The groups `span.groups` of rows `r0 .. r0 + m` as f32 into `buf[r · span.wrow ..]` (a
 /// cache line between rows, against L1 set conflicts as in [`pair_stride`]).
 #[inline(always)]
-unsafe fn widen_rows<const BF: bool>(w: &WeightRef, r0: usize, m: usize, cols: &Span, buf: &mut [f32]) {
-    let (g0, n) = (cols.groups.start, cols.groups.len());
+unsafe fn widen_rows<const BF: bool>(w: &WeightRef, r0: usize, m: usize, span: &Span, buf: &mut [f32]) {
+    let (g0, n) = (span.groups.start, span.groups.len());
     for r in 0..m {
         let src = w.row(r0 + r).as_ptr().add(16 * g0);
-        let dst = buf.as_mut_ptr().add(r * cols.wrow);
+        let dst = buf.as_mut_ptr().add(r * span.wrow);
         // Two groups per 512-bit store (half the stores of one group at a time: the widening
         // is ~10-20% of a product's time).
         for g in (0..n - n % 2).step_by(2) {
@@ -277,10 +277,10 @@ unsafe fn widen_rows<const BF: bool>(w: &WeightRef, r0: usize, m: usize, cols: &
 }
 
 /// Rows `r0 .. r0 + RR` (widened in `buf`) against the token pairs `ps`, `P` at a time, over
-/// the span `cols`; tile i's sums in `sums[i]` between spans.
+/// `span`; tile i's sums in `sums[i]` between spans.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pairs<const RR: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], ps: Range<usize>, cols: &Span, sums: &mut [Sums], out: OutPtr) {
+unsafe fn pairs<const RR: usize>(w: &WeightRef, a: &Activations, r0: usize, buf: &[f32], ps: Range<usize>, span: &Span, sums: &mut [Sums], out: OutPtr) {
     let npairs = ps.end;
     let mut p = ps.start;
     let mut i = 0;
@@ -288,15 +288,15 @@ unsafe fn pairs<const RR: usize>(w: &WeightRef, a: &Activations, r0: usize, buf:
         let sum = sums.get_mut(i);
         p += match npairs - p {
             n if n >= P => {
-                tile::<RR, P>(w, a, r0, buf, p, cols, sum, out);
+                tile::<RR, P>(w, a, r0, buf, p, span, sum, out);
                 P
             }
             n if n >= 2 => {
-                tile::<RR, 2>(w, a, r0, buf, p, cols, sum, out);
+                tile::<RR, 2>(w, a, r0, buf, p, span, sum, out);
                 2
             }
             _ => {
-                tile::<RR, 1>(w, a, r0, buf, p, cols, sum, out);
+                tile::<RR, 1>(w, a, r0, buf, p, span, sum, out);
                 1
             }
         };
