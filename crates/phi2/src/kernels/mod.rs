@@ -297,7 +297,14 @@ impl Activations {
                 // has it, one value per call (a prompt's activations, on the calling thread
                 // while the others wait: ~2% of an F16 prompt's samples).
                 #[cfg(target_arch = "x86_64")]
-                if x86::available() {
+                let f16c = x86::available();
+                #[cfg(not(target_arch = "x86_64"))]
+                let f16c = false;
+                if !f16c {
+                    self.f.extend(x.iter().map(|&v| f16::from_f32(v).to_f32()));
+                }
+                #[cfg(target_arch = "x86_64")]
+                if f16c {
                     self.f.reserve(x.len());
                     // Token rows over the pool (a 512-token prompt's rows are 5 MB).
                     let dst = Shared(self.f.spare_capacity_mut().as_mut_ptr());
@@ -309,9 +316,6 @@ impl Activations {
                     });
                     // SAFETY: every row was written above.
                     unsafe { self.f.set_len(x.len()) };
-                }
-                if self.f.len() != x.len() {
-                    self.f.extend(x.iter().map(|&v| f16::from_f32(v).to_f32()));
                 }
             }
             Family::BF16 => {
@@ -957,11 +961,13 @@ mod tests {
         ];
         x.extend((0..40_000u32).map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9))));
         let want: Vec<u32> = x.iter().map(|&v| half::f16::from_f32(v).to_f32().to_bits()).collect();
-        for n in [x.len(), x.len() - 3, 7, 0] {
+        // (tokens, columns): one row, and rows split over the pool (5 · 8003 values).
+        for (tokens, cols) in [(1, x.len()), (1, x.len() - 3), (1, 7), (1, 0), (5, 8003)] {
+            let n = tokens * cols;
             let mut a = super::Activations::default();
-            a.prepare_for(super::isa(), super::Family::F16, &x[..n], 1, n);
+            a.prepare_for(super::isa(), super::Family::F16, &x[..n], tokens, cols);
             let got: Vec<u32> = a.f.iter().map(|v| v.to_bits()).collect();
-            assert_eq!(got, want[..n], "{n} values");
+            assert_eq!(got, want[..n], "{tokens} x {cols} values");
         }
     }
 
