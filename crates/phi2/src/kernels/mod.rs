@@ -824,7 +824,9 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         // 2 threads, ms against the AVX-VNNI row kernel, Q4_0 / Q8_0 at 2 tokens 0.50 / 0.68
         // vs 0.57 / 0.84, at 3 0.64 / 0.90 vs 1.03 / 1.48, at 7 1.09 / 1.35 vs 1.55 / 2.0; the
         // one-token Q6_K row kernel: 38 against 32 GB/s, while Q4_K / Q5_K stream faster from
-        // the AVX-VNNI tiles here, 28 against 24 GB/s).
+        // the AVX-VNNI tiles here, 28 against 24 GB/s; one-token Q4_0 takes the 512-bit row
+        // kernel, 8% less compute than the 256-bit one, `stream_bench` 2 threads 23.5-24.1 ->
+        // 24.2-25.1 GB/s).
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if vnni512::takes(w, act) && act.tokens >= 2 => vnni512::matmul_rows(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
@@ -832,7 +834,7 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         #[cfg(target_arch = "x86_64")]
         Isa::Amx if vnni512::takes_k(w, act) => vnni512::matmul_rows_k(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Amx if vnni512::takes_one(w, act) && w.dtype == DType::Q6K => vnni512::matmul_rows_one(w, act, rows, out),
+        Isa::Amx if vnni512::takes_one(w, act) && matches!(w.dtype, DType::Q6K | DType::Q4_0) => vnni512::matmul_rows_one(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx => x86::matmul_rows(w, act, rows, out, x86::Dot::AvxVnni),
         #[cfg(target_arch = "wasm32")]

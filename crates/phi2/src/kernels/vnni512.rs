@@ -447,9 +447,9 @@ unsafe fn tile_k<const KIND: u8>(a: &Activations, tile: &KTile, r0: usize, m: us
     super::avx512::store_block4(out, t0, TT.min(a.tokens - t0), r0, m, &acc);
 }
 
-/// Whether a one-token product of K-quant weights runs here ([`rows_qk_one`], [`rows_q6k_one`]).
+/// Whether a one-token product runs here ([`rows_q4_0_one`], [`rows_qk_one`], [`rows_q6k_one`]).
 pub(crate) fn takes_one(w: &WeightRef, a: &Activations) -> bool {
-    matches!(w.dtype, DType::Q4K | DType::Q5K | DType::Q6K) && a.tokens == 1
+    matches!(w.dtype, DType::Q4_0 | DType::Q4K | DType::Q5K | DType::Q6K) && a.tokens == 1
 }
 
 /// Q4_K / Q5_K weights against one token (decode), one row at a time in file order (one weight
@@ -466,10 +466,65 @@ pub(crate) fn matmul_rows_one(w: &WeightRef, a: &Activations, rows: Range<usize>
     // and `amx::available()`, `Isa::Amx`'s, requires it).
     unsafe {
         match w.dtype {
+            DType::Q4_0 => rows_q4_0_one(w, a, rows, out),
             DType::Q4K => rows_qk_one::<false>(w, a, rows, out),
             DType::Q5K => rows_qk_one::<true>(w, a, rows, out),
             _ => rows_q6k_one(w, a, rows, out),
         }
+    }
+}
+
+/// Q4_0 weights against one token (decode): the 256-bit row kernel's arithmetic (x86's
+/// `rows_q32`: group of 8 blocks in the 8 lanes, the same `vpdpbusd` sums and epilogue) with its
+/// integer half on 512-bit vectors. A group's 8 blocks are loaded as two registers of four
+/// (16 bytes each) and one `vpermt2d` per two 4-byte steps k puts dword k of block j in lane
+/// 8·(k % 2) + j, so the nibbles take 4 `vpdpbusd` instead of 8 and 2 permutes replace the 8
+/// unpacks; the two halves' exact i32 sums are added before the 8-lane epilogue. The 8 scales
+/// come out of the group's first 128 bytes by one `vpermt2w` (the 256-bit kernel gathers them).
+/// Measured against that kernel on Phi-2's fc1, one thread, weights in cache: 0.66 → 0.60 ms.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn rows_q4_0_one(w: &WeightRef, a: &Activations, rows: Range<usize>, out: OutPtr) {
+    let groups = w.cols / 256;
+    let m4 = _mm512_set1_epi8(0x0F);
+    // Lane l takes dword k = k0 + l / 8 of block j = l % 8: blocks 0..4 are in the first
+    // register (dword 4j + k), blocks 4..8 in the second (index 16 + 4(j − 4) + k).
+    let pick = |k0: i32| {
+        let mut idx = [0i32; 16];
+        for (l, v) in idx.iter_mut().enumerate() {
+            let (k, j) = (k0 + l as i32 / 8, l as i32 % 8);
+            *v = if j < 4 { 4 * j + k } else { 16 + 4 * (j - 4) + k };
+        }
+        _mm512_loadu_si512(idx.as_ptr() as *const __m512i)
+    };
+    let (pick01, pick23) = (pick(0), pick(2));
+    // Block j's f16 scale is 16-bit word 9j of the group's first 128 bytes.
+    let dpick = _mm512_setr_epi32(9 << 16, (27 << 16) | 18, (45 << 16) | 36, (63 << 16) | 54, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    let xq = a.qt.as_ptr();
+    for r in rows {
+        let row = w.row(r);
+        let mut acc = _mm256_setzero_ps();
+        for g in 0..groups {
+            x86::prefetch_group::<false>(row, g, x86::prefetch_blocks::<false>());
+            x86::prefetch_group_l2::<false>(row, g);
+            let b = row.as_ptr().add(144 * g);
+            let q = |j: usize| _mm_loadu_si128(b.add(2 + 18 * j) as *const __m128i);
+            let lo = _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(_mm512_inserti32x4::<1>(_mm512_castsi128_si512(q(0)), q(1)), q(2)), q(3));
+            let hi = _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(_mm512_inserti32x4::<1>(_mm512_castsi128_si512(q(4)), q(5)), q(6)), q(7));
+            let q01 = _mm512_permutex2var_epi32(lo, pick01, hi);
+            let q23 = _mm512_permutex2var_epi32(lo, pick23, hi);
+            // qt's group g: 4-byte step k of the 8 blocks at 32k, so steps (0, 1), (2, 3),
+            // (4, 5) (high nibbles of 0, 1) and (6, 7) are one 64-byte load each.
+            let x = xq.add(256 * g) as *const __m512i;
+            let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(q01, m4), _mm512_loadu_si512(x));
+            let s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(q23, m4), _mm512_loadu_si512(x.add(1)));
+            let s0 = _mm512_dpbusd_epi32(s0, _mm512_and_si512(_mm512_srli_epi16::<4>(q01), m4), _mm512_loadu_si512(x.add(2)));
+            let s1 = _mm512_dpbusd_epi32(s1, _mm512_and_si512(_mm512_srli_epi16::<4>(q23), m4), _mm512_loadu_si512(x.add(3)));
+            let s = _mm512_add_epi32(s0, s1);
+            let isum = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
+            let d = _mm512_permutex2var_epi16(_mm512_loadu_si512(b as *const __m512i), dpick, _mm512_loadu_si512(b.add(64) as *const __m512i));
+            acc = x86::scale_group::<false>(isum, _mm256_cvtph_ps(_mm512_castsi512_si128(d)), a, 0, g, acc);
+        }
+        x86::finish_row::<false>(row, a, 0, r, acc, out);
     }
 }
 

@@ -160,7 +160,7 @@ const PREFETCH_L2_BYTES: usize = 8192;
 
 /// Asks for group `g` of a Q4_0 `row` [`PREFETCH_L2_BYTES`] ahead into L2 (Q8_0: nothing).
 #[inline(always)]
-unsafe fn prefetch_group_l2<const SIGNED: bool>(row: &[u8], g: usize) {
+pub(super) unsafe fn prefetch_group_l2<const SIGNED: bool>(row: &[u8], g: usize) {
     if SIGNED {
         return;
     }
@@ -263,7 +263,7 @@ pub(super) unsafe fn transpose_q32<const SIGNED: bool>(row: &[u8], g: usize) -> 
 /// the gather, so it keeps the scalar loads. Widening with integer ops instead of F16C was 4x
 /// slower: f16 subnormals become f32 subnormals, which take microcode assists.)
 #[inline(always)]
-unsafe fn q4_0_scales(base: *const u8) -> __m256 {
+pub(super) unsafe fn q4_0_scales(base: *const u8) -> __m256 {
     let idx = _mm256_setr_epi32(0, 18, 36, 54, 72, 90, 108, 126);
     let d = _mm256_and_si256(_mm256_i32gather_epi32::<1>(base as *const i32, idx), _mm256_set1_epi32(0xFFFF));
     // [d0..d3, d0..d3 | d4..d7, d4..d7] as u16 → lanes 0..8 of the low 128 bits.
@@ -362,7 +362,7 @@ unsafe fn group_dot<const SIGNED: bool, const DOT: u8>(wk: &[__m256i; 8], dw: __
 
 /// `acc + (dw · dx) · (isum − [Q4_0] 8·Σx)` for the 8 blocks of group `g` of token `t`.
 #[inline(always)]
-unsafe fn scale_group<const SIGNED: bool>(mut isum: __m256i, dw: __m256, a: &Activations, t: usize, g: usize, acc: __m256) -> __m256 {
+pub(super) unsafe fn scale_group<const SIGNED: bool>(mut isum: __m256i, dw: __m256, a: &Activations, t: usize, g: usize, acc: __m256) -> __m256 {
     let bi = t * (a.cols / 32) + 8 * g;
     if !SIGNED {
         let sx = _mm256_loadu_si256(a.s.as_ptr().add(bi) as *const __m256i);
@@ -375,7 +375,7 @@ unsafe fn scale_group<const SIGNED: bool>(mut isum: __m256i, dw: __m256, a: &Act
 /// Row `r`'s lanes of token `t`: the blocks past the last full group (scalar definition, same
 /// lanes), then the fixed lane reduction.
 #[inline(always)]
-unsafe fn finish_row<const SIGNED: bool>(row: &[u8], a: &Activations, t: usize, r: usize, acc: __m256, out: OutPtr) {
+pub(super) unsafe fn finish_row<const SIGNED: bool>(row: &[u8], a: &Activations, t: usize, r: usize, acc: __m256, out: OutPtr) {
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
     out.set(t, r, scalar::finish_q32::<SIGNED>(lanes, row, a, t, 8 * (a.cols / 256)));
