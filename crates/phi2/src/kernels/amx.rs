@@ -245,6 +245,18 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // ~12% slower on fc2's shape (2560 × 10240: 288–290 GMAC/s) than on fc1's (10240 × 2560:
     // 329–352) at 128 tokens, and ~23% at 64 (229 against 299), so the activations' footprint
     // is not why; Q4_0 alike (319 against 360). Not found yet.
+    //
+    // Where a Q8_0 product's time goes (2026-12-02, fc1's shape, 128 tokens, 2 threads, parts
+    // switched off in a temporary build, ms): all 9.1; without packing the slabs 7.8 (fc2's
+    // shape: 9.9 -> 8.2, so packing is where fc2 loses); then without the epilogue's
+    // arithmetic 5.0; then without the tile stores 4.0, i.e. ~61 cycles per `tdpbssd` with its
+    // two tile loads, against its 16-cycle throughput. Feeding B from L1 instead of L2 did not
+    // help, so that is the two tile sets' latency (tile registers are not renamed: a set's next
+    // loads wait for its product). Tried, slower: reading C three steps after its store (three
+    // C buffers), the epilogue before the next store and product, and (fc2) the next slab's
+    // prefetch spread over every block or left out (it helps fc1: 8.2 against 9.0 without).
+    // The lead: 2 x 2 blocking (two slabs x two token tiles, 8 tiles: each load feeds two
+    // products, four products in flight), with the epilogue's accumulators in L1.
     let tiles = a.tokens.div_ceil(TILE);
     let block = if w.dtype == DType::Q4_0 { ((1 << 20) / (w.cols * TILE)).max(8) } else { tiles.max(1) };
     SLAB.with_borrow_mut(|slab| {
