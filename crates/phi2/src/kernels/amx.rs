@@ -254,7 +254,10 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // help, so that is the two tile sets' latency (tile registers are not renamed: a set's next
     // loads wait for its product). Tried, slower: reading C three steps after its store (three
     // C buffers), the epilogue before the next store and product, and (fc2) the next slab's
-    // prefetch spread over every block or left out (it helps fc1: 8.2 against 9.0 without).
+    // prefetch spread over every block or left out (it helps fc1: 8.2 against 9.0 without),
+    // and packing the next slab a share per lane step while this one computes (two slab
+    // buffers: fc2 Q8_0 8.4-8.9 against 8.9-9.2, but fc1 8.0-8.3 against 7.8-7.9, Q4_0 5-10%
+    // slower on both).
     // The lead: 2 x 2 blocking (two slabs x two token tiles, 8 tiles: each load feeds two
     // products, four products in flight), with the epilogue's accumulators in L1.
     let tiles = a.tokens.div_ceil(TILE);
