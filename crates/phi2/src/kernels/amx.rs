@@ -258,8 +258,13 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // and packing the next slab a share per lane step while this one computes (two slab
     // buffers: fc2 Q8_0 8.4-8.9 against 8.9-9.2, but fc1 8.0-8.3 against 7.8-7.9, Q4_0 5-10%
     // slower on both).
-    // The lead: 2 x 2 blocking (two slabs x two token tiles, 8 tiles: each load feeds two
-    // products, four products in flight), with the epilogue's accumulators in L1.
+    // Other tile schedules, measured as bare tile loops (one thread, the same products, ms):
+    // this one's 6.2 without its stores, 7.4-7.8 with them; 2 x 2 blocking (two slabs x two
+    // token tiles: each tile load feeds two products) 3.6-3.8 without stores but 7.0 with
+    // them; one slab x two token tiles with two C pairs in turn 4.2-4.8 / 6.2-7.0. A
+    // `tilestored` costs ~29 cycles here (the 2 x 2 loop's four per block), 3.4 ms of stores
+    // for this product at the least, so a different schedule buys ~10% of the tile part and
+    // would need twice the epilogue's accumulators (32 registers): not taken.
     let tiles = a.tokens.div_ceil(TILE);
     let block = if w.dtype == DType::Q4_0 { ((1 << 20) / (w.cols * TILE)).max(8) } else { tiles.max(1) };
     SLAB.with_borrow_mut(|slab| {
