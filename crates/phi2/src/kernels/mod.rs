@@ -814,7 +814,9 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if vnni512::takes_k(w, act) => vnni512::matmul_rows_k(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni if vnni512::takes_one(w, act) => vnni512::matmul_rows_one(w, act, rows, out),
+        // (One-token Q4_0 keeps the 256-bit row kernel here: the 512-bit one was measured on the
+        // AMX Xeon only, and Zen 4 runs 512-bit permutes as two halves.)
+        Isa::Avx512Vnni if vnni512::takes_one(w, act) && w.dtype != DType::Q4_0 => vnni512::matmul_rows_one(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => x86::matmul_rows(w, act, rows, out, x86::Dot::Evex),
         #[cfg(target_arch = "x86_64")]
