@@ -263,7 +263,7 @@ pub(super) unsafe fn transpose_q32<const SIGNED: bool>(row: &[u8], g: usize) -> 
 /// the gather, so it keeps the scalar loads. Widening with integer ops instead of F16C was 4x
 /// slower: f16 subnormals become f32 subnormals, which take microcode assists.)
 #[inline(always)]
-pub(super) unsafe fn q4_0_scales(base: *const u8) -> __m256 {
+unsafe fn q4_0_scales(base: *const u8) -> __m256 {
     let idx = _mm256_setr_epi32(0, 18, 36, 54, 72, 90, 108, 126);
     let d = _mm256_and_si256(_mm256_i32gather_epi32::<1>(base as *const i32, idx), _mm256_set1_epi32(0xFFFF));
     // [d0..d3, d0..d3 | d4..d7, d4..d7] as u16 → lanes 0..8 of the low 128 bits.
