@@ -244,7 +244,7 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // Open (2026-12-02, `kernel_bench --threads 2 --types q8_0 --tokens 128|64`): Q8_0 runs
     // ~12% slower on fc2's shape (2560 × 10240: 288–290 GMAC/s) than on fc1's (10240 × 2560:
     // 329–352) at 128 tokens, and ~23% at 64 (229 against 299), so the activations' footprint
-    // is not why; Q4_0 alike (319 against 360). Not found yet.
+    // is not why; Q4_0 alike (319 against 360). Packing the slabs is where (below).
     //
     // Where a Q8_0 product's time goes (2026-12-02, fc1's shape, 128 tokens, 2 threads, parts
     // switched off in a temporary build, ms): all 9.1; without packing the slabs 7.8 (fc2's
@@ -258,6 +258,7 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // and packing the next slab a share per lane step while this one computes (two slab
     // buffers: fc2 Q8_0 8.4-8.9 against 8.9-9.2, but fc1 8.0-8.3 against 7.8-7.9, Q4_0 5-10%
     // slower on both).
+    //
     // Other tile schedules, measured as bare tile loops (one thread, the same products, ms):
     // this one's 6.2 without its stores, 7.4-7.8 with them; 2 x 2 blocking (two slabs x two
     // token tiles: each tile load feeds two products) 3.6-3.8 without stores but 7.0 with
