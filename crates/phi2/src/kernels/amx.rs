@@ -241,14 +241,18 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // (34-byte blocks to copy again: passes of 128 tokens measured 354 -> 329 GMAC/s on fc2's
     // shape) and the K-quants (scales to fold again) run in one pass.
     //
-    // Open (2026-12-02, `kernel_bench --threads 2 --types q8_0 --tokens 128|64`): Q8_0 runs
-    // ~12% slower on fc2's shape (2560 × 10240: 288–290 GMAC/s) than on fc1's (10240 × 2560:
-    // 329–352) at 128 tokens, and ~23% at 64 (229 against 299), so the activations' footprint
-    // is not why; Q4_0 alike (319 against 360). Packing the slabs is where (below).
+    // Packing a slab goes block by block, each block's 16 rows in turn, so that the A tiles
+    // are written in order (512 bytes per block). Row by row, each row's blocks went to 80
+    // (fc2: 320) lines 512 bytes apart, and fc2's shape ran ~25% slower than fc1's. Measured
+    // (2026-12-02, `kernel_bench --threads 2 --tokens 128|64`, alternating builds, ms, Q8_0 /
+    // Q4_0): 10240 × 2560 at 128 tokens 6.2-6.3 / 5.7-5.8 -> 5.7-6.1 / 5.5-5.9, 2560 × 10240
+    // 7.8-7.8 / 6.2-6.5 -> 5.9-6.1 / 5.7-5.9; at 64 tokens 2560 × 10240 5.07-5.09 / 3.66-3.67
+    // -> 3.37-3.44 / 3.07-3.22. (The K-quant slabs are written 64 bytes per row and block:
+    // the same order there measured the same.)
     //
-    // Where a Q8_0 product's time goes (2026-12-02, fc1's shape, 128 tokens, 2 threads, parts
-    // switched off in a temporary build, ms): all 9.1; without packing the slabs 7.8 (fc2's
-    // shape: 9.9 -> 8.2, so packing is where fc2 loses); then without the epilogue's
+    // Where a Q8_0 product's time went before that (2026-12-02, fc1's shape, 128 tokens, 2
+    // threads, parts switched off in a temporary build, ms): all 9.1; without packing the slabs
+    // 7.8 (fc2's shape: 9.9 -> 8.2); then without the epilogue's
     // arithmetic 5.0; then without the tile stores 4.0, i.e. ~61 cycles per `tdpbssd` with its
     // two tile loads, against its 16-cycle throughput. Feeding B from L1 instead of L2 did not
     // help, so that is the two tile sets' latency (tile registers are not renamed: a set's next
@@ -257,7 +261,11 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // prefetch spread over every block or left out (it helps fc1: 8.2 against 9.0 without),
     // and packing the next slab a share per lane step while this one computes (two slab
     // buffers: fc2 Q8_0 8.4-8.9 against 8.9-9.2, but fc1 8.0-8.3 against 7.8-7.9, Q4_0 5-10%
-    // slower on both).
+    // slower on both). Since the ordered packing, also tried and not kept: tile loads of A
+    // straight from a Q8_0 file's rows (no copy; stride = the row's bytes, 32 of every 34
+    // bytes; fc1 6.8-8.3 against 6.2 ms), a gather for the 16 scales of a block (within 2%),
+    // and the next slab's prefetch as one run of lines without the per-row arithmetic (the same
+    // or 2-5% slower).
     //
     // Other tile schedules, measured as bare tile loops (one thread, the same products, ms):
     // this one's 6.2 without its stores, 7.4-7.8 with them; 2 x 2 blocking (two slabs x two
@@ -299,10 +307,13 @@ unsafe fn pack_slab<const SIGNED: bool>(w: &WeightRef, r0: usize, m: usize, slab
     }
     let mask = _mm_set1_epi8(0x0F);
     let eight = _mm_set1_epi8(8);
-    for mi in 0..m {
-        let row = w.row(r0 + mi).as_ptr();
-        for b in 0..nb {
-            let blk = row.add(b * bytes);
+    // Rows r0 .. r0 + m lie one after the other in `w.data`.
+    debug_assert!(r0 + m <= w.rows);
+    let rb = w.row_bytes();
+    let base = w.row(r0).as_ptr();
+    for b in 0..nb {
+        for mi in 0..m {
+            let blk = base.add(mi * rb + b * bytes);
             let dst = slab.a.as_mut_ptr().add(b * 512 + mi * 32);
             if SIGNED {
                 _mm256_storeu_si256(dst as *mut __m256i, _mm256_loadu_si256(blk.add(2) as *const __m256i));
