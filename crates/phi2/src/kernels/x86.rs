@@ -54,6 +54,11 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
         }
         return;
     }
+    if act.tokens == 1 && matches!(w.dtype, DType::F16 | DType::BF16) {
+        // SAFETY: as below.
+        unsafe { rows_float_one(w, act, rows, out) };
+        return;
+    }
     let vnni = dot == Dot::AvxVnni;
     let tokens = act.tokens;
     // Token tiles: 4 at a time, then 2, then 1; each over the rows in tiles of 8 / C.
@@ -112,8 +117,8 @@ unsafe fn tiles_impl<const R: usize, const C: usize, const VNNI: bool>(
             DType::Q4K => tile_qk::<R, C, false>(w, act, r0, t0),
             DType::Q5K => tile_qk::<R, C, true>(w, act, r0, t0),
             DType::Q6K => tile_q6k::<R, C>(w, act, r0, t0),
-            DType::F16 => tile_float::<R, C, false>(w, act, r0, t0),
-            DType::BF16 => tile_float::<R, C, true>(w, act, r0, t0),
+            DType::F16 => tile_float::<R, C, false>(w, act, r0, t0, false),
+            DType::BF16 => tile_float::<R, C, true>(w, act, r0, t0, false),
             other => unreachable!("no kernel for {other}"),
         };
         for (p, v) in acc.iter().enumerate() {
@@ -154,18 +159,25 @@ const PREFETCH_BYTES: usize = 1536;
 /// are too close to cover the memory's latency, and they cannot go farther (above). Measured,
 /// Phi-2-shaped Q4_0, two threads, alternating builds: `stream_bench` 24.5–24.7 GB/s without,
 /// 25.7–25.9 at 4 KB, 26.0–26.1 at 8 KB; `decode_bench` (128-token prompt) steps 72.7–73.3 →
-/// 70.1–71.5 ms at 8 KB. Q8_0 measured no better (`stream_bench` 23.8–25.6 GB/s without,
-/// 24.8–25.7 at 4 KB, 23.4–23.6 at 8 KB; decode steps within noise), so it has none.
+/// 70.1–71.5 ms at 8 KB. (2026-12-02, a day on which the hardware prefetchers covered less:
+/// 2 KB 22.2-22.6, 4 KB 23.4-24.4, 6-12 KB 22.7-23.6.)
 const PREFETCH_L2_BYTES: usize = 8192;
 
-/// Asks for group `g` of a Q4_0 `row` [`PREFETCH_L2_BYTES`] ahead into L2 (Q8_0: nothing).
+/// The same for one-token Q8_0. It measured no better on an earlier day (`stream_bench`
+/// 23.8–25.6 GB/s without, 24.8–25.7 at 4 KB, 23.4–23.6 at 8 KB), and on 2026-12-02, when the
+/// hardware prefetchers covered less (a plain read of one stream per thread, without software
+/// prefetches, reached half the probe's bandwidth), 20.2-20.9 without, 22.6-23.7 at 2 KB,
+/// 22.9-23.7 at 3 KB, 23.7 at 4 KB and 21.4-21.6 at 5-6 KB: 3 KB sits in the middle of the
+/// plateau.
+const PREFETCH_L2_BYTES_Q8_0: usize = 3072;
+
+/// Asks for group `g` of a Q4_0 / Q8_0 `row` [`PREFETCH_L2_BYTES`] /
+/// [`PREFETCH_L2_BYTES_Q8_0`] ahead into L2 (every line of the group).
 #[inline(always)]
 pub(super) unsafe fn prefetch_group_l2<const SIGNED: bool>(row: &[u8], g: usize) {
-    if SIGNED {
-        return;
-    }
-    let p = row.as_ptr().wrapping_add(8 * g * 18 + PREFETCH_L2_BYTES);
-    for line in 0..3 {
+    let (bytes, ahead, lines) = if SIGNED { (34, PREFETCH_L2_BYTES_Q8_0, 5) } else { (18, PREFETCH_L2_BYTES, 3) };
+    let p = row.as_ptr().wrapping_add(8 * g * bytes + ahead);
+    for line in 0..lines {
         _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64 * line) as *const i8);
     }
 }
@@ -662,6 +674,32 @@ unsafe fn tile_q6k<const R: usize, const C: usize>(w: &WeightRef, a: &Activation
     outv
 }
 
+/// How far ahead of its reads the one-token F16 / BF16 product asks for each row into L2.
+const FLOAT_PREFETCH_L2_BYTES: usize = 2048;
+
+/// F16 / BF16 weights against one token (decode): two rows at a time ([`tile_float`] with
+/// `R = 2`, `C = 1`: two 8-lane chains, each the definition's sums of one row), each row
+/// prefetched into L2 [`FLOAT_PREFETCH_L2_BYTES`] ahead. The 8-row tiles the batches take read
+/// 8 interleaved streams and have no prefetches; one row alone is one chain of dependent adds.
+/// Measured (`stream_bench`, Phi-2-shaped F16, 2 threads, 2026-12-02, a day on which the
+/// hardware prefetchers covered little): 8-row tiles 17.8-18.1 GB/s; 2 rows without
+/// prefetches 18.2, with L2 prefetches at 2 KB 21.5-21.9 (4 KB 21.5-21.7, 2 KB without
+/// running on into the next rows 20.4-20.7); 4 and 8 rows with them 19.8-20.8.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_float_one(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
+    let mut r0 = rows.start;
+    while r0 + 2 <= rows.end {
+        let acc = if w.dtype == DType::BF16 { tile_float::<2, 1, true>(w, act, r0, 0, true) } else { tile_float::<2, 1, false>(w, act, r0, 0, true) };
+        out.set(0, r0, acc[0]);
+        out.set(0, r0 + 1, acc[1]);
+        r0 += 2;
+    }
+    if r0 < rows.end {
+        let acc = if w.dtype == DType::BF16 { tile_float::<1, 1, true>(w, act, r0, 0, true) } else { tile_float::<1, 1, false>(w, act, r0, 0, true) };
+        out.set(0, r0, acc[0]);
+    }
+}
+
 /// F16 (`BF = false`) / BF16 weights against rounded activations: 8 lanes per output element
 /// (element i in lane i % 8), exact products, then the fixed lane reduction.
 #[inline(always)]
@@ -670,12 +708,24 @@ unsafe fn tile_float<const R: usize, const C: usize, const BF: bool>(
     a: &Activations,
     r0: usize,
     t0: usize,
+    prefetch: bool,
 ) -> [f32; 8] {
     let rows: [*const u8; R] = std::array::from_fn(|r| w.row(r0 + r).as_ptr());
     let xs: [*const f32; C] = std::array::from_fn(|c| a.f.as_ptr().add((t0 + c) * a.cols));
     let mut acc = [_mm256_setzero_ps(); 8];
     let groups = w.cols / 8;
+    let rb = w.row_bytes();
     for g in 0..groups {
+        if prefetch && g % 4 == 0 {
+            // One token ([`rows_float_one`]): each row's next line into L2 ahead of its reads,
+            // past a row's end the next tile's row (rows are contiguous: the next tile's row r
+            // starts `R` rows after this one's).
+            for row in rows {
+                let o = 16 * g + FLOAT_PREFETCH_L2_BYTES;
+                let o = if o >= rb { o + (R - 1) * rb } else { o };
+                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(o) as *const i8);
+            }
+        }
         let mut x = [_mm256_setzero_ps(); C];
         for (c, xc) in x.iter_mut().enumerate() {
             *xc = _mm256_loadu_ps(xs[c].add(8 * g));
