@@ -159,16 +159,15 @@ const PREFETCH_BYTES: usize = 1536;
 /// are too close to cover the memory's latency, and they cannot go farther (above). Measured,
 /// Phi-2-shaped Q4_0, two threads, alternating builds: `stream_bench` 24.5–24.7 GB/s without,
 /// 25.7–25.9 at 4 KB, 26.0–26.1 at 8 KB; `decode_bench` (128-token prompt) steps 72.7–73.3 →
-/// 70.1–71.5 ms at 8 KB. (2026-12-02, a day on which the hardware prefetchers covered less:
-/// 2 KB 22.2-22.6, 4 KB 23.4-24.4, 6-12 KB 22.7-23.6.)
+/// 70.1–71.5 ms at 8 KB. (2026-12-02, a day on which the Q8_0 and F16 streams below measured
+/// slower than before: 2 KB 22.2-22.6, 4 KB 23.4-24.4, 6-12 KB 22.7-23.6.)
 const PREFETCH_L2_BYTES: usize = 8192;
 
 /// The same for one-token Q8_0. It measured no better on an earlier day (`stream_bench`
-/// 23.8–25.6 GB/s without, 24.8–25.7 at 4 KB, 23.4–23.6 at 8 KB), and on 2026-12-02, when the
-/// hardware prefetchers covered less (a plain read of one stream per thread, without software
-/// prefetches, reached half the probe's bandwidth), 20.2-20.9 without, 22.6-23.7 at 2 KB,
-/// 22.9-23.7 at 3 KB, 23.7 at 4 KB and 21.4-21.6 at 5-6 KB: 3 KB sits in the middle of the
-/// plateau.
+/// 23.8–25.6 GB/s without, 24.8–25.7 at 4 KB, 23.4–23.6 at 8 KB), but on 2026-12-02, when
+/// streams without software prefetches measured slower than on earlier days: 20.2-20.9
+/// without, 22.6-23.7 at 2 KB, 22.9-23.7 at 3 KB, 23.7 at 4 KB and 21.4-21.6 at 5-6 KB. 3 KB
+/// sits in the middle of the plateau.
 const PREFETCH_L2_BYTES_Q8_0: usize = 3072;
 
 /// Asks for group `g` of a Q4_0 / Q8_0 `row` [`PREFETCH_L2_BYTES`] /
@@ -681,10 +680,12 @@ const FLOAT_PREFETCH_L2_BYTES: usize = 2048;
 /// `R = 2`, `C = 1`: two 8-lane chains, each the definition's sums of one row), each row
 /// prefetched into L2 [`FLOAT_PREFETCH_L2_BYTES`] ahead. The 8-row tiles the batches take read
 /// 8 interleaved streams and have no prefetches; one row alone is one chain of dependent adds.
-/// Measured (`stream_bench`, Phi-2-shaped F16, 2 threads, 2026-12-02, a day on which the
-/// hardware prefetchers covered little): 8-row tiles 17.8-18.1 GB/s; 2 rows without
-/// prefetches 18.2, with L2 prefetches at 2 KB 21.5-21.9 (4 KB 21.5-21.7, 2 KB without
-/// running on into the next rows 20.4-20.7); 4 and 8 rows with them 19.8-20.8.
+/// Measured (`stream_bench`, Phi-2-shaped F16, 2 threads, 2026-12-02, a day on which weight
+/// streams without software prefetches measured slower than on earlier days): 8-row tiles
+/// 17.8-18.1 GB/s; 2 rows without prefetches 18.2, with L2 prefetches at 2 KB 21.5-21.9 (4 KB
+/// 21.5-21.7; 2 KB without running on into the next rows 20.4-20.7; with L1 prefetches 128 B
+/// to 1 KB ahead as well, no better); 4 and 8 rows with them 19.8-20.8. A multiply and an add
+/// instead of the FMA (the products are exact: the same bits) measured the same.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_float_one(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     let mut r0 = rows.start;
