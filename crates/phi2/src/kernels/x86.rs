@@ -170,6 +170,14 @@ const PREFETCH_L2_BYTES: usize = 8192;
 /// sits in the middle of the plateau.
 const PREFETCH_L2_BYTES_Q8_0: usize = 3072;
 
+/// How far ahead (in bytes) one-token Q8_0 asks for its weights into L1, with the L2 requests
+/// [`PREFETCH_L2_BYTES_Q8_0`] ahead ([`PREFETCH_BYTES`] was chosen without them). Measured,
+/// `stream_bench` Phi-2-shaped Q8_0, two threads, 2026-12-03, alternating: 1536 B 26.5–26.8
+/// GB/s, 1024 B 27.0–28.3, 768 B 27.3–28.0, 512 B 26.9–27.0, none 25.3–25.7 (one-token Q4_0,
+/// the same way: 768 B to 2 KB within noise, 30.3–31.4). Then against the build before it,
+/// alternating: 27.8–29.0 → 28.7–29.6 GB/s.
+const PREFETCH_BYTES_Q8_0_ONE: usize = 1024;
+
 /// Asks for group `g` of a Q4_0 / Q8_0 `row` [`PREFETCH_L2_BYTES`] /
 /// [`PREFETCH_L2_BYTES_Q8_0`] ahead into L2 (every line of the group).
 #[inline(always)]
@@ -299,7 +307,7 @@ unsafe fn rows_q32<const SIGNED: bool, const DOT: u8>(w: &WeightRef, a: &Activat
             let row = w.row(r);
             let mut acc = _mm256_setzero_ps();
             for g in 0..groups {
-                prefetch_group::<SIGNED>(row, g, prefetch_blocks::<SIGNED>());
+                prefetch_group::<SIGNED>(row, g, if SIGNED { PREFETCH_BYTES_Q8_0_ONE / 34 } else { prefetch_blocks::<SIGNED>() });
                 prefetch_group_l2::<SIGNED>(row, g);
                 let (wk, dw) = transpose_q32::<SIGNED>(row, g);
                 acc = group_dot::<SIGNED, DOT>(&wk, dw, a, 0, g, acc);
