@@ -252,8 +252,8 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     //
     // Where a Q8_0 product's time went before that (2026-12-02, fc1's shape, 128 tokens, 2
     // threads, parts switched off in a temporary build, ms): all 9.1; without packing the slabs
-    // 7.8 (fc2's shape: 9.9 -> 8.2); then without the epilogue's
-    // arithmetic 5.0; then without the tile stores 4.0, i.e. ~61 cycles per `tdpbssd` with its
+    // 7.8 (fc2's shape: 9.9 -> 8.2); then without the epilogue's arithmetic 5.0; then without
+    // the tile stores 4.0, i.e. ~61 cycles per `tdpbssd` with its
     // two tile loads, against its 16-cycle throughput. Feeding B from L1 instead of L2 did not
     // help, so that is the two tile sets' latency (tile registers are not renamed: a set's next
     // loads wait for its product). Tried, slower: reading C three steps after its store (three

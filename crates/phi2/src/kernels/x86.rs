@@ -2,7 +2,8 @@
 //! output elements, one per f32 lane) and follows the scalar definition exactly: the integer
 //! dot product of each block is reduced exactly to one i32 per output element (`tree8`), then
 //! scaled and accumulated in f32 in block order. Tiles that do not fill up (row or token tails)
-//! go to smaller tiles or to the scalar twin, which gives the same bits.
+//! go to smaller tiles or to the scalar twin, which gives the same bits. (One-token F16 / BF16
+//! takes tiles of 2 rows, [`rows_float_one`]: fewer weight streams at once.)
 
 use std::arch::x86_64::*;
 use std::ops::Range;
