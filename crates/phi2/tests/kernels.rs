@@ -73,7 +73,7 @@ fn shapes(dtype: DType) -> Vec<(usize, usize)> {
         Family::F16 | Family::BF16 => v.extend([(5, 13), (11, 37), (16, 64), (7, 10243)]),
         // Whole groups of 8 blocks, with and without a tail of blocks.
         // Odd and even numbers of full groups, with and without a tail of blocks.
-        // 8192 columns: the AMX Q4_0 kernel's passes (~1 MB of activation tiles) are 128 tokens.
+        // 8192 columns: the AMX Q4_0 / Q8_0 kernel's passes (~1 MB of activation tiles) are 128 tokens.
         Family::Q8_0 => v.extend([(5, 256), (13, 352), (3, 512), (17, 1600), (6, 768), (4, 1824), (3, 8192)]),
         Family::Q8K => v.extend([(3, 2560)]),
     }
@@ -107,7 +107,7 @@ fn simd_kernels_give_the_scalar_bits() {
         for (rows, cols) in shapes(dtype) {
             let data = weights(dtype, rows, cols, &mut rng);
             let w = WeightRef::new(dtype, rows, cols, &data).unwrap();
-            // 150: more than one of the AMX Q4_0 kernel's passes of 128 tokens (8192 columns).
+            // 150: more than one of the AMX Q4_0 / Q8_0 kernel's passes of 128 tokens (8192 columns).
             for tokens in [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 21, 35, 150] {
                 let x = activations(tokens, cols, &mut rng);
                 let s = run(Isa::Scalar, &w, &x, tokens).unwrap();

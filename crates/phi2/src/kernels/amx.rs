@@ -232,14 +232,17 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     debug_assert!(takes(w, a));
     // SAFETY: `available()` held when the kernel set was chosen (it is part of `Isa::Amx`).
     //
-    // Q4_0 takes long batches in passes over the rows, repacking its slabs for each (cheap:
-    // nibbles to bytes), so that a pass's activation tiles (16 bytes per token and column) stay
-    // in L2: about 1 MB of them, at least 128 tokens (Phi-2's fc2 at 512 tokens has 5 MB).
-    // Measured (generate example, 512-token Phi-2-shaped prompt, alternating, 3 each): passes of
-    // 128 tokens, Q4_0 4.56 -> 4.31 s; then (`kernel_bench --threads 2 --tokens 512`) ~1 MB
-    // rather than 128 tokens for 2560 columns: 392-405 -> 411-413 GMAC/s (10240×2560). Q8_0
-    // (34-byte blocks to copy again: passes of 128 tokens measured 354 -> 329 GMAC/s on fc2's
-    // shape) and the K-quants (scales to fold again) run in one pass.
+    // Q4_0 and Q8_0 take long batches in passes over the rows, repacking their slabs for each,
+    // so that a pass's activation tiles (16 bytes per token and column) stay in L2: about 1 MB
+    // of them, at least 128 tokens (Phi-2's fc2 at 512 tokens has 5 MB). Measured (generate
+    // example, 512-token Phi-2-shaped prompt, alternating, 3 each): passes of 128 tokens, Q4_0
+    // 4.56 -> 4.31 s; then (`kernel_bench --threads 2 --tokens 512`) ~1 MB rather than 128
+    // tokens for 2560 columns: 392-405 -> 411-413 GMAC/s (10240×2560). Q8_0 measured slower in
+    // passes (354 -> 329 GMAC/s on fc2's shape) until its slabs were packed in order (below);
+    // since then (2026-12-03, `kernel_bench --threads 2 --types q8_0`, ms, one pass against
+    // passes, 10240 × 2560 / 2560 × 10240): 256 tokens 10.6 / 12.4 against 10.6 / 12.1, 512
+    // 22.0-22.2 / 31.5-31.6 against 21.4-21.7 / 25.6-25.8, 1024 56.9 / 60.7 against 46.6 /
+    // 51.4. The K-quants (scales to fold again) run in one pass.
     //
     // Packing a slab goes block by block, each block's 16 rows in turn, so that the A tiles
     // are written in order (512 bytes per block). Row by row, each row's blocks went to 80
@@ -275,7 +278,7 @@ pub(crate) fn matmul_rows(w: &WeightRef, a: &Activations, rows: Range<usize>, ou
     // for this product at the least, so a different schedule buys ~10% of the tile part and
     // would need twice the epilogue's accumulators (32 registers): not taken.
     let tiles = a.tokens.div_ceil(TILE);
-    let block = if w.dtype == DType::Q4_0 { ((1 << 20) / (w.cols * TILE)).max(8) } else { tiles.max(1) };
+    let block = if matches!(w.dtype, DType::Q4_0 | DType::Q8_0) { ((1 << 20) / (w.cols * TILE)).max(8) } else { tiles.max(1) };
     SLAB.with_borrow_mut(|slab| {
         let mut t0 = 0;
         while t0 < tiles {
