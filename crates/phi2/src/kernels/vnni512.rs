@@ -504,8 +504,7 @@ unsafe fn rows_q4_0_one(w: &WeightRef, a: &Activations, rows: Range<usize>, out:
         let row = w.row(r);
         let mut acc = _mm256_setzero_ps();
         for g in 0..groups {
-            x86::prefetch_group::<false>(row, g, x86::prefetch_blocks::<false>());
-            x86::prefetch_group_l2::<false>(row, g);
+            x86::prefetch_group_one::<false>(row, g);
             let b = row.as_ptr().add(144 * g);
             let q = |j: usize| _mm_loadu_si128(b.add(2 + 18 * j) as *const __m128i);
             let lo = _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(_mm512_inserti32x4::<1>(_mm512_castsi128_si512(q(0)), q(1)), q(2)), q(3));

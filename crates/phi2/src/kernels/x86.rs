@@ -57,7 +57,13 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
     }
     if act.tokens == 1 && matches!(w.dtype, DType::F16 | DType::BF16) {
         // SAFETY: as below.
-        unsafe { rows_float_one(w, act, rows, out) };
+        unsafe {
+            if w.dtype == DType::BF16 {
+                rows_float_one::<true>(w, act, rows, out)
+            } else {
+                rows_float_one::<false>(w, act, rows, out)
+            }
+        };
         return;
     }
     let vnni = dot == Dot::AvxVnni;
@@ -179,12 +185,15 @@ const PREFETCH_L2_BYTES_Q8_0: usize = 3072;
 /// alternating: 27.8–29.0 → 28.7–29.6 GB/s.
 const PREFETCH_BYTES_Q8_0_ONE: usize = 1024;
 
-/// Asks for group `g` of a Q4_0 / Q8_0 `row` [`PREFETCH_L2_BYTES`] /
-/// [`PREFETCH_L2_BYTES_Q8_0`] ahead into L2 (every line of the group).
+/// The one-token kernels' requests for group `g` of a Q4_0 / Q8_0 `row`: into L1
+/// [`PREFETCH_BYTES`] (Q8_0: [`PREFETCH_BYTES_Q8_0_ONE`]) ahead, as [`prefetch_group`] does,
+/// and into L2 [`PREFETCH_L2_BYTES`] (Q8_0: [`PREFETCH_L2_BYTES_Q8_0`]) ahead, every line of
+/// the group.
 #[inline(always)]
-pub(super) unsafe fn prefetch_group_l2<const SIGNED: bool>(row: &[u8], g: usize) {
-    let (bytes, ahead, lines) = if SIGNED { (34, PREFETCH_L2_BYTES_Q8_0, 5) } else { (18, PREFETCH_L2_BYTES, 3) };
-    let p = row.as_ptr().wrapping_add(8 * g * bytes + ahead);
+pub(super) unsafe fn prefetch_group_one<const SIGNED: bool>(row: &[u8], g: usize) {
+    let (bytes, l1, l2, lines) = if SIGNED { (34, PREFETCH_BYTES_Q8_0_ONE, PREFETCH_L2_BYTES_Q8_0, 5) } else { (18, PREFETCH_BYTES, PREFETCH_L2_BYTES, 3) };
+    prefetch_group::<SIGNED>(row, g, l1 / bytes);
+    let p = row.as_ptr().wrapping_add(8 * g * bytes + l2);
     for line in 0..lines {
         _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64 * line) as *const i8);
     }
@@ -308,8 +317,7 @@ unsafe fn rows_q32<const SIGNED: bool, const DOT: u8>(w: &WeightRef, a: &Activat
             let row = w.row(r);
             let mut acc = _mm256_setzero_ps();
             for g in 0..groups {
-                prefetch_group::<SIGNED>(row, g, if SIGNED { PREFETCH_BYTES_Q8_0_ONE / 34 } else { prefetch_blocks::<SIGNED>() });
-                prefetch_group_l2::<SIGNED>(row, g);
+                prefetch_group_one::<SIGNED>(row, g);
                 let (wk, dw) = transpose_q32::<SIGNED>(row, g);
                 acc = group_dot::<SIGNED, DOT>(&wk, dw, a, 0, g, acc);
             }
@@ -696,17 +704,16 @@ const FLOAT_PREFETCH_L2_BYTES: usize = 2048;
 /// to 1 KB ahead as well, no better); 4 and 8 rows with them 19.8-20.8. A multiply and an add
 /// instead of the FMA (the products are exact: the same bits) measured the same.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_float_one(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
+unsafe fn rows_float_one<const BF: bool>(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     let mut r0 = rows.start;
     while r0 + 2 <= rows.end {
-        let acc = if w.dtype == DType::BF16 { tile_float::<2, 1, true>(w, act, r0, 0, true) } else { tile_float::<2, 1, false>(w, act, r0, 0, true) };
+        let acc = tile_float::<2, 1, BF>(w, act, r0, 0, true);
         out.set(0, r0, acc[0]);
         out.set(0, r0 + 1, acc[1]);
         r0 += 2;
     }
     if r0 < rows.end {
-        let acc = if w.dtype == DType::BF16 { tile_float::<1, 1, true>(w, act, r0, 0, true) } else { tile_float::<1, 1, false>(w, act, r0, 0, true) };
-        out.set(0, r0, acc[0]);
+        out.set(0, r0, tile_float::<1, 1, BF>(w, act, r0, 0, true)[0]);
     }
 }
 
