@@ -189,21 +189,30 @@ export function printReport(report, format) {
 const HEADER = `# phi2-bench results
 
 Written by \`phi2-bench --write-results\`, never by hand. One section per configuration (model,
-backend, threads, peers, prompt and generation sizes); a new run of the same configuration
-replaces its section. Every number in a section comes from the one run it names.
+backend, threads, peers, prompt and generation sizes) and CPU model; a new run of the same
+configuration on the same CPU model replaces its section. Every number in a section comes from the one run it names.
 `;
+
+/**
+ * The CPU model as one word of a section key: "Intel(R) Xeon(R) Processor" → "intel-xeon-processor",
+ * "AMD EPYC" → "amd-epyc". Speed differs by CPU, so each CPU model keeps its own sections.
+ */
+export function cpuTag(cpu) {
+  const slug = String(cpu ?? '').toLowerCase().replace(/\((r|tm)\)/g, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
+  return slug || 'unknown-cpu';
+}
 
 export function resultsKey(report) {
   const o = report.options;
   const kv = o.kvCache && o.kvCache !== 'f32' ? [`kv-${o.kvCache}`] : [];
-  return [report.model.synthetic ? `synthetic-${report.model.synthetic}` : report.model.name, o.backend, ...kv, `t${o.threads}`, `p${o.promptTokens.join('+')}`, `g${o.genTokens}`, ...o.compare].join(' ');
+  return [report.model.synthetic ? `synthetic-${report.model.synthetic}` : report.model.name, o.backend, ...kv, `t${o.threads}`, `p${o.promptTokens.join('+')}`, `g${o.genTokens}`, ...o.compare, `on-${cpuTag(report.machine?.cpu)}`].join(' ');
 }
 
 export function writeResults(report, file) {
   const key = resultsKey(report);
   const m = report.model;
   const section = [
-    `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}${report.options.kvCache === 'f16' ? ', f16 KV cache' : ''}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}`,
+    `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}${report.options.kvCache === 'f16' ? ', f16 KV cache' : ''}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}, on ${report.machine?.cpu ?? 'an unknown CPU'}`,
     '',
     `- date: ${report.date}`,
     `- command: \`${report.command}\``,

@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { readGgufInfo, decodeBytesPerToken } from '../../bench/lib/gguf-info.mjs';
 import { bytesPerToken, ensureSynthetic, f16bits, syntheticSize, tensorPlan, useMoreBits } from '../../bench/lib/synthetic.mjs';
 import { measureBandwidth } from '../../bench/lib/bandwidth.mjs';
+import { cpuTag } from '../../bench/lib/report.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = path.join(root, 'bench/bin/phi2-bench.mjs');
@@ -167,6 +168,14 @@ describe('synthetic Phi-2-shaped GGUF', () => {
   });
 });
 
+test('results sections are keyed by CPU model', () => {
+  assert.equal(cpuTag('Intel(R) Xeon(R) Processor'), 'intel-xeon-processor');
+  assert.equal(cpuTag('AMD EPYC'), 'amd-epyc');
+  assert.equal(cpuTag('AMD Ryzen 9 7950X 16-Core Processor'), 'amd-ryzen-9-7950x-16-core-processor');
+  assert.equal(cpuTag(''), 'unknown-cpu');
+  assert.equal(cpuTag(undefined), 'unknown-cpu');
+});
+
 test('bandwidth probe returns a positive, finite rate', async () => {
   const b = await measureBandwidth({ threads: 2, bufferBytes: 64 << 20, passes: 2 });
   assert.ok(Number.isFinite(b.gbPerS) && b.gbPerS > 0);
@@ -260,8 +269,10 @@ describe('end to end', () => {
     const results = path.join(tmp, 'RESULTS-kv.md');
     assert.equal(bench([...args, '--write-results', results]).code, 0);
     const text = readFileSync(results, 'utf8');
-    assert.match(text, /<!-- phi2-bench:tiny-q8_0.gguf cpu kv-f16 t1 p8 g3 -->/);
-    assert.match(text, /## tiny-q8_0.gguf, cpu, f16 KV cache, 1 threads/);
+    // Sections are kept per CPU model: the key and the heading name this machine's.
+    const tag = cpuTag(os.cpus()[0]?.model?.trim());
+    assert.ok(text.includes(`<!-- phi2-bench:tiny-q8_0.gguf cpu kv-f16 t1 p8 g3 on-${tag} -->`), `the section key ends in on-${tag}`);
+    assert.match(text, /## tiny-q8_0.gguf, cpu, f16 KV cache, 1 threads, on \S/);
     assert.match(text, /KV cache: f16 for @x\/phi2/);
   });
 
