@@ -814,9 +814,12 @@ pub(crate) fn matmul_rows(isa: Isa, w: &WeightRef, act: &Activations, rows: Rang
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if vnni512::takes_k(w, act) => vnni512::matmul_rows_k(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
-        // (One-token Q4_0 keeps the 256-bit row kernel here: the 512-bit one was measured on the
-        // AMX Xeon only, and Zen 4 runs 512-bit permutes as two halves.)
-        Isa::Avx512Vnni if vnni512::takes_one(w, act) && w.dtype != DType::Q4_0 => vnni512::matmul_rows_one(w, act, rows, out),
+        // One-token Q4_0 takes the 512-bit row kernel here too, measured on an AMD EPYC (Zen 4)
+        // against the 256-bit one (`kernel_bench --types q4_0 --tokens 1`, ms, alternating):
+        // 2560x2560 one thread, weights in cache, 0.23-0.26 -> 0.16; 10240x2560 two threads
+        // 0.37-0.41 -> 0.31; `stream_bench` Phi-2-shaped Q4_0 46.8-48.9 -> 46.0-47.4 ms (bound
+        // by the memory there).
+        Isa::Avx512Vnni if vnni512::takes_one(w, act) => vnni512::matmul_rows_one(w, act, rows, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => x86::matmul_rows(w, act, rows, out, x86::Dot::Evex),
         #[cfg(target_arch = "x86_64")]
