@@ -190,7 +190,8 @@ const HEADER = `# phi2-bench results
 
 Written by \`phi2-bench --write-results\`, never by hand. One section per configuration (model,
 backend, threads, peers, prompt and generation sizes) and CPU model; a new run of the same
-configuration on the same CPU model replaces its section. Every number in a section comes from the one run it names.
+configuration on the same CPU model replaces its section. Every number in a section comes from
+the one run it names.
 `;
 
 /**

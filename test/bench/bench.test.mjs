@@ -269,8 +269,9 @@ describe('end to end', () => {
     const results = path.join(tmp, 'RESULTS-kv.md');
     assert.equal(bench([...args, '--write-results', results]).code, 0);
     const text = readFileSync(results, 'utf8');
-    // Sections are kept per CPU model: the key and the heading name this machine's.
-    const tag = cpuTag(os.cpus()[0]?.model?.trim());
+    // Sections are kept per CPU model: the key and the heading name the one the report names.
+    assert.ok(j.machine.cpu, 'the report names its CPU');
+    const tag = cpuTag(j.machine.cpu);
     assert.ok(text.includes(`<!-- phi2-bench:tiny-q8_0.gguf cpu kv-f16 t1 p8 g3 on-${tag} -->`), `the section key ends in on-${tag}`);
     assert.match(text, /## tiny-q8_0.gguf, cpu, f16 KV cache, 1 threads, on \S/);
     assert.match(text, /KV cache: f16 for @x\/phi2/);
