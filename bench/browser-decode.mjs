@@ -107,7 +107,7 @@ try {
         const loaded = await page.evaluate(([fn, url, t, c]) => window.bench[fn](url, t, c), [`load${cap}`, modelUrl, threads, nCtx]);
         row.loadS = loaded.loadMs / 1000;
         row.runtime = engine === 'phi2' ? `${loaded.runtime.build} x${loaded.runtime.threads}` : `${loaded.multithread ? 'multi-thread' : 'single-thread'} x${loaded.threads}`;
-        log(`${row.engine} threads ${threads}: loaded in ${row.loadS.toFixed(1)} s (${row.runtime})`);
+        log(`${row.engine} threads ${threads}: loaded in ${row.loadS.toFixed(1)} s (${row.runtime}${engine === 'phi2' ? `; ${loaded.runtime.reason}` : ''})`);
         const run = (k) => page.evaluate(([fn, p, k]) => window.bench[fn](p, k), [`run${cap}`, prompt, k]);
         const warm = await run(2);
         log(`  warm-up: ${warm.tokens} tokens, prompt ${warm.promptMs.toFixed(0)} ms`);

@@ -5,9 +5,11 @@
 // `phi2_simd128_attention_parity(headDim, keys, seed)` return how many outputs differ in their bits.
 
 // Products: odd row counts, one to many blocks, Phi-2's 2560 columns; 1..5 and 8 tokens
-// (one-token kernels, two-token tiles and their tails).
+// (one-token kernels, two-token tiles and their tails). The one-token kernels touch the weights
+// ahead where more than 16 kB of the matrix follows a row: K's 70 × 2560 and Q's 41 × 2560 have
+// such rows (phi2_simd128_parity runs them with the touches on and off).
 const K = [[1, 256], [7, 512], [33, 768], [70, 2560]];
-const Q = [[1, 32], [9, 96], [13, 352], [17, 1600], [5, 2560]];
+const Q = [[1, 32], [9, 96], [13, 352], [17, 1600], [5, 2560], [41, 2560]];
 // 16-bit floats: columns with and without a tail past the last 8.
 const F = [[1, 8], [7, 13], [9, 64], [3, 37], [5, 2560]];
 const TYPES = [['Q4_0', 2, Q], ['Q8_0', 8, Q], ['Q4_K', 12, K], ['Q5_K', 13, K], ['Q6_K', 14, K], ['F16', 1, F], ['BF16', 30, F]];

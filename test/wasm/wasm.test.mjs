@@ -130,6 +130,22 @@ test('phi2_simd128_bench runs the SIMD128 products it is asked for', () => {
   assert.ok(Number.isNaN(exports.phi2_simd128_bench(2, 4, 100, 1, 1)), 'not whole blocks');
 });
 
+// The wasm kernels touch the weight stream ahead of use, or not: the faster of the two on this
+// CPU, timed at load on the model's own weights (crates/phi2/src/kernels/mod.rs,
+// calibrate_touch_ahead). `phi2_touch_calibration_check(msOn, msOff)` runs that calibration with
+// a clock that moves msOn per pass with touches and msOff without, and returns what it kept (1 on,
+// 0 off; -2 when the setting in force or the sums disagree). Off only when clearly faster (≤ 90%).
+test('the load-time timing of the touches ahead keeps the faster setting', () => {
+  assert.equal(exports.phi2_touch_calibration_check(10, 5), 0, 'touches twice as slow: off');
+  assert.equal(exports.phi2_touch_calibration_check(5, 10), 1, 'touches twice as fast: on');
+  assert.equal(exports.phi2_touch_calibration_check(10, 9.5), 1, 'within 10%: the default (on) stays');
+  assert.equal(exports.phi2_touch_calibration_check(10, 9), 0);
+  // The setting itself: on by default, and each call says what it replaced.
+  assert.equal(exports.phi2_set_touch_ahead(0), 1);
+  assert.equal(exports.phi2_set_touch_ahead(1), 0);
+  assert.equal(exports.phi2_set_touch_ahead(1), 1);
+});
+
 test('seeded sampling gives the native tokens', () => {
   const name = 'tiny-q8_0.gguf';
   const extra = ['--temperature', '0.9', '--top-k', '40', '--top-p', '0.95', '--seed', '1234'];

@@ -37,6 +37,11 @@ export interface NativeModelInfo {
   trainedContextLength: number;
   /** What the KV cache stores: the loader's `kvCache`. */
   kvCache: 'f32' | 'f16';
+  /**
+   * wasm only: the load's timing of the one-token kernels with the weights touched ahead and
+   * without (ms over its passes), and which it kept; null when not timed (small models).
+   */
+  touchAhead?: { on: boolean; msOn: number; msOff: number } | null;
 }
 export interface NativeGgufVocab {
   model: string; pre: string | null; tokens: string[]; tokenTypes: number[]; merges: string[];
@@ -143,6 +148,8 @@ pub struct WasmModel {
     slot: ModelSlot,
     /// Read from the parsed header at load time; an error is reported by `ggufVocab()`.
     vocab: Result<Option<GgufVocab>, (&'static str, String)>,
+    /// What the load's calibration of the kernels' touches ahead measured and kept (`info.touchAhead`).
+    touch_ahead: Option<phi2::kernels::TouchCalibration>,
 }
 
 #[wasm_bindgen]
@@ -185,6 +192,17 @@ impl WasmModel {
         set(&o, "trainedContextLength", m.info.trained_context_length as u32);
         set(&o, "eosTokenId", opt_u32(c.eos_token_id));
         set(&o, "kvCache", m.kv_type().name());
+        let touch = match self.touch_ahead {
+            None => JsValue::NULL,
+            Some(t) => {
+                let c = Object::new();
+                set(&c, "on", t.on);
+                set(&c, "msOn", t.ms_on);
+                set(&c, "msOff", t.ms_off);
+                c.into()
+            }
+        };
+        set(&o, "touchAhead", touch);
         Ok(o)
     }
 
@@ -349,9 +367,13 @@ impl WasmModelLoader {
     /// Builds the model; consumes the loader. E_MALFORMED_FILE when fewer than totalBytes arrived.
     pub fn finish(self) -> Result<WasmModel, JsValue> {
         let (model, vocab) = self.inner.finish_parts().map_err(engine_err)?;
+        // Whether the one-token kernels touch the weights ahead pays or costs depending on the
+        // CPU, which wasm cannot see: timed here on the model's own weights (~0.1 s for Phi-2).
+        let touch_ahead = model.calibrate_touch_ahead(&now_ms);
         Ok(WasmModel {
             slot: Rc::new(RefCell::new(Some(Arc::new(model)))),
             vocab: vocab.map_err(|e| (e.code(), e.to_string())),
+            touch_ahead,
         })
     }
 }

@@ -752,6 +752,26 @@ impl Phi2 {
     pub fn device(&self) -> &Device {
         &self.device
     }
+
+    /// Times the wasm kernels' touches ahead on and off over this model's MLP matrices (fc1 and
+    /// fc2 of every layer, in order: most of a decode step's weight reads) and keeps the faster
+    /// for every later product ([`kernels::calibrate_touch_ahead`], passes of 96 MB). `None` when
+    /// those matrices are not our kernels' or too small for the passes (small models keep the
+    /// default). `now_ms`: a clock in milliseconds.
+    #[cfg(target_arch = "wasm32")]
+    pub fn calibrate_touch_ahead(&self, now_ms: &dyn Fn() -> f64) -> Option<kernels::TouchCalibration> {
+        use crate::weights::Matrix;
+        let mut mats = Vec::new();
+        for layer in &self.weights.layers {
+            for l in [&layer.fc1, &layer.fc2] {
+                match &l.weight {
+                    Matrix::Packed(p) => mats.push(p.weight_ref()),
+                    _ => return None,
+                }
+            }
+        }
+        kernels::calibrate_touch_ahead(&mats, 96 << 20, now_ms)
+    }
 }
 
 /// One head's `x` (`head_dim` values) into `y` with NeoX rotary on its first `2 · c.len()`

@@ -28,6 +28,8 @@ export interface EngineModelInfo {
   device?: string
   /** What the KV cache stores (engines before the option: absent, f32). */
   kvCache?: 'f32' | 'f16'
+  /** wasm: the load's timing of the kernels' touches ahead (ms with and without) and the one kept; null when not timed. */
+  touchAhead?: { on: boolean; msOn: number; msOff: number } | null
 }
 
 export interface EngineGgufVocab {

@@ -866,6 +866,79 @@ pub fn matmul_with(isa: Isa, w: &WeightRef, act: &Activations, out: &mut [f32]) 
     Some(())
 }
 
+/// What [`calibrate_touch_ahead`] measured: the time of its passes over a model's weights with the
+/// wasm one-token kernels touching the weight stream ahead and without, and which it kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TouchCalibration {
+    pub on: bool,
+    pub ms_on: f64,
+    pub ms_off: f64,
+}
+
+/// Which setting a calibration keeps: off only when its passes without touches took at most 90% of
+/// the time with them, so that the default (measured where touches pay) stays unless clearly
+/// beaten, not on the noise of a clock that may tick in whole milliseconds.
+pub fn keep_touch_ahead(ms_on: f64, ms_off: f64) -> bool {
+    !(ms_off <= 0.9 * ms_on)
+}
+
+/// The order of [`calibrate_touch_ahead`]'s timed passes (on, off, off, on, ...): any drift
+/// over the passes weighs on both settings alike.
+#[cfg(target_arch = "wasm32")]
+const TOUCH_PASSES: [bool; 8] = [true, false, false, true, true, false, false, true];
+
+/// Times one-token products over `mats` (a model's largest matrices, in their order) with the
+/// wasm kernels' touches ahead on and off (see `wasm::TOUCH_AHEAD`), keeps the faster
+/// ([`keep_touch_ahead`]) for every later product and says what it measured. Each pass reads at
+/// least `pass_bytes` of weights, going on through `mats` (round and round), so that it reads
+/// from memory as a decode step does when `mats` is much larger than the caches; an untimed pass
+/// comes first. `None` (and nothing changed) when `mats` holds less than twice `pass_bytes`.
+/// Products as decode runs them: one token, split over [`pool`]'s threads.
+#[cfg(target_arch = "wasm32")]
+pub fn calibrate_touch_ahead(mats: &[WeightRef], pass_bytes: usize, now_ms: &dyn Fn() -> f64) -> Option<TouchCalibration> {
+    let total: usize = mats.iter().map(|w| w.data.len()).sum();
+    if mats.is_empty() || pass_bytes == 0 || total < 2 * pass_bytes {
+        return None;
+    }
+    let threads = pool::threads();
+    let mut acts: Vec<(Option<Family>, usize, Activations)> = Vec::new();
+    let mut out = Vec::new();
+    let mut next = 0;
+    let mut pass = |acts: &mut Vec<(Option<Family>, usize, Activations)>| {
+        let mut bytes = 0;
+        while bytes < pass_bytes {
+            let w = &mats[next % mats.len()];
+            next += 1;
+            let family = Family::of(w.dtype);
+            let i = match acts.iter().position(|(f, c, _)| *f == family && *c == w.cols) {
+                Some(i) => i,
+                None => {
+                    let x: Vec<f32> = (0..w.cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 250.0).collect();
+                    let mut a = Activations::default();
+                    a.prepare(family.expect("mats are kernel-ready"), &x, 1, w.cols);
+                    acts.push((family, w.cols, a));
+                    acts.len() - 1
+                }
+            };
+            out.resize(w.rows, 0f32);
+            matmul(w, &acts[i].2, &mut out, threads);
+            bytes += w.data.len();
+        }
+    };
+    wasm::set_touch_ahead(true);
+    pass(&mut acts);
+    let mut ms = [0f64; 2];
+    for on in TOUCH_PASSES {
+        wasm::set_touch_ahead(on);
+        let t0 = now_ms();
+        pass(&mut acts);
+        ms[on as usize] += now_ms() - t0;
+    }
+    let on = keep_touch_ahead(ms[1], ms[0]);
+    wasm::set_touch_ahead(on);
+    Some(TouchCalibration { on, ms_on: ms[1], ms_off: ms[0] })
+}
+
 /// `y[t][r] += bias[r]`, then `y = gelu_new(y)` when `gelu` ([`gelu_new`]: the same bits on
 /// every ISA), split over the pool by tokens.
 pub fn bias_act(y: &mut [f32], bias: &[f32], gelu: bool, threads: usize) {

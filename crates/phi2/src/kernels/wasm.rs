@@ -17,7 +17,9 @@
 //! bound by the weight stream, which the touches below now keep ahead.)
 //!
 //! The one-token kernels touch the weight stream [`TOUCH_BYTES`] ahead, as the native ones
-//! prefetch it: the biggest single factor in wasm decode (see there).
+//! prefetch it: the biggest single factor in wasm decode on the Xeon where it was measured (see
+//! there), and a loss on an AMD Zen 4; a model's load times both and keeps the faster
+//! ([`TOUCH_AHEAD`]).
 //!
 //! What makes them fast in V8 (measured on Q4_0 decode, ~5x over a straightforward version):
 //! the activations come pre-widened to i16 (`Activations::q16`), so a block costs four
@@ -32,6 +34,7 @@
 
 use std::arch::wasm32::*;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::attention::KvElem;
 use super::{reduce8, scalar, Activations, OutPtr, WeightRef};
@@ -94,10 +97,29 @@ const TOUCH_SPEED: usize = 3;
 /// Where the one-token kernels of a row at `row` touch ahead (see [`TOUCH_BYTES`]): that far
 /// past the row, when everything they touch ([`TOUCH_SPEED`] times the row's bytes) stays inside
 /// the matrix `data`; None otherwise (the last rows of a matrix, small matrices).
+/// Off when [`set_touch_ahead`] turned the touches off.
 #[inline(always)]
 fn touch_base(data: &[u8], row: &[u8]) -> Option<*const u8> {
+    if !TOUCH_AHEAD.load(Ordering::Relaxed) {
+        return None;
+    }
     let room = data.as_ptr_range().end as usize - row.as_ptr() as usize;
     (room > TOUCH_BYTES + TOUCH_SPEED * row.len()).then(|| row.as_ptr().wrapping_add(TOUCH_BYTES))
+}
+
+/// Whether the one-token kernels touch the weight stream ahead ([`TOUCH_BYTES`]); on unless
+/// [`set_touch_ahead`] said otherwise. What pays depends on the CPU under the JS engine, which wasm
+/// cannot see, so [`super::calibrate_touch_ahead`] times both on the model's own weights at load.
+/// Measured (`bench/browser-decode.mjs`, Chromium 156, 2 threads, Phi-2-shaped Q4_0, 32 tokens,
+/// alternating builds): on the Xeon (AMX) of the TOUCH_BYTES notes, touches 6.6 tok/s against
+/// 4.2–4.5 without; on an AMD EPYC (Zen 4), touches 4.5–5.4 against 6.3–7.3 without (there the
+/// loads that wait on memory hold up the work behind them, and its prefetchers cross pages).
+static TOUCH_AHEAD: AtomicBool = AtomicBool::new(true);
+
+/// Turns the one-token kernels' touches ahead on or off for every thread (see [`TOUCH_AHEAD`]);
+/// returns the previous setting. The products' results do not depend on it.
+pub(super) fn set_touch_ahead(on: bool) -> bool {
+    TOUCH_AHEAD.swap(on, Ordering::Relaxed)
 }
 
 /// Loads a byte of each of the `N` 64-byte lines from `p` and drops them. (Volatile, so they
@@ -107,6 +129,21 @@ unsafe fn touch<const N: usize>(p: *const u8) {
     for i in 0..N {
         let _ = std::ptr::read_volatile(p.add(64 * i));
     }
+}
+
+/// `v`, also stored (volatile) to a stack slot nobody reads: an anchor for V8's scheduler. TurboFan
+/// (Node 20) hoists a loop body's loads above the work between them, so a tile's two quads had all
+/// their weights and activations live at once, in 16 xmm registers: spills on every iteration.
+/// A store is ordered with the loads, so a quad's result stored before the next quad's loads
+/// keeps one quad live at a time. Measured (`bench/wasm-kernels.mjs --flavour mt`, Node 20, one
+/// thread, builds without wasm-opt, AMD Zen 4): Q4_0 × 16 tokens, 10240×2560, 55 → 37 ms; one
+/// token, 2560×2560 (in cache), 1.35 → 0.86 ms. Chromium 156 (Turboshaft): no change measured.
+#[inline(always)]
+fn anchor(v: v128) -> v128 {
+    let mut slot = std::mem::MaybeUninit::<v128>::uninit();
+    // SAFETY: a store to a local slot.
+    unsafe { std::ptr::write_volatile(slot.as_mut_ptr(), v) };
+    v
 }
 
 /// The 8 f32 lanes of the definition from their two halves.
@@ -189,33 +226,8 @@ fn f16x4_to_f32<const FINITE: bool>(h: v128) -> v128 {
 #[inline(never)]
 unsafe fn tile<const SIGNED: bool, const C: usize, const FINITE: bool>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize, r: usize, out: OutPtr) {
     let bytes = if SIGNED { 34 } else { 18 };
-    let nb = a.cols / 32;
-    let quads = nb / 4;
+    let quads = a.cols / 128;
     let base = row.as_ptr();
-    let h = |b: usize| u16::from_le_bytes([*base.add(b * bytes), *base.add(b * bytes + 1)]) as i32;
-    // One quad of blocks b0 .. b0 + 4 onto `acc` (the f32 lanes of those blocks) for every token.
-    let quad = |b0: usize, acc: &mut [v128; C]| {
-        #[cfg(target_feature = "relaxed-simd")]
-        if !SIGNED {
-            return quad_q4_0_relaxed::<C, FINITE>(base, a, t0, b0, acc);
-        }
-        let wa = weights16::<SIGNED>(base.add(b0 * bytes + 2));
-        let wb = weights16::<SIGNED>(base.add((b0 + 1) * bytes + 2));
-        let wc = weights16::<SIGNED>(base.add((b0 + 2) * bytes + 2));
-        let wd = weights16::<SIGNED>(base.add((b0 + 3) * bytes + 2));
-        let dw = f16x4_to_f32::<FINITE>(i32x4(h(b0), h(b0 + 1), h(b0 + 2), h(b0 + 3)));
-        for (c, acc_c) in acc.iter_mut().enumerate() {
-            let t = t0 + c;
-            let x = a.q16.as_ptr().add(t * a.cols + 32 * b0);
-            let mut isum = tree4(&[block_dot(&wa, x), block_dot(&wb, x.add(32)), block_dot(&wc, x.add(64)), block_dot(&wd, x.add(96))]);
-            let bi = t * nb + b0;
-            if !SIGNED {
-                isum = i32x4_sub(isum, i32x4_shl(v128_load(a.s.as_ptr().add(bi) as *const v128), 3));
-            }
-            let s = f32x4_mul(dw, v128_load(a.d.as_ptr().add(bi) as *const v128));
-            *acc_c = f32x4_add(*acc_c, f32x4_mul(s, f32x4_convert_i32x4(isum)));
-        }
-    };
     // Lanes 0..4 (even quads) and 4..8 (odd quads) of each token.
     let mut lo = [f32x4_splat(0.0); C];
     let mut hi = [f32x4_splat(0.0); C];
@@ -229,16 +241,47 @@ unsafe fn tile<const SIGNED: bool, const C: usize, const FINITE: bool>(row: &[u8
                 self::touch::<6>(p.add(TOUCH_SPEED * 4 * q * bytes));
             }
         }
-        quad(4 * q, &mut lo);
-        quad(4 * q + 4, &mut hi);
+        quad::<SIGNED, C, FINITE>(base, a, t0, 4 * q, &mut lo);
+        quad::<SIGNED, C, FINITE>(base, a, t0, 4 * q + 4, &mut hi);
         q += 2;
     }
     if q < quads {
-        quad(4 * q, &mut lo);
+        quad::<SIGNED, C, FINITE>(base, a, t0, 4 * q, &mut lo);
     }
     for c in 0..C {
         let t = t0 + c;
         out.set(t, r, scalar::finish_q32::<SIGNED>(lanes8(lo[c], hi[c]), row, a, t, 4 * quads));
+    }
+}
+
+/// One quad of blocks b0 .. b0 + 4 of the row at `base` onto `acc` (the f32 lanes of those
+/// blocks) for tokens t0 .. t0 + C, each token's lanes [`anchor`]ed. A function, not a closure
+/// in [`tile`]: rustc 1.96 left that closure out of line in some instances (the one-token Q4_0
+/// tile among them), a call per quad with `acc` in linear memory.
+#[inline(always)]
+unsafe fn quad<const SIGNED: bool, const C: usize, const FINITE: bool>(base: *const u8, a: &Activations, t0: usize, b0: usize, acc: &mut [v128; C]) {
+    #[cfg(target_feature = "relaxed-simd")]
+    if !SIGNED {
+        return quad_q4_0_relaxed::<C, FINITE>(base, a, t0, b0, acc);
+    }
+    let bytes = if SIGNED { 34 } else { 18 };
+    let nb = a.cols / 32;
+    let h = |b: usize| h16(base.add(b * bytes));
+    let wa = weights16::<SIGNED>(base.add(b0 * bytes + 2));
+    let wb = weights16::<SIGNED>(base.add((b0 + 1) * bytes + 2));
+    let wc = weights16::<SIGNED>(base.add((b0 + 2) * bytes + 2));
+    let wd = weights16::<SIGNED>(base.add((b0 + 3) * bytes + 2));
+    let dw = f16x4_to_f32::<FINITE>(i32x4(h(b0), h(b0 + 1), h(b0 + 2), h(b0 + 3)));
+    for (c, acc_c) in acc.iter_mut().enumerate() {
+        let t = t0 + c;
+        let x = a.q16.as_ptr().add(t * a.cols + 32 * b0);
+        let mut isum = tree4(&[block_dot(&wa, x), block_dot(&wb, x.add(32)), block_dot(&wc, x.add(64)), block_dot(&wd, x.add(96))]);
+        let bi = t * nb + b0;
+        if !SIGNED {
+            isum = i32x4_sub(isum, i32x4_shl(v128_load(a.s.as_ptr().add(bi) as *const v128), 3));
+        }
+        let s = f32x4_mul(dw, v128_load(a.d.as_ptr().add(bi) as *const v128));
+        *acc_c = anchor(f32x4_add(*acc_c, f32x4_mul(s, f32x4_convert_i32x4(isum))));
     }
 }
 
@@ -271,7 +314,7 @@ unsafe fn quad_q4_0_relaxed<const C: usize, const FINITE: bool>(base: *const u8,
         let bi = t * nb + b0;
         let isum = i32x4_sub(isum, i32x4_shl(v128_load(a.s.as_ptr().add(bi) as *const v128), 3));
         let s = f32x4_mul(dw, v128_load(a.d.as_ptr().add(bi) as *const v128));
-        *acc_c = f32x4_add(*acc_c, f32x4_mul(s, f32x4_convert_i32x4(isum)));
+        *acc_c = anchor(f32x4_add(*acc_c, f32x4_mul(s, f32x4_convert_i32x4(isum))));
     }
 }
 
@@ -845,7 +888,8 @@ pub extern "C" fn phi2_simd128_attention_parity(head_dim: u32, keys: u32, seed: 
 /// weights of GGML type `ggml_type` (every quant value and 6/8-bit scale possible; sane f16
 /// scales) of shape `[rows, cols]` and `tokens` rows of random activations, all from `seed`,
 /// through the scalar twin and through SIMD128 ([`super::matmul_with`], one thread), the latter
-/// both with the matrix's scales known finite and not ([`WeightRef::finite_scales`]). Returns the
+/// with the matrix's scales known finite and not ([`WeightRef::finite_scales`]), and without the
+/// touches ahead ([`set_touch_ahead`]). Returns the
 /// number of output elements whose bits differ (in either), or -1 when SIMD128 does not take the
 /// type (or the shape is not whole blocks).
 #[no_mangle]
@@ -858,14 +902,49 @@ pub extern "C" fn phi2_simd128_parity(ggml_type: u32, rows: u32, cols: u32, toke
         return -1;
     }
     let mut bad = 0;
-    for finite_scales in [false, true] {
+    let touch = set_touch_ahead(true);
+    for (finite_scales, touch_ahead) in [(false, true), (true, true), (true, false)] {
+        set_touch_ahead(touch_ahead);
         let mut yv = vec![0f32; a.tokens * w.rows];
         if matmul_with(Isa::Simd128, &WeightRef { finite_scales, ..w }, &a, &mut yv).is_none() {
+            set_touch_ahead(touch);
             return -1;
         }
         bad += ys.iter().zip(&yv).filter(|(p, q)| p.to_bits() != q.to_bits()).count() as i32;
     }
+    set_touch_ahead(touch);
     bad
+}
+
+/// Sets whether the one-token kernels touch the weights ahead ([`set_touch_ahead`]; 0 off, else
+/// on), for `bench/wasm-kernels.mjs --touch`; returns the previous setting (0 or 1).
+#[no_mangle]
+pub extern "C" fn phi2_set_touch_ahead(on: u32) -> u32 {
+    set_touch_ahead(on != 0) as u32
+}
+
+/// A check of [`super::calibrate_touch_ahead`]'s bookkeeping, a plain export for test/wasm: three
+/// random Q4_0 matrices, passes of 100 kB, and a clock that moves `ms_on` per pass with the
+/// touches on and `ms_off` with them off. Returns 1 when it kept the touches on, 0 off (the
+/// setting then in force must agree, else -2), -1 when it did not calibrate. Leaves the setting
+/// as it found it.
+#[no_mangle]
+pub extern "C" fn phi2_touch_calibration_check(ms_on: f64, ms_off: f64) -> i32 {
+    let cases: Vec<_> = (0..3).filter_map(|seed| random_case(2, 64, 2560, 1, seed)).map(|(w, _)| w).collect();
+    let mats: Vec<WeightRef> = cases.iter().map(|c| c.weights()).collect();
+    let clock = std::cell::Cell::new(0f64);
+    let now = || {
+        clock.set(clock.get() + if TOUCH_AHEAD.load(Ordering::Relaxed) { ms_on } else { ms_off });
+        clock.get()
+    };
+    let before = set_touch_ahead(true);
+    let got = super::calibrate_touch_ahead(&mats, 100_000, &now);
+    let kept = set_touch_ahead(before);
+    match got {
+        None => -1,
+        Some(c) if c.on != kept || c.ms_on != 4.0 * ms_on || c.ms_off != 4.0 * ms_off => -2,
+        Some(c) => c.on as i32,
+    }
 }
 
 /// Kernel timing for `bench/wasm-kernels.mjs`, a plain export like [`phi2_simd128_parity`]: the

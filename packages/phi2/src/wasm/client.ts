@@ -469,6 +469,8 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         } finally {
           signal?.removeEventListener('abort', abortLoad)
         }
+        const touch = loaded.info.touchAhead
+        if (touch) reason = `${reason}, ${touchNote(touch)}`
         return {
           model: new WasmEngineModel(conn, loaded),
           runtime: { backend: 'wasm', build: s.build, flavour: s.flavour, threads: s.threads, reason },
@@ -484,4 +486,9 @@ export function wasmEngine(env: WasmEnvironment): Engine {
       }
     },
   }
+}
+
+/** `runtime.reason`'s note on the load's timing of the kernels' touches ahead (EngineModelInfo.touchAhead). */
+export function touchNote(t: { on: boolean; msOn: number; msOff: number }): string {
+  return `weights touched ahead ${t.on ? 'on' : 'off'} (timed at load: ${Math.round(t.msOn)} ms with, ${Math.round(t.msOff)} ms without)`
 }
