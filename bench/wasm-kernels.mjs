@@ -2,7 +2,7 @@
 // wasm twin of `cargo run --release -p phi2 --example kernel_bench`:
 //
 //   node bench/wasm-kernels.mjs [--flavour st|mt|relaxed] [--browser] [--types q4_0,q8_0,q4_k,q5_k,q6_k]
-//                               [--tokens 1,2,16] [--shape 10240x2560] [--budget-ms 1500] [--touch on|off]
+//                               [--tokens 1,2,16] [--shape 10240x2560] [--budget-ms 1500] [--touch on|off] [--dot16 on|off]
 //
 // `st` and `mt` run in this Node process (in Chromium with `--browser`); `relaxed` (whose relaxed
 // dot product Node 20's V8 computes wrongly) runs in headless Chromium (playwright-core, /usr/bin/chromium or $PHI2_CHROMIUM) in a
@@ -10,8 +10,9 @@
 // `phi2_simd128_bench` export), then products for about `--budget-ms`; the case's set-up (a call
 // with 0 products) is timed and taken off. The default shape, 10240 × 2560 (Phi-2's fc1),
 // is 14.7 MB of Q4_0: it streams from memory, as in a decode step. `--touch on|off`: the one-token
-// kernels' touches of the weights ahead (`phi2_set_touch_ahead`; a model's load times both and
-// keeps the faster); default: the module's default, on.
+// kernels' touches of the weights ahead; `--dot16 on|off`: the relaxed build's i16 dots for Q4_0
+// (`phi2_set_knob`; a model's load times both values of each and keeps the faster); default: the
+// module's defaults (touches on, i16 dots off).
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,8 +27,9 @@ const tokensList = opt('--tokens', '1,2,16').split(',').map(Number);
 const [rows, cols] = opt('--shape', '10240x2560').split('x').map(Number);
 const budgetMs = Number(opt('--budget-ms', 1500));
 const touch = opt('--touch', null);
-if (!['st', 'mt', 'relaxed'].includes(flavour) || types.some((t) => !(t in TYPES)) || !(rows > 0 && cols > 0 && budgetMs > 0) || ![null, 'on', 'off'].includes(touch)) {
-  console.error('usage: node bench/wasm-kernels.mjs [--flavour st|mt|relaxed] [--browser] [--types q4_0,q8_0,q4_k,q5_k,q6_k] [--tokens 1,2,16] [--shape ROWSxCOLS] [--budget-ms MS] [--touch on|off]');
+const dot16 = opt('--dot16', null);
+if (!['st', 'mt', 'relaxed'].includes(flavour) || types.some((t) => !(t in TYPES)) || !(rows > 0 && cols > 0 && budgetMs > 0) || ![null, 'on', 'off'].includes(touch) || ![null, 'on', 'off'].includes(dot16)) {
+  console.error('usage: node bench/wasm-kernels.mjs [--flavour st|mt|relaxed] [--browser] [--types q4_0,q8_0,q4_k,q5_k,q6_k] [--tokens 1,2,16] [--shape ROWSxCOLS] [--budget-ms MS] [--touch on|off] [--dot16 on|off]');
   process.exit(2);
 }
 const pkg = { st: 'pkg', mt: 'pkg-mt', relaxed: 'pkg-relaxed' }[flavour];
@@ -58,7 +60,8 @@ const inBrowser = flavour === 'relaxed' || args.includes('--browser');
 if (!inBrowser) {
   const wasm = await import(path.join(root, 'bindings/wasm', pkg, 'phi2_wasm.js'));
   const exports = wasm.initSync({ module: readFileSync(path.join(root, 'bindings/wasm', pkg, 'phi2_wasm_bg.wasm')) });
-  if (touch) exports.phi2_set_touch_ahead(touch === 'on' ? 1 : 0);
+  if (touch) exports.phi2_set_knob(0, touch === 'on' ? 1 : 0);
+  if (dot16) exports.phi2_set_knob(1, dot16 === 'on' ? 1 : 0);
   results = timeCases(exports.phi2_simd128_bench, cases, rows, cols, budgetMs);
 } else {
   const { chromium } = await import('playwright-core');
@@ -69,14 +72,15 @@ if (!inBrowser) {
     const page = await browser.newPage();
     await page.goto(`${url}/index.html`);
     results = await page.evaluate(
-      async ({ cases, rows, cols, budgetMs, touch, fn }) => {
+      async ({ cases, rows, cols, budgetMs, touch, dot16, fn }) => {
         const wasm = await import('/pkg/phi2_wasm.js');
         const exports = await wasm.default('/pkg/phi2_wasm_bg.wasm');
-        if (touch) exports.phi2_set_touch_ahead(touch === 'on' ? 1 : 0);
+        if (touch) exports.phi2_set_knob(0, touch === 'on' ? 1 : 0);
+        if (dot16) exports.phi2_set_knob(1, dot16 === 'on' ? 1 : 0);
         // eslint-disable-next-line no-new-func
         return new Function(`return (${fn})`)()(exports.phi2_simd128_bench, cases, rows, cols, budgetMs);
       },
-      { cases, rows, cols, budgetMs, touch, fn: timeCases.toString() },
+      { cases, rows, cols, budgetMs, touch, dot16, fn: timeCases.toString() },
     );
   } finally {
     await browser.close();
@@ -84,7 +88,7 @@ if (!inBrowser) {
   }
 }
 
-console.log(`wasm ${flavour} (${pkg}) in ${inBrowser ? 'Chromium' : `Node ${process.version}`}, one thread, ${rows} x ${cols}, ~${budgetMs} ms of products per case${touch ? `, touches ahead ${touch}` : ''}`);
+console.log(`wasm ${flavour} (${pkg}) in ${inBrowser ? 'Chromium' : `Node ${process.version}`}, one thread, ${rows} x ${cols}, ~${budgetMs} ms of products per case${touch ? `, touches ahead ${touch}` : ''}${dot16 ? `, i16 dots ${dot16}` : ''}`);
 console.log('type   tokens   ms/product   GMAC/s');
 for (const r of results) {
   const gmac = (rows * cols * r.tokens) / (r.ms * 1e6);

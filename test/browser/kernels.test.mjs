@@ -59,3 +59,18 @@ test('relaxed-SIMD kernels and attention give the scalar twin\'s bits in Chromiu
   assert.deepEqual(r.failures, [], 'cases whose outputs differ from the scalar twin');
   console.log(`# relaxed SIMD = scalar twin on ${r.outputs} outputs and ${r.attention} attention shapes`);
 });
+
+// The relaxed-SIMD build's i16 dots (knob 1) are a setting a load times and chooses
+// (test/wasm/wasm.test.mjs has the touches ahead): the calibration keeps them only when clearly
+// faster. Their bits are in the parity cases above (phi2_simd128_parity runs both forms).
+test('the relaxed-SIMD build times its two dot forms and keeps the faster', { timeout: 60_000 }, async () => {
+  const page = await browser.newPage();
+  await page.goto(`${server.url}/kernels/`);
+  const r = await page.evaluate(async () => {
+    const wasm = await import('/kernels/phi2_wasm.js');
+    const e = await wasm.default('/kernels/phi2_wasm_bg.wasm');
+    return [e.phi2_calibration_check(1, 5, 10), e.phi2_calibration_check(1, 10, 9.5), e.phi2_calibration_check(1, 9, 10), e.phi2_set_knob(1, 0)];
+  });
+  await page.close();
+  assert.deepEqual(r, [1, 0, 1, 0], 'i16 dots twice as fast: on; 5% faster: off (the default); 10% faster: on; left off');
+});

@@ -130,20 +130,26 @@ test('phi2_simd128_bench runs the SIMD128 products it is asked for', () => {
   assert.ok(Number.isNaN(exports.phi2_simd128_bench(2, 4, 100, 1, 1)), 'not whole blocks');
 });
 
-// The wasm kernels touch the weight stream ahead of use, or not: the faster of the two on this
-// CPU, timed at load on the model's own weights (crates/phi2/src/kernels/mod.rs,
-// calibrate_touch_ahead). `phi2_touch_calibration_check(msOn, msOff)` runs that calibration with
-// a clock that moves msOn per pass with touches and msOff without, and returns what it kept (1 on,
-// 0 off; -2 when the setting in force or the sums disagree). Off only when clearly faster (≤ 90%).
-test('the load-time timing of the touches ahead keeps the faster setting', () => {
-  assert.equal(exports.phi2_touch_calibration_check(10, 5), 0, 'touches twice as slow: off');
-  assert.equal(exports.phi2_touch_calibration_check(5, 10), 1, 'touches twice as fast: on');
-  assert.equal(exports.phi2_touch_calibration_check(10, 9.5), 1, 'within 10%: the default (on) stays');
-  assert.equal(exports.phi2_touch_calibration_check(10, 9), 0);
-  // The setting itself: on by default, and each call says what it replaced.
-  assert.equal(exports.phi2_set_touch_ahead(0), 1);
-  assert.equal(exports.phi2_set_touch_ahead(1), 0);
-  assert.equal(exports.phi2_set_touch_ahead(1), 1);
+// Two settings of the wasm kernels depend on the CPU under the JS engine, so a model's load times
+// both values of each on its own weights and keeps the faster (crates/phi2/src/kernels/mod.rs,
+// Knob): the one-token kernels' touches of the weights ahead (knob 0, default on) and the
+// relaxed-SIMD build's i16 dots (knob 1, default off). `phi2_calibration_check(knob, msOn, msOff)`
+// runs a calibration with a clock that moves msOn per pass with the knob on and msOff with it
+// off, and returns what it kept (1 on, 0 off; -2 when the setting in force or the times disagree,
+// -1 when it did not calibrate). The other value only when clearly faster (fastest pass ≤ 90%).
+test('the load-time timing of the kernel settings keeps the faster', () => {
+  assert.equal(exports.phi2_calibration_check(0, 10, 5), 0, 'touches twice as slow: off');
+  assert.equal(exports.phi2_calibration_check(0, 5, 10), 1, 'touches twice as fast: on');
+  assert.equal(exports.phi2_calibration_check(0, 10, 9.5), 1, 'within 10%: the default (on) stays');
+  assert.equal(exports.phi2_calibration_check(0, 10, 9), 0);
+  assert.equal(exports.phi2_calibration_check(1, 5, 10), -1, 'SIMD128 builds have no i16 dots to choose');
+  assert.equal(exports.phi2_calibration_check(2, 5, 10), -1, 'no such knob');
+  // The settings themselves: each call says what it replaced.
+  assert.equal(exports.phi2_set_knob(0, 0), 1, 'touches on by default');
+  assert.equal(exports.phi2_set_knob(0, 1), 0);
+  assert.equal(exports.phi2_set_knob(0, 1), 1);
+  assert.equal(exports.phi2_set_knob(1, 0), 0, 'i16 dots off by default');
+  assert.equal(exports.phi2_set_knob(7, 1), -1);
 });
 
 test('seeded sampling gives the native tokens', () => {

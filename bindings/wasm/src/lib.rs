@@ -38,10 +38,11 @@ export interface NativeModelInfo {
   /** What the KV cache stores: the loader's `kvCache`. */
   kvCache: 'f32' | 'f16';
   /**
-   * wasm only: the load's timing of the one-token kernels with the weights touched ahead and
-   * without (ms over its passes), and which it kept; null when not timed (small models).
+   * wasm only: the load's timings of the kernel settings whose faster value depends on the CPU
+   * (`touchAhead`: the one-token kernels touch the weights ahead; `dot16`: the relaxed build's i16
+   * dots), the fastest of its passes with each on and off (ms), and what it kept; empty for small models.
    */
-  touchAhead?: { on: boolean; msOn: number; msOff: number } | null;
+  calibration?: { knob: 'touchAhead' | 'dot16'; on: boolean; msOn: number; msOff: number }[];
 }
 export interface NativeGgufVocab {
   model: string; pre: string | null; tokens: string[]; tokenTypes: number[]; merges: string[];
@@ -148,8 +149,8 @@ pub struct WasmModel {
     slot: ModelSlot,
     /// Read from the parsed header at load time; an error is reported by `ggufVocab()`.
     vocab: Result<Option<GgufVocab>, (&'static str, String)>,
-    /// What the load's calibration of the kernels' touches ahead measured and kept (`info.touchAhead`).
-    touch_ahead: Option<phi2::kernels::TouchCalibration>,
+    /// What the load's timing of the kernel settings measured and kept (`info.calibration`).
+    calibrations: Vec<phi2::kernels::Calibration>,
 }
 
 #[wasm_bindgen]
@@ -192,17 +193,19 @@ impl WasmModel {
         set(&o, "trainedContextLength", m.info.trained_context_length as u32);
         set(&o, "eosTokenId", opt_u32(c.eos_token_id));
         set(&o, "kvCache", m.kv_type().name());
-        let touch = match self.touch_ahead {
-            None => JsValue::NULL,
-            Some(t) => {
-                let c = Object::new();
-                set(&c, "on", t.on);
-                set(&c, "msOn", t.ms_on);
-                set(&c, "msOff", t.ms_off);
-                c.into()
-            }
-        };
-        set(&o, "touchAhead", touch);
+        let timed = Array::new();
+        for t in &self.calibrations {
+            let c = Object::new();
+            set(&c, "knob", match t.knob {
+                phi2::kernels::Knob::TouchAhead => "touchAhead",
+                phi2::kernels::Knob::Dot16 => "dot16",
+            });
+            set(&c, "on", t.on);
+            set(&c, "msOn", t.ms_on);
+            set(&c, "msOff", t.ms_off);
+            timed.push(&c);
+        }
+        set(&o, "calibration", timed);
         Ok(o)
     }
 
@@ -367,13 +370,13 @@ impl WasmModelLoader {
     /// Builds the model; consumes the loader. E_MALFORMED_FILE when fewer than totalBytes arrived.
     pub fn finish(self) -> Result<WasmModel, JsValue> {
         let (model, vocab) = self.inner.finish_parts().map_err(engine_err)?;
-        // Whether the one-token kernels touch the weights ahead pays or costs depending on the
-        // CPU, which wasm cannot see: timed here on the model's own weights (~0.1 s for Phi-2).
-        let touch_ahead = model.calibrate_touch_ahead(&now_ms);
+        // Kernel settings whose faster value depends on the CPU, which wasm cannot see: timed here
+        // on the model's own weights (~0.3 s for Phi-2; nothing for small models).
+        let calibrations = model.calibrate_kernels(&precise_now_ms);
         Ok(WasmModel {
             slot: Rc::new(RefCell::new(Some(Arc::new(model)))),
             vocab: vocab.map_err(|e| (e.code(), e.to_string())),
-            touch_ahead,
+            calibrations,
         })
     }
 }
@@ -505,6 +508,17 @@ fn options_from(o: &JsValue, vocab: usize) -> Result<GenerateOptions, JsValue> {
 
 fn now_ms() -> f64 {
     js_sys::Date::now()
+}
+
+/// `performance.now()` where the global scope has it (pages, workers, Node), else [`now_ms`]: the
+/// load's timings of the kernels ([`phi2::Phi2::calibrate_kernels`]) compare passes of ~10 ms.
+fn precise_now_ms() -> f64 {
+    let perf = Reflect::get(&js_sys::global(), &JsValue::from_str("performance")).ok().filter(|p| p.is_object());
+    let now = perf.as_ref().and_then(|p| Reflect::get(p, &JsValue::from_str("now")).ok()).and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+    match (perf, now) {
+        (Some(p), Some(f)) => f.call0(&p).ok().and_then(|v| v.as_f64()).unwrap_or_else(now_ms),
+        _ => now_ms(),
+    }
 }
 
 #[wasm_bindgen]

@@ -753,24 +753,26 @@ impl Phi2 {
         &self.device
     }
 
-    /// Times the wasm kernels' touches ahead on and off over this model's MLP matrices (fc1 and
-    /// fc2 of every layer, in order: most of a decode step's weight reads) and keeps the faster
-    /// for every later product ([`kernels::calibrate_touch_ahead`], passes of 96 MB). `None` when
-    /// those matrices are not our kernels' or too small for the passes (small models keep the
-    /// default). `now_ms`: a clock in milliseconds.
+    /// Times the wasm kernels' settings whose faster value depends on the CPU ([`kernels::Knob`])
+    /// on this model's MLP matrices (fc1 and fc2 of every layer, in order: most of a decode
+    /// step's weight reads) and keeps the faster of each for every later product: the i16 dots
+    /// on 16-token products of one matrix ([`kernels::calibrate_dot16`]), then the touches ahead
+    /// on one-token passes of 96 MB ([`kernels::calibrate_touch_ahead`]). Empty when those
+    /// matrices are not our kernels' (each knob also skips what it cannot time: small models keep
+    /// the defaults). `now_ms`: a clock in milliseconds.
     #[cfg(target_arch = "wasm32")]
-    pub fn calibrate_touch_ahead(&self, now_ms: &dyn Fn() -> f64) -> Option<kernels::TouchCalibration> {
+    pub fn calibrate_kernels(&self, now_ms: &dyn Fn() -> f64) -> Vec<kernels::Calibration> {
         use crate::weights::Matrix;
         let mut mats = Vec::new();
         for layer in &self.weights.layers {
             for l in [&layer.fc1, &layer.fc2] {
                 match &l.weight {
                     Matrix::Packed(p) => mats.push(p.weight_ref()),
-                    _ => return None,
+                    _ => return Vec::new(),
                 }
             }
         }
-        kernels::calibrate_touch_ahead(&mats, 96 << 20, now_ms)
+        [kernels::calibrate_dot16(&mats, now_ms), kernels::calibrate_touch_ahead(&mats, 96 << 20, now_ms)].into_iter().flatten().collect()
     }
 }
 

@@ -28,8 +28,8 @@ export interface EngineModelInfo {
   device?: string
   /** What the KV cache stores (engines before the option: absent, f32). */
   kvCache?: 'f32' | 'f16'
-  /** wasm: the load's timing of the kernels' touches ahead (ms with and without) and the one kept; null when not timed. */
-  touchAhead?: { on: boolean; msOn: number; msOff: number } | null
+  /** wasm: the load's timings of the kernel settings that depend on the CPU (ms with each on and off) and what it kept. */
+  calibration?: { knob: 'touchAhead' | 'dot16'; on: boolean; msOn: number; msOff: number }[]
 }
 
 export interface EngineGgufVocab {

@@ -866,36 +866,88 @@ pub fn matmul_with(isa: Isa, w: &WeightRef, act: &Activations, out: &mut [f32]) 
     Some(())
 }
 
-/// What [`calibrate_touch_ahead`] measured: the time of its passes over a model's weights with the
-/// wasm one-token kernels touching the weight stream ahead and without, and which it kept.
+/// A wasm kernel setting whose faster value depends on the CPU under the JS engine, which wasm
+/// cannot see: timed at load on the model's own weights ([`calibrate_touch_ahead`],
+/// [`calibrate_dot16`]). Neither changes any result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Knob {
+    /// The one-token kernels touch the weight stream ahead of use (`wasm::TOUCH_AHEAD`). Default on.
+    TouchAhead,
+    /// The relaxed-SIMD build's Q4_0 products add the 8-bit products' pairs in i16
+    /// (`i16x8.relaxed_dot_i8x16_i7x16_s`) before widening them, instead of
+    /// `i32x4.relaxed_dot_i8x16_i7x16_add` (`wasm::DOT16`). Default off.
+    Dot16,
+}
+
+impl Knob {
+    /// The setting a load starts from (and keeps unless the other is clearly faster).
+    pub fn default_on(self) -> bool {
+        self == Knob::TouchAhead
+    }
+}
+
+/// What a calibration measured: its fastest pass with `knob` on and with it off, and which it kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TouchCalibration {
+pub struct Calibration {
+    pub knob: Knob,
     pub on: bool,
     pub ms_on: f64,
     pub ms_off: f64,
 }
 
-/// Which setting a calibration keeps: off only when its passes without touches took at most 90% of
-/// the time with them, so that the default (measured where touches pay) stays unless clearly
-/// beaten, not on the noise of a clock that may tick in whole milliseconds.
-pub fn keep_touch_ahead(ms_on: f64, ms_off: f64) -> bool {
-    !(ms_off <= 0.9 * ms_on)
+/// Which setting a calibration keeps: the one that is not the default only when its fastest pass
+/// took at most 90% of the default's, so that the default stays unless clearly beaten.
+pub fn keep_on(knob: Knob, ms_on: f64, ms_off: f64) -> bool {
+    if knob.default_on() {
+        !(ms_off <= 0.9 * ms_on)
+    } else {
+        ms_on <= 0.9 * ms_off
+    }
 }
 
-/// The order of [`calibrate_touch_ahead`]'s timed passes (on, off, off, on, ...): any drift
-/// over the passes weighs on both settings alike.
+/// The order of a calibration's timed passes (on, off, off, on, ...): any drift over the passes
+/// weighs on both settings alike; the fastest of each setting's six counts (work from elsewhere
+/// on the machine only ever slows a pass down).
 #[cfg(target_arch = "wasm32")]
-const TOUCH_PASSES: [bool; 8] = [true, false, false, true, true, false, false, true];
+const PASSES: [bool; 12] = [true, false, false, true, true, false, false, true, true, false, false, true];
 
-/// Times one-token products over `mats` (a model's largest matrices, in their order) with the
-/// wasm kernels' touches ahead on and off (see `wasm::TOUCH_AHEAD`), keeps the faster
-/// ([`keep_touch_ahead`]) for every later product and says what it measured. Each pass reads at
-/// least `pass_bytes` of weights, going on through `mats` (round and round), so that it reads
-/// from memory as a decode step does when `mats` is much larger than the caches; an untimed pass
-/// comes first. `None` (and nothing changed) when `mats` holds less than twice `pass_bytes`.
+/// Times `pass` with `knob` on and off ([`PASSES`], after two untimed passes with each: the JS
+/// engine compiles a kernel when it first runs, and optimises it in the background after a while),
+/// keeps the faster ([`keep_on`]) for every later product and says what it measured.
+#[cfg(target_arch = "wasm32")]
+fn time_knob(knob: Knob, pass: &mut dyn FnMut(), now_ms: &dyn Fn() -> f64) -> Calibration {
+    for on in [!knob.default_on(), knob.default_on(), !knob.default_on(), knob.default_on()] {
+        wasm::set_knob(knob, on);
+        pass();
+    }
+    let mut ms = [f64::INFINITY; 2];
+    for on in PASSES {
+        wasm::set_knob(knob, on);
+        let t0 = now_ms();
+        pass();
+        ms[on as usize] = ms[on as usize].min(now_ms() - t0);
+    }
+    let on = keep_on(knob, ms[1], ms[0]);
+    wasm::set_knob(knob, on);
+    Calibration { knob, on, ms_on: ms[1], ms_off: ms[0] }
+}
+
+/// `x` of `tokens` rows of `cols` (a fixed pattern) prepared for `w`'s family.
+#[cfg(target_arch = "wasm32")]
+fn calibration_activations(w: &WeightRef, tokens: usize) -> Activations {
+    let x: Vec<f32> = (0..tokens * w.cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 250.0).collect();
+    let mut a = Activations::default();
+    a.prepare(Family::of(w.dtype).expect("kernel-ready weights"), &x, tokens, w.cols);
+    a
+}
+
+/// [`Knob::TouchAhead`] timed on one-token products over `mats` (a model's largest matrices, in
+/// their order). Each pass reads at least `pass_bytes` of weights, going on through `mats` (round
+/// and round), so that it reads from memory as a decode step does when `mats` is much larger
+/// than the caches. `None` (and nothing changed) when `mats` holds less than twice `pass_bytes`.
 /// Products as decode runs them: one token, split over [`pool`]'s threads.
 #[cfg(target_arch = "wasm32")]
-pub fn calibrate_touch_ahead(mats: &[WeightRef], pass_bytes: usize, now_ms: &dyn Fn() -> f64) -> Option<TouchCalibration> {
+pub fn calibrate_touch_ahead(mats: &[WeightRef], pass_bytes: usize, now_ms: &dyn Fn() -> f64) -> Option<Calibration> {
     let total: usize = mats.iter().map(|w| w.data.len()).sum();
     if mats.is_empty() || pass_bytes == 0 || total < 2 * pass_bytes {
         return None;
@@ -904,7 +956,7 @@ pub fn calibrate_touch_ahead(mats: &[WeightRef], pass_bytes: usize, now_ms: &dyn
     let mut acts: Vec<(Option<Family>, usize, Activations)> = Vec::new();
     let mut out = Vec::new();
     let mut next = 0;
-    let mut pass = |acts: &mut Vec<(Option<Family>, usize, Activations)>| {
+    let mut pass = || {
         let mut bytes = 0;
         while bytes < pass_bytes {
             let w = &mats[next % mats.len()];
@@ -913,10 +965,7 @@ pub fn calibrate_touch_ahead(mats: &[WeightRef], pass_bytes: usize, now_ms: &dyn
             let i = match acts.iter().position(|(f, c, _)| *f == family && *c == w.cols) {
                 Some(i) => i,
                 None => {
-                    let x: Vec<f32> = (0..w.cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 250.0).collect();
-                    let mut a = Activations::default();
-                    a.prepare(family.expect("mats are kernel-ready"), &x, 1, w.cols);
-                    acts.push((family, w.cols, a));
+                    acts.push((family, w.cols, calibration_activations(w, 1)));
                     acts.len() - 1
                 }
             };
@@ -925,18 +974,34 @@ pub fn calibrate_touch_ahead(mats: &[WeightRef], pass_bytes: usize, now_ms: &dyn
             bytes += w.data.len();
         }
     };
-    wasm::set_touch_ahead(true);
-    pass(&mut acts);
-    let mut ms = [0f64; 2];
-    for on in TOUCH_PASSES {
-        wasm::set_touch_ahead(on);
-        let t0 = now_ms();
-        pass(&mut acts);
-        ms[on as usize] += now_ms() - t0;
+    Some(time_knob(Knob::TouchAhead, &mut pass, now_ms))
+}
+
+/// [`Knob::Dot16`] timed on one-token products of the first 2560 rows (3.7 MB, in the caches:
+/// bound by the arithmetic, as the wasm kernels are on CPUs where they are slow) of the first
+/// Q4_0 matrix of `mats`, 25 per pass, split over [`pool`]'s threads. Measured (Chromium 156,
+/// AMD Zen 4, Phi-2-shaped Q4_0): 16-token products of a whole 14.7 MB matrix showed the gain less
+/// clearly (53.5 / 71.1 ms, then 53.8 / 59.6: under the 10% bar) than whole prompts and decode
+/// did (`bench/browser-decode.mjs`, builds with the form fixed, alternating: 16-token prompt
+/// 1763–2033 → 1439–1500 ms, decode 5.73–6.22 → 6.85–7.01 tok/s). `None` (nothing changed)
+/// outside the relaxed-SIMD build or without a Q4_0 matrix.
+#[cfg(target_arch = "wasm32")]
+pub fn calibrate_dot16(mats: &[WeightRef], now_ms: &dyn Fn() -> f64) -> Option<Calibration> {
+    if !cfg!(target_feature = "relaxed-simd") {
+        return None;
     }
-    let on = keep_touch_ahead(ms[1], ms[0]);
-    wasm::set_touch_ahead(on);
-    Some(TouchCalibration { on, ms_on: ms[1], ms_off: ms[0] })
+    let w = mats.iter().find(|w| w.dtype == DType::Q4_0)?;
+    let rows = w.rows.min(2560);
+    let w = WeightRef { rows, data: &w.data[..rows * w.row_bytes()], ..*w };
+    let a = calibration_activations(&w, 1);
+    let mut out = vec![0f32; rows];
+    let threads = pool::threads();
+    let mut pass = || {
+        for _ in 0..25 {
+            matmul(&w, &a, &mut out, threads);
+        }
+    };
+    Some(time_knob(Knob::Dot16, &mut pass, now_ms))
 }
 
 /// `y[t][r] += bias[r]`, then `y = gelu_new(y)` when `gelu` ([`gelu_new`]: the same bits on

@@ -37,7 +37,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::attention::KvElem;
-use super::{reduce8, scalar, Activations, OutPtr, WeightRef};
+use super::{reduce8, scalar, Activations, Knob, OutPtr, WeightRef};
 use crate::dtype::DType;
 
 pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
@@ -48,6 +48,8 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
         _ => return scalar::matmul_rows(w, act, rows, out),
     }
     assert!(act.q16.len() >= act.tokens * act.cols, "activations were not widened for SIMD128");
+    // Only the relaxed-SIMD build has the i16 form (SIMD128's dots are i16 already).
+    let d16 = cfg!(target_feature = "relaxed-simd") && DOT16.load(Ordering::Relaxed);
     for r in rows {
         let row = w.row(r);
         assert!(row.len() >= act.cols / 32 * if w.dtype == DType::Q8_0 { 34 } else { 18 });
@@ -58,15 +60,19 @@ pub(super) fn matmul_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, 
             // SAFETY: the row holds cols / 32 blocks and the activations tokens × cols values
             // (asserted above); every access below stays inside them.
             unsafe {
-                match (w.dtype, c, w.finite_scales) {
-                    (DType::Q4_0, 2, true) => tile::<false, 2, true>(row, touch, act, t0, r, out),
-                    (DType::Q4_0, 2, false) => tile::<false, 2, false>(row, touch, act, t0, r, out),
-                    (DType::Q4_0, _, true) => tile::<false, 1, true>(row, touch, act, t0, r, out),
-                    (DType::Q4_0, _, false) => tile::<false, 1, false>(row, touch, act, t0, r, out),
-                    (_, 2, true) => tile::<true, 2, true>(row, touch, act, t0, r, out),
-                    (_, 2, false) => tile::<true, 2, false>(row, touch, act, t0, r, out),
-                    (_, _, true) => tile::<true, 1, true>(row, touch, act, t0, r, out),
-                    (_, _, false) => tile::<true, 1, false>(row, touch, act, t0, r, out),
+                match (w.dtype, c, w.finite_scales, d16) {
+                    (DType::Q4_0, 2, true, false) => tile::<false, 2, true, false>(row, touch, act, t0, r, out),
+                    (DType::Q4_0, 2, false, false) => tile::<false, 2, false, false>(row, touch, act, t0, r, out),
+                    (DType::Q4_0, _, true, false) => tile::<false, 1, true, false>(row, touch, act, t0, r, out),
+                    (DType::Q4_0, _, false, false) => tile::<false, 1, false, false>(row, touch, act, t0, r, out),
+                    (DType::Q4_0, 2, true, true) => tile::<false, 2, true, true>(row, touch, act, t0, r, out),
+                    (DType::Q4_0, 2, false, true) => tile::<false, 2, false, true>(row, touch, act, t0, r, out),
+                    (DType::Q4_0, _, true, true) => tile::<false, 1, true, true>(row, touch, act, t0, r, out),
+                    (DType::Q4_0, _, false, true) => tile::<false, 1, false, true>(row, touch, act, t0, r, out),
+                    (_, 2, true, _) => tile::<true, 2, true, false>(row, touch, act, t0, r, out),
+                    (_, 2, false, _) => tile::<true, 2, false, false>(row, touch, act, t0, r, out),
+                    (_, _, true, _) => tile::<true, 1, true, false>(row, touch, act, t0, r, out),
+                    (_, _, false, _) => tile::<true, 1, false, false>(row, touch, act, t0, r, out),
                 }
             }
             t0 += c;
@@ -97,7 +103,7 @@ const TOUCH_SPEED: usize = 3;
 /// Where the one-token kernels of a row at `row` touch ahead (see [`TOUCH_BYTES`]): that far
 /// past the row, when everything they touch ([`TOUCH_SPEED`] times the row's bytes) stays inside
 /// the matrix `data`; None otherwise (the last rows of a matrix, small matrices).
-/// Off when [`set_touch_ahead`] turned the touches off.
+/// Off when [`set_knob`] turned the touches off.
 #[inline(always)]
 fn touch_base(data: &[u8], row: &[u8]) -> Option<*const u8> {
     if !TOUCH_AHEAD.load(Ordering::Relaxed) {
@@ -108,7 +114,7 @@ fn touch_base(data: &[u8], row: &[u8]) -> Option<*const u8> {
 }
 
 /// Whether the one-token kernels touch the weight stream ahead ([`TOUCH_BYTES`]); on unless
-/// [`set_touch_ahead`] said otherwise. What pays depends on the CPU under the JS engine, which wasm
+/// [`set_knob`] said otherwise. What pays depends on the CPU under the JS engine, which wasm
 /// cannot see, so [`super::calibrate_touch_ahead`] times both on the model's own weights at load.
 /// Measured (`bench/browser-decode.mjs`, Chromium 156, 2 threads, Phi-2-shaped Q4_0, 32 tokens,
 /// alternating builds): on the Xeon (AMX) of the TOUCH_BYTES notes, touches 6.6 tok/s against
@@ -116,10 +122,25 @@ fn touch_base(data: &[u8], row: &[u8]) -> Option<*const u8> {
 /// loads that wait on memory hold up the work behind them, and its prefetchers cross pages).
 static TOUCH_AHEAD: AtomicBool = AtomicBool::new(true);
 
-/// Turns the one-token kernels' touches ahead on or off for every thread (see [`TOUCH_AHEAD`]);
-/// returns the previous setting. The products' results do not depend on it.
-pub(super) fn set_touch_ahead(on: bool) -> bool {
-    TOUCH_AHEAD.swap(on, Ordering::Relaxed)
+/// Whether the relaxed-SIMD build's Q4_0 products add the pairs of 8-bit products in i16
+/// (`i16x8.relaxed_dot_i8x16_i7x16_s`, then `i32x4.extadd_pairwise_i16x8_s` per block) instead of
+/// `i32x4.relaxed_dot_i8x16_i7x16_add`; off unless [`set_knob`] said otherwise. V8 compiles the
+/// latter to one `vpdpbusd` where the CPU has AVX-VNNI and to three instructions where it has
+/// not, the former to two `pmaddubsw`, a `paddw` and a `pmaddwd` per block either way; arm64's
+/// `sdot` favours the latter. So [`super::calibrate_dot16`] times both at load. Measured
+/// (`bench/wasm-kernels.mjs --flavour relaxed --touch off`, Chromium 156, one thread,
+/// 10240×2560, AMD Zen 4, alternating builds): one token 2.55 / 2.20 → 2.01 / 1.87 ms; 16 tokens
+/// 28.4 / 26.7 → 28.5 / 21.4 ms. Exact either way: nibbles (0..15) are valid i7 operands, and a
+/// block's i16 lanes (four products, ≤ 4·15·128 = 7680) neither overflow nor saturate.
+static DOT16: AtomicBool = AtomicBool::new(false);
+
+/// Sets a [`super::Knob`] for every thread; returns its previous setting. The products'
+/// results depend on neither.
+pub(super) fn set_knob(knob: super::Knob, on: bool) -> bool {
+    match knob {
+        super::Knob::TouchAhead => TOUCH_AHEAD.swap(on, Ordering::Relaxed),
+        super::Knob::Dot16 => DOT16.swap(on, Ordering::Relaxed),
+    }
 }
 
 /// Loads a byte of each of the `N` 64-byte lines from `p` and drops them. (Volatile, so they
@@ -224,7 +245,7 @@ fn f16x4_to_f32<const FINITE: bool>(h: v128) -> v128 {
 /// Node 20 ran the one-token Q4_0 product at 3.98 ms instead of 2.37 (`bench/wasm-kernels.mjs`,
 /// one thread, 10240×2560).
 #[inline(never)]
-unsafe fn tile<const SIGNED: bool, const C: usize, const FINITE: bool>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize, r: usize, out: OutPtr) {
+unsafe fn tile<const SIGNED: bool, const C: usize, const FINITE: bool, const D16: bool>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize, r: usize, out: OutPtr) {
     let bytes = if SIGNED { 34 } else { 18 };
     let quads = a.cols / 128;
     let base = row.as_ptr();
@@ -241,12 +262,12 @@ unsafe fn tile<const SIGNED: bool, const C: usize, const FINITE: bool>(row: &[u8
                 self::touch::<6>(p.add(TOUCH_SPEED * 4 * q * bytes));
             }
         }
-        quad::<SIGNED, C, FINITE>(base, a, t0, 4 * q, &mut lo);
-        quad::<SIGNED, C, FINITE>(base, a, t0, 4 * q + 4, &mut hi);
+        quad::<SIGNED, C, FINITE, D16>(base, a, t0, 4 * q, &mut lo);
+        quad::<SIGNED, C, FINITE, D16>(base, a, t0, 4 * q + 4, &mut hi);
         q += 2;
     }
     if q < quads {
-        quad::<SIGNED, C, FINITE>(base, a, t0, 4 * q, &mut lo);
+        quad::<SIGNED, C, FINITE, D16>(base, a, t0, 4 * q, &mut lo);
     }
     for c in 0..C {
         let t = t0 + c;
@@ -259,10 +280,10 @@ unsafe fn tile<const SIGNED: bool, const C: usize, const FINITE: bool>(row: &[u8
 /// in [`tile`]: rustc 1.96 left that closure out of line in some instances (the one-token Q4_0
 /// tile among them), a call per quad with `acc` in linear memory.
 #[inline(always)]
-unsafe fn quad<const SIGNED: bool, const C: usize, const FINITE: bool>(base: *const u8, a: &Activations, t0: usize, b0: usize, acc: &mut [v128; C]) {
+unsafe fn quad<const SIGNED: bool, const C: usize, const FINITE: bool, const D16: bool>(base: *const u8, a: &Activations, t0: usize, b0: usize, acc: &mut [v128; C]) {
     #[cfg(target_feature = "relaxed-simd")]
     if !SIGNED {
-        return quad_q4_0_relaxed::<C, FINITE>(base, a, t0, b0, acc);
+        return quad_q4_0_relaxed::<C, FINITE, D16>(base, a, t0, b0, acc);
     }
     let bytes = if SIGNED { 34 } else { 18 };
     let nb = a.cols / 32;
@@ -292,7 +313,7 @@ unsafe fn quad<const SIGNED: bool, const C: usize, const FINITE: bool>(base: *co
 /// saturation, so every implementation gives the exact sums, the same bits as SIMD128's i16 dots.
 #[cfg(target_feature = "relaxed-simd")]
 #[inline(always)]
-unsafe fn quad_q4_0_relaxed<const C: usize, const FINITE: bool>(base: *const u8, a: &Activations, t0: usize, b0: usize, acc: &mut [v128; C]) {
+unsafe fn quad_q4_0_relaxed<const C: usize, const FINITE: bool, const D16: bool>(base: *const u8, a: &Activations, t0: usize, b0: usize, acc: &mut [v128; C]) {
     let nb = a.cols / 32;
     let nib = |b: usize| {
         let v = v128_load(base.add(b * 18 + 2) as *const v128);
@@ -301,8 +322,14 @@ unsafe fn quad_q4_0_relaxed<const C: usize, const FINITE: bool>(base: *const u8,
     };
     let dot = |w: &[v128; 2], x: *const i8| {
         let x = x as *const v128;
-        let lo = i32x4_relaxed_dot_i8x16_i7x16_add(v128_load(x), w[0], i32x4_splat(0));
-        i32x4_relaxed_dot_i8x16_i7x16_add(v128_load(x.add(1)), w[1], lo)
+        if D16 {
+            // See [`DOT16`].
+            let p = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(v128_load(x), w[0]), i16x8_relaxed_dot_i8x16_i7x16(v128_load(x.add(1)), w[1]));
+            i32x4_extadd_pairwise_i16x8(p)
+        } else {
+            let lo = i32x4_relaxed_dot_i8x16_i7x16_add(v128_load(x), w[0], i32x4_splat(0));
+            i32x4_relaxed_dot_i8x16_i7x16_add(v128_load(x.add(1)), w[1], lo)
+        }
     };
     let (wa, wb, wc, wd) = (nib(b0), nib(b0 + 1), nib(b0 + 2), nib(b0 + 3));
     let h = |b: usize| h16(base.add(b * 18));
@@ -888,8 +915,8 @@ pub extern "C" fn phi2_simd128_attention_parity(head_dim: u32, keys: u32, seed: 
 /// weights of GGML type `ggml_type` (every quant value and 6/8-bit scale possible; sane f16
 /// scales) of shape `[rows, cols]` and `tokens` rows of random activations, all from `seed`,
 /// through the scalar twin and through SIMD128 ([`super::matmul_with`], one thread), the latter
-/// with the matrix's scales known finite and not ([`WeightRef::finite_scales`]), and without the
-/// touches ahead ([`set_touch_ahead`]). Returns the
+/// with the matrix's scales known finite and not ([`WeightRef::finite_scales`]), with and without
+/// the touches ahead and the i16 dots ([`set_knob`]). Returns the
 /// number of output elements whose bits differ (in either), or -1 when SIMD128 does not take the
 /// type (or the shape is not whole blocks).
 #[no_mangle]
@@ -902,47 +929,71 @@ pub extern "C" fn phi2_simd128_parity(ggml_type: u32, rows: u32, cols: u32, toke
         return -1;
     }
     let mut bad = 0;
-    let touch = set_touch_ahead(true);
-    for (finite_scales, touch_ahead) in [(false, true), (true, true), (true, false)] {
-        set_touch_ahead(touch_ahead);
+    let (touch, d16) = (set_knob(Knob::TouchAhead, true), set_knob(Knob::Dot16, false));
+    for (finite_scales, touch_ahead, dot16) in [(false, true, false), (true, true, false), (true, false, false), (true, true, true), (false, false, true)] {
+        set_knob(Knob::TouchAhead, touch_ahead);
+        set_knob(Knob::Dot16, dot16);
         let mut yv = vec![0f32; a.tokens * w.rows];
-        if matmul_with(Isa::Simd128, &WeightRef { finite_scales, ..w }, &a, &mut yv).is_none() {
-            set_touch_ahead(touch);
-            return -1;
-        }
+        let done = matmul_with(Isa::Simd128, &WeightRef { finite_scales, ..w }, &a, &mut yv);
         bad += ys.iter().zip(&yv).filter(|(p, q)| p.to_bits() != q.to_bits()).count() as i32;
+        if done.is_none() {
+            bad = -1;
+            break;
+        }
     }
-    set_touch_ahead(touch);
+    set_knob(Knob::TouchAhead, touch);
+    set_knob(Knob::Dot16, d16);
     bad
 }
 
-/// Sets whether the one-token kernels touch the weights ahead ([`set_touch_ahead`]; 0 off, else
-/// on), for `bench/wasm-kernels.mjs --touch`; returns the previous setting (0 or 1).
+/// Sets a [`Knob`] ([`set_knob`]; `knob` 0: the touches ahead, 1: the i16 dots; `on` 0 off, else
+/// on), for `bench/wasm-kernels.mjs` and the tests; returns the previous setting (0 or 1), or -1
+/// for another `knob`.
 #[no_mangle]
-pub extern "C" fn phi2_set_touch_ahead(on: u32) -> u32 {
-    set_touch_ahead(on != 0) as u32
+pub extern "C" fn phi2_set_knob(knob: u32, on: u32) -> i32 {
+    match knob_of(knob) {
+        Some(k) => set_knob(k, on != 0) as i32,
+        None => -1,
+    }
 }
 
-/// A check of [`super::calibrate_touch_ahead`]'s bookkeeping, a plain export for test/wasm: three
-/// random Q4_0 matrices, passes of 100 kB, and a clock that moves `ms_on` per pass with the
-/// touches on and `ms_off` with them off. Returns 1 when it kept the touches on, 0 off (the
-/// setting then in force must agree, else -2), -1 when it did not calibrate. Leaves the setting
-/// as it found it.
+fn knob_of(id: u32) -> Option<Knob> {
+    match id {
+        0 => Some(Knob::TouchAhead),
+        1 => Some(Knob::Dot16),
+        _ => None,
+    }
+}
+
+/// A check of a calibration's bookkeeping ([`super::calibrate_touch_ahead`] for `knob` 0,
+/// [`super::calibrate_dot16`] for 1), a plain export for the tests: three random Q4_0 matrices
+/// (touches: passes of 100 kB) and a clock that moves `ms_on` per pass with the knob on and
+/// `ms_off` with it off. Returns 1 when it kept the knob on, 0 off (the setting then in force and
+/// the times must agree, else -2), -1 when it did not calibrate (the i16 dots outside the
+/// relaxed-SIMD build). Leaves the setting as it found it.
 #[no_mangle]
-pub extern "C" fn phi2_touch_calibration_check(ms_on: f64, ms_off: f64) -> i32 {
+pub extern "C" fn phi2_calibration_check(knob: u32, ms_on: f64, ms_off: f64) -> i32 {
+    let Some(knob) = knob_of(knob) else { return -1 };
     let cases: Vec<_> = (0..3).filter_map(|seed| random_case(2, 64, 2560, 1, seed)).map(|(w, _)| w).collect();
     let mats: Vec<WeightRef> = cases.iter().map(|c| c.weights()).collect();
+    let flag = match knob {
+        Knob::TouchAhead => &TOUCH_AHEAD,
+        Knob::Dot16 => &DOT16,
+    };
     let clock = std::cell::Cell::new(0f64);
     let now = || {
-        clock.set(clock.get() + if TOUCH_AHEAD.load(Ordering::Relaxed) { ms_on } else { ms_off });
+        clock.set(clock.get() + if flag.load(Ordering::Relaxed) { ms_on } else { ms_off });
         clock.get()
     };
-    let before = set_touch_ahead(true);
-    let got = super::calibrate_touch_ahead(&mats, 100_000, &now);
-    let kept = set_touch_ahead(before);
+    let before = set_knob(knob, knob.default_on());
+    let got = match knob {
+        Knob::TouchAhead => super::calibrate_touch_ahead(&mats, 100_000, &now),
+        Knob::Dot16 => super::calibrate_dot16(&mats, &now),
+    };
+    let kept = set_knob(knob, before);
     match got {
         None => -1,
-        Some(c) if c.on != kept || c.ms_on != 4.0 * ms_on || c.ms_off != 4.0 * ms_off => -2,
+        Some(c) if c.on != kept || c.knob != knob || c.ms_on != ms_on || c.ms_off != ms_off => -2,
         Some(c) => c.on as i32,
     }
 }

@@ -469,8 +469,7 @@ export function wasmEngine(env: WasmEnvironment): Engine {
         } finally {
           signal?.removeEventListener('abort', abortLoad)
         }
-        const touch = loaded.info.touchAhead
-        if (touch) reason = `${reason}, ${touchNote(touch)}`
+        for (const c of loaded.info.calibration ?? []) reason = `${reason}, ${calibrationNote(c)}`
         return {
           model: new WasmEngineModel(conn, loaded),
           runtime: { backend: 'wasm', build: s.build, flavour: s.flavour, threads: s.threads, reason },
@@ -488,7 +487,8 @@ export function wasmEngine(env: WasmEnvironment): Engine {
   }
 }
 
-/** `runtime.reason`'s note on the load's timing of the kernels' touches ahead (EngineModelInfo.touchAhead). */
-export function touchNote(t: { on: boolean; msOn: number; msOff: number }): string {
-  return `weights touched ahead ${t.on ? 'on' : 'off'} (timed at load: ${Math.round(t.msOn)} ms with, ${Math.round(t.msOff)} ms without)`
+/** `runtime.reason`'s note on one of the load's timings of a kernel setting (EngineModelInfo.calibration). */
+export function calibrationNote(c: { knob: string; on: boolean; msOn: number; msOff: number }): string {
+  const what = c.knob === 'touchAhead' ? 'weights touched ahead' : c.knob === 'dot16' ? 'i16 dots' : c.knob
+  return `${what} ${c.on ? 'on' : 'off'} (timed at load, fastest pass: ${c.msOn.toFixed(2)} ms on, ${c.msOff.toFixed(2)} ms off)`
 }
