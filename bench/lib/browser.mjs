@@ -124,7 +124,7 @@ export async function runBrowser({ file, threads, runs, promptTokens, genTokens,
           }
           await tab.evaluate((fn) => window.bench[fn](), `dispose${cap}`);
           e.runs.push(r);
-          log(`browser run ${i + 1}/${runs} ${e.label}: load ${(r.loadMs / 1000).toFixed(2)} s, ${r.prompts.map((p) => `prefill ${p.promptTokens} ${((p.promptTokens / p.promptMs) * 1000).toFixed(1)} tok/s, decode ${(((p.generated - 1) / p.generateMs) * 1000).toFixed(2)} tok/s`).join('; ')}`);
+          log(`browser run ${i + 1}/${runs} ${e.label}: load ${(r.loadMs / 1000).toFixed(2)} s, ${r.prompts.map((p) => `prefill ${p.promptTokens} ${((p.promptTokens / p.promptMs) * 1000).toFixed(1)} tok/s, decode ${(((p.generated - 1) / p.generateMs) * 1000).toFixed(2)} tok/s`).join('; ')}${r.runtime?.reason ? ` (${r.runtime.reason})` : ''}`);
         } catch (err) {
           const msg = `${String(err?.message ?? err).split('\n')[0]}${pageErrors.length ? ` (page: ${pageErrors[0]})` : ''}`;
           e.runs.push({ error: msg });

@@ -161,6 +161,9 @@ export function renderText(report, { markdown = false } = {}) {
       const ll = llama.stats[`decode@${P}`]?.median;
       if (ours && ll) out.push('', `${browser[0].label} decode vs native node-llama-cpp: ${(ours / ll).toFixed(2)}×`);
     }
+    // What each of our page runs chose at load (threads, build, the kernel settings timed there).
+    const reasons = (report.browser.engines[0]?.runs ?? []).map((r, i) => (r.runtime?.reason ? `run ${i + 1}: ${r.runtime.reason}` : null)).filter(Boolean);
+    if (reasons.length) out.push('', `${browser[0].label} runtime by run: ${reasons.join('; ')}`);
   } else if (report.browser?.error) {
     out.push('', `wllama comparison failed: ${report.browser.error}`);
   }
