@@ -979,7 +979,9 @@ pub fn calibrate_touch_ahead(mats: &[WeightRef], pass_bytes: usize, now_ms: &dyn
 
 /// [`Knob::Dot16`] timed on one-token products of the first 2560 rows (3.7 MB, in the caches:
 /// bound by the arithmetic, as the wasm kernels are on CPUs where they are slow) of the first
-/// Q4_0 matrix of `mats`, 25 per pass, split over [`pool`]'s threads. Measured (Chromium 156,
+/// Q4_0 matrix of `mats`, 10 per pass, on the calling thread (split over two threads, each
+/// product's hand-offs blurred the difference: fastest passes 9.5 against 10.5 ms, where one
+/// thread's kernel bench measures 0.48 against 0.78 ms per product). Measured (Chromium 156,
 /// AMD Zen 4, Phi-2-shaped Q4_0): 16-token products of a whole 14.7 MB matrix showed the gain less
 /// clearly (53.5 / 71.1 ms, then 53.8 / 59.6: under the 10% bar) than whole prompts and decode
 /// did (`bench/browser-decode.mjs`, builds with the form fixed, alternating: 16-token prompt
@@ -995,10 +997,9 @@ pub fn calibrate_dot16(mats: &[WeightRef], now_ms: &dyn Fn() -> f64) -> Option<C
     let w = WeightRef { rows, data: &w.data[..rows * w.row_bytes()], ..*w };
     let a = calibration_activations(&w, 1);
     let mut out = vec![0f32; rows];
-    let threads = pool::threads();
     let mut pass = || {
-        for _ in 0..25 {
-            matmul(&w, &a, &mut out, threads);
+        for _ in 0..10 {
+            matmul(&w, &a, &mut out, 1);
         }
     };
     Some(time_knob(Knob::Dot16, &mut pass, now_ms))
