@@ -966,15 +966,15 @@ fn knob_of(id: u32) -> Option<Knob> {
 }
 
 /// A check of a calibration's bookkeeping ([`super::calibrate_touch_ahead`] for `knob` 0,
-/// [`super::calibrate_dot16`] for 1), a plain export for the tests: three random Q4_0 matrices
-/// (touches: passes of 100 kB) and a clock that moves `ms_on` per pass with the knob on and
-/// `ms_off` with it off. Returns 1 when it kept the knob on, 0 off (the setting then in force and
+/// [`super::calibrate_dot16`] for 1), a plain export for the tests: three random Q4_0 matrices of
+/// 800 × 2560 (1.15 MB each, past the i16-dot timing's 1 MB floor; touches: passes of 100 kB)
+/// and a clock that moves `ms_on` per pass with the knob on and `ms_off` with it off. Returns 1 when it kept the knob on, 0 off (the setting then in force and
 /// the times must agree, else -2), -1 when it did not calibrate (the i16 dots outside the
 /// relaxed-SIMD build). Leaves the setting as it found it.
 #[no_mangle]
 pub extern "C" fn phi2_calibration_check(knob: u32, ms_on: f64, ms_off: f64) -> i32 {
     let Some(knob) = knob_of(knob) else { return -1 };
-    let cases: Vec<_> = (0..3).filter_map(|seed| random_case(2, 64, 2560, 1, seed)).map(|(w, _)| w).collect();
+    let cases: Vec<_> = (0..3).filter_map(|seed| random_case(2, 800, 2560, 1, seed)).map(|(w, _)| w).collect();
     let mats: Vec<WeightRef> = cases.iter().map(|c| c.weights()).collect();
     let flag = match knob {
         Knob::TouchAhead => &TOUCH_AHEAD,
