@@ -756,7 +756,7 @@ impl Phi2 {
     /// Times the wasm kernels' settings whose faster value depends on the CPU ([`kernels::Knob`])
     /// on this model's MLP matrices (fc1 and fc2 of every layer, in order: most of a decode
     /// step's weight reads) and keeps the faster of each for every later product: the i16 dots
-    /// on 16-token products of one matrix ([`kernels::calibrate_dot16`]), then the touches ahead
+    /// on one-token products of one matrix's first rows ([`kernels::calibrate_dot16`]), then the touches ahead
     /// on one-token passes of 96 MB ([`kernels::calibrate_touch_ahead`]). Empty when those
     /// matrices are not our kernels' (each knob also skips what it cannot time: small models keep
     /// the defaults). `now_ms`: a clock in milliseconds.

@@ -137,9 +137,14 @@ static DOT16: AtomicBool = AtomicBool::new(false);
 /// Sets a [`super::Knob`] for every thread; returns its previous setting. The products'
 /// results depend on neither.
 pub(super) fn set_knob(knob: super::Knob, on: bool) -> bool {
+    flag(knob).swap(on, Ordering::Relaxed)
+}
+
+/// Where a [`super::Knob`]'s setting lives.
+fn flag(knob: super::Knob) -> &'static AtomicBool {
     match knob {
-        super::Knob::TouchAhead => TOUCH_AHEAD.swap(on, Ordering::Relaxed),
-        super::Knob::Dot16 => DOT16.swap(on, Ordering::Relaxed),
+        super::Knob::TouchAhead => &TOUCH_AHEAD,
+        super::Knob::Dot16 => &DOT16,
     }
 }
 
@@ -934,12 +939,11 @@ pub extern "C" fn phi2_simd128_parity(ggml_type: u32, rows: u32, cols: u32, toke
         set_knob(Knob::TouchAhead, touch_ahead);
         set_knob(Knob::Dot16, dot16);
         let mut yv = vec![0f32; a.tokens * w.rows];
-        let done = matmul_with(Isa::Simd128, &WeightRef { finite_scales, ..w }, &a, &mut yv);
-        bad += ys.iter().zip(&yv).filter(|(p, q)| p.to_bits() != q.to_bits()).count() as i32;
-        if done.is_none() {
+        if matmul_with(Isa::Simd128, &WeightRef { finite_scales, ..w }, &a, &mut yv).is_none() {
             bad = -1;
             break;
         }
+        bad += ys.iter().zip(&yv).filter(|(p, q)| p.to_bits() != q.to_bits()).count() as i32;
     }
     set_knob(Knob::TouchAhead, touch);
     set_knob(Knob::Dot16, d16);
@@ -968,18 +972,16 @@ fn knob_of(id: u32) -> Option<Knob> {
 /// A check of a calibration's bookkeeping ([`super::calibrate_touch_ahead`] for `knob` 0,
 /// [`super::calibrate_dot16`] for 1), a plain export for the tests: three random Q4_0 matrices of
 /// 800 × 2560 (1.15 MB each, past the i16-dot timing's 1 MB floor; touches: passes of 100 kB)
-/// and a clock that moves `ms_on` per pass with the knob on and `ms_off` with it off. Returns 1 when it kept the knob on, 0 off (the setting then in force and
-/// the times must agree, else -2), -1 when it did not calibrate (the i16 dots outside the
-/// relaxed-SIMD build). Leaves the setting as it found it.
+/// and a clock that moves `ms_on` per pass with the knob on and `ms_off` with it off. Returns 1
+/// when it kept the knob on, 0 off (the setting then in force and the times must agree, else -2),
+/// -1 when it did not calibrate (the i16 dots outside the relaxed-SIMD build). Leaves the setting
+/// as it found it.
 #[no_mangle]
 pub extern "C" fn phi2_calibration_check(knob: u32, ms_on: f64, ms_off: f64) -> i32 {
     let Some(knob) = knob_of(knob) else { return -1 };
     let cases: Vec<_> = (0..3).filter_map(|seed| random_case(2, 800, 2560, 1, seed)).map(|(w, _)| w).collect();
     let mats: Vec<WeightRef> = cases.iter().map(|c| c.weights()).collect();
-    let flag = match knob {
-        Knob::TouchAhead => &TOUCH_AHEAD,
-        Knob::Dot16 => &DOT16,
-    };
+    let flag = flag(knob);
     let clock = std::cell::Cell::new(0f64);
     let now = || {
         clock.set(clock.get() + if flag.load(Ordering::Relaxed) { ms_on } else { ms_off });
