@@ -986,14 +986,16 @@ pub fn calibrate_touch_ahead(mats: &[WeightRef], pass_bytes: usize, now_ms: &dyn
 /// clearly (53.5 / 71.1 ms, then 53.8 / 59.6: under the 10% bar) than whole prompts and decode
 /// did (`bench/browser-decode.mjs`, builds with the form fixed, alternating: 16-token prompt
 /// 1763–2033 → 1439–1500 ms, decode 5.73–6.22 → 6.85–7.01 tok/s). `None` (nothing changed)
-/// outside the relaxed-SIMD build, without a Q4_0 matrix, or when those rows are under 1 MB
-/// (small models: passes too short to time, and their speed matters little).
+/// outside the relaxed-SIMD build, without a Q4_0 or K-quant matrix (the K-quants' products take
+/// the same switch; a model without Q4_0 is timed on its first K-quant one), or when those rows
+/// are under 1 MB (small models: passes too short to time, and their speed matters little).
 #[cfg(target_arch = "wasm32")]
 pub fn calibrate_dot16(mats: &[WeightRef], now_ms: &dyn Fn() -> f64) -> Option<Calibration> {
     if !cfg!(target_feature = "relaxed-simd") {
         return None;
     }
-    let w = mats.iter().find(|w| w.dtype == DType::Q4_0)?;
+    // Q4_0 where the model has it, else a K-quant matrix (the switch covers both).
+    let w = mats.iter().find(|w| w.dtype == DType::Q4_0).or_else(|| mats.iter().find(|w| matches!(w.dtype, DType::Q4K | DType::Q5K | DType::Q6K)))?;
     let rows = w.rows.min(2560);
     let w = WeightRef { rows, data: &w.data[..rows * w.row_bytes()], ..*w };
     if w.data.len() < 1 << 20 {

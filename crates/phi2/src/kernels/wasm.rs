@@ -131,7 +131,10 @@ static TOUCH_AHEAD: AtomicBool = AtomicBool::new(true);
 /// (`bench/wasm-kernels.mjs --flavour relaxed --touch off`, Chromium 156, one thread,
 /// 10240×2560, AMD Zen 4, alternating builds): one token 2.55 / 2.20 → 2.01 / 1.87 ms; 16 tokens
 /// 28.4 / 26.7 → 28.5 / 21.4 ms. Exact either way: nibbles (0..15) are valid i7 operands, and a
-/// block's i16 lanes (four products, ≤ 4·15·128 = 7680) neither overflow nor saturate.
+/// block's i16 lanes (four products, ≤ 4·15·128 = 7680) neither overflow nor saturate. The
+/// K-quants take the same switch ([`tile_k`], [`q6k_chunk`]): their pairs of products in i16,
+/// then times the sub-block scale by `i32x4.dot_i16x8_s` (one `pmaddubsw` and one `pmaddwd`
+/// where the i32 form costs three instructions and a `pmulld`).
 static DOT16: AtomicBool = AtomicBool::new(false);
 
 /// Sets a [`super::Knob`] for every thread; returns its previous setting. The products'
@@ -436,6 +439,8 @@ fn kquant_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr
     let nb = act.cols / 256;
     assert!(act.q.len() >= act.tokens * act.cols);
     assert!(act.bsums.len() >= act.tokens * nb * 16 && act.d.len() >= act.tokens * nb);
+    // As for Q4_0 ([`DOT16`]).
+    let d16 = cfg!(target_feature = "relaxed-simd") && DOT16.load(Ordering::Relaxed);
     for r in rows {
         let row = w.row(r);
         assert!(row.len() >= nb * w.dtype.type_size());
@@ -450,13 +455,19 @@ fn kquant_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr
             // SAFETY: the row holds nb super-blocks, the activations tokens × cols values, their
             // sums and scales (asserted above); every access below stays inside them.
             let acc: [f32; 2] = unsafe {
-                match (w.dtype, c) {
-                    (DType::Q4K, 2) => tile_k::<false, 2>(row, touch, act, t0),
-                    (DType::Q4K, _) => pad(tile_k::<false, 1>(row, touch, act, t0)),
-                    (DType::Q5K, 2) => tile_k::<true, 2>(row, touch, act, t0),
-                    (DType::Q5K, _) => pad(tile_k::<true, 1>(row, touch, act, t0)),
-                    (_, 2) => tile_q6k::<2>(row, touch, act, t0),
-                    _ => pad(tile_q6k::<1>(row, touch, act, t0)),
+                match (w.dtype, c, d16) {
+                    (DType::Q4K, 2, false) => tile_k::<false, 2, false>(row, touch, act, t0),
+                    (DType::Q4K, _, false) => pad(tile_k::<false, 1, false>(row, touch, act, t0)),
+                    (DType::Q5K, 2, false) => tile_k::<true, 2, false>(row, touch, act, t0),
+                    (DType::Q5K, _, false) => pad(tile_k::<true, 1, false>(row, touch, act, t0)),
+                    (_, 2, false) => tile_q6k::<2, false>(row, touch, act, t0),
+                    (_, _, false) => pad(tile_q6k::<1, false>(row, touch, act, t0)),
+                    (DType::Q4K, 2, true) => tile_k::<false, 2, true>(row, touch, act, t0),
+                    (DType::Q4K, _, true) => pad(tile_k::<false, 1, true>(row, touch, act, t0)),
+                    (DType::Q5K, 2, true) => tile_k::<true, 2, true>(row, touch, act, t0),
+                    (DType::Q5K, _, true) => pad(tile_k::<true, 1, true>(row, touch, act, t0)),
+                    (_, 2, true) => tile_q6k::<2, true>(row, touch, act, t0),
+                    (_, _, true) => pad(tile_q6k::<1, true>(row, touch, act, t0)),
                 }
             };
             for (i, &v) in acc.iter().enumerate().take(c) {
@@ -510,9 +521,10 @@ unsafe fn dot32(w: &[v128; 4], x: *const i8) -> v128 {
     )
 }
 
-/// Q4_K (`Q5 = false`) / Q5_K: row × tokens `t0 .. t0 + C`.
+/// Q4_K (`Q5 = false`) / Q5_K: row × tokens `t0 .. t0 + C`; `D16`: the relaxed-SIMD build's
+/// dots in i16 ([`DOT16`]).
 #[inline(always)]
-unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize) -> [f32; C] {
+unsafe fn tile_k<const Q5: bool, const C: usize, const D16: bool>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize) -> [f32; C] {
     const K1: u32 = 0x3F3F_3F3F;
     const K2: u32 = 0x0F0F_0F0F;
     const K3: u32 = 0x0303_0303;
@@ -538,10 +550,8 @@ unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], touch: Option<*cons
         let sc1 = (u2 & K2) | (((u0 >> 6) & K3) << 4);
         let m0 = u1 & K1;
         let m1 = ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4);
-        let sc = |j: u32| {
-            let v = if j < 4 { sc0 >> (8 * j) } else { sc1 >> (8 * (j - 4)) };
-            i32x4_splat((v & 0xFF) as i32)
-        };
+        let scv = |j: u32| (if j < 4 { sc0 >> (8 * j) } else { sc1 >> (8 * (j - 4)) } & 0xFF) as i32;
+        let sc = |j: u32| i32x4_splat(scv(j));
         // Mins widened to i16, each twice: [m0, m0, m1, m1, m2, m2, m3, m3] and m4 .. m7, against
         // the 16 sums of 16 (sub-block j is sums 2j and 2j + 1).
         let mins = u16x8_extend_low_u8x16(u32x4(m0, m1, 0, 0));
@@ -582,6 +592,19 @@ unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], touch: Option<*cons
                     l1 = v128_or(l1, bit(qh[1], 2 * jj));
                     h0 = v128_or(h0, bit(qh[0], 2 * jj + 1));
                     h1 = v128_or(h1, bit(qh[1], 2 * jj + 1));
+                }
+                if D16 {
+                    // [`DOT16`]'s form: the four products of each i32 lane summed in two i16
+                    // pairs (≤ 2·2·31·128 = 15872 with the other half's pairs: no overflow, no
+                    // saturation), then times the scale by `i32x4.dot_i16x8_s`: the same lanes.
+                    let (s_lo, s_hi) = (i16x8_splat(scv(2 * jj) as i16), i16x8_splat(scv(2 * jj + 1) as i16));
+                    for (c, v) in vi.iter_mut().enumerate() {
+                        let x = x8(a, t0 + c, 256 * b + 64 * jj as usize) as *const v128;
+                        let dl = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(v128_load(x), l0), i16x8_relaxed_dot_i8x16_i7x16(v128_load(x.add(1)), l1));
+                        let dh = i16x8_add(i16x8_relaxed_dot_i8x16_i7x16(v128_load(x.add(2)), h0), i16x8_relaxed_dot_i8x16_i7x16(v128_load(x.add(3)), h1));
+                        *v = i32x4_add(*v, i32x4_add(i32x4_dot_i16x8(dl, s_lo), i32x4_dot_i16x8(dh, s_hi)));
+                    }
+                    return;
                 }
                 let (s_lo, s_hi) = (sc(2 * jj), sc(2 * jj + 1));
                 for (c, v) in vi.iter_mut().enumerate() {
@@ -639,9 +662,9 @@ unsafe fn tile_k<const Q5: bool, const C: usize>(row: &[u8], touch: Option<*cons
     acc
 }
 
-/// Q6_K: row × tokens `t0 .. t0 + C`.
+/// Q6_K: row × tokens `t0 .. t0 + C`; `D16` as in [`tile_k`].
 #[inline(always)]
-unsafe fn tile_q6k<const C: usize>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize) -> [f32; C] {
+unsafe fn tile_q6k<const C: usize, const D16: bool>(row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize) -> [f32; C] {
     let nb = a.cols / 256;
     let mut acc = [0f32; C];
     for b in 0..nb {
@@ -667,10 +690,10 @@ unsafe fn tile_q6k<const C: usize>(row: &[u8], touch: Option<*const u8>, a: &Act
                 v1[c] = i32x4_sub(v1[c], i32x4_shl(corr, 5));
             }
         }
-        q6k_chunk::<C, 0, 0>(blk, sc[0], a, t0, 256 * b, &mut v0, &mut v1);
-        q6k_chunk::<C, 0, 1>(blk, sc[0], a, t0, 256 * b, &mut v0, &mut v1);
-        q6k_chunk::<C, 1, 0>(blk, sc[1], a, t0, 256 * b, &mut v0, &mut v1);
-        q6k_chunk::<C, 1, 1>(blk, sc[1], a, t0, 256 * b, &mut v0, &mut v1);
+        q6k_chunk::<C, 0, 0, D16>(blk, sc[0], a, t0, 256 * b, &mut v0, &mut v1);
+        q6k_chunk::<C, 0, 1, D16>(blk, sc[0], a, t0, 256 * b, &mut v0, &mut v1);
+        q6k_chunk::<C, 1, 0, D16>(blk, sc[1], a, t0, 256 * b, &mut v0, &mut v1);
+        q6k_chunk::<C, 1, 1, D16>(blk, sc[1], a, t0, 256 * b, &mut v0, &mut v1);
 
         let s = sums::<C>(&v0, &v1);
         for c in 0..C {
@@ -698,7 +721,7 @@ fn dup16<const K: usize>(v: v128) -> v128 {
 /// high ones; their top 2 bits: bits 2g, 2g + 1 of `qh[128 + 32N + 16LH ..]`. Unpacked 16 at a
 /// time on bytes (u16 shifts are exact there once masked), then `(q − 32)·sc` in i16.
 #[inline(always)]
-unsafe fn q6k_chunk<const C: usize, const N: usize, const LH: usize>(
+unsafe fn q6k_chunk<const C: usize, const N: usize, const LH: usize, const D16: bool>(
     blk: *const u8,
     sc: v128,
     a: &Activations,
@@ -724,6 +747,19 @@ unsafe fn q6k_chunk<const C: usize, const N: usize, const LH: usize>(
             v128_or(v128_and(u16x8_shr(ql0, 4), m4), v128_and(qh, m30)),
             v128_or(v128_and(u16x8_shr(ql1, 4), m4), v128_and(u16x8_shr(qh, 2), m30)),
         ];
+        if D16 {
+            // [`DOT16`]'s form: pairs of products in i16 (≤ 2·63·128 = 16128), then times the
+            // scale by `i32x4.dot_i16x8_s` (|Σ| ≤ 4·63·128·128): the same lanes.
+            let s = |g: usize| i16x8_splat(*blk.add(192 + 8 * N + 2 * g + LH) as i8 as i16);
+            let s = [s(0), s(1), s(2), s(3)];
+            for c in 0..C {
+                let x = x8(a, t0 + c, i0 + 128 * N + 16 * LH) as *const v128;
+                let d = |g: usize| i32x4_dot_i16x8(i16x8_relaxed_dot_i8x16_i7x16(v128_load(x.add(2 * g)), q[g]), s[g]);
+                v0[c] = i32x4_add(v0[c], i32x4_add(d(0), d(1)));
+                v1[c] = i32x4_add(v1[c], i32x4_add(d(2), d(3)));
+            }
+            return;
+        }
         let s = |g: usize| i32x4_splat(*blk.add(192 + 8 * N + 2 * g + LH) as i8 as i32);
         let s = [s(0), s(1), s(2), s(3)];
         let z = i32x4_splat(0);
