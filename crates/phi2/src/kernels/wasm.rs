@@ -594,9 +594,9 @@ unsafe fn tile_k<const Q5: bool, const C: usize, const D16: bool>(row: &[u8], to
                     h1 = v128_or(h1, bit(qh[1], 2 * jj + 1));
                 }
                 if D16 {
-                    // [`DOT16`]'s form: the four products of each i32 lane summed in two i16
-                    // pairs (≤ 2·2·31·128 = 15872 with the other half's pairs: no overflow, no
-                    // saturation), then times the scale by `i32x4.dot_i16x8_s`: the same lanes.
+                    // [`DOT16`]'s form: each i16 lane adds two products of each of the two
+                    // activation vectors (≤ 4·31·128 = 15872: no overflow, no saturation), then
+                    // `i32x4.dot_i16x8_s` adds lane pairs times the scale: the i32 form's lanes.
                     let (s_lo, s_hi) = (i16x8_splat(scv(2 * jj) as i16), i16x8_splat(scv(2 * jj + 1) as i16));
                     for (c, v) in vi.iter_mut().enumerate() {
                         let x = x8(a, t0 + c, 256 * b + 64 * jj as usize) as *const v128;
