@@ -979,7 +979,7 @@ pub fn calibrate_touch_ahead(mats: &[WeightRef], pass_bytes: usize, now_ms: &dyn
 
 /// [`Knob::Dot16`] timed on one-token products of the first 2560 rows (3.7 MB, in the caches:
 /// bound by the arithmetic, as the wasm kernels are on CPUs where they are slow) of the first
-/// Q4_0 matrix of `mats`, 10 per pass, on the calling thread (split over two threads, each
+/// Q4_0 matrix of `mats` (else of its first K-quant one), 10 per pass, on the calling thread (split over two threads, each
 /// product's hand-offs blurred the difference: fastest passes 9.5 against 10.5 ms, where one
 /// thread's kernel bench measures 0.48 against 0.78 ms per product). Measured (Chromium 156,
 /// AMD Zen 4, Phi-2-shaped Q4_0): 16-token products of a whole 14.7 MB matrix showed the gain less

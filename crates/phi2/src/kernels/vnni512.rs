@@ -541,7 +541,7 @@ unsafe fn rows_qk_one<const Q5: bool>(w: &WeightRef, a: &Activations, rows: Rang
     let m4 = _mm512_set1_epi8(0x0F);
     let one = _mm512_set1_epi8(1);
     // The low nibbles in the low half, the high ones in the high half: one variable shift of a
-    // broadcast (the blend of a shifted copy took two more instructions).
+    // broadcast (the blend of a shifted copy compiled to two more instructions).
     let nib = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4));
     let mut pick = [_mm512_setzero_si512(); 4];
     let mut shift = [_mm512_setzero_si512(); 4];
@@ -615,7 +615,7 @@ unsafe fn rows_q6k_one(w: &WeightRef, a: &Activations, rows: Range<usize>, out: 
     }
     // The two high bits of each value straight into bits 4..6 of its byte: c = 0 shifts its
     // halves' bits 0..2 and 2..4 left by 4 and 2, c = 1 its bits 4..6 (in place) and 6..8 right by
-    // 2 (a 16-bit shift by at most 4 moves no kept bit across a byte).
+    // 2 (16-bit shifts, left by at most 4 or right by at most 2: no kept bit crosses a byte).
     let left = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
     let right = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
     let m30 = _mm512_set1_epi8(0x30);

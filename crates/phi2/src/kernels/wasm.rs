@@ -133,8 +133,12 @@ static TOUCH_AHEAD: AtomicBool = AtomicBool::new(true);
 /// 28.4 / 26.7 → 28.5 / 21.4 ms. Exact either way: nibbles (0..15) are valid i7 operands, and a
 /// block's i16 lanes (four products, ≤ 4·15·128 = 7680) neither overflow nor saturate. The
 /// K-quants take the same switch ([`tile_k`], [`q6k_chunk`]): their pairs of products in i16,
-/// then times the sub-block scale by `i32x4.dot_i16x8_s` (one `pmaddubsw` and one `pmaddwd`
-/// where the i32 form costs three instructions and a `pmulld`).
+/// then times the sub-block scale by `i32x4.dot_i16x8_s`. Without AVX-VNNI that is, per 16
+/// weights of Q6_K, one `pmaddubsw` and one `pmaddwd` against the i32 form's three instructions
+/// and a `pmulld` (Q4_K / Q5_K per 32: two `pmaddubsw`, a `paddw`, a `pmaddwd` against six and a
+/// `pmulld`). Measured (as above, one token, off → on): Q4_K 2.27–2.29 → 1.78–1.96 ms, Q5_K
+/// 2.52–3.07 → 2.20–2.38, Q6_K 3.12–3.21 → 2.60–2.78. Where a model has Q4_0, the load times
+/// the switch on Q4_0 only and the K-quants follow that choice.
 static DOT16: AtomicBool = AtomicBool::new(false);
 
 /// Sets a [`super::Knob`] for every thread; returns its previous setting. The products'
