@@ -498,7 +498,8 @@ fn sums<const C: usize>(v: &[v128; C], m: &[v128; C]) -> v128 {
 
 /// The f16 scales (first two bytes) of blocks b0 .. b0 + 4 of `bytes` each from `base`, one per
 /// i32 lane (zero-extended): four 16-bit lane loads and one widening, where four scalar loads
-/// and an `i32x4` made of them took twice the instructions in V8's code. Measured
+/// and an `i32x4` made of them took more instructions in V8's code (a move from a general
+/// register per lane). Measured
 /// (`bench/wasm-kernels.mjs --touch off`, one thread, 10240×2560, AMD Zen 4, alternating builds):
 /// Chromium 156, relaxed, Q4_0 one token 1.47–1.63 → 1.32–1.41 ms, 16 tokens 18.5–19.0 →
 /// 17.4–17.9, Q8_0 one token 1.87–1.96 → 1.72–1.77; Node 20, pkg-mt, Q4_0 2.56–2.58 → 2.37–2.38,
