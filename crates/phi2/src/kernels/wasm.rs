@@ -456,20 +456,11 @@ fn kquant_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr
             let c = if act.tokens - t0 >= 2 && (w.dtype != DType::Q5K || cfg!(target_feature = "relaxed-simd")) { 2 } else { 1 };
             // SAFETY: the row holds nb super-blocks, the activations tokens × cols values, their
             // sums and scales (asserted above); every access below stays inside them.
-            let acc: [f32; 2] = unsafe {
-                match (w.dtype, c, d16) {
-                    (DType::Q4K, 2, false) => tile_k::<false, 2, false>(row, touch, act, t0),
-                    (DType::Q4K, _, false) => pad(tile_k::<false, 1, false>(row, touch, act, t0)),
-                    (DType::Q5K, 2, false) => tile_k::<true, 2, false>(row, touch, act, t0),
-                    (DType::Q5K, _, false) => pad(tile_k::<true, 1, false>(row, touch, act, t0)),
-                    (_, 2, false) => tile_q6k::<2, false>(row, touch, act, t0),
-                    (_, _, false) => pad(tile_q6k::<1, false>(row, touch, act, t0)),
-                    (DType::Q4K, 2, true) => tile_k::<false, 2, true>(row, touch, act, t0),
-                    (DType::Q4K, _, true) => pad(tile_k::<false, 1, true>(row, touch, act, t0)),
-                    (DType::Q5K, 2, true) => tile_k::<true, 2, true>(row, touch, act, t0),
-                    (DType::Q5K, _, true) => pad(tile_k::<true, 1, true>(row, touch, act, t0)),
-                    (_, 2, true) => tile_q6k::<2, true>(row, touch, act, t0),
-                    (_, _, true) => pad(tile_q6k::<1, true>(row, touch, act, t0)),
+            let acc = unsafe {
+                if d16 {
+                    ktile::<true>(w.dtype, c, row, touch, act, t0)
+                } else {
+                    ktile::<false>(w.dtype, c, row, touch, act, t0)
                 }
             };
             for (i, &v) in acc.iter().enumerate().take(c) {
@@ -477,6 +468,22 @@ fn kquant_rows(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr
             }
             t0 += c;
         }
+    }
+}
+
+/// One K-quant tile of `c` (1 or 2) tokens of `dtype` (Q4_K, Q5_K or Q6_K), padded to two.
+///
+/// # Safety
+/// As [`tile_k`] / [`tile_q6k`]: `row` holds the super-blocks and `a` the tokens they read.
+#[inline(always)]
+unsafe fn ktile<const D16: bool>(dtype: DType, c: usize, row: &[u8], touch: Option<*const u8>, a: &Activations, t0: usize) -> [f32; 2] {
+    match (dtype, c) {
+        (DType::Q4K, 2) => tile_k::<false, 2, D16>(row, touch, a, t0),
+        (DType::Q4K, _) => pad(tile_k::<false, 1, D16>(row, touch, a, t0)),
+        (DType::Q5K, 2) => tile_k::<true, 2, D16>(row, touch, a, t0),
+        (DType::Q5K, _) => pad(tile_k::<true, 1, D16>(row, touch, a, t0)),
+        (_, 2) => tile_q6k::<2, D16>(row, touch, a, t0),
+        _ => pad(tile_q6k::<1, D16>(row, touch, a, t0)),
     }
 }
 
