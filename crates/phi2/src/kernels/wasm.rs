@@ -897,22 +897,52 @@ pub(super) fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, 
         scores[j] = lanes_of(j, lo, hi);
     }
     let sum = super::attention::exp_scores(&mut scores);
-    y.fill(0.0);
-    let hd4 = hd - hd % 4;
-    for (j, &ej) in scores.iter().enumerate() {
-        let p = ej / sum;
-        let pv = f32x4_splat(p);
-        let vj = &v[j * hd..(j + 1) * hd];
-        for d in (0..hd4).step_by(4) {
-            // SAFETY: d + 4 <= hd4 <= hd = y.len() = vj.len().
-            unsafe {
-                let yp = y.as_mut_ptr().add(d) as *mut v128;
-                v128_store(yp, f32x4_add(v128_load(yp), f32x4_mul(pv, kv4(vj.as_ptr().add(d)))));
-            }
+    for e in scores.iter_mut() {
+        *e /= sum;
+    }
+    // y = Σ_j p_j · v_j in j order, up to 10 vectors of dimensions at a time in accumulators
+    // that stay in registers over all keys (V8 has 16 on x86-64; with y in memory each key
+    // loaded and stored every vector of it), the dimensions past them one at a time.
+    let vecs = hd / 4;
+    let mut c0 = 0;
+    while c0 < vecs {
+        let c = (vecs - c0).min(10);
+        macro_rules! weigh {
+            ($($n:literal)*) => {
+                match c {
+                    $($n => weigh_values::<T, $n>(&scores, v, hd, 4 * c0, y),)*
+                    _ => unreachable!("1 to 10 vectors"),
+                }
+            };
         }
-        for d in hd4..hd {
-            y[d] += p * vj[d].load();
+        weigh!(1 2 3 4 5 6 7 8 9 10);
+        c0 += c;
+    }
+    for d in 4 * vecs..hd {
+        y[d] = 0.0;
+        for (j, &p) in scores.iter().enumerate() {
+            y[d] += p * v[j * hd + d].load();
         }
+    }
+}
+
+/// Dimensions `d0 .. d0 + 4·C` of `y = Σ_j p_j · v_j` (p and the rows of v: keys 0..p.len()),
+/// in j order, multiply then add (the definition's steps), in C registers.
+#[inline(always)]
+fn weigh_values<T: KvElem, const C: usize>(p: &[f32], v: &[T], hd: usize, d0: usize, y: &mut [f32]) {
+    assert!(d0 + 4 * C <= hd && hd <= y.len() && v.len() >= p.len() * hd, "weigh_values: shapes");
+    let mut accs = [f32x4_splat(0.0); C];
+    let vp = v.as_ptr();
+    for (j, &pj) in p.iter().enumerate() {
+        let pv = f32x4_splat(pj);
+        for (c, acc) in accs.iter_mut().enumerate() {
+            // SAFETY: j < p.len() and d0 + 4c + 4 <= hd (asserted): inside row j of v.
+            *acc = f32x4_add(*acc, f32x4_mul(pv, unsafe { kv4(vp.add(j * hd + d0 + 4 * c)) }));
+        }
+    }
+    for (c, acc) in accs.iter().enumerate() {
+        // SAFETY: d0 + 4c + 4 <= hd <= y.len() (asserted).
+        unsafe { v128_store(y.as_mut_ptr().add(d0 + 4 * c) as *mut v128, *acc) };
     }
 }
 

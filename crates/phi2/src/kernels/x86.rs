@@ -850,27 +850,46 @@ pub(super) unsafe fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale
         scores[j] = key_score(q, k, j, acc, scale);
     }
     let total = exp_scores(&mut scores[..n]);
-    y.fill(0.0);
-    let mut accs = [_mm256_setzero_ps(); 16];
-    let chunks = hd8 / 8;
-    if chunks <= 16 {
-        for j in 0..n {
-            prefetch_span(v, (j + 1) * hd + ATTN_PREFETCH / size_of::<T>(), hd);
-            let p = scores[j] / total;
-            let pv = _mm256_set1_ps(p);
-            let vj = v.as_ptr().add(j * hd);
-            for (ci, acc) in accs.iter_mut().enumerate().take(chunks) {
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, kv8(vj.add(8 * ci))));
+    // p_j = e_j / sum for every key up front (the same division, eight at a time).
+    let tv = _mm256_set1_ps(total);
+    let n8 = n - n % 8;
+    for j in (0..n8).step_by(8) {
+        _mm256_storeu_ps(scores.as_mut_ptr().add(j), _mm256_div_ps(_mm256_loadu_ps(scores.as_ptr().add(j)), tv));
+    }
+    for e in &mut scores[n8..n] {
+        *e /= total;
+    }
+    macro_rules! weigh {
+        ($($c:literal)*) => {
+            match hd8 / 8 {
+                $($c => weigh_values::<T, $c>(&scores[..n], v, hd, y),)*
+                _ => return super::attention::row_scalar(q, k, v, scale, y),
             }
-            for d in hd8..hd {
-                y[d] += p * (*vj.add(d)).load();
-            }
+        };
+    }
+    weigh!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+}
+
+/// `y[d] = Σ_j p_j · v_j[d]` in j order (multiply then add) for the first 8·C dimensions in C
+/// vectors that stay in registers for the whole pass (a run-time count of them kept them in
+/// memory: a load and a store per vector and key), the rest one value at a time.
+#[inline(always)]
+unsafe fn weigh_values<T: KvElem, const C: usize>(p: &[f32], v: &[T], hd: usize, y: &mut [f32]) {
+    let mut accs = [_mm256_setzero_ps(); C];
+    y[8 * C..].fill(0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        prefetch_span(v, (j + 1) * hd + ATTN_PREFETCH / size_of::<T>(), hd);
+        let pv = _mm256_set1_ps(pj);
+        let vj = v.as_ptr().add(j * hd);
+        for (c, acc) in accs.iter_mut().enumerate() {
+            *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, kv8(vj.add(8 * c))));
         }
-        for (ci, acc) in accs.iter().enumerate().take(chunks) {
-            _mm256_storeu_ps(y.as_mut_ptr().add(8 * ci), *acc);
+        for d in 8 * C..hd {
+            y[d] += pj * (*vj.add(d)).load();
         }
-    } else {
-        super::attention::row_scalar(q, k, v, scale, y);
+    }
+    for (c, acc) in accs.iter().enumerate() {
+        _mm256_storeu_ps(y.as_mut_ptr().add(8 * c), *acc);
     }
 }
 
