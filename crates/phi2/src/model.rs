@@ -162,6 +162,13 @@ impl KvHost {
         }
     }
 
+    fn written(&self) -> usize {
+        match self {
+            KvHost::F32(h) => h.written,
+            KvHost::F16(h) => h.written,
+        }
+    }
+
     /// Whether its buffers hold `heads × cap × hd` values each.
     fn shaped(&self, heads: usize, hd: usize) -> bool {
         match self {
@@ -184,6 +191,8 @@ struct HostKv<T: kernels::attention::KvElem> {
     k: kernels::buffer::Zeroed<T>,
     v: kernels::buffer::Zeroed<T>,
     cap: usize,
+    /// The most positions written since the buffers were made: those whose memory is resident.
+    written: usize,
 }
 
 impl<T: kernels::attention::KvElem> HostKv<T> {
@@ -191,24 +200,46 @@ impl<T: kernels::attention::KvElem> HostKv<T> {
         self.k.len() == heads * self.cap * hd && self.v.len() == heads * self.cap * hd
     }
 
-    /// Makes room for `need` positions of `heads × hd` values, keeping the first `keep`.
+    /// Makes room for `need` positions of `heads × hd` values, keeping the first `keep`, for
+    /// positions up to `need` about to be written.
+    ///
+    /// Where memory can be reserved without being used ([`kernels::buffer::Zeroed::lazy`]:
+    /// Linux), the first call reserves the whole context (`max_len` positions), so the cache
+    /// never moves: growing it by [`KV_CHUNK`] positions copied every position so far into new
+    /// memory and faulted that in, all inside one decode step. Measured (`decode_bench
+    /// --prompt-tokens 512`, Phi-2-shaped Q4_0, f32 cache, AMD EPYC): the step that crossed
+    /// 512 positions took 312 ms against a median of 71, and phi2-bench's decode after a
+    /// 512-token prompt counts it. Elsewhere (wasm's memory, which only grows) it still grows
+    /// by chunks.
     fn reserve(&mut self, need: usize, keep: usize, heads: usize, hd: usize, max_len: usize) {
-        if need <= self.cap {
-            return;
-        }
-        let cap = need.div_ceil(KV_CHUNK).saturating_mul(KV_CHUNK).min(max_len.max(need));
-        let old_cap = self.cap;
-        let grow = |old: &[T]| {
-            let mut buf = kernels::buffer::Zeroed::<T>::zeroed(heads * cap * hd);
-            if old_cap > 0 {
-                for h in 0..heads {
-                    buf[h * cap * hd..(h * cap + keep) * hd].copy_from_slice(&old[h * old_cap * hd..(h * old_cap + keep) * hd]);
-                }
+        if need > self.cap {
+            let chunked = need.div_ceil(KV_CHUNK).saturating_mul(KV_CHUNK).min(max_len.max(need));
+            let whole = max_len.max(need);
+            let lazy = if self.cap == 0 && whole > chunked {
+                kernels::buffer::Zeroed::<T>::lazy(heads * whole * hd).zip(kernels::buffer::Zeroed::<T>::lazy(heads * whole * hd))
+            } else {
+                None
+            };
+            if let Some((k, v)) = lazy {
+                (self.k, self.v, self.cap, self.written) = (k, v, whole, 0);
+            } else {
+                let old_cap = self.cap;
+                let grow = |old: &[T]| {
+                    let mut buf = kernels::buffer::Zeroed::<T>::zeroed(heads * chunked * hd);
+                    if old_cap > 0 {
+                        for h in 0..heads {
+                            buf[h * chunked * hd..(h * chunked + keep) * hd].copy_from_slice(&old[h * old_cap * hd..(h * old_cap + keep) * hd]);
+                        }
+                    }
+                    buf
+                };
+                (self.k, self.v) = (grow(&self.k), grow(&self.v));
+                self.cap = chunked;
+                // A heap buffer (`Zeroed::zeroed` below 64 KB, or off Linux) is written in full.
+                self.written = if matches!(self.k, kernels::buffer::Zeroed::Heap(_)) { chunked } else { keep };
             }
-            buf
-        };
-        (self.k, self.v) = (grow(&self.k), grow(&self.v));
-        self.cap = cap;
+        }
+        self.written = self.written.max(need);
     }
 }
 
@@ -288,6 +319,12 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.layers.first().map_or(0, |l| l.host.cap().max(l.k.as_ref().map_or(0, |k| k.dim(2).unwrap_or(0))))
     }
+
+    /// Positions whose memory is in use: written since the memory was made (on the CPU, where
+    /// the rest of a reservation is not resident), or the whole reservation (device tensors).
+    pub fn resident(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.host.written().max(l.k.as_ref().map_or(0, |k| k.dim(2).unwrap_or(0))))
+    }
 }
 
 /// See [`Phi2::pass_tables`].
@@ -304,11 +341,11 @@ const KV_CHUNK: usize = 256;
 const SPARE_POSITIONS: usize = KV_CHUNK;
 
 /// Whether a finished generation's `cache` (of the model's shape) replaces the model's `spare`
-/// one: it has memory, no more than [`SPARE_POSITIONS`] positions of it, and more room than the
-/// spare.
+/// one: it has memory in use, for no more than [`SPARE_POSITIONS`] positions, and for more than
+/// the spare ([`KvCache::resident`]).
 fn keeps(spare: Option<&KvCache>, cache: &KvCache) -> bool {
-    let room = cache.capacity();
-    room > 0 && room <= SPARE_POSITIONS && spare.is_none_or(|s| s.capacity() < room)
+    let room = cache.resident();
+    room > 0 && room <= SPARE_POSITIONS && spare.is_none_or(|s| s.resident() < room)
 }
 
 impl Phi2 {
@@ -871,7 +908,7 @@ mod tests {
     fn only_a_cache_of_the_models_shape_fits() {
         let mut c = cache(2, 4);
         for l in c.layers.iter_mut() {
-            l.host = KvHost::F32(HostKv { k: crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5), v: crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5), cap: 4 });
+            l.host = KvHost::F32(HostKv { k: crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5), v: crate::kernels::buffer::F32Buffer::zeroed(3 * 4 * 5), cap: 4, written: 4 });
         }
         assert!(c.fits(2, 3, 5, KvType::F32));
         assert!(!c.fits(2, 4, 5, KvType::F32) && !c.fits(2, 3, 4, KvType::F32) && !c.fits(3, 3, 5, KvType::F32));
@@ -887,8 +924,40 @@ mod tests {
     /// A cache of `layers` layers with room for `cap` positions (bookkeeping only, no memory).
     fn cache(layers: usize, cap: usize) -> KvCache {
         let mut c = KvCache { layers: (0..layers).map(|_| LayerKv::default()).collect(), len: 0 };
-        c.layers.iter_mut().for_each(|l| l.host = KvHost::F32(HostKv { cap, ..HostKv::default() }));
+        c.layers.iter_mut().for_each(|l| l.host = KvHost::F32(HostKv { cap, written: cap, ..HostKv::default() }));
         c
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_cache_reserves_its_whole_context_once_and_never_moves() {
+        // Phi-2's heads: 32 × 80 values per position, a context of 2048.
+        let (heads, hd, max_len) = (32, 80, 2048);
+        let mut h = HostKv::<f32>::default();
+        h.reserve(5, 0, heads, hd, max_len);
+        assert_eq!((h.cap, h.written), (max_len, 5));
+        assert!(h.shaped(heads, hd));
+        h.k[(3 * max_len + 4) * hd + 7] = 1.5;
+        let at = h.k.as_ptr();
+        h.reserve(700, 5, heads, hd, max_len);
+        assert_eq!((h.cap, h.written, h.k.as_ptr()), (max_len, 700, at), "no new memory past 256 positions");
+        assert_eq!(h.k[(3 * max_len + 4) * hd + 7], 1.5);
+        let mut c = cache(1, 0);
+        c.layers[0].host = KvHost::F32(h);
+        assert_eq!((c.capacity(), c.resident()), (max_len, 700));
+        assert!(!keeps(None, &c), "700 positions in use: freed, not kept");
+    }
+
+    #[test]
+    fn a_small_cache_keeps_its_positions_when_it_grows() {
+        // 2 heads × 4 values: 1 KB per 256 positions, on the heap (below the maps' 64 KB) or
+        // reserved whole (Linux); either way the positions written stay.
+        let mut h = HostKv::<f32>::default();
+        h.reserve(3, 0, 2, 4, 1000);
+        h.k[(h.cap + 2) * 4 + 1] = 2.5;
+        h.reserve(300, 3, 2, 4, 1000);
+        assert!(h.cap >= 300 && h.written >= 300 && h.shaped(2, 4));
+        assert_eq!(h.k[(h.cap + 2) * 4 + 1], 2.5);
     }
 
     #[test]

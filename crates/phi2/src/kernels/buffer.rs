@@ -57,6 +57,23 @@ impl<T: ZeroBits> Zeroed<T> {
     }
 }
 
+impl<T: ZeroBits> Zeroed<T> {
+    /// `len` zeros in an anonymous map whose pages become resident only when written (Linux),
+    /// on 4 KB pages even where transparent huge pages are always on (a 2 MB page would make
+    /// 2 MB resident for the first value written into it); `None` where there is no such map.
+    /// For reservations far larger than what is usually written: a KV cache's whole context.
+    pub fn lazy(len: usize) -> Option<Zeroed<T>> {
+        #[cfg(target_os = "linux")]
+        if len > 0 {
+            let map = memmap2::MmapMut::map_anon(len.checked_mul(size_of::<T>())?).ok()?;
+            let _ = map.advise(memmap2::Advice::NoHugePage);
+            return Some(Zeroed::Mapped { map, len });
+        }
+        let _ = len;
+        None
+    }
+}
+
 impl<T: ZeroBits> Deref for Zeroed<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
