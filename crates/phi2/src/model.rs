@@ -110,8 +110,9 @@ pub struct BatchItem<'a> {
     pub all_logits: bool,
 }
 
-/// One layer's keys and values, of which the first `len` positions are valid; capacity grows by
-/// [`KV_CHUNK`] positions. On the CPU they live in `host` (written in place by
+/// One layer's keys and values, of which the first `len` positions are valid; on the CPU the
+/// whole context is reserved at once where memory can be reserved unused (Linux, see
+/// [`HostKv::reserve`]), else (and on devices) capacity grows by [`KV_CHUNK`] positions. On the CPU they live in `host` (written in place by
 /// [`Phi2::attend`]), on other devices in `k` and `v`, `[1, heads, capacity, head_dim]` each.
 #[derive(Debug, Default)]
 struct LayerKv {
@@ -334,7 +335,8 @@ struct PassTables {
     mask: Option<Tensor>,
 }
 
-/// KV cache rows are reserved in chunks of this many positions (grown up to the context length).
+/// KV cache rows are reserved in chunks of this many positions (grown up to the context length)
+/// where the whole context is not reserved at once ([`HostKv::reserve`]).
 const KV_CHUNK: usize = 256;
 
 /// The most positions a cache kept for the next generation may hold ([`Phi2::recycle_cache`]).
@@ -473,8 +475,9 @@ impl Phi2 {
 
     /// Takes back the cache of a finished generation for the next [`Phi2::new_cache`]. One is
     /// kept, of at most [`SPARE_POSITIONS`] positions (so an idle model holds at most that much
-    /// cache memory: on the CPU ~170 MB of f32 keys and values for Phi-2, of which only the
-    /// positions a generation wrote are resident; on a GPU the whole reservation), a longer
+    /// cache memory: on the CPU the pages of ≤ 256 positions, ~170 MB of f32 keys and values for
+    /// Phi-2, within a reservation of its whole context where that is made; on a GPU the whole
+    /// reservation), a longer
     /// cache is freed, and so is one of another model's shape; dropping the model frees it.
     pub fn recycle_cache(&self, cache: KvCache) {
         let cfg = &self.config;
@@ -704,6 +707,10 @@ impl Phi2 {
         let cfg = &self.config;
         let (t, hidden) = q.dims2()?;
         let (nh, hd, rot) = (cfg.num_heads, cfg.head_dim(), cfg.rotary_dim);
+        // A cache made by another model fails here, before `reserve` copies its positions.
+        if host.cap > 0 && !host.shaped(nh, hd) {
+            candle_core::bail!("KV cache of {} values for {nh} heads × {} positions × {hd}: not this model's cache", host.k.len(), host.cap);
+        }
         host.reserve(pos + t, pos, nh, hd, cfg.context_length);
         let cap = host.cap;
         // The items below write through raw pointers: the cache must be this model's shape (a

@@ -411,7 +411,9 @@ fn attention_f64<T: KvElem>(q: &[f32], k: &[T], v: &[T], s: kernels::attention::
 #[test]
 fn attention_matches_f64_and_gives_the_same_bits_for_any_split() {
     let mut rng = Rng(0xA77);
-    for (heads, hd, pos, tokens) in [(2, 80, 0, 1), (3, 80, 5, 7), (2, 13, 9, 3), (4, 32, 0, 19), (1, 8, 40, 1), (2, 24, 3, 33)] {
+    // head_dim: Phi-2's 80, tails past the vectors (13, 6, 4: none), the most vectors the SIMD
+    // kernels keep (120, 128) and past them (136).
+    for (heads, hd, pos, tokens) in [(2, 80, 0, 1), (3, 80, 5, 7), (2, 13, 9, 3), (4, 32, 0, 19), (1, 8, 40, 1), (2, 24, 3, 33), (2, 4, 6, 1), (1, 6, 10, 2), (2, 120, 9, 1), (1, 128, 17, 3), (1, 136, 5, 2)] {
         let cap = pos + tokens + 5;
         let q: Vec<f32> = (0..heads * tokens * hd).map(|_| rng.unit() * 2.0).collect();
         let k: Vec<f32> = (0..heads * cap * hd).map(|_| rng.unit() * 2.0).collect();

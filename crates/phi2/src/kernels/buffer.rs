@@ -2,8 +2,8 @@
 //! only when written (the KV cache), and [`Aligned`], buffers that start on a cache line and keep
 //! their allocation from one use to the next (the kernels' activations and scratch).
 //!
-//! The KV cache reserves room for hundreds of positions ahead ([`crate::model`]), of which a
-//! generation may use a few. A `vec![0.0; n]` gives lazily zeroed pages only while glibc serves
+//! The KV cache reserves room for its whole context ([`crate::model`]; on Linux, else hundreds
+//! of positions ahead), of which a generation may use a few. A `vec![0.0; n]` gives lazily zeroed pages only while glibc serves
 //! it with a fresh map; after large blocks have been freed, glibc raises its map threshold and
 //! serves the next ones from its heap, zeroing (and so making resident) every byte: measured, a
 //! 128-token prompt peaked 44 MB higher that way than with candle's tensors. An anonymous map
@@ -62,10 +62,13 @@ impl<T: ZeroBits> Zeroed<T> {
     /// on 4 KB pages even where transparent huge pages are always on (a 2 MB page would make
     /// 2 MB resident for the first value written into it); `None` where there is no such map.
     /// For reservations far larger than what is usually written: a KV cache's whole context.
+    /// Mapped with `MAP_NORESERVE`, so that under Linux's default overcommit policy the unused
+    /// part is not counted against the commit limit either (under the strict policy the map
+    /// may be refused: `None`, and the caller reserves less).
     pub fn lazy(len: usize) -> Option<Zeroed<T>> {
         #[cfg(target_os = "linux")]
         if len > 0 {
-            let map = memmap2::MmapMut::map_anon(len.checked_mul(size_of::<T>())?).ok()?;
+            let map = memmap2::MmapOptions::new().len(len.checked_mul(size_of::<T>())?).no_reserve_swap().map_anon().ok()?;
             let _ = map.advise(memmap2::Advice::NoHugePage);
             return Some(Zeroed::Mapped { map, len });
         }

@@ -822,6 +822,7 @@ pub(super) unsafe fn bias_act_row(y: &mut [f32], bias: &[f32], gelu: bool) {
 pub(super) unsafe fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, y: &mut [f32]) {
     let hd = q.len();
     let n = k.len() / hd;
+    assert!(v.len() >= n * hd && y.len() == hd, "attention_row: shapes");
     let hd8 = hd - hd % 8;
     let mut scores = vec![0f32; n.next_multiple_of(8)];
     // Eight keys at a time: eight independent chains (one key's chain of adds alone is bound by
@@ -871,10 +872,15 @@ pub(super) unsafe fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale
 }
 
 /// `y[d] = Σ_j p_j · v_j[d]` in j order (multiply then add) for the first 8·C dimensions in C
-/// vectors that stay in registers for the whole pass (a run-time count of them kept them in
-/// memory: a load and a store per vector and key), the rest one value at a time.
+/// vector accumulators (a run-time count of them kept them in memory: a load and a store per
+/// vector and key; a const count keeps them in registers up to C = 13 of AVX2's 16), the rest one
+/// value at a time.
+///
+/// # Safety
+/// The CPU has AVX2 and F16C (callers: [`attention_row`]).
 #[inline(always)]
 unsafe fn weigh_values<T: KvElem, const C: usize>(p: &[f32], v: &[T], hd: usize, y: &mut [f32]) {
+    assert!(8 * C <= hd && y.len() == hd && v.len() >= p.len() * hd, "weigh_values: shapes");
     let mut accs = [_mm256_setzero_ps(); C];
     y[8 * C..].fill(0.0);
     for (j, &pj) in p.iter().enumerate() {
