@@ -707,16 +707,16 @@ impl Phi2 {
         let cfg = &self.config;
         let (t, hidden) = q.dims2()?;
         let (nh, hd, rot) = (cfg.num_heads, cfg.head_dim(), cfg.rotary_dim);
-        // A cache made by another model fails here, before `reserve` copies its positions.
+        // The items below write through raw pointers: the cache must be this model's shape. A
+        // cache made by another model fails here, before `reserve` would copy from its buffers.
+        let foreign = |h: &HostKv<T>| format!("KV cache of {} values for {nh} heads × {} positions × {hd}: not this model's cache", h.k.len(), h.cap);
         if host.cap > 0 && !host.shaped(nh, hd) {
-            candle_core::bail!("KV cache of {} values for {nh} heads × {} positions × {hd}: not this model's cache", host.k.len(), host.cap);
+            candle_core::bail!("{}", foreign(host));
         }
         host.reserve(pos + t, pos, nh, hd, cfg.context_length);
         let cap = host.cap;
-        // The items below write through raw pointers: the cache must be this model's shape (a
-        // cache made by another model fails here, not past its buffers).
         if !host.shaped(nh, hd) || pos + t > cap {
-            candle_core::bail!("KV cache of {} values for {nh} heads × {cap} positions × {hd}: not this model's cache", host.k.len());
+            candle_core::bail!("{}", foreign(host));
         }
         let mut qh = vec![0f32; nh * t * hd];
         // Per head over the pool for prompts (a new cache's pages are first touched here).

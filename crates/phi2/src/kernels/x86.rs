@@ -860,42 +860,53 @@ pub(super) unsafe fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale
     for e in &mut scores[n8..n] {
         *e /= total;
     }
-    macro_rules! weigh {
-        ($($c:literal)*) => {
-            match hd8 / 8 {
-                $($c => weigh_values::<T, $c>(&scores[..n], v, hd, y),)*
-                _ => return super::attention::row_scalar(q, k, v, scale, y),
-            }
-        };
+    // y = Σ_j p_j · v_j in groups of at most 12 vectors of dimensions (accumulators that stay
+    // in AVX2's 16 registers over all keys; a run-time count of them had kept them in memory, a
+    // load and a store per vector and key), the dimensions past the vectors one at a time.
+    let vecs = hd8 / 8;
+    let mut c0 = 0;
+    while c0 < vecs {
+        let c = (vecs - c0).min(12);
+        macro_rules! weigh {
+            ($($n:literal)*) => {
+                match c {
+                    $($n => weigh_values::<T, $n>(&scores[..n], v, hd, 8 * c0, y),)*
+                    _ => unreachable!("1 to 12 vectors"),
+                }
+            };
+        }
+        weigh!(1 2 3 4 5 6 7 8 9 10 11 12);
+        c0 += c;
     }
-    weigh!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+    for d in hd8..hd {
+        y[d] = 0.0;
+        for (j, &p) in scores[..n].iter().enumerate() {
+            y[d] += p * (*v.as_ptr().add(j * hd + d)).load();
+        }
+    }
 }
 
-/// `y[d] = Σ_j p_j · v_j[d]` in j order (multiply then add) for the first 8·C dimensions in C
-/// vector accumulators (a run-time count of them kept them in memory: a load and a store per
-/// vector and key; a const count keeps them in registers up to C = 13 of AVX2's 16), the rest one
-/// value at a time.
+/// Dimensions `d0 .. d0 + 8·C` of `y = Σ_j p_j · v_j[d]` (keys `0..p.len()`), in j order,
+/// multiply then add (the definition's steps), in C registers.
 ///
 /// # Safety
 /// The CPU has AVX2 and F16C (callers: [`attention_row`]).
 #[inline(always)]
-unsafe fn weigh_values<T: KvElem, const C: usize>(p: &[f32], v: &[T], hd: usize, y: &mut [f32]) {
-    assert!(8 * C <= hd && y.len() == hd && v.len() >= p.len() * hd, "weigh_values: shapes");
+unsafe fn weigh_values<T: KvElem, const C: usize>(p: &[f32], v: &[T], hd: usize, d0: usize, y: &mut [f32]) {
+    assert!(d0 + 8 * C <= hd && y.len() == hd && v.len() >= p.len() * hd, "weigh_values: shapes");
     let mut accs = [_mm256_setzero_ps(); C];
-    y[8 * C..].fill(0.0);
     for (j, &pj) in p.iter().enumerate() {
-        prefetch_span(v, (j + 1) * hd + ATTN_PREFETCH / size_of::<T>(), hd);
+        if d0 == 0 {
+            prefetch_span(v, (j + 1) * hd + ATTN_PREFETCH / size_of::<T>(), hd);
+        }
         let pv = _mm256_set1_ps(pj);
-        let vj = v.as_ptr().add(j * hd);
+        let vj = v.as_ptr().add(j * hd + d0);
         for (c, acc) in accs.iter_mut().enumerate() {
             *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, kv8(vj.add(8 * c))));
         }
-        for d in 8 * C..hd {
-            y[d] += pj * (*vj.add(d)).load();
-        }
     }
     for (c, acc) in accs.iter().enumerate() {
-        _mm256_storeu_ps(y.as_mut_ptr().add(8 * c), *acc);
+        _mm256_storeu_ps(y.as_mut_ptr().add(d0 + 8 * c), *acc);
     }
 }
 
