@@ -224,23 +224,29 @@ impl<T: kernels::attention::KvElem> HostKv<T> {
             if let Some((k, v)) = lazy {
                 (self.k, self.v, self.cap, self.written) = (k, v, whole, 0);
             } else {
-                let old_cap = self.cap;
-                let grow = |old: &[T]| {
-                    let mut buf = kernels::buffer::Zeroed::<T>::zeroed(heads * chunked * hd);
-                    if old_cap > 0 {
-                        for h in 0..heads {
-                            buf[h * chunked * hd..(h * chunked + keep) * hd].copy_from_slice(&old[h * old_cap * hd..(h * old_cap + keep) * hd]);
-                        }
-                    }
-                    buf
-                };
-                (self.k, self.v) = (grow(&self.k), grow(&self.v));
-                self.cap = chunked;
-                // A heap buffer (`Zeroed::zeroed` below 64 KB, or off Linux) is written in full.
-                self.written = if matches!(self.k, kernels::buffer::Zeroed::Heap(_)) { chunked } else { keep };
+                self.grow(chunked, keep, heads, hd);
             }
         }
         self.written = self.written.max(need);
+    }
+
+    /// New buffers of `cap` positions, with each head's first `keep` positions copied over.
+    fn grow(&mut self, cap: usize, keep: usize, heads: usize, hd: usize) {
+        let old_cap = self.cap;
+        assert!(keep <= old_cap.min(cap), "KV cache: keeping {keep} of {old_cap} positions in {cap}");
+        let grow = |old: &[T]| {
+            let mut buf = kernels::buffer::Zeroed::<T>::zeroed(heads * cap * hd);
+            if old_cap > 0 {
+                for h in 0..heads {
+                    buf[h * cap * hd..(h * cap + keep) * hd].copy_from_slice(&old[h * old_cap * hd..(h * old_cap + keep) * hd]);
+                }
+            }
+            buf
+        };
+        (self.k, self.v) = (grow(&self.k), grow(&self.v));
+        self.cap = cap;
+        // A heap buffer (`Zeroed::zeroed` below 64 KB, or off Linux) is written in full.
+        self.written = if matches!(self.k, kernels::buffer::Zeroed::Heap(_)) { cap } else { keep };
     }
 }
 
@@ -897,7 +903,7 @@ fn has_gguf_magic(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{keeps, HostKv, KvCache, KvHost, KvType, LayerKv, SPARE_POSITIONS};
+    use super::{keeps, HostKv, KvCache, KvHost, KvType, LayerKv, KV_CHUNK, SPARE_POSITIONS};
 
     #[test]
     fn a_rewound_cache_forgets_every_layers_positions() {
@@ -965,6 +971,40 @@ mod tests {
         h.reserve(300, 3, 2, 4, 1000);
         assert!(h.cap >= 300 && h.written >= 300 && h.shaped(2, 4));
         assert_eq!(h.k[(h.cap + 2) * 4 + 1], 2.5);
+    }
+
+    #[test]
+    fn growing_by_chunks_keeps_every_heads_positions() {
+        // The path of wasm and of hosts that refuse the whole-context map: new buffers, each
+        // head's positions copied from its old place (h · old_cap) to its new one (h · cap).
+        // Phi-2's head shape, so that the buffers are maps (from 64 KB) as well as heap.
+        for (heads, hd) in [(32, 80), (2, 4)] {
+            let mut h = HostKv::<f32>::default();
+            h.grow(KV_CHUNK, 0, heads, hd);
+            assert!(h.shaped(heads, hd) && h.cap == KV_CHUNK);
+            let mark = |head: usize, p: usize, d: usize| (head * 1000 + p) as f32 + d as f32 / 100.0;
+            let pos = KV_CHUNK - 3;
+            for head in 0..heads {
+                for p in 0..pos {
+                    for d in 0..hd {
+                        h.k[(head * KV_CHUNK + p) * hd + d] = mark(head, p, d);
+                        h.v[(head * KV_CHUNK + p) * hd + d] = -mark(head, p, d);
+                    }
+                }
+            }
+            h.reserve(KV_CHUNK + 1, pos, heads, hd, 2048);
+            let cap = h.cap;
+            assert!(cap > KV_CHUNK && h.shaped(heads, hd) && h.written >= KV_CHUNK + 1);
+            for head in 0..heads {
+                for p in 0..pos {
+                    for d in 0..hd {
+                        assert_eq!(h.k[(head * cap + p) * hd + d], mark(head, p, d), "key of head {head}, position {p}");
+                        assert_eq!(h.v[(head * cap + p) * hd + d], -mark(head, p, d), "value of head {head}, position {p}");
+                    }
+                }
+                assert!(h.k[(head * cap + pos) * hd..(head * cap + cap) * hd].iter().all(|&x| x == 0.0), "fresh positions are zero");
+            }
+        }
     }
 
     #[test]
