@@ -38,6 +38,9 @@ PHI2_FIXTURES=$PWD/test/fixtures/gen scripts/test-aarch64.sh
 echo "== phi2-bench (bench/) and the workspace bin links"
 PHI2_FIXTURES=$PWD/test/fixtures/gen node --test --test-concurrency=1 test/bench/
 
+echo "== the device scripts' carry budget (test/device)"
+node --test test/device/budget.test.mjs
+
 echo "== browser (Chromium via playwright-core)"
 scripts/setup-browser.sh
 npm run build --silent -w @x/phi2-demo
