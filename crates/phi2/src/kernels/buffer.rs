@@ -63,11 +63,13 @@ impl<T: ZeroBits> Zeroed<T> {
     /// 2 MB resident for the first value written into it); `None` where there is no such map.
     /// For reservations far larger than what is usually written: a KV cache's whole context.
     /// Mapped with `MAP_NORESERVE`, so that under Linux's default overcommit policy the unused
-    /// part is not counted against the commit limit either (under the strict policy the map
-    /// may be refused: `None`, and the caller reserves less).
+    /// part is not counted against the commit limit either. The strict policy
+    /// (`vm.overcommit_memory = 2`) ignores that flag and would count the whole reservation
+    /// (1.34 GB for an f32 Phi-2 cache, per session): there this returns `None`, and the caller
+    /// reserves what it uses as it goes.
     pub fn lazy(len: usize) -> Option<Zeroed<T>> {
         #[cfg(target_os = "linux")]
-        if len > 0 {
+        if len > 0 && !strict_overcommit() {
             let map = memmap2::MmapOptions::new().len(len.checked_mul(size_of::<T>())?).no_reserve_swap().map_anon().ok()?;
             let _ = map.advise(memmap2::Advice::NoHugePage);
             return Some(Zeroed::Mapped { map, len });
@@ -75,6 +77,21 @@ impl<T: ZeroBits> Zeroed<T> {
         let _ = len;
         None
     }
+}
+
+/// Whether Linux counts every writable private map against the commit limit in full
+/// (`vm.overcommit_memory = 2`), read once.
+#[cfg(target_os = "linux")]
+pub(crate) fn strict_overcommit() -> bool {
+    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STRICT.get_or_init(|| std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| overcommit_is_strict(&s)))
+}
+
+/// `/proc/sys/vm/overcommit_memory`'s contents name the strict policy (2; 0 is the heuristic
+/// default, 1 always overcommits).
+#[cfg(any(target_os = "linux", test))]
+fn overcommit_is_strict(contents: &str) -> bool {
+    contents.trim() == "2"
 }
 
 impl<T: ZeroBits> Deref for Zeroed<T> {
@@ -178,7 +195,15 @@ impl<T> DerefMut for Aligned<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Aligned, F32Buffer};
+    use super::{overcommit_is_strict, Aligned, F32Buffer};
+
+    #[test]
+    fn only_the_strict_overcommit_policy_is_strict() {
+        assert!(overcommit_is_strict("2\n"));
+        for other in ["0\n", "1\n", "", "22\n"] {
+            assert!(!overcommit_is_strict(other), "{other:?}");
+        }
+    }
 
     #[test]
     fn aligned_buffers_start_on_a_line_are_zeroed_when_new_and_keep_their_allocation() {
