@@ -15,8 +15,15 @@ const CALL_LIMIT = 64 * 1024 * 1024
 // Node.js as pack.sh compresses it, with room for a newer release's growth.
 const NODE_XZ = 23_000_000
 
-test('the tracked files leave room for Node.js in one device call', () => {
-  const files = execFileSync('git', ['ls-files', '-z'], { cwd: root, encoding: 'utf8' }).split('\0').filter(Boolean)
+let listed = null
+try {
+  listed = execFileSync('git', ['ls-files', '-z'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+} catch (e) {
+  listed = e // not a git checkout (a packed tarball): nothing travels to a device from it
+}
+
+test('the tracked files leave room for Node.js in one device call', { skip: listed instanceof Error && `no git checkout here: ${listed.message.split('\n')[0]}` }, () => {
+  const files = listed.split('\0').filter(Boolean)
   assert.ok(files.length > 100, `git ls-files listed ${files.length} files`)
   let bytes = 0
   const sizes = []

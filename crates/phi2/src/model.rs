@@ -723,7 +723,9 @@ impl Phi2 {
         // The items below write through raw pointers: the cache must be this model's shape. A
         // cache made by another model fails here, before `reserve` would copy from its buffers.
         let foreign = |h: &HostKv<T>| format!("KV cache of {} values for {nh} heads × {} positions × {hd}: not this model's cache", h.k.len(), h.cap);
-        if host.cap > 0 && !host.shaped(nh, hd) {
+        if (host.cap > 0 && !host.shaped(nh, hd)) || pos > host.cap {
+            // (pos > cap: positions this cache holds elsewhere, e.g. filled by a model on
+            // another backend.)
             candle_core::bail!("{}", foreign(host));
         }
         host.reserve(pos + t, pos, nh, hd, cfg.context_length);
@@ -997,6 +999,9 @@ mod tests {
             let mark = |head: usize, p: usize, d: usize| (head * 1000 + p) as f32 + d as f32 / 100.0;
             let pos = KV_CHUNK - 3;
             for head in 0..heads {
+                // Past the positions kept: written, but not to be copied.
+                h.k[(head * KV_CHUNK + pos) * hd..(head + 1) * KV_CHUNK * hd].fill(7.0);
+                h.v[(head * KV_CHUNK + pos) * hd..(head + 1) * KV_CHUNK * hd].fill(7.0);
                 for p in 0..pos {
                     for d in 0..hd {
                         h.k[(head * KV_CHUNK + p) * hd + d] = mark(head, p, d);
@@ -1014,7 +1019,9 @@ mod tests {
                         assert_eq!(h.v[(head * cap + p) * hd + d], -mark(head, p, d), "value of head {head}, position {p}");
                     }
                 }
-                assert!(h.k[(head * cap + pos) * hd..(head * cap + cap) * hd].iter().all(|&x| x == 0.0), "fresh positions are zero");
+                for buf in [&h.k, &h.v] {
+                    assert!(buf[(head * cap + pos) * hd..(head * cap + cap) * hd].iter().all(|&x| x == 0.0), "head {head}: positions past those kept are zero");
+                }
             }
         }
     }

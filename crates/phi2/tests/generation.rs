@@ -225,6 +225,19 @@ fn another_models_cache_is_a_typed_error() {
 }
 
 #[test]
+fn a_cache_filled_on_another_backend_is_a_typed_error() {
+    // The same model on candle's reference path keeps its positions in tensors, not in the host
+    // buffers the engine's kernels read: handed to the kernels' model, it is refused, not read
+    // as zeros.
+    let path = fixture("tiny-q8_0.gguf");
+    let (ours, reference) = (Phi2::load(&path).unwrap(), Phi2::load_on(&path, phi2::Backend::CpuReference).unwrap());
+    let mut cache = reference.new_cache();
+    reference.forward(&[1, 2, 3], &mut cache, false).unwrap();
+    let err = ours.forward(&[4], &mut cache, false).unwrap_err().to_string();
+    assert!(err.contains("not this model's cache"), "{err}");
+}
+
+#[test]
 fn incremental_decoding_matches_one_batch_forward() {
     // The KV-cache path (prefill + one token at a time) must equal scoring the whole sequence.
     let m = Arc::new(Phi2::load(&fixture("odd-f32.gguf")).unwrap());
