@@ -322,6 +322,19 @@ impl KvCache {
             })
     }
 
+    /// Whether a model with `heads` heads of `hd` values can read this cache: its buffers of that
+    /// shape, and every layer's positions stored where that model reads them, in the host
+    /// buffers on the engine's kernels (`own_kernels`), in the tensors otherwise. A cache filled
+    /// on the other path holds its positions in the other place.
+    fn readable_by(&self, heads: usize, hd: usize, own_kernels: bool) -> bool {
+        self.layers.iter().all(|l| {
+            let dev = |t: &Option<Tensor>| t.as_ref().is_none_or(|t| matches!(t.dims(), [1, h, _, d] if *h == heads && *d == hd));
+            let host = l.host.cap() == 0 || l.host.shaped(heads, hd);
+            let stored = if own_kernels { l.host.cap() } else { l.k.as_ref().map_or(0, |k| k.dim(2).unwrap_or(0)) };
+            host && dev(&l.k) && dev(&l.v) && l.len <= stored
+        })
+    }
+
     /// Positions the cache has memory for (0 for a new cache).
     pub fn capacity(&self) -> usize {
         self.layers.first().map_or(0, |l| l.host.cap().max(l.k.as_ref().map_or(0, |k| k.dim(2).unwrap_or(0))))
@@ -552,6 +565,11 @@ impl Phi2 {
             return Err(Error::invalid("cache", format!("a cache of {} layers for a model of {}: not this model's cache", cache.layers.len(), self.config.num_layers)));
         }
         let cfg = &self.config;
+        if !cache.readable_by(cfg.num_heads, cfg.head_dim(), self.own_kernels) {
+            let path = if self.own_kernels { "the engine's kernels" } else { "candle's tensor path" };
+            let why = format!("a cache of another shape, or filled by a model on another path than {path}: not this model's cache");
+            return Err(Error::invalid("cache", why));
+        }
         if tokens.is_empty() {
             return Err(Error::invalid("tokens", "at least one token is needed"));
         }
@@ -723,9 +741,7 @@ impl Phi2 {
         // The items below write through raw pointers: the cache must be this model's shape. A
         // cache made by another model fails here, before `reserve` would copy from its buffers.
         let foreign = |h: &HostKv<T>| format!("KV cache of {} values for {nh} heads × {} positions × {hd}: not this model's cache", h.k.len(), h.cap);
-        if (host.cap > 0 && !host.shaped(nh, hd)) || pos > host.cap {
-            // (pos > cap: positions this cache holds elsewhere, e.g. filled by a model on
-            // another backend.)
+        if host.cap > 0 && !host.shaped(nh, hd) {
             candle_core::bail!("{}", foreign(host));
         }
         host.reserve(pos + t, pos, nh, hd, cfg.context_length);

@@ -226,15 +226,23 @@ fn another_models_cache_is_a_typed_error() {
 
 #[test]
 fn a_cache_filled_on_another_backend_is_a_typed_error() {
-    // The same model on candle's reference path keeps its positions in tensors, not in the host
-    // buffers the engine's kernels read: handed to the kernels' model, it is refused, not read
-    // as zeros.
+    // The same model on candle's reference path keeps its positions in tensors, the engine's
+    // kernels in host buffers: a cache filled on one path is refused by the other, in either
+    // direction, not read as zeros, and left as it was.
     let path = fixture("tiny-q8_0.gguf");
     let (ours, reference) = (Phi2::load(&path).unwrap(), Phi2::load_on(&path, phi2::Backend::CpuReference).unwrap());
-    let mut cache = reference.new_cache();
-    reference.forward(&[1, 2, 3], &mut cache, false).unwrap();
-    let err = ours.forward(&[4], &mut cache, false).unwrap_err().to_string();
-    assert!(err.contains("not this model's cache"), "{err}");
+    for (filler, reader) in [(&reference, &ours), (&ours, &reference)] {
+        let mut cache = filler.new_cache();
+        filler.forward(&[1, 2, 3], &mut cache, false).unwrap();
+        let err = reader.forward(&[4], &mut cache, false).unwrap_err().to_string();
+        assert!(err.contains("not this model's cache"), "{err}");
+        assert_eq!(cache.len(), 3, "the refused pass left the cache as it was");
+        // Its own model still reads it: the next step equals a one-pass forward of all four.
+        let next = filler.forward(&[4], &mut cache, false).unwrap();
+        let whole = filler.forward(&[1, 2, 3, 4], &mut filler.new_cache(), false).unwrap();
+        let diff = (next - whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "max |Δ logit| {diff}");
+    }
 }
 
 #[test]
