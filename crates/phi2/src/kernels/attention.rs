@@ -142,6 +142,27 @@ thread_local! {
     static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
+thread_local! {
+    /// A row's scores (one per key: at most the context length, twice that for
+    /// [`super::avx512::attention_rows2`]), kept by each thread from row to row: the pool's workers
+    /// live as long as the process, so a row allocates nothing once its thread has seen the
+    /// longest context (8 KB for Phi-2's 2048 positions).
+    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `len` zeros from this thread's score scratch; give it back with [`keep_scores`].
+pub(super) fn take_scores(len: usize) -> Vec<f32> {
+    let mut s = SCORES.take();
+    s.clear();
+    s.resize(len, 0.0);
+    s
+}
+
+/// Returns the scratch [`take_scores`] lent, for the thread's next row.
+pub(super) fn keep_scores(s: Vec<f32>) {
+    SCORES.set(s);
+}
+
 /// Held by a forward pass over its layers: dropping it frees this thread's [`widened`] scratch,
 /// at the end of the layers or on any early return.
 pub struct PassScratch;
@@ -239,15 +260,14 @@ fn row<T: KvElem>(isa: super::Isa, q: &[f32], k: &[T], v: &[T], scale: f32, y: &
 pub fn row_scalar<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, y: &mut [f32]) {
     let hd = q.len();
     let n = k.len() / hd;
-    let mut e: Vec<f32> = (0..n)
-        .map(|j| {
-            let mut lanes = [0f32; 8];
-            for (d, (&a, &b)) in q.iter().zip(&k[j * hd..(j + 1) * hd]).enumerate() {
-                lanes[d % 8] += a * b.load();
-            }
-            reduce8(&lanes) * scale
-        })
-        .collect();
+    let mut e = take_scores(n);
+    for (j, ej) in e.iter_mut().enumerate() {
+        let mut lanes = [0f32; 8];
+        for (d, (&a, &b)) in q.iter().zip(&k[j * hd..(j + 1) * hd]).enumerate() {
+            lanes[d % 8] += a * b.load();
+        }
+        *ej = reduce8(&lanes) * scale;
+    }
     let sum = exp_scores(&mut e);
     y.fill(0.0);
     for (j, &ej) in e.iter().enumerate() {
@@ -256,6 +276,7 @@ pub fn row_scalar<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, y: &mut [f
             *yd += p * vd.load();
         }
     }
+    keep_scores(e);
 }
 
 /// The softmax numerators of one row's scores, in place, and their sum: `m = max_j s_j`,

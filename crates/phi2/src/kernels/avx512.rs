@@ -409,8 +409,8 @@ pub(super) unsafe fn attention_rows2<T: KvElem>(qa: &[f32], qb: &[f32], k: &[T],
         *qc = pair8(_mm256_loadu_ps(qa.as_ptr().add(8 * c)), _mm256_loadu_ps(qb.as_ptr().add(8 * c)));
     }
     let vs = _mm512_set1_ps(scale);
-    let mut sa = vec![0f32; n];
-    let mut sb = vec![0f32; n + 1];
+    let mut scratch = super::attention::take_scores(2 * n + 1);
+    let (sa, sb) = scratch.split_at_mut(n);
     let n8 = n - n % 8;
     for j0 in (0..n8).step_by(8) {
         let mut acc = [_mm512_setzero_ps(); 8];
@@ -437,8 +437,8 @@ pub(super) unsafe fn attention_rows2<T: KvElem>(qa: &[f32], qb: &[f32], k: &[T],
         }
         sb[j] = _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(z));
     }
-    let ta = super::x86::exp_scores(&mut sa);
-    let tb = super::x86::exp_scores(&mut sb);
+    let ta = super::x86::exp_scores(sa);
+    let tb = super::x86::exp_scores(sb);
     for e in sa.iter_mut() {
         *e /= ta;
     }
@@ -460,6 +460,7 @@ pub(super) unsafe fn attention_rows2<T: KvElem>(qa: &[f32], qb: &[f32], k: &[T],
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*y)));
         _mm256_storeu_ps(yb.as_mut_ptr().add(8 * c), _mm256_add_ps(hi, _mm256_mul_ps(pn, super::x86::kv8(vn.add(8 * c)))));
     }
+    super::attention::keep_scores(scratch);
 }
 
 /// Whether [`attention_rows2`] takes rows of `head_dim` values.

@@ -357,7 +357,7 @@ pub(super) fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, 
     let n = k.len() / hd;
     assert!(k.len() >= n * hd && v.len() >= n * hd && y.len() == hd, "attention_row: shapes");
     let hd8 = hd - hd % 8;
-    let mut scores = vec![0f32; n];
+    let mut scores = super::attention::take_scores(n);
     // Key j's score from its 8 lanes over the full groups of 8: the columns past them, the lane
     // reduction, the scale.
     let lanes_of = |j: usize, lo: float32x4_t, hi: float32x4_t| -> f32 {
@@ -419,6 +419,7 @@ pub(super) fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, 
             y[d] += p * vj[d].load();
         }
     }
+    super::attention::keep_scores(scores);
 }
 
 /// f16 bits → f32 ([`f16x4_to_f32`], exactly as `half` widens them), four at a time.

@@ -849,7 +849,7 @@ pub(super) fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, 
     let n = k.len() / hd;
     assert!(k.len() >= n * hd && v.len() >= n * hd && y.len() == hd, "attention_row: shapes");
     let hd8 = hd - hd % 8;
-    let mut scores = vec![0f32; n];
+    let mut scores = super::attention::take_scores(n);
     // Key j's score from its 8 lanes over the full groups of 8: the columns past them, the lane
     // reduction, the scale. (Every SIMD load below reads q[d..d + 8] and key j's values d..d + 8
     // with j < n and d + 8 <= hd8 <= hd: inside q and k, asserted above.)
@@ -924,6 +924,7 @@ pub(super) fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale: f32, 
             y[d] += p * v[j * hd + d].load();
         }
     }
+    super::attention::keep_scores(scores);
 }
 
 /// Dimensions `d0 .. d0 + 4·C` of `y = Σ_j p_j · v_j` (p and the rows of v: keys 0..p.len()),

@@ -824,7 +824,7 @@ pub(super) unsafe fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale
     let n = k.len() / hd;
     assert!(v.len() >= n * hd && y.len() == hd, "attention_row: shapes");
     let hd8 = hd - hd % 8;
-    let mut scores = vec![0f32; n.next_multiple_of(8)];
+    let mut scores = super::attention::take_scores(n.next_multiple_of(8));
     // Eight keys at a time: eight independent chains (one key's chain of adds alone is bound by
     // the add latency), and each query vector loaded once for the eight. Per key the same
     // operations in the same order as one at a time.
@@ -884,6 +884,7 @@ pub(super) unsafe fn attention_row<T: KvElem>(q: &[f32], k: &[T], v: &[T], scale
             y[d] += p * (*v.as_ptr().add(j * hd + d)).load();
         }
     }
+    super::attention::keep_scores(scores);
 }
 
 /// Dimensions `d0 .. d0 + 8·C` of `y = Σ_j p_j · v_j[d]` (keys `0..p.len()`), in j order,
