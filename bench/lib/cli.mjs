@@ -20,7 +20,8 @@ export const USAGE = `usage: phi2-bench (--model FILE | --synthetic f16|q8_0|q4_
 
 Measures @x/phi2 through its public SDK (loadModel(file, { threads, backend })): load time, time to
 first token, prefill tok/s, decode tok/s, peak RSS and the share of the memory-bandwidth ceiling
-(read bandwidth is measured first), optionally against node-llama-cpp and wllama in the same run.
+(read bandwidth is measured first, and again beside every run), optionally against node-llama-cpp and
+wllama in the same run.
 
 model
   --model FILE             a GGUF (or anything loadModel takes with --backend cpu)
@@ -330,6 +331,13 @@ export async function main(argv) {
     await readThrough(file);
   }
   const runs = Object.fromEntries(engines.map((e) => [e.id, []]));
+  // The bandwidth beside each native run: the same probe just before and just after it (in this
+  // process, so the run's peak RSS does not count the probe's buffer), the better of the two. On
+  // shared machines read bandwidth drifts over minutes (seen: 35 to 60 GB/s within one bench on a
+  // 2-core cloud VM), so a run's decode is also given as a share of what the machine streamed then.
+  const besideProbe = opts.bandwidth && opts.backend !== 'cuda'
+    ? async () => (await measureBandwidth({ threads: opts.threads, bufferBytes: opts.bandwidthMb * 2 ** 20 })).gbPerS
+    : null;
   for (let i = 0; i < opts.runs; i++) {
     for (const e of engines) {
       if (opts.load === 'cold' && model.sizeBytes) evictFromPageCache(file);
@@ -338,13 +346,15 @@ export async function main(argv) {
       if (e.id === 'phi2' && opts.kvCache !== 'f32') cfg.kvCache = opts.kvCache;
       if (e.id === 'transformers') cfg.shape = SHAPES[opts.shape];
       const t0 = performance.now();
+      const bwBefore = besideProbe ? await besideProbe() : null;
       const r = await runChild(cfg);
+      if (besideProbe) r.bandwidthBeside = Math.max(bwBefore, await besideProbe());
       r.residentBefore = residentBefore;
       r.loadState = residentBefore === null || !model.sizeBytes ? 'unknown' : residentBefore >= 0.9 * model.sizeBytes ? 'warm' : residentBefore <= 0.1 * model.sizeBytes ? 'cold' : 'partial';
       runs[e.id].push(r);
       log(r.error
         ? `run ${i + 1}/${opts.runs} ${e.label}: FAILED: ${r.error}`
-        : `run ${i + 1}/${opts.runs} ${e.label}: load ${(r.loadMs / 1000).toFixed(2)} s (${r.loadState}), ${r.prompts.map((p) => `prefill ${p.promptTokens} ${(p.promptTokens / p.promptMs * 1000).toFixed(1)} tok/s, decode ${((p.generated - 1) / p.generateMs * 1000).toFixed(2)} tok/s`).join('; ')}, peak RSS ${(r.peakRss / 1e9).toFixed(2)} GB (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+        : `run ${i + 1}/${opts.runs} ${e.label}: load ${(r.loadMs / 1000).toFixed(2)} s (${r.loadState}), ${r.prompts.map((p) => `prefill ${p.promptTokens} ${(p.promptTokens / p.promptMs * 1000).toFixed(1)} tok/s, decode ${((p.generated - 1) / p.generateMs * 1000).toFixed(2)} tok/s`).join('; ')}, peak RSS ${(r.peakRss / 1e9).toFixed(2)} GB${r.bandwidthBeside ? `, bandwidth beside ${r.bandwidthBeside.toFixed(1)} GB/s` : ''} (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
     }
   }
 

@@ -11,6 +11,7 @@ const stat = (xs) => (xs.length ? { median: median(xs), min: Math.min(...xs), ma
 /** Per-run metrics of one engine's run (native child or browser page). */
 function runMetrics(r, bytesPerToken, bwGbPerS, fileBytes) {
   const m = { load: r.loadMs / 1000 };
+  if (r.bandwidthBeside > 0) m.bwBeside = r.bandwidthBeside;
   if (r.peakRssAfterLoad) m.rssLoad = r.peakRssAfterLoad / 1e9;
   if (r.peakRss) m.rss = r.peakRss / 1e9;
   if (r.peakRss && fileBytes) m.rssFile = r.peakRss / fileBytes;
@@ -22,6 +23,7 @@ function runMetrics(r, bytesPerToken, bwGbPerS, fileBytes) {
     if (p.generated >= 2 && p.generateMs > 0) {
       m[`decode@${P}`] = ((p.generated - 1) / p.generateMs) * 1000;
       if (bytesPerToken && bwGbPerS) m[`share@${P}`] = (100 * m[`decode@${P}`] * bytesPerToken) / (bwGbPerS * 1e9);
+      if (bytesPerToken && r.bandwidthBeside > 0) m[`shareBeside@${P}`] = (100 * m[`decode@${P}`] * bytesPerToken) / (r.bandwidthBeside * 1e9);
     }
   }
   return m;
@@ -51,7 +53,10 @@ function metricRows(promptTokens, withShare, withRss) {
     rows.push([`ttft@${P}`, `time to first token, ${P}-token prompt, ms`, 'lower', 0]);
     rows.push([`prefill@${P}`, `prefill tok/s (${P} tokens)`, 'higher', 1]);
     rows.push([`decode@${P}`, `decode tok/s (after ${P})`, 'higher', 2]);
-    if (withShare) rows.push([`share@${P}`, `decode, % of bandwidth ceiling`, 'higher', 0]);
+    if (withShare) {
+      rows.push([`share@${P}`, `decode, % of bandwidth ceiling`, 'higher', 0]);
+      rows.push([`shareBeside@${P}`, `decode, % of the bandwidth beside its run`, 'higher', 0]);
+    }
   }
   if (withRss) {
     rows.push(['rssLoad', 'peak RSS when loaded, GB', 'lower', 2]);
@@ -59,6 +64,7 @@ function metricRows(promptTokens, withShare, withRss) {
     rows.push(['rssFile', 'peak RSS ÷ model file size', 'info', 2]);
   }
   rows.push(['huge', 'model file mapped on 2 MB pages, %', 'info', 0]);
+  if (withShare) rows.push(['bwBeside', 'memory read bandwidth beside the run, GB/s', 'info', 1]);
   return rows;
 }
 
@@ -75,7 +81,7 @@ function buildTable(summaries, promptTokens, withShare, withRss, spread) {
     const ratios = peers.map((p) => {
       const a = ours.stats[key]?.median;
       const b = p.stats[key]?.median;
-      if (!(a > 0 && b > 0) || key.startsWith('share@') || better === 'info') return '';
+      if (!(a > 0 && b > 0) || key.startsWith('share') || better === 'info') return '';
       return `${(better === 'higher' ? a / b : b / a).toFixed(2)}×`;
     });
     body.push([label, ...cells, ...ratios]);
@@ -132,6 +138,7 @@ const NOTES = [
   'time to first token = prefill: the engine\'s own clock from the call to the first sampled token (@x/phi2: timings.promptMs; node-llama-cpp: the first token out of evaluate(); wllama: timings.prompt_ms); prefill tok/s = prompt tokens / that time (includes one greedy sampling).',
   'decode tok/s = (generated − 1) / time from the first to the last token (each step: one forward pass of one token + sampling); end-of-text banned for @x/phi2 (logitBias), yielded and continued through for node-llama-cpp, ignore_eos for wllama, so every engine runs the same number of steps.',
   'peak RSS: getrusage maxRSS of the run\'s own process (Node and the SDK included), when the model is loaded (loadModel() resolved; node-llama-cpp: after createContext) and over the whole run (load + every generation: KV cache and activations too); ÷ model file size: the whole run\'s. The file is mapped, so its pages count once they are read. × columns: advantage of @x/phi2 (>1 = @x/phi2 faster or smaller).',
+  'bandwidth beside the run: the read-bandwidth probe of the header again just before and just after each run, the better of the two; "% of the bandwidth beside its run" divides that run\'s decode by it (the header\'s ceiling is one measurement before all runs, and shared machines drift over minutes).',
   'model file mapped on 2 MB pages (Linux): FilePmdMapped of the model file\'s mappings in the run\'s process (/proc/self/smaps) over the file size, after the generations. Weights stream faster from 2 MB pages; the page cache has them where the file was read in large pieces (--load warm evicts the file and reads it back in 8 MB reads, so both engines start from the same state), not where it was written or faulted in small pieces.',
 ];
 

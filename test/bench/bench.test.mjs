@@ -211,7 +211,13 @@ describe('end to end', () => {
     assert.ok(j.bandwidth.gbPerS > 0);
     assert.ok(j.model.bytesPerToken > 0);
     const [ours, llama] = j.summary.native;
-    for (const k of ['load', 'rssLoad', 'rss', 'rssFile', 'ttft@8', 'prefill@16', 'decode@16', 'share@16']) {
+    // Every native run has its own probe beside it, and its decode share against that probe.
+    for (const e of j.engines) for (const run of e.runs) assert.ok(run.bandwidthBeside > 0, `${e.id}: bandwidthBeside ${run.bandwidthBeside}`);
+    for (const s of j.summary.native) {
+      const per = j.engines.find((e) => e.label === s.label).runs.map((run) => (100 * (3 / run.prompts[1].generateMs) * 1000 * j.model.bytesPerToken) / (run.bandwidthBeside * 1e9));
+      assert.ok(Math.abs(s.stats['shareBeside@16'].median - (per[0] + per[1]) / 2) < 1e-9, `${s.label}: shareBeside@16`);
+    }
+    for (const k of ['load', 'rssLoad', 'rss', 'rssFile', 'ttft@8', 'prefill@16', 'decode@16', 'share@16', 'shareBeside@16', 'bwBeside']) {
       assert.ok(Number.isFinite(ours.stats[k].median), k);
       assert.equal(ours.stats[k].n, 2);
       assert.ok(ours.stats[k].min <= ours.stats[k].median && ours.stats[k].median <= ours.stats[k].max);
@@ -237,6 +243,8 @@ describe('end to end', () => {
     assert.match(r.stdout, /peak RSS when loaded, GB/);
     assert.match(r.stdout, /peak RSS GB/);
     assert.match(r.stdout, /peak RSS ÷ model file size/);
+    assert.match(r.stdout, /decode, % of the bandwidth beside its run/);
+    assert.match(r.stdout, /memory read bandwidth beside the run, GB\/s/);
     const first = readFileSync(results, 'utf8');
     assert.match(first, /^# phi2-bench results/);
     assert.equal(first.match(/<!-- phi2-bench:/g).length, 1);
