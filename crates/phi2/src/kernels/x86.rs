@@ -997,7 +997,11 @@ pub(super) unsafe fn exp_scores(scores: &mut [f32]) -> f32 {
 /// probe (32 heads × 250 positions of f32, the caches evicted between calls) attention read
 /// 10–12 GB/s on two threads and 7–12 on one, where a plain sum over the same rows read ~13 on
 /// one: short runs on 4 KB pages are most of it (on 2 MB pages ~10% more, see the cache's note
-/// in `model.rs`).
+/// in `model.rs`). On the Zen 4 VM of 2026-12-04 (`attention_bench --threads 2`, f32, 2048
+/// reserved) attention read its cache at 39–42 GB/s, the probe's bandwidth there; asking for the
+/// values' lines along with the keys' (both streams in flight during the key pass) was slower,
+/// alternating binaries: 128 positions 2.01–2.11 → 2.19–2.60 ms, 512 positions 8.27–8.60 →
+/// 9.67–10.08 ms.
 const ATTN_PREFETCH: usize = 2048;
 
 /// Prefetches the lines of `x[from..from + len]` that lie inside `x`.
