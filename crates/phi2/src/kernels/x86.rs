@@ -703,6 +703,15 @@ const FLOAT_PREFETCH_L2_BYTES: usize = 2048;
 /// 21.5-21.7; 2 KB without running on into the next rows 20.4-20.7; with L1 prefetches 128 B
 /// to 1 KB ahead as well, no better); 4 and 8 rows with them 19.8-20.8. A multiply and an add
 /// instead of the FMA (the products are exact: the same bits) measured the same.
+///
+/// Tried and not kept, on the AMD EPYC (Zen 4) VM of 2026-12-04: 4 or 8 rows at a time for the
+/// AVX512-VNNI set. Each row's sum is one chain of dependent FMAs (the definition fixes its
+/// order), so two rows cap a core at ~35 GB/s of F16 weights from cache (`kernel_bench --threads
+/// 1 --tokens 1 --types f16 --shape 192x2560`: 34–38 GB/s). `stream_bench` (Phi-2-shaped F16,
+/// 2 threads, rounds alternating 2 / 4 / 8 rows, median ms): while the VM's probe read ~60 GB/s,
+/// 2 rows 123–138, 4 rows 94–101, 8 rows 89–104; while it read 40–47 GB/s, as it mostly does,
+/// 2 rows 132–140, 4 rows 132–160, 8 rows 139–153. More rows win only where two cores can
+/// stream more than ~70 GB/s.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_float_one<const BF: bool>(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     let mut r0 = rows.start;
