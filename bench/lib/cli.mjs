@@ -333,22 +333,32 @@ export async function main(argv) {
   const runs = Object.fromEntries(engines.map((e) => [e.id, []]));
   // The bandwidth beside each native run: the same probe just before and just after it (in this
   // process, so the run's peak RSS does not count the probe's buffer), the better of the two. On
-  // shared machines read bandwidth drifts over minutes (seen: 35 to 60 GB/s within one bench on a
+  // shared machines read bandwidth drifts over minutes (seen: 35 to 65 GB/s within one bench on a
   // 2-core cloud VM), so a run's decode is also given as a share of what the machine streamed then.
+  // A probe that fails (no memory for its buffer) gives no reading; the runs go on.
   const besideProbe = opts.bandwidth && opts.backend !== 'cuda'
-    ? async () => (await measureBandwidth({ threads: opts.threads, bufferBytes: opts.bandwidthMb * 2 ** 20 })).gbPerS
+    ? async () => {
+      try {
+        return (await measureBandwidth({ threads: opts.threads, bufferBytes: opts.bandwidthMb * 2 ** 20 })).gbPerS;
+      } catch (e) {
+        log(`bandwidth probe beside the run failed: ${e?.message ?? e}`);
+        return null;
+      }
+    }
     : null;
   for (let i = 0; i < opts.runs; i++) {
     for (const e of engines) {
+      // Before the page-cache state is taken (the probe's buffer may push file pages out).
+      const bwBefore = besideProbe ? await besideProbe() : null;
       if (opts.load === 'cold' && model.sizeBytes) evictFromPageCache(file);
       const residentBefore = model.sizeBytes ? pageCacheResident(file) : null;
       const cfg = { engine: e.id, model: file, threads: opts.threads, backend: opts.backend, promptTokens: opts.promptTokens, genTokens: opts.genTokens, warmup: opts.warmup };
       if (e.id === 'phi2' && opts.kvCache !== 'f32') cfg.kvCache = opts.kvCache;
       if (e.id === 'transformers') cfg.shape = SHAPES[opts.shape];
       const t0 = performance.now();
-      const bwBefore = besideProbe ? await besideProbe() : null;
       const r = await runChild(cfg);
-      if (besideProbe) r.bandwidthBeside = Math.max(bwBefore, await besideProbe());
+      const beside = besideProbe ? [bwBefore, await besideProbe()].filter((b) => b > 0) : [];
+      if (beside.length) r.bandwidthBeside = Math.max(...beside);
       r.residentBefore = residentBefore;
       r.loadState = residentBefore === null || !model.sizeBytes ? 'unknown' : residentBefore >= 0.9 * model.sizeBytes ? 'warm' : residentBefore <= 0.1 * model.sizeBytes ? 'cold' : 'partial';
       runs[e.id].push(r);

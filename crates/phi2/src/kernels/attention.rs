@@ -143,10 +143,10 @@ thread_local! {
 }
 
 thread_local! {
-    /// A row's scores (one per key: at most the context length, twice that for
+    /// A row's scores (one per key: at most the context length; 2n + 1 for the two rows of
     /// [`super::avx512::attention_rows2`]), kept by each thread from row to row: the pool's workers
     /// live as long as the process, so a row allocates nothing once its thread has seen the
-    /// longest context (8 KB for Phi-2's 2048 positions).
+    /// longest context (8 KB for one row at Phi-2's 2048 positions, ~16 KB for two).
     static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
