@@ -183,7 +183,10 @@ export function renderText(report, { markdown = false } = {}) {
   }
   if (problems.length) out.push('', ...problems.map((p) => (markdown ? `- ${p}` : `! ${p}`)));
   out.push('');
-  out.push(...NOTES.map((n) => (markdown ? `- ${n}` : `  ${n}`)));
+  // The note on the beside-run bandwidth only where a run has one (not with --no-bandwidth, cuda).
+  const beside = native.some((s) => s.stats.bwBeside);
+  const notes = NOTES.filter((n) => beside || !n.startsWith('bandwidth beside the run'));
+  out.push(...notes.map((n) => (markdown ? `- ${n}` : `  ${n}`)));
   return out.join('\n');
 }
 

@@ -265,6 +265,8 @@ describe('end to end', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /\| metric \| @x\/phi2 wasm \|/);
     assert.match(r.stdout, /\| decode tok\/s \(after 8\) \| [\d.]+ \|/);
+    // --no-bandwidth: no probe beside the runs, so neither its rows nor its note.
+    assert.doesNotMatch(r.stdout, /beside/);
   });
 
   test('--kv-cache f16 reaches the engine and names the run', () => {

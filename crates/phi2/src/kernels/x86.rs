@@ -705,8 +705,8 @@ const FLOAT_PREFETCH_L2_BYTES: usize = 2048;
 /// instead of the FMA (the products are exact: the same bits) measured the same.
 ///
 /// Tried and not kept, on the AMD EPYC (Zen 4) VM of 2026-12-04 (where the AVX512-VNNI set is
-/// chosen; this AVX2 kernel serves it too): 4 or 8 rows at a time. Each row's sum is one chain of dependent FMAs (the definition fixes its
-/// order), so two rows cap a core at ~35 GB/s of F16 weights from cache (`kernel_bench --threads
+/// chosen; this AVX2 kernel serves it too): 4 or 8 rows at a time. Each row's sum is one chain
+/// of dependent FMAs (the definition fixes its order), so two rows cap a core at ~35 GB/s of F16 weights from cache (`kernel_bench --threads
 /// 1 --tokens 1 --types f16 --shape 192x2560`: 34–38 GB/s). `stream_bench` (Phi-2-shaped F16,
 /// 2 threads, rounds alternating 2 / 4 / 8 rows, median ms): while the VM's probe read ~60 GB/s,
 /// 2 rows 123–138, 4 rows 94–101, 8 rows 89–104; while it read 40–47 GB/s, as it mostly does,
