@@ -121,7 +121,7 @@ function describe(report) {
   const m = report.machine;
   const o = report.options;
   const lines = [];
-  lines.push(`machine: ${m.cpu}, ${m.cores} cores, ${(m.ramBytes / 2 ** 30).toFixed(1)} GiB RAM, ${m.os}, Node ${m.node}${m.gitCommit ? `, checkout ${m.gitCommit}` : ''}`);
+  lines.push(`machine: ${m.cpu}${m.cpuId ? ` (${describeCpuId(m.cpuId)})` : ''}, ${m.cores} cores, ${(m.ramBytes / 2 ** 30).toFixed(1)} GiB RAM, ${m.os}, Node ${m.node}${m.gitCommit ? `, checkout ${m.gitCommit}` : ''}`);
   if (report.bandwidth) {
     lines.push(`memory read bandwidth: ${report.bandwidth.gbPerS.toFixed(2)} GB/s with ${report.bandwidth.threads} thread(s)${report.bandwidth.allCoresGbPerS ? `, ${report.bandwidth.allCoresGbPerS.toFixed(2)} GB/s with all ${m.cores} cores` : ''} (${report.bandwidth.method})`);
   }
@@ -202,31 +202,81 @@ export function printReport(report, format) {
 const HEADER = `# phi2-bench results
 
 Written by \`phi2-bench --write-results\`, never by hand. One section per configuration (model,
-backend, threads, peers, prompt and generation sizes) and CPU model; a new run of the same
-configuration on the same CPU model replaces its section. Every number in a section comes from
-the one run it names.
+backend, threads, peers, prompt and generation sizes) and CPU; a new run of the same
+configuration on the same CPU replaces its section. The CPU is its model string and, where Linux
+tells it, its x86 family and model (or Arm implementer and part): cloud VMs give one model string,
+such as "AMD EPYC", to several generations. Sections written before the tool recorded family and
+model (up to 2026-12-04 04:30 UTC) name the model string only. Every number in a section comes
+from the one run it names.
 `;
 
 /**
- * The CPU model as one word of a section key: "Intel(R) Xeon(R) Processor" → "intel-xeon-processor",
- * "AMD EPYC" → "amd-epyc". Speed differs by CPU, so each CPU model keeps its own sections.
+ * What names a CPU beyond its model string, from Linux's /proc/cpuinfo text (first processor):
+ * x86 vendor, family, model and stepping, or the Arm implementer and part; and the instruction
+ * set extensions the engine's kernels (and V8's wasm code) choose between. Null when the text has
+ * none of those. Cloud VMs often report a bare "AMD EPYC" or "Intel(R) Xeon(R) Processor" for
+ * different generations (this project's "AMD EPYC" VMs had no AVX-VNNI on one day and were x86
+ * family 26, Zen 5, with it on another), and speed differs between them.
  */
-export function cpuTag(cpu) {
-  const slug = String(cpu ?? '').toLowerCase().replace(/\((r|tm)\)/g, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
-  return slug || 'unknown-cpu';
+export function parseCpuinfo(text) {
+  const first = String(text ?? '').split(/\n\s*\n/)[0];
+  const field = (name) => {
+    const m = first.match(new RegExp(`^${name}\\s*:\\s*(.*)$`, 'm'));
+    return m ? m[1].trim() : null;
+  };
+  const family = field('cpu family');
+  const model = field('model');
+  const implementer = field('CPU implementer');
+  const part = field('CPU part');
+  const flags = new Set((field('flags') ?? field('Features') ?? '').split(/\s+/).filter(Boolean));
+  const isa = CPU_FEATURES.filter((f) => flags.has(f));
+  if (family !== null && /^\d+$/.test(family) && model !== null && /^\d+$/.test(model)) {
+    const stepping = field('stepping');
+    return { arch: 'x86', vendor: field('vendor_id'), family: Number(family), model: Number(model), stepping: stepping !== null && /^\d+$/.test(stepping) ? Number(stepping) : null, isa };
+  }
+  if (implementer && part) return { arch: 'arm', implementer, part, isa };
+  return null;
+}
+
+/** The extensions worth naming (x86 /proc/cpuinfo flags, Arm Features), in this order. */
+const CPU_FEATURES = ['avx2', 'fma', 'f16c', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16', 'avx_vnni', 'amx_int8', 'amx_bf16', 'asimd', 'asimddp', 'i8mm', 'sve'];
+
+/** `cpuId` in words: "x86 family 26 model 2 stepping 1; avx2 fma … avx_vnni". */
+export function describeCpuId(id) {
+  if (!id) return null;
+  const what = id.arch === 'x86' ? `x86 family ${id.family} model ${id.model}${id.stepping !== null ? ` stepping ${id.stepping}` : ''}` : `Arm implementer ${id.implementer} part ${id.part}`;
+  return id.isa.length ? `${what}; ${id.isa.join(' ')}` : what;
+}
+
+/**
+ * The CPU as one word of a section key: its model string ("Intel(R) Xeon(R) Processor" →
+ * "intel-xeon-processor", "AMD EPYC" → "amd-epyc"), then, where known ([`parseCpuinfo`]), x86
+ * family and model ("amd-epyc-f26m2") or Arm implementer and part ("…-0x41p0xd0c"), so that a
+ * run on another generation behind the same model string gets its own section instead of
+ * replacing that one's.
+ */
+export function cpuTag(cpu, id) {
+  const slug = String(cpu ?? '').toLowerCase().replace(/\((r|tm)\)/g, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '') || 'unknown-cpu';
+  if (id?.arch === 'x86') return `${slug}-f${id.family}m${id.model}`;
+  if (id?.arch === 'arm') return `${slug}-${id.implementer}p${id.part}`.toLowerCase();
+  return slug;
+}
+
+function cpuShort(id) {
+  return id.arch === 'x86' ? `family ${id.family} model ${id.model}` : `${id.implementer} part ${id.part}`;
 }
 
 export function resultsKey(report) {
   const o = report.options;
   const kv = o.kvCache && o.kvCache !== 'f32' ? [`kv-${o.kvCache}`] : [];
-  return [report.model.synthetic ? `synthetic-${report.model.synthetic}` : report.model.name, o.backend, ...kv, `t${o.threads}`, `p${o.promptTokens.join('+')}`, `g${o.genTokens}`, ...o.compare, `on-${cpuTag(report.machine?.cpu)}`].join(' ');
+  return [report.model.synthetic ? `synthetic-${report.model.synthetic}` : report.model.name, o.backend, ...kv, `t${o.threads}`, `p${o.promptTokens.join('+')}`, `g${o.genTokens}`, ...o.compare, `on-${cpuTag(report.machine?.cpu, report.machine?.cpuId)}`].join(' ');
 }
 
 export function writeResults(report, file) {
   const key = resultsKey(report);
   const m = report.model;
   const section = [
-    `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}${report.options.kvCache === 'f16' ? ', f16 KV cache' : ''}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}, on ${report.machine?.cpu ?? 'an unknown CPU'}`,
+    `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}${report.options.kvCache === 'f16' ? ', f16 KV cache' : ''}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}, on ${report.machine?.cpu ?? 'an unknown CPU'}${report.machine?.cpuId ? ` (${cpuShort(report.machine.cpuId)})` : ''}`,
     '',
     `- date: ${report.date}`,
     `- command: \`${report.command}\``,
@@ -246,6 +296,9 @@ export function writeSection(file, key, body) {
   const endTag = `<!-- /phi2-bench:${key} -->`;
   const section = `${startTag}\n${body}\n${endTag}`;
   let text = existsSync(file) ? readFileSync(file, 'utf8') : HEADER;
+  // The header (all before the first section) is always this tool's current one.
+  const first = text.indexOf('<!-- phi2-bench:');
+  if (text.startsWith('# phi2-bench results') && first >= 0) text = `${HEADER}\n${text.slice(first)}`;
   const start = text.indexOf(startTag);
   const end = text.indexOf(endTag);
   if (start >= 0 && end > start) text = text.slice(0, start) + section + text.slice(end + endTag.length);

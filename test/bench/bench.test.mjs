@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { readGgufInfo, decodeBytesPerToken } from '../../bench/lib/gguf-info.mjs';
 import { bytesPerToken, ensureSynthetic, f16bits, syntheticSize, tensorPlan, useMoreBits } from '../../bench/lib/synthetic.mjs';
 import { measureBandwidth } from '../../bench/lib/bandwidth.mjs';
-import { cpuTag } from '../../bench/lib/report.mjs';
+import { cpuTag, describeCpuId, parseCpuinfo, writeSection } from '../../bench/lib/report.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = path.join(root, 'bench/bin/phi2-bench.mjs');
@@ -176,6 +176,37 @@ test('results sections are keyed by CPU model', () => {
   assert.equal(cpuTag(undefined), 'unknown-cpu');
 });
 
+test('the CPU is told apart by x86 family and model or Arm part, from /proc/cpuinfo', () => {
+  const x86 = ['processor\t: 0', 'vendor_id\t: AuthenticAMD', 'cpu family\t: 26', 'model\t\t: 2', 'model name\t: AMD EPYC', 'stepping\t: 1',
+    'flags\t\t: fpu sse2 avx2 fma f16c avx512f avx512_vnni avx_vnni', '', 'processor\t: 1', 'cpu family\t: 25', 'model\t\t: 17', ''].join('\n');
+  const id = parseCpuinfo(x86);
+  assert.deepEqual(id, { arch: 'x86', vendor: 'AuthenticAMD', family: 26, model: 2, stepping: 1, isa: ['avx2', 'fma', 'f16c', 'avx512f', 'avx512_vnni', 'avx_vnni'] });
+  assert.equal(describeCpuId(id), 'x86 family 26 model 2 stepping 1; avx2 fma f16c avx512f avx512_vnni avx_vnni');
+  assert.equal(cpuTag('AMD EPYC', id), 'amd-epyc-f26m2');
+  // The same model string, another generation: another section.
+  assert.equal(cpuTag('AMD EPYC', parseCpuinfo(x86.replace('cpu family\t: 26', 'cpu family\t: 25').replace('model\t\t: 2', 'model\t\t: 17'))), 'amd-epyc-f25m17');
+  const arm = parseCpuinfo('processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n');
+  assert.deepEqual(arm, { arch: 'arm', implementer: '0x41', part: '0xd0c', isa: ['asimd', 'asimddp', 'i8mm'] });
+  assert.equal(cpuTag('Neoverse-N1', arm), 'neoverse-n1-0x41p0xd0c');
+  assert.equal(parseCpuinfo(''), null);
+  assert.equal(parseCpuinfo(undefined), null);
+  assert.equal(cpuTag('AMD EPYC', null), 'amd-epyc');
+});
+
+test('a results file keeps its sections and gets the current header', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'phi2-results-'));
+  const file = path.join(dir, 'RESULTS.md');
+  writeFileSync(file, '# phi2-bench results\n\nAn old header.\n\n<!-- phi2-bench:a -->\nold a\n<!-- /phi2-bench:a -->\n');
+  writeSection(file, 'b', 'new b');
+  const text = readFileSync(file, 'utf8');
+  assert.doesNotMatch(text, /An old header/);
+  assert.match(text, /^# phi2-bench results\n\nWritten by `phi2-bench --write-results`/);
+  assert.match(text, /x86 family and model/);
+  assert.match(text, /<!-- phi2-bench:a -->\nold a\n<!-- \/phi2-bench:a -->/);
+  assert.match(text, /<!-- phi2-bench:b -->\nnew b\n<!-- \/phi2-bench:b -->/);
+  rmSync(dir, { recursive: true, force: true });
+});
+
 test('bandwidth probe returns a positive, finite rate', async () => {
   const b = await measureBandwidth({ threads: 2, bufferBytes: 64 << 20, passes: 2 });
   assert.ok(Number.isFinite(b.gbPerS) && b.gbPerS > 0);
@@ -281,7 +312,8 @@ describe('end to end', () => {
     const text = readFileSync(results, 'utf8');
     // Sections are kept per CPU model: the key and the heading name the one the report names.
     assert.ok(j.machine.cpu, 'the report names its CPU');
-    const tag = cpuTag(j.machine.cpu);
+    const tag = cpuTag(j.machine.cpu, j.machine.cpuId);
+    if (process.platform === 'linux' && process.arch === 'x64') assert.match(tag, /-f\d+m\d+$/, 'on Linux x86 the key names family and model');
     assert.ok(text.includes(`<!-- phi2-bench:tiny-q8_0.gguf cpu kv-f16 t1 p8 g3 on-${tag} -->`), `the section key ends in on-${tag}`);
     assert.match(text, /## tiny-q8_0.gguf, cpu, f16 KV cache, 1 threads, on \S/);
     assert.match(text, /KV cache: f16 for @x\/phi2/);
