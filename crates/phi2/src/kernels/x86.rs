@@ -711,7 +711,14 @@ const FLOAT_PREFETCH_L2_BYTES: usize = 2048;
 /// 2 threads, rounds alternating 2 / 4 / 8 rows, median ms): while the VM's probe read ~60 GB/s,
 /// 2 rows 123–138, 4 rows 94–101, 8 rows 89–104; while it read 40–47 GB/s, as it mostly does,
 /// 2 rows 132–140, 4 rows 132–160, 8 rows 139–153. More rows win only where two cores can
-/// stream more than ~70 GB/s.
+/// stream more than ~70 GB/s. Also not kept, on an AMD EPYC of x86 family 26 (Zen 5, 2-cycle
+/// vector adds), 2026-12-04: a multiply and an add instead of the FMA (the same bits), alone or
+/// with 4 rows. From cache they are faster (`kernel_bench --threads 1 --tokens 1 --types f16
+/// --shape 192x2560`: FMA 31–33 GB/s, multiply + add 41–49, 4 rows 49–55, both 55–61); from
+/// memory, modes alternating pass by pass in one process (`stream_bench`, Phi-2-shaped F16, 2
+/// threads, probe 35–47 GB/s, median ms), they are slower: FMA 144 / 160 / 142 / 133, multiply +
+/// add 150 / 154 / 146 / 138, 4 rows 152 / 158 / 150 / 139 (presumably two uops per group instead
+/// of one leave fewer weight loads in flight within the same reorder window).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_float_one<const BF: bool>(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     let mut r0 = rows.start;
