@@ -718,7 +718,12 @@ const FLOAT_PREFETCH_L2_BYTES: usize = 2048;
 /// memory, modes alternating pass by pass in one process (`stream_bench`, Phi-2-shaped F16, 2
 /// threads, probe 35–47 GB/s, median ms), they are slower: FMA 144 / 160 / 142 / 133, multiply +
 /// add 150 / 154 / 146 / 138, 4 rows 152 / 158 / 150 / 139 (presumably two uops per group instead
-/// of one leave fewer weight loads in flight within the same reorder window).
+/// of one leave fewer weight loads in flight within the same reorder window). Nor two rows in one
+/// 512-bit register (row A's 8 lanes low, row B's high; the same bits, one FMA per group for
+/// both): the same from cache (`--shape 384x1280`: 33–34 against 35–36 GB/s), from memory within
+/// noise (`stream_bench` as above, median ms against the FMA's: 135 / 135 / 142 / 140 / 143
+/// against 140 / 138 / 140 / 148 / 143), and 4 or 8 rows so (two or four registers) slower
+/// there (145, 149).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_float_one<const BF: bool>(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     let mut r0 = rows.start;
