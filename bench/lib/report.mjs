@@ -199,15 +199,18 @@ export function printReport(report, format) {
   }
 }
 
-const HEADER = `# phi2-bench results
+const HEADER_START = '# phi2-bench results\n\nWritten by `phi2-bench --write-results`';
 
-Written by \`phi2-bench --write-results\`, never by hand. One section per configuration (model,
-backend, threads, peers, prompt and generation sizes) and CPU; a new run of the same
-configuration on the same CPU replaces its section. The CPU is its model string and, where Linux
-tells it, its x86 family and model (or Arm implementer and part): cloud VMs give one model string,
-such as "AMD EPYC", to several generations. Sections written before the tool recorded family and
-model (up to 2026-12-04 04:30 UTC) name the model string only. Every number in a section comes
-from the one run it names.
+const HEADER = `${HEADER_START}, \`bench/serve-load.mjs\` and \`bench/speculative.mjs\`
+(\`--write-results\`), never by hand. Every number in a section comes from the one run it names.
+phi2-bench keeps one section per configuration (model, backend, threads, peers, prompt and
+generation sizes) and CPU, and a new run of the same configuration on the same CPU replaces its
+section; the other two writers key theirs by configuration only. The CPU is its model string and,
+where Linux tells it, its x86 family and model (or Arm implementer and part), since cloud VMs give
+one model string, such as "AMD EPYC", to several generations; the machine line also lists the
+instruction set extensions the CPU reports (a hypervisor may hide some, which the key does not
+tell apart). Sections whose heading names no family or model come from an older phi2-bench, and
+no new run replaces them.
 `;
 
 /**
@@ -221,7 +224,7 @@ from the one run it names.
 export function parseCpuinfo(text) {
   const first = String(text ?? '').split(/\n\s*\n/)[0];
   const field = (name) => {
-    const m = first.match(new RegExp(`^${name}\\s*:\\s*(.*)$`, 'm'));
+    const m = first.match(new RegExp(`^${name}[ \\t]*:[ \\t]*(.*)$`, 'm'));
     return m ? m[1].trim() : null;
   };
   const family = field('cpu family');
@@ -263,7 +266,7 @@ export function cpuTag(cpu, id) {
 }
 
 function cpuShort(id) {
-  return id.arch === 'x86' ? `family ${id.family} model ${id.model}` : `${id.implementer} part ${id.part}`;
+  return id.arch === 'x86' ? `family ${id.family} model ${id.model}` : `implementer ${id.implementer} part ${id.part}`;
 }
 
 export function resultsKey(report) {
@@ -289,16 +292,18 @@ export function writeResults(report, file) {
 /**
  * Puts `body` into the results file as the section named `key` (between `<!-- phi2-bench:KEY -->`
  * markers): replaces that section if present, appends it otherwise; the file is replaced
- * atomically. Every results writer (phi2-bench, bench/serve-load.mjs) goes through here.
+ * atomically. Every results writer (phi2-bench, bench/serve-load.mjs, bench/speculative.mjs) goes
+ * through here.
  */
 export function writeSection(file, key, body) {
   const startTag = `<!-- phi2-bench:${key} -->`;
   const endTag = `<!-- /phi2-bench:${key} -->`;
   const section = `${startTag}\n${body}\n${endTag}`;
   let text = existsSync(file) ? readFileSync(file, 'utf8') : HEADER;
-  // The header (all before the first section) is always this tool's current one.
+  // A header this tool wrote (all before the first section) becomes its current one; any other
+  // text before the first section is the user's and stays.
   const first = text.indexOf('<!-- phi2-bench:');
-  if (text.startsWith('# phi2-bench results') && first >= 0) text = `${HEADER}\n${text.slice(first)}`;
+  if (text.startsWith(HEADER_START) && first >= 0) text = `${HEADER}\n${text.slice(first)}`;
   const start = text.indexOf(startTag);
   const end = text.indexOf(endTag);
   if (start >= 0 && end > start) text = text.slice(0, start) + section + text.slice(end + endTag.length);

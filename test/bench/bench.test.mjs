@@ -188,22 +188,32 @@ test('the CPU is told apart by x86 family and model or Arm part, from /proc/cpui
   const arm = parseCpuinfo('processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n');
   assert.deepEqual(arm, { arch: 'arm', implementer: '0x41', part: '0xd0c', isa: ['asimd', 'asimddp', 'i8mm'] });
   assert.equal(cpuTag('Neoverse-N1', arm), 'neoverse-n1-0x41p0xd0c');
+  // An empty field is empty, not the next line's value.
+  assert.deepEqual(parseCpuinfo(x86.replace(/^flags.*$/m, 'flags\t\t:\nbugs\t\t: avx2 spectre_v1')).isa, []);
   assert.equal(parseCpuinfo(''), null);
   assert.equal(parseCpuinfo(undefined), null);
   assert.equal(cpuTag('AMD EPYC', null), 'amd-epyc');
 });
 
-test('a results file keeps its sections and gets the current header', () => {
+test('a results file keeps its sections and its own text, and a header the tool wrote becomes the current one', () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'phi2-results-'));
   const file = path.join(dir, 'RESULTS.md');
-  writeFileSync(file, '# phi2-bench results\n\nAn old header.\n\n<!-- phi2-bench:a -->\nold a\n<!-- /phi2-bench:a -->\n');
+  const old = '# phi2-bench results\n\nWritten by `phi2-bench --write-results`, never by hand. An old header.\n\n';
+  writeFileSync(file, `${old}<!-- phi2-bench:a -->\nold a\n<!-- /phi2-bench:a -->\n`);
   writeSection(file, 'b', 'new b');
-  const text = readFileSync(file, 'utf8');
+  let text = readFileSync(file, 'utf8');
   assert.doesNotMatch(text, /An old header/);
   assert.match(text, /^# phi2-bench results\n\nWritten by `phi2-bench --write-results`/);
   assert.match(text, /x86 family and model/);
   assert.match(text, /<!-- phi2-bench:a -->\nold a\n<!-- \/phi2-bench:a -->/);
   assert.match(text, /<!-- phi2-bench:b -->\nnew b\n<!-- \/phi2-bench:b -->/);
+  // Text before the first section that the tool did not write is the user's: it stays.
+  const mine = '# phi2-bench results (serve runs, my laptop)\n\nNotes: mine.\n\n';
+  writeFileSync(file, `${mine}<!-- phi2-bench:a -->\nold a\n<!-- /phi2-bench:a -->\n`);
+  writeSection(file, 'a', 'new a');
+  text = readFileSync(file, 'utf8');
+  assert.ok(text.startsWith(mine), text);
+  assert.match(text, /<!-- phi2-bench:a -->\nnew a\n<!-- \/phi2-bench:a -->/);
   rmSync(dir, { recursive: true, force: true });
 });
 

@@ -704,7 +704,7 @@ const FLOAT_PREFETCH_L2_BYTES: usize = 2048;
 /// to 1 KB ahead as well, no better); 4 and 8 rows with them 19.8-20.8. A multiply and an add
 /// instead of the FMA (the products are exact: the same bits) measured the same.
 ///
-/// Tried and not kept, on the AMD EPYC (Zen 4) VM of 2026-12-04 (where the AVX512-VNNI set is
+/// Tried and not kept, on the AMD EPYC VM of 2026-12-04, x86 family not recorded (where the AVX512-VNNI set is
 /// chosen; this AVX2 kernel serves it too): 4 or 8 rows at a time. Each row's sum is one chain
 /// of dependent FMAs (the definition fixes its order), so two rows cap a core at ~35 GB/s of F16 weights from cache (`kernel_bench --threads
 /// 1 --tokens 1 --types f16 --shape 192x2560`: 34–38 GB/s). `stream_bench` (Phi-2-shaped F16,
@@ -716,14 +716,15 @@ const FLOAT_PREFETCH_L2_BYTES: usize = 2048;
 /// with 4 rows. From cache they are faster (`kernel_bench --threads 1 --tokens 1 --types f16
 /// --shape 192x2560`: FMA 31–33 GB/s, multiply + add 41–49, 4 rows 49–55, both 55–61); from
 /// memory, modes alternating pass by pass in one process (`stream_bench`, Phi-2-shaped F16, 2
-/// threads, probe 35–47 GB/s, median ms), they are slower: FMA 144 / 160 / 142 / 133, multiply +
-/// add 150 / 154 / 146 / 138, 4 rows 152 / 158 / 150 / 139 (presumably two uops per group instead
+/// threads, probe 35–47 GB/s, median ms), they are slower in 3 of 4 rounds, by 3–6%: FMA 144 / 160 /
+/// 142 / 133, multiply + add 150 / 154 / 146 / 138, 4 rows 152 / 158 / 150 / 139 (presumably two uops per group instead
 /// of one leave fewer weight loads in flight within the same reorder window). Nor two rows in one
 /// 512-bit register (row A's 8 lanes low, row B's high; the same bits, one FMA per group for
-/// both): the same from cache (`--shape 384x1280`: 33–34 against 35–36 GB/s), from memory within
-/// noise (`stream_bench` as above, median ms against the FMA's: 135 / 135 / 142 / 140 / 143
+/// both): the same from cache (`--shape 384x1280`: 33–34 against 35–36 GB/s), from memory 2% faster
+/// on average, faster in 3 of 5 rounds (`stream_bench` as above, median ms against the FMA's: 135 / 135 / 142 / 140 / 143
 /// against 140 / 138 / 140 / 148 / 143), and 4 or 8 rows so (two or four registers) slower
-/// there (145, 149).
+/// there (145, 149): too small and too uncertain a gain for a second kernel (and its BF16 twin)
+/// measured on one CPU.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows_float_one<const BF: bool>(w: &WeightRef, act: &Activations, rows: Range<usize>, out: OutPtr) {
     let mut r0 = rows.start;
@@ -1018,7 +1019,7 @@ pub(super) unsafe fn exp_scores(scores: &mut [f32]) -> f32 {
 /// probe (32 heads × 250 positions of f32, the caches evicted between calls) attention read
 /// 10–12 GB/s on two threads and 7–12 on one, where a plain sum over the same rows read ~13 on
 /// one: short runs on 4 KB pages are most of it (on 2 MB pages ~10% more, see the cache's note
-/// in `model.rs`). On the Zen 4 VM of 2026-12-04 (`attention_bench --threads 2`, f32, 2048
+/// in `model.rs`). On the AMD EPYC VM of 2026-12-04 (family not recorded; `attention_bench --threads 2`, f32, 2048
 /// reserved) attention read its cache at 39–42 GB/s, the probe's bandwidth there; asking for the
 /// values' lines along with the keys' (both streams in flight during the key pass) was slower,
 /// alternating binaries: 128 positions 2.01–2.11 → 2.19–2.60 ms, 512 positions 8.27–8.60 →
