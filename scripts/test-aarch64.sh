@@ -92,5 +92,5 @@ node_arm64=$(scripts/setup-aarch64.sh --node)
 [ -f bindings/node/npm/linux-x64-gnu/phi2.linux-x64-gnu.node ] ||
   { say "the host addon is missing: npm run build -w @x/phi2-native"; exit 1; }
 started=$SECONDS
-PHI2_ARM64_NODE="$node_arm64" PHI2_ARM64_ADDON="$PWD/$addon" node --test --test-concurrency=1 test/aarch64/
+PHI2_ARM64_NODE="$node_arm64" PHI2_ARM64_ADDON="$PWD/$addon" node --test --test-concurrency=1 test/aarch64/*.test.mjs
 say "addon tests: $((SECONDS - started)) s"

@@ -1,7 +1,7 @@
 // phi2-bench (bench/): flags, the synthetic GGUF writer (llama.cpp's type mix, sizes, caching; the
 // files load in @x/phi2 and in node-llama-cpp), and end-to-end runs on tiny models. No timed
 // assertions: only that every number is measured, finite and reported.
-//   PHI2_FIXTURES=$PWD/test/fixtures/gen node --test test/bench/
+//   PHI2_FIXTURES=$PWD/test/fixtures/gen node --test test/bench/*.test.mjs
 // Needs: the native addon and the SDK built (npm run build -w @x/phi2), the fixtures, and for the
 // wasm run the wasm engines (scripts/build-wasm.sh).
 import assert from 'node:assert/strict';

@@ -1,7 +1,7 @@
 // The wasm32 (+SIMD128, single-threaded) build of the engine, loaded in Node from
 // bindings/wasm/pkg (scripts/build-wasm.sh), against the native engine's `generate` example:
 // same greedy (and seeded sampled) tokens and log-probs, models loaded from bytes.
-//   scripts/setup-wasm.sh && scripts/build-wasm.sh && node --test test/wasm/
+//   scripts/setup-wasm.sh && scripts/build-wasm.sh && node --test test/wasm/*.test.mjs
 //
 // The engine pins candle's x86 kernels to its AVX2 level (crates/phi2/src/model.rs,
 // pin_cpu_kernels): on AVX-512 VNNI CPUs candle 0.11 would otherwise send Q8_0 matmuls through

@@ -2,7 +2,8 @@
 // SIMD) only where the JS engine validates `i32x4.relaxed_dot_i8x16_i7x16_add_s` AND a self-test
 // running it returns the exact lanes; mt otherwise. Node 20 does not validate relaxed SIMD; behind
 // --experimental-wasm-relaxed-simd its V8 validates it but computes other numbers, so the self-test
-// must keep mt there too. (Chromium picks relaxed: test/browser/parity.test.mjs.) The package's
+// must keep mt there too. Node 22+ validates it and passes: relaxed there (scripts/test.sh runs this
+// file on Node 22 too). (Chromium picks relaxed: test/browser/parity.test.mjs.) The package's
 // dist/ (the worker, dist/wasm/*) runs here: `npm run build -w @x/phi2` first.
 import { spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -28,6 +29,24 @@ describe.runIf(MT_BUILT)('wasm relaxed-SIMD build choice in this Node', () => {
     } finally {
       st.dispose()
       mt.dispose()
+    }
+  })
+})
+
+describe.runIf(MT_BUILT && NODE_MAJOR >= 22 && (process.arch === 'x64' || process.arch === 'arm64'))('wasm relaxed-SIMD build choice in Node 22+', () => {
+  it('relaxed SIMD validates and passes the self-test; threads > 1 run the relaxed build, with the same tokens as st', async () => {
+    expect(relaxedSimdCheck()).toMatchObject({ ok: true })
+    const file = fixture('tiny-q4_0.gguf')
+    const st = await loadModel(file, { backend: 'wasm', threads: 1 })
+    const relaxed = await loadModel(file, { backend: 'wasm', threads: 2 })
+    try {
+      expect(relaxed.info.runtime).toMatchObject({ build: 'wasm-simd-threads', flavour: 'relaxed' })
+      expect(relaxed.info.runtime.reason).toMatch(/relaxed SIMD/)
+      const opts = { maxNewTokens: 8 }
+      expect((await relaxed.generate('Hello', opts)).tokens).toEqual((await st.generate('Hello', opts)).tokens)
+    } finally {
+      st.dispose()
+      relaxed.dispose()
     }
   })
 })
