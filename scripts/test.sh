@@ -33,7 +33,7 @@ npm run build --silent -w @x/phi2
 PHI2_FIXTURES=$PWD/test/fixtures/gen npm test --silent -w @x/phi2
 
 if [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then
-  echo "== Node 22 (the other LTS line: relaxed SIMD in its V8): end-to-end, wasm engines, SDK + CLI"
+  echo "== Node 22 LTS (relaxed SIMD in its V8): end-to-end, wasm engines, SDK + CLI"
   node22=$(scripts/setup-node22.sh)
   PHI2_FIXTURES=$PWD/test/fixtures/gen "$node22" --test --test-concurrency=1 test/engine/*.test.mjs test/wasm/*.test.mjs
   (cd packages/phi2 && PHI2_FIXTURES=$PWD/../../test/fixtures/gen "$node22" ../../node_modules/vitest/vitest.mjs run)
