@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 
 import { measureBandwidth, measureCudaBandwidth } from './bandwidth.mjs';
 import { decodeBytesPerToken, readGgufInfo, typeSummary } from './gguf-info.mjs';
-import { parseCpuinfo, printReport, writeResults } from './report.mjs';
+import { readCpuId } from './cpu.mjs';
+import { printReport, writeResults } from './report.mjs';
 import { SHAPES, SYNTHETIC_TYPES, defaultCacheDir, ensureSynthetic, syntheticPath } from './synthetic.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -221,13 +222,9 @@ function machine() {
   try {
     gitCommit = execFileSync('git', ['-C', pkgDir, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   } catch {}
-  let cpuId = null;
-  try {
-    cpuId = parseCpuinfo(readFileSync('/proc/cpuinfo', 'utf8'));
-  } catch {}
   return {
     cpu: cpus[0]?.model?.trim() ?? 'unknown',
-    cpuId,
+    cpuId: readCpuId(),
     cores: os.availableParallelism(),
     ramBytes: os.totalmem(),
     os: `${os.type()} ${os.release()} ${os.arch()}`,

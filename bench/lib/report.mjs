@@ -1,5 +1,6 @@
 // Summaries (median and min–max over runs), the text table, Markdown, JSON and bench/RESULTS.md.
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { describeCpuId } from './cpu.mjs';
 
 export const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -214,46 +215,8 @@ no new run replaces them.
 `;
 
 /**
- * What names a CPU beyond its model string, from Linux's /proc/cpuinfo text (first processor):
- * x86 vendor, family, model and stepping, or the Arm implementer and part; and the instruction
- * set extensions the engine's kernels (and V8's wasm code) choose between. Null when the text has
- * none of those. Cloud VMs often report a bare "AMD EPYC" or "Intel(R) Xeon(R) Processor" for
- * different generations (this project's "AMD EPYC" VMs had no AVX-VNNI on one day and were x86
- * family 26, Zen 5, with it on another), and speed differs between them.
- */
-export function parseCpuinfo(text) {
-  const first = String(text ?? '').split(/\n\s*\n/)[0];
-  const field = (name) => {
-    const m = first.match(new RegExp(`^${name}[ \\t]*:[ \\t]*(.*)$`, 'm'));
-    return m ? m[1].trim() : null;
-  };
-  const family = field('cpu family');
-  const model = field('model');
-  const implementer = field('CPU implementer');
-  const part = field('CPU part');
-  const flags = new Set((field('flags') ?? field('Features') ?? '').split(/\s+/).filter(Boolean));
-  const isa = CPU_FEATURES.filter((f) => flags.has(f));
-  if (family !== null && /^\d+$/.test(family) && model !== null && /^\d+$/.test(model)) {
-    const stepping = field('stepping');
-    return { arch: 'x86', vendor: field('vendor_id'), family: Number(family), model: Number(model), stepping: stepping !== null && /^\d+$/.test(stepping) ? Number(stepping) : null, isa };
-  }
-  if (implementer && part) return { arch: 'arm', implementer, part, isa };
-  return null;
-}
-
-/** The extensions worth naming (x86 /proc/cpuinfo flags, Arm Features), in this order. */
-const CPU_FEATURES = ['avx2', 'fma', 'f16c', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16', 'avx_vnni', 'amx_int8', 'amx_bf16', 'asimd', 'asimddp', 'i8mm', 'sve'];
-
-/** `cpuId` in words: "x86 family 26 model 2 stepping 1; avx2 fma … avx_vnni". */
-export function describeCpuId(id) {
-  if (!id) return null;
-  const what = id.arch === 'x86' ? `x86 family ${id.family} model ${id.model}${id.stepping !== null ? ` stepping ${id.stepping}` : ''}` : `Arm implementer ${id.implementer} part ${id.part}`;
-  return id.isa.length ? `${what}; ${id.isa.join(' ')}` : what;
-}
-
-/**
  * The CPU as one word of a section key: its model string ("Intel(R) Xeon(R) Processor" →
- * "intel-xeon-processor", "AMD EPYC" → "amd-epyc"), then, where known ([`parseCpuinfo`]), x86
+ * "intel-xeon-processor", "AMD EPYC" → "amd-epyc"), then, where known (`./cpu.mjs`), x86
  * family and model ("amd-epyc-f26m2") or Arm implementer and part ("…-0x41p0xd0c"), so that a
  * run on another generation behind the same model string gets its own section instead of
  * replacing that one's.
@@ -263,10 +226,6 @@ export function cpuTag(cpu, id) {
   if (id?.arch === 'x86') return `${slug}-f${id.family}m${id.model}`;
   if (id?.arch === 'arm') return `${slug}-${id.implementer}p${id.part}`.toLowerCase();
   return slug;
-}
-
-function cpuShort(id) {
-  return id.arch === 'x86' ? `family ${id.family} model ${id.model}` : `implementer ${id.implementer} part ${id.part}`;
 }
 
 export function resultsKey(report) {
@@ -279,7 +238,7 @@ export function writeResults(report, file) {
   const key = resultsKey(report);
   const m = report.model;
   const section = [
-    `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}${report.options.kvCache === 'f16' ? ', f16 KV cache' : ''}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}, on ${report.machine?.cpu ?? 'an unknown CPU'}${report.machine?.cpuId ? ` (${cpuShort(report.machine.cpuId)})` : ''}`,
+    `## ${m.synthetic ? `Phi-2-shaped ${m.synthetic} (random weights)` : m.name}, ${report.options.backend}${report.options.kvCache === 'f16' ? ', f16 KV cache' : ''}, ${report.options.threads} threads${report.options.compare.length ? `, vs ${report.options.compare.join(' and ')}` : ''}, on ${report.machine?.cpu ?? 'an unknown CPU'}${report.machine?.cpuId ? ` (${describeCpuId(report.machine.cpuId, { short: true })})` : ''}`,
     '',
     `- date: ${report.date}`,
     `- command: \`${report.command}\``,

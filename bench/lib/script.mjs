@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { describeCpuId, readCpuId } from './cpu.mjs';
 import { SYNTHETIC_TYPES } from './synthetic.mjs';
 
 const BENCH = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -62,9 +63,10 @@ export function resultsFile(values) {
   return v === undefined ? null : v ? path.resolve(v) : path.join(BENCH, 'RESULTS.md');
 }
 
-/** CPU model, cores, memory and Node version: a report's machine line. */
+/** CPU (model, and generation where Linux tells it), cores, memory and Node version: a report's machine line. */
 export function machineLine() {
-  return `${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
+  const id = describeCpuId(readCpuId());
+  return `${os.cpus()[0]?.model ?? 'unknown CPU'}${id ? ` (${id})` : ''}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
 }
 
 /**

@@ -15,7 +15,8 @@ import { fileURLToPath } from 'node:url';
 import { readGgufInfo, decodeBytesPerToken } from '../../bench/lib/gguf-info.mjs';
 import { bytesPerToken, ensureSynthetic, f16bits, syntheticSize, tensorPlan, useMoreBits } from '../../bench/lib/synthetic.mjs';
 import { measureBandwidth } from '../../bench/lib/bandwidth.mjs';
-import { cpuTag, describeCpuId, parseCpuinfo, writeSection } from '../../bench/lib/report.mjs';
+import { describeCpuId, parseCpuinfo } from '../../bench/lib/cpu.mjs';
+import { cpuTag, writeSection } from '../../bench/lib/report.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = path.join(root, 'bench/bin/phi2-bench.mjs');
@@ -182,6 +183,7 @@ test('the CPU is told apart by x86 family and model or Arm part, from /proc/cpui
   const id = parseCpuinfo(x86);
   assert.deepEqual(id, { arch: 'x86', vendor: 'AuthenticAMD', family: 26, model: 2, stepping: 1, isa: ['avx2', 'fma', 'f16c', 'avx512f', 'avx512_vnni', 'avx_vnni'] });
   assert.equal(describeCpuId(id), 'x86 family 26 model 2 stepping 1; avx2 fma f16c avx512f avx512_vnni avx_vnni');
+  assert.equal(describeCpuId(id, { short: true }), 'family 26 model 2');
   assert.equal(cpuTag('AMD EPYC', id), 'amd-epyc-f26m2');
   // The same model string, another generation: another section.
   assert.equal(cpuTag('AMD EPYC', parseCpuinfo(x86.replace('cpu family\t: 26', 'cpu family\t: 25').replace('model\t\t: 2', 'model\t\t: 17'))), 'amd-epyc-f25m17');
