@@ -546,6 +546,15 @@ impl Phi2 {
             // steps in one process (`decode_bench`), median ms with / without: 128 positions
             // 56.2 / 54.4, 59.2 / 59.3, 59.7 / 59.9; 512 positions 76.0 / 75.6, 74.1 / 76.1,
             // 74.8 / 75.7. The memory system gave no more to the two streams together.
+            // Nor (2026-12-04, AMD EPYC Zen 5, the same model, 128 positions, steps alternating
+            // in `decode_bench`) did asking for the layer's keys and values (prefetcht0, t1 or
+            // t2, spread over the work items of its q/k/v + fc1 product, or over their last
+            // half) before attention reads them: attention 4.0 / 4.4 → 2.3–3.3 ms a step, the
+            // step no faster (median 29.5 → 31.0–32.0 ms, 41.3 → 41.9–42.7): the step is bound
+            // by all the bytes it reads, cache included. Nor a one-row AVX-512 attention kernel
+            // (two keys per register for the scores, 16 values per register for the sum; the
+            // same bits): `attention_bench --positions 144` hot 0.84–0.98 against 0.87–0.99 ms,
+            // from memory 3.62–3.86 against 3.69–3.78.
             let attn = layer.dense.forward(&self.attend(&q, &k, &v, kv, &tables)?)?;
             let mlp = layer.fc2.forward(&up)?;
             (x, h) = self.residual(&x, &attn, &mlp, layers.get(i + 1))?;
