@@ -550,8 +550,9 @@ impl Phi2 {
             // in `decode_bench`) did asking for the layer's keys and values (prefetcht0, t1 or
             // t2, spread over the work items of its q/k/v + fc1 product, or over their last
             // half) before attention reads them: attention 4.0 / 4.4 → 2.3–3.3 ms a step, the
-            // step no faster (median 29.5 → 31.0–32.0 ms, 41.3 → 41.9–42.7): the step is bound
-            // by all the bytes it reads, cache included. Nor a one-row AVX-512 attention kernel
+            // step no faster (median 29.5 → 31.0–32.0 ms, 41.3 → 41.9–42.7): its bytes, cache
+            // included (1.53 GB of weights, 94 MB of cache), already streamed at ~87% of the
+            // probe's 63 GB/s. Nor a one-row AVX-512 attention kernel
             // (two keys per register for the scores, 16 values per register for the sum; the
             // same bits): `attention_bench --positions 144` hot 0.84–0.98 against 0.87–0.99 ms,
             // from memory 3.62–3.86 against 3.69–3.78.
