@@ -35,18 +35,33 @@ export const BYTE_TO_UNICODE: readonly string[] = (() => {
   return table
 })()
 
-const UNICODE_TO_BYTE: ReadonlyMap<string, number> = new Map(BYTE_TO_UNICODE.map((c, b) => [c, b]))
+/**
+ * The inverse of BYTE_TO_UNICODE, indexed by UTF-16 code unit: the byte, or -1. Every character
+ * of the alphabet is one code unit below U+0144, so a token is byte-level exactly when each of
+ * its code units is in this table (a surrogate, ≥ U+D800, never is). A table rather than a Map:
+ * a GGUF's 50k tokens are checked and converted at every load (measured: the SDK's part of
+ * building the tokenizer, ~40% of it, was mostly these lookups).
+ */
+const UNICODE_TO_BYTE: Int16Array = (() => {
+  const table = new Int16Array(0x144).fill(-1)
+  BYTE_TO_UNICODE.forEach((c, b) => (table[c.charCodeAt(0)] = b))
+  return table
+})()
 
 function isByteLevel(token: string): boolean {
-  for (const ch of token) if (!UNICODE_TO_BYTE.has(ch)) return false
-  return token.length > 0
+  const n = token.length
+  for (let i = 0; i < n; i++) {
+    const c = token.charCodeAt(i)
+    if (c >= UNICODE_TO_BYTE.length || UNICODE_TO_BYTE[c]! < 0) return false
+  }
+  return n > 0
 }
 
+/** The bytes of a token for which `isByteLevel` holds (one per code unit). */
 function byteLevelToBytes(token: string): Uint8Array {
   const out = new Uint8Array(token.length)
-  let i = 0
-  for (const ch of token) out[i++] = UNICODE_TO_BYTE.get(ch)!
-  return out.subarray(0, i)
+  for (let i = 0; i < out.length; i++) out[i] = UNICODE_TO_BYTE[token.charCodeAt(i)]!
+  return out
 }
 
 // ---------------------------------------------------------------------------------------------
