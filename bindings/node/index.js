@@ -844,4 +844,7 @@ module.exports.convertFileTypes = nativeBinding.convertFileTypes
 module.exports.convertModel = nativeBinding.convertModel
 module.exports.cudaCopyBandwidth = nativeBinding.cudaCopyBandwidth
 module.exports.cudaMemory = nativeBinding.cudaMemory
+module.exports.profileEnable = nativeBinding.profileEnable
+module.exports.profileReset = nativeBinding.profileReset
+module.exports.profileSnapshot = nativeBinding.profileSnapshot
 module.exports.readBandwidth = nativeBinding.readBandwidth

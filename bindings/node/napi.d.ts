@@ -254,6 +254,22 @@ export interface NativeModelInfo {
   kvCache: string
 }
 
+/**
+ * One phase's totals of the engine's profile (`phi2::profile`): on when the process started with
+ * `PHI2_PROFILE=1` (or after `profileEnable(true)`), for tools such as test/device/profile.mjs.
+ */
+export interface NativeProfilePhase {
+  /** `"decode"` (one-token passes) or `"batch"` (passes of several tokens). */
+  pass: string
+  /** embed, project, attend, dense, fc2, residual or head. */
+  phase: string
+  ms: number
+  calls: number
+  /** Passes of this kind so far and their tokens. */
+  passes: number
+  tokens: number
+}
+
 /** What speculative decoding did (all zero when off, or not used for this model's type). */
 export interface NativeSpeculationStats {
   passes: number
@@ -268,6 +284,18 @@ export interface NativeSpeculative {
   /** Most draft tokens per verify pass, 1..=64. */
   maxDraft?: number
 }
+
+/** Turns the profile on or off for later passes; returns whether it is on. */
+export declare function profileEnable(on: boolean): boolean
+
+/** Sets the profile's totals back to zero. */
+export declare function profileReset(): void
+
+/**
+ * The forward passes' time per phase since the process started or `profileReset()`: empty while
+ * profiling is off. The devices are waited for at each phase's end, so profiled passes are slower.
+ */
+export declare function profileSnapshot(): Array<NativeProfilePhase>
 
 /**
  * Best-of-`passes` read bandwidth in GB/s of a `mib`-MiB buffer (2 MB pages where Linux gives

@@ -81,6 +81,9 @@ function wrapAddon(native) {
     addonBackends: wrapFn(native.addonBackends),
     cudaMemory: wrapFn(native.cudaMemory),
     cudaCopyBandwidth: wrapFn(native.cudaCopyBandwidth),
+    profileSnapshot: wrapFn(native.profileSnapshot),
+    profileReset: wrapFn(native.profileReset),
+    profileEnable: wrapFn(native.profileEnable),
   }
 }
 

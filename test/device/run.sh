@@ -6,7 +6,7 @@
 # ignored files while it stays warm (30 s after a call), so the second call must follow at once:
 #
 #   call 1, carry [".device/node.xz"]:     test/device/run.sh node
-#   call 2, carry [".device/pkg.tar.xz"]:  test/device/run.sh [all|checks|bench]   (timeout_s 540)
+#   call 2, carry [".device/pkg.tar.xz"]:  test/device/run.sh [all|checks|bench|profile]   (timeout_s 540)
 #
 # (Call 1 only reports the version where the machine has Node.js >= 20 itself.)
 # checks: test/device/checks.mjs on fixtures made there by phi2-fixtures (log-probs CPU vs CUDA,
@@ -14,8 +14,12 @@
 # bench: phi2-bench --backend cuda on Phi-2-shaped random-weight GGUFs written there (F16, Q8_0,
 #   Q4_0): 512-token prefill, 128-token decode, the GPU's bandwidth ceiling, HF transformers fp16
 #   (eager) as the peer for F16 and Q4_0.
+# profile: test/device/profile.mjs on the bench's Q4_0 and F16 models (512-token prompt, 64 steps):
+#   each phase's share of a pass on the GPU (where our own kernels would pay), and with Nsight
+#   Systems where installed, its per-kernel summary of the Q4_0 run (nsys-q4_0.txt).
 # Everything lands in $OUT: log, device-checks.json, RESULTS.md (bench/RESULTS.md with the CUDA
-# sections added by phi2-bench --write-results), bench-<type>.json.
+# sections added by phi2-bench --write-results), bench-<type>.json, profile-<type>.json and
+# nsys-q4_0.txt.
 # PHI2_DEVICE_DRY_RUN=1 runs the same steps on a machine without a GPU, in a scratch clone with the
 # carried files (CPU against CPU, the benchmark's tiny test shape on the CPU): a check of this
 # script before device time is spent on it.
@@ -85,7 +89,9 @@ dry="${PHI2_DEVICE_DRY_RUN:-}"
 if [ -n "$dry" ]; then
   export PHI2_CHECK_BACKEND=cpu
   bench_args=(--backend cpu --shape test --no-bandwidth)
+  prof_backend=cpu
 else
+  prof_backend=cuda
   node -e "const c = require('@x/phi2-native/cuda'); console.log('CUDA addon:', c.addonPath, JSON.stringify(c.addonBackends()), JSON.stringify(c.cudaMemory(0)))" || exit 1
   bench_args=(--backend cuda)
 fi
@@ -106,6 +112,21 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
     [ "$t" != q8_0 ] && [ -z "$dry" ] && compare=(--compare transformers)
     node bench/bin/phi2-bench.mjs --synthetic "$t" "${bench_args[@]}" "${compare[@]}" --runs 2 --prompt-tokens 512 --gen-tokens 128 \
       --write-results "$OUT/RESULTS.md" --json >"$OUT/bench-$t.json" || rc=1
+  done
+fi
+if [ "$what" = all ] || [ "$what" = profile ]; then
+  # Where the passes' time goes on this backend (the bench's models; test/device/profile.mjs),
+  # and, where Nsight Systems is installed, the same Q4_0 run's CUDA kernels and copies.
+  echo "== profile"
+  for t in q4_0 f16; do
+    f="$(ls /tmp/phi2-bench/phi2-*"$t"-synthetic-v*.gguf 2>/dev/null | head -1)"
+    [ -n "$f" ] || { echo "no $t model from the bench here: not profiled"; continue; }
+    node test/device/profile.mjs --model "$f" --backend "$prof_backend" --prompt-tokens 512 --gen-tokens 64 --json "$OUT/profile-$t.json" || rc=1
+    if [ "$t" = q4_0 ] && [ -z "$dry" ] && command -v nsys >/dev/null 2>&1; then
+      timeout 180 nsys profile --trace=cuda --stats=true --force-overwrite=true -o /tmp/phi2-nsys \
+        node test/device/profile.mjs --model "$f" --backend cuda --prompt-tokens 512 --gen-tokens 64 >"$OUT/nsys-q4_0.txt" 2>&1 ||
+        echo "nsys failed (exit $?): see $OUT/nsys-q4_0.txt"
+    fi
   done
 fi
 echo "== $(date -u +%FT%TZ) done, exit $rc"

@@ -111,3 +111,38 @@ test("generations run on their own threads: libuv's pool stays free for file sys
   assert.ok(statDone < firstDone, 'a file system call waited for a generation to finish');
   m.dispose();
 });
+
+test('the profile times each phase of every pass while on, and records nothing while off', async () => {
+  const { profileEnable, profileReset, profileSnapshot } = require('@x/phi2-native');
+  const m = await NativeModel.load(model);
+  const layers = m.info.numLayers;
+  const run = async () => (await m.createSession().generate(PROMPT, { ...greedy, stopOnEos: false }, () => {})).tokens;
+  try {
+    assert.equal(profileEnable(true), true);
+    profileReset();
+    const tokens = await run();
+    const rows = profileSnapshot();
+    const of = (pass) => Object.fromEntries(rows.filter((x) => x.pass === pass).map((x) => [x.phase, x]));
+    const phases = ['attend', 'dense', 'embed', 'fc2', 'head', 'project', 'residual'];
+    // The prompt in one pass of several tokens, then a one-token pass per token after the first.
+    for (const [pass, passes, tokensIn] of [['batch', 1, PROMPT.length], ['decode', tokens.length - 1, tokens.length - 1]]) {
+      const p = of(pass);
+      assert.deepEqual(Object.keys(p).sort(), phases, `${pass}: every phase`);
+      for (const phase of phases) {
+        const perPass = ['embed', 'head'].includes(phase) ? 1 : layers;
+        assert.equal(p[phase].calls, perPass * passes, `${pass} ${phase}: calls`);
+        assert.equal(p[phase].passes, passes);
+        assert.equal(p[phase].tokens, tokensIn);
+        assert.ok(Number.isFinite(p[phase].ms) && p[phase].ms >= 0, `${pass} ${phase}: ms`);
+      }
+      assert.ok(phases.reduce((s, x) => s + p[x].ms, 0) > 0, `${pass}: some time`);
+    }
+    assert.equal(profileEnable(false), false);
+    profileReset();
+    assert.deepEqual(await run(), tokens, 'the same tokens, profiled or not');
+    assert.deepEqual(profileSnapshot(), []);
+  } finally {
+    profileEnable(false);
+    m.dispose();
+  }
+});

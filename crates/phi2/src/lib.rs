@@ -26,6 +26,7 @@ pub mod par;
 pub mod params;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod probe;
+pub mod profile;
 pub mod quant;
 pub mod quantize;
 pub mod safetensors;

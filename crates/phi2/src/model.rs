@@ -18,6 +18,7 @@ use crate::gguf::GgufFile;
 use crate::safetensors::SafetensorsModel;
 use crate::kernels;
 use crate::kernels::attention::KvElem;
+use crate::profile::{self, Phase};
 use crate::sampler::exp_nonpositive;
 use crate::weights::{with_f32, Layout, Phi2Weights, Qkv};
 
@@ -529,16 +530,20 @@ impl Phi2 {
     fn forward_here(&self, tokens: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
         let (t, pos) = (tokens.len(), cache.len);
         self.check_pass(tokens, cache)?;
-        let mut x = self.weights.embed.forward(tokens, &self.device)?; // [T, H]
-        let tables = self.pass_tables(pos, t)?;
+        let prof = profile::Pass::start(t, &self.device);
+        let (mut x, tables, mut h) = profile::time(prof, Phase::Embed, || -> candle_core::Result<_> {
+            let x = self.weights.embed.forward(tokens, &self.device)?; // [T, H]
+            let tables = self.pass_tables(pos, t)?;
+            let h = match self.weights.layers.first() {
+                Some(l) => l.norm.forward(&x)?,
+                None => x.clone(),
+            };
+            Ok((x, tables, h))
+        })?;
         let layers = &self.weights.layers;
-        let mut h = match layers.first() {
-            Some(l) => l.norm.forward(&x)?,
-            None => x.clone(),
-        };
         let scratch = kernels::attention::PassScratch;
         for (i, (layer, kv)) in layers.iter().zip(cache.layers.iter_mut()).enumerate() {
-            let (q, k, v, up) = self.project(layer, &h)?;
+            let (q, k, v, up) = profile::time(prof, Phase::Project, || self.project(layer, &h))?;
             // Attention and `fc2` do not depend on each other (Phi-2's parallel block). Tried and
             // not kept (2026-12-03, AMD EPYC Zen 4, Phi-2-shaped Q4_0, f32 cache, 2 threads): a
             // decode step's 32 heads as work items spread among fc2's in one pool split, so that
@@ -556,15 +561,18 @@ impl Phi2 {
             // (two keys per register for the scores, 16 values per register for the sum; the
             // same bits): `attention_bench --positions 144` hot 0.84–0.98 against 0.87–0.99 ms,
             // from memory 3.62–3.86 against 3.69–3.78.
-            let attn = layer.dense.forward(&self.attend(&q, &k, &v, kv, &tables)?)?;
-            let mlp = layer.fc2.forward(&up)?;
-            (x, h) = self.residual(&x, &attn, &mlp, layers.get(i + 1))?;
+            let y = profile::time(prof, Phase::Attend, || self.attend(&q, &k, &v, kv, &tables))?;
+            let attn = profile::time(prof, Phase::Dense, || layer.dense.forward(&y))?;
+            let mlp = profile::time(prof, Phase::Fc2, || layer.fc2.forward(&up))?;
+            (x, h) = profile::time(prof, Phase::Residual, || self.residual(&x, &attn, &mlp, layers.get(i + 1)))?;
         }
         cache.len += t;
         drop(scratch);
-        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
-        let x = self.weights.final_norm.forward(&x)?;
-        Ok(self.weights.lm_head.forward(&x)?)
+        Ok(profile::time(prof, Phase::Head, || {
+            let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
+            let x = self.weights.final_norm.forward(&x)?;
+            self.weights.lm_head.forward(&x)
+        })?)
     }
 
     /// The checks of one pass: a cache of this model's layers, at least one token, every id in
@@ -612,7 +620,8 @@ impl Phi2 {
             self.check_pass(it.tokens, it.cache)?;
         }
         let ids: Vec<u32> = items.iter().flat_map(|it| it.tokens.iter().copied()).collect();
-        let mut x = self.weights.embed.forward(&ids, &self.device)?; // [ΣT, H]
+        let prof = profile::Pass::start(ids.len(), &self.device);
+        let mut x = profile::time(prof, Phase::Embed, || self.weights.embed.forward(&ids, &self.device))?; // [ΣT, H]
         // Per item: (first row, rows, its pass tables).
         let mut parts = Vec::with_capacity(items.len());
         let mut row = 0;
@@ -628,16 +637,18 @@ impl Phi2 {
         };
         let scratch = kernels::attention::PassScratch;
         for (l, layer) in layers.iter().enumerate() {
-            let (q, k, v, up) = self.project(layer, &h)?;
-            let mut ys = Vec::with_capacity(items.len());
-            for (it, (row, t, tables)) in items.iter_mut().zip(&parts) {
-                let rows = |z: &Tensor| z.narrow(0, *row, *t);
-                ys.push(self.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, &mut it.cache.layers[l], tables)?);
-            }
-            let y = if ys.len() == 1 { ys.pop().expect("one item") } else { Tensor::cat(&ys, 0)? };
-            let attn = layer.dense.forward(&y)?;
-            let mlp = layer.fc2.forward(&up)?;
-            (x, h) = self.residual(&x, &attn, &mlp, layers.get(l + 1))?;
+            let (q, k, v, up) = profile::time(prof, Phase::Project, || self.project(layer, &h))?;
+            let y = profile::time(prof, Phase::Attend, || -> candle_core::Result<Tensor> {
+                let mut ys = Vec::with_capacity(items.len());
+                for (it, (row, t, tables)) in items.iter_mut().zip(&parts) {
+                    let rows = |z: &Tensor| z.narrow(0, *row, *t);
+                    ys.push(self.attend(&rows(&q)?, &rows(&k)?, &rows(&v)?, &mut it.cache.layers[l], tables)?);
+                }
+                Ok(if ys.len() == 1 { ys.pop().expect("one item") } else { Tensor::cat(&ys, 0)? })
+            })?;
+            let attn = profile::time(prof, Phase::Dense, || layer.dense.forward(&y))?;
+            let mlp = profile::time(prof, Phase::Fc2, || layer.fc2.forward(&up))?;
+            (x, h) = profile::time(prof, Phase::Residual, || self.residual(&x, &attn, &mlp, layers.get(l + 1)))?;
         }
         drop(scratch);
         // The rows whose logits are wanted, through the final norm and lm_head together.
@@ -646,10 +657,12 @@ impl Phi2 {
             it.cache.len += t;
             keep.push(if it.all_logits { (*row, *t) } else { (row + t - 1, 1) });
         }
-        let picked: Vec<Tensor> = keep.iter().map(|&(r, n)| x.narrow(0, r, n)).collect::<candle_core::Result<_>>()?;
-        let x = if picked.len() == 1 { picked[0].clone() } else { Tensor::cat(&picked, 0)? };
-        let x = self.weights.final_norm.forward(&x)?;
-        let logits = self.weights.lm_head.forward(&x)?;
+        let logits = profile::time(prof, Phase::Head, || -> candle_core::Result<Tensor> {
+            let picked: Vec<Tensor> = keep.iter().map(|&(r, n)| x.narrow(0, r, n)).collect::<candle_core::Result<_>>()?;
+            let x = if picked.len() == 1 { picked[0].clone() } else { Tensor::cat(&picked, 0)? };
+            let x = self.weights.final_norm.forward(&x)?;
+            self.weights.lm_head.forward(&x)
+        })?;
         let mut out = Vec::with_capacity(items.len());
         let mut at = 0;
         for &(_, n) in &keep {
