@@ -292,8 +292,9 @@ export declare function profileEnable(on: boolean): boolean
 export declare function profileReset(): void
 
 /**
- * The forward passes' time per phase since the process started or `profileReset()`: empty while
- * profiling is off. The devices are waited for at each phase's end, so profiled passes are slower.
+ * The forward passes' time per phase since the process started or `profileReset()` (passes run
+ * while profiling is off add nothing; what was recorded stays until `profileReset()`). The
+ * devices are waited for at each phase's end, so profiled passes are slower.
  */
 export declare function profileSnapshot(): Array<NativeProfilePhase>
 

@@ -44,7 +44,7 @@ if (rows.length === 0) {
   process.exit(1);
 }
 
-const device = m.info.device ?? backend;
+const device = m.info.runtime?.device ?? backend;
 console.log(`profile: ${model} on ${backend} (${device}), prompt ${promptTokens} tokens, ${out.usage.completionTokens} generated; wall ${wallMs.toFixed(0)} ms`);
 for (const pass of ['batch', 'decode']) {
   const rs = rows.filter((r) => r.pass === pass);

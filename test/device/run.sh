@@ -118,12 +118,15 @@ if [ "$what" = all ] || [ "$what" = profile ]; then
   # Where the passes' time goes on this backend (the bench's models; test/device/profile.mjs),
   # and, where Nsight Systems is installed, the same Q4_0 run's CUDA kernels and copies.
   echo "== profile"
+  # The bench's files (phi2-bench's names: phi2-TYPE-synthetic-vN.gguf, the dry run's test
+  # shape phi2-test-TYPE-…); without them (`run.sh profile` alone on a fresh machine) the step
+  # fails rather than passing with nothing profiled.
   for t in q4_0 f16; do
-    f="$(ls /tmp/phi2-bench/phi2-*"$t"-synthetic-v*.gguf 2>/dev/null | head -1)"
-    [ -n "$f" ] || { echo "no $t model from the bench here: not profiled"; continue; }
+    f="$(ls /tmp/phi2-bench/phi2-"$t"-synthetic-v*.gguf /tmp/phi2-bench/phi2-test-"$t"-synthetic-v*.gguf 2>/dev/null | head -1)"
+    [ -n "$f" ] || { echo "FAIL no $t model from the bench in /tmp/phi2-bench: run the bench first (run.sh all)"; rc=1; continue; }
     node test/device/profile.mjs --model "$f" --backend "$prof_backend" --prompt-tokens 512 --gen-tokens 64 --json "$OUT/profile-$t.json" || rc=1
     if [ "$t" = q4_0 ] && [ -z "$dry" ] && command -v nsys >/dev/null 2>&1; then
-      timeout 180 nsys profile --trace=cuda --stats=true --force-overwrite=true -o /tmp/phi2-nsys \
+      timeout 120 nsys profile --trace=cuda --stats=true --force-overwrite=true -o /tmp/phi2-nsys \
         node test/device/profile.mjs --model "$f" --backend cuda --prompt-tokens 512 --gen-tokens 64 >"$OUT/nsys-q4_0.txt" 2>&1 ||
         echo "nsys failed (exit $?): see $OUT/nsys-q4_0.txt"
     fi

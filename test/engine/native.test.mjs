@@ -124,7 +124,8 @@ test('the profile times each phase of every pass while on, and records nothing w
     const rows = profileSnapshot();
     const of = (pass) => Object.fromEntries(rows.filter((x) => x.pass === pass).map((x) => [x.phase, x]));
     const phases = ['attend', 'dense', 'embed', 'fc2', 'head', 'project', 'residual'];
-    // The prompt in one pass of several tokens, then a one-token pass per token after the first.
+    // The prompt (several tokens) in one pass, then a one-token pass per token after the first
+    // (no speculative decoding unless asked for: it would verify drafts in passes of several).
     for (const [pass, passes, tokensIn] of [['batch', 1, PROMPT.length], ['decode', tokens.length - 1, tokens.length - 1]]) {
       const p = of(pass);
       assert.deepEqual(Object.keys(p).sort(), phases, `${pass}: every phase`);

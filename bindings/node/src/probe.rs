@@ -38,8 +38,9 @@ pub struct NativeProfilePhase {
     pub tokens: f64,
 }
 
-/// The forward passes' time per phase since the process started or `profileReset()`: empty while
-/// profiling is off. The devices are waited for at each phase's end, so profiled passes are slower.
+/// The forward passes' time per phase since the process started or `profileReset()` (passes run
+/// while profiling is off add nothing; what was recorded stays until `profileReset()`). The
+/// devices are waited for at each phase's end, so profiled passes are slower.
 #[napi]
 pub fn profile_snapshot() -> Vec<NativeProfilePhase> {
     phi2::profile::snapshot()

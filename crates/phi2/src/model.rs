@@ -551,13 +551,13 @@ impl Phi2 {
             // steps in one process (`decode_bench`), median ms with / without: 128 positions
             // 56.2 / 54.4, 59.2 / 59.3, 59.7 / 59.9; 512 positions 76.0 / 75.6, 74.1 / 76.1,
             // 74.8 / 75.7. The memory system gave no more to the two streams together.
-            // Nor (2026-12-04, AMD EPYC Zen 5, the same model, 128 positions, steps alternating
+            // Nor (2026-12-04, AMD EPYC Zen 5, the same model, 128–248 positions, steps alternating
             // in `decode_bench`) did asking for the layer's keys and values (prefetcht0, t1 or
             // t2, spread over the work items of its q/k/v + fc1 product, or over their last
             // half) before attention reads them: attention 4.0 / 4.4 → 2.3–3.3 ms a step, the
             // step no faster (median 29.5 → 31.0–32.0 ms, 41.3 → 41.9–42.7): its bytes, cache
-            // included (1.53 GB of weights, 94 MB of cache), already streamed at ~87% of the
-            // probe's 63 GB/s. Nor a one-row AVX-512 attention kernel
+            // included (1.53 GB of weights, 84–160 MB of cache), already streamed at 86–91% of
+            // the probe's 63 GB/s. Nor a one-row AVX-512 attention kernel
             // (two keys per register for the scores, 16 values per register for the sum; the
             // same bits): `attention_bench --positions 144` hot 0.84–0.98 against 0.87–0.99 ms,
             // from memory 3.62–3.86 against 3.69–3.78.
@@ -621,20 +621,23 @@ impl Phi2 {
         }
         let ids: Vec<u32> = items.iter().flat_map(|it| it.tokens.iter().copied()).collect();
         let prof = profile::Pass::start(ids.len(), &self.device);
-        let mut x = profile::time(prof, Phase::Embed, || self.weights.embed.forward(&ids, &self.device))?; // [ΣT, H]
-        // Per item: (first row, rows, its pass tables).
-        let mut parts = Vec::with_capacity(items.len());
-        let mut row = 0;
-        for it in items.iter() {
-            let (t, pos) = (it.tokens.len(), it.cache.len);
-            parts.push((row, t, self.pass_tables(pos, t)?));
-            row += t;
-        }
+        let (mut x, parts, mut h) = profile::time(prof, Phase::Embed, || -> candle_core::Result<_> {
+            let x = self.weights.embed.forward(&ids, &self.device)?; // [ΣT, H]
+            // Per item: (first row, rows, its pass tables).
+            let mut parts = Vec::with_capacity(items.len());
+            let mut row = 0;
+            for it in items.iter() {
+                let (t, pos) = (it.tokens.len(), it.cache.len);
+                parts.push((row, t, self.pass_tables(pos, t)?));
+                row += t;
+            }
+            let h = match self.weights.layers.first() {
+                Some(l) => l.norm.forward(&x)?,
+                None => x.clone(),
+            };
+            Ok((x, parts, h))
+        })?;
         let layers = &self.weights.layers;
-        let mut h = match layers.first() {
-            Some(l) => l.norm.forward(&x)?,
-            None => x.clone(),
-        };
         let scratch = kernels::attention::PassScratch;
         for (l, layer) in layers.iter().enumerate() {
             let (q, k, v, up) = profile::time(prof, Phase::Project, || self.project(layer, &h))?;

@@ -6,7 +6,7 @@
 //! Each phase of [`crate::Phi2::forward`] (and of a batch pass) is timed on the host's clock
 //! after waiting for the device ([`candle_core::Device::synchronize`]: a no-op on the CPU), so a
 //! GPU's asynchronous work is counted in the phase that queued it. The waits themselves cost
-//! something on a GPU (tens of microseconds each, ~7 per layer), so a profiled pass is slower
+//! something on a GPU (tens of microseconds each, 5 per layer and 3 per pass), so a profiled pass is slower
 //! than an unprofiled one; the shares between phases are what to read. Totals are per kind of
 //! pass: one-token passes (decode) and passes of several tokens (prompts, speculative
 //! verification, batches), and per process ([`snapshot`], [`reset`]).
@@ -19,7 +19,7 @@ use candle_core::Device;
 /// The phases of a forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Token embedding (and, in one sequence's passes, the rotary tables and the first LayerNorm).
+    /// Token embedding, the rotary tables and the first LayerNorm.
     Embed,
     /// q, k, v and fc1 (with its GELU): the products of the layer input.
     Project,
