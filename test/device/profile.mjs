@@ -11,6 +11,7 @@
 // profile recorded nothing.
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { promptIds } from '../../bench/lib/prompt.mjs';
 
 process.env.PHI2_PROFILE = '1';
 const args = process.argv.slice(2);
@@ -29,8 +30,8 @@ if (!model || !['cpu', 'cuda'].includes(backend) || !(promptTokens >= 1) || !(ge
 const { loadModel } = await import('@x/phi2');
 const addon = createRequire(import.meta.url)(backend === 'cuda' ? '@x/phi2-native/cuda' : '@x/phi2-native');
 const m = await loadModel(model, { backend, ...(threads ? { threads: Number(threads) } : {}) });
-// Token ids that stay inside any vocabulary the SDK accepts, varied so no n-gram repeats matter.
-const prompt = Array.from({ length: promptTokens }, (_, i) => 100 + ((i * 7919) % 50000));
+// phi2-bench's prompt (English text, GPT-2 ids), so the profile is of the passes the bench times.
+const prompt = promptIds(promptTokens);
 const opts = (n) => ({ maxNewTokens: n, doSample: false, logitBias: { [m.info.eosTokenId ?? 50256]: -Infinity } });
 await m.generate(prompt.slice(0, 8), opts(2)); // warm-up, not counted
 addon.profileReset();

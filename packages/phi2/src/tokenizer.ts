@@ -39,8 +39,8 @@ export const BYTE_TO_UNICODE: readonly string[] = (() => {
  * The inverse of BYTE_TO_UNICODE, indexed by UTF-16 code unit: the byte, or -1. Every character
  * of the alphabet is one code unit below U+0144, so a token is byte-level exactly when each of
  * its code units is in this table (a surrogate, ≥ U+D800, never is). A table rather than a Map:
- * a GGUF's 50k tokens are checked and converted at every load (measured: the SDK's part of
- * building the tokenizer, ~40% of it, was mostly these lookups).
+ * a GGUF's 50k tokens are checked and converted at every load (measured, Phi-2-shaped Q4_0, a
+ * fresh Node process's loadModel, old and new builds alternating: median 241 → 202 ms).
  */
 const UNICODE_TO_BYTE: Int16Array = (() => {
   const table = new Int16Array(0x144).fill(-1)
