@@ -85,6 +85,25 @@ export function decodeBytesPerToken(info) {
   return sum;
 }
 
+/**
+ * Values the KV cache holds per position, over all layers (keys and values: their widths × the
+ * layers), or null where the file does not tell. Per layer: the rows of `attn_k` and `attn_v`, or
+ * of a fused `attn_qkv` less the query's (as many as the hidden size, its input width).
+ */
+export function kvValuesPerPosition(info) {
+  const byName = new Map(info.tensors.map((t) => [t.name, t]));
+  let sum = 0;
+  for (let l = 0; byName.has(`blk.${l}.attn_norm.weight`) || byName.has(`blk.${l}.attn_qkv.weight`) || byName.has(`blk.${l}.attn_k.weight`); l++) {
+    const k = byName.get(`blk.${l}.attn_k.weight`);
+    const v = byName.get(`blk.${l}.attn_v.weight`);
+    const qkv = byName.get(`blk.${l}.attn_qkv.weight`);
+    if (k && v) sum += k.ne[1] + v.ne[1];
+    else if (qkv && qkv.ne[1] > qkv.ne[0]) sum += qkv.ne[1] - qkv.ne[0];
+    else return null;
+  }
+  return sum > 0 ? sum : null;
+}
+
 /** "Q4_K ×97, Q5_K ×32, Q6_K ×17, F32 ×..." for the 2-D tensors. */
 export function typeSummary(info) {
   const c = {};

@@ -12,8 +12,8 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { readGgufInfo, decodeBytesPerToken } from '../../bench/lib/gguf-info.mjs';
-import { bytesPerToken, ensureSynthetic, f16bits, syntheticSize, tensorPlan, useMoreBits } from '../../bench/lib/synthetic.mjs';
+import { readGgufInfo, decodeBytesPerToken, kvValuesPerPosition } from '../../bench/lib/gguf-info.mjs';
+import { SHAPES, bytesPerToken, ensureSynthetic, f16bits, syntheticSize, tensorPlan, useMoreBits } from '../../bench/lib/synthetic.mjs';
 import { measureBandwidth } from '../../bench/lib/bandwidth.mjs';
 import { describeCpuId, parseCpuinfo } from '../../bench/lib/cpu.mjs';
 import { cpuTag, writeSection } from '../../bench/lib/report.mjs';
@@ -101,6 +101,22 @@ describe('synthetic Phi-2-shaped GGUF', () => {
     }
   });
 
+  test('KV-cache values per position: fused q/k/v or separate k and v', () => {
+    // Phi-2: 32 layers, keys and values 2560 wide each.
+    assert.equal(kvValuesPerPosition({ tensors: tensorPlan('phi2', 'q4_0') }), 163840);
+    const layer = (l, kv) => [
+      { name: `blk.${l}.attn_norm.weight`, ne: [64] },
+      { name: `blk.${l}.attn_q.weight`, ne: [64, 64] },
+      { name: `blk.${l}.attn_k.weight`, ne: [64, kv] },
+      { name: `blk.${l}.attn_v.weight`, ne: [64, kv] },
+    ];
+    // Grouped heads: keys and values narrower than the hidden size.
+    assert.equal(kvValuesPerPosition({ tensors: [...layer(0, 16), ...layer(1, 16)] }), 64);
+    // A layer with neither form: not known.
+    assert.equal(kvValuesPerPosition({ tensors: [...layer(0, 16), { name: 'blk.1.attn_norm.weight', ne: [64] }] }), null);
+    assert.equal(kvValuesPerPosition({ tensors: [{ name: 'output.weight', ne: [64, 100] }] }), null);
+  });
+
   test('f16 conversion', () => {
     assert.equal(f16bits(1), 0x3c00);
     assert.equal(f16bits(-2), 0xc000);
@@ -120,6 +136,7 @@ describe('synthetic Phi-2-shaped GGUF', () => {
       assert.equal(info.architecture, 'phi2');
       assert.deepEqual(info.tensors.map((x) => [x.name, x.type]), r.plan.map((x) => [x.name, x.typeName]));
       assert.equal(decodeBytesPerToken(info), bytesPerToken(r.plan));
+      assert.equal(kvValuesPerPosition(info), 2 * 2 * 256);
       files[t] = r.file;
       const again = ensureSynthetic({ cacheDir: cache, shape: 'test', type: t });
       assert.equal(again.created, false);
@@ -260,6 +277,18 @@ describe('end to end', () => {
       const per = j.engines.find((e) => e.label === s.label).runs.map((run) => (100 * (3 / run.prompts[1].generateMs) * 1000 * j.model.bytesPerToken) / (run.bandwidthBeside * 1e9));
       assert.ok(Math.abs(s.stats['shareBeside@16'].median - (per[0] + per[1]) / 2) < 1e-9, `${s.label}: shareBeside@16`);
     }
+    // The share with the KV cache's reads: the test shape's keys and values per position (2 per
+    // layer, each as wide as the hidden size: no grouped heads), 16 + 4 / 2 positions on average,
+    // f32 for ours and f16 for llama.cpp's.
+    assert.equal(j.model.kvValuesPerPosition, 2 * SHAPES.test.layers * SHAPES.test.hidden);
+    assert.deepEqual(j.engines.map((e) => e.kvBytes), [4, 2]);
+    for (const s of j.summary.native) {
+      const e = j.engines.find((x) => x.label === s.label);
+      const step = j.model.bytesPerToken + j.model.kvValuesPerPosition * e.kvBytes * 18;
+      const per = e.runs.map((run) => (100 * (3 / run.prompts[1].generateMs) * 1000 * step) / (run.bandwidthBeside * 1e9));
+      assert.ok(Math.abs(s.stats['shareKvBeside@16'].median - (per[0] + per[1]) / 2) < 1e-9, `${s.label}: shareKvBeside@16`);
+      assert.ok(s.stats['shareKvBeside@16'].median > s.stats['shareBeside@16'].median);
+    }
     for (const k of ['load', 'rssLoad', 'rss', 'rssFile', 'ttft@8', 'prefill@16', 'decode@16', 'share@16', 'shareBeside@16', 'bwBeside']) {
       assert.ok(Number.isFinite(ours.stats[k].median), k);
       assert.equal(ours.stats[k].n, 2);
@@ -287,6 +316,8 @@ describe('end to end', () => {
     assert.match(r.stdout, /peak RSS GB/);
     assert.match(r.stdout, /peak RSS ÷ model file size/);
     assert.match(r.stdout, /decode, % of the bandwidth beside its run/);
+    assert.match(r.stdout, /decode, % of the bandwidth beside its run, KV-cache reads counted/);
+    assert.match(r.stdout, /KV cache: 256 values per position/);
     assert.match(r.stdout, /memory read bandwidth beside the run, GB\/s/);
     const first = readFileSync(results, 'utf8');
     assert.match(first, /^# phi2-bench results/);
