@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { measureBandwidth, measureCudaBandwidth } from './bandwidth.mjs';
 import { decodeBytesPerToken, kvValuesPerPosition, readGgufInfo, typeSummary } from './gguf-info.mjs';
 import { readCpuId } from './cpu.mjs';
-import { printReport, writeResults } from './report.mjs';
+import { kvBytesPerValue, printReport, writeResults } from './report.mjs';
 import { SHAPES, SYNTHETIC_TYPES, defaultCacheDir, ensureSynthetic, syntheticPath } from './synthetic.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -313,20 +313,19 @@ export async function main(argv) {
   }
 
   // Runs: native engines alternate, one process per run
-  // kvBytes: bytes per cached value, each engine's own (@x/phi2: f32 unless --kv-cache f16, which
-  // on cuda rounds the values but keeps them in f32 tensors; node-llama-cpp and transformers: f16).
-  const engines = [{ id: 'phi2', label: `@x/phi2 ${opts.backend}${opts.kvCache === 'f16' ? ' (f16 KV)' : ''}`, kvBytes: opts.kvCache === 'f16' && opts.backend !== 'cuda' ? 2 : 4 }];
+  // kvBytes: bytes per cached value, each engine's own (the weights + KV-cache share).
+  const engines = [{ id: 'phi2', label: `@x/phi2 ${opts.backend}${opts.kvCache === 'f16' ? ' (f16 KV)' : ''}`, kvBytes: kvBytesPerValue('phi2', opts) }];
   if (opts.compare.includes('node-llama-cpp')) {
     if (!engineVersion('node-llama-cpp')) {
       log('phi2-bench: --compare node-llama-cpp needs the npm package node-llama-cpp (npm install node-llama-cpp@3.21.1)');
       return 2;
     }
-    engines.push({ id: 'node-llama-cpp', label: 'node-llama-cpp', kvBytes: 2 });
+    engines.push({ id: 'node-llama-cpp', label: 'node-llama-cpp', kvBytes: kvBytesPerValue('node-llama-cpp', opts) });
   }
   if (opts.compare.includes('transformers')) {
     // Random weights of the synthetic model's shapes in PyTorch fp16, eager attention: the peer
     // reads no file (it has no GGUF loader), so it needs --synthetic to know the shapes.
-    engines.push({ id: 'transformers', label: 'HF transformers fp16', kvBytes: 2 });
+    engines.push({ id: 'transformers', label: 'HF transformers fp16', kvBytes: kvBytesPerValue('transformers', opts) });
   }
   const fileRes = model.sizeBytes ? pageCacheResident(file) : null;
   if (opts.load === 'warm' && model.sizeBytes) {

@@ -86,14 +86,20 @@ export function decodeBytesPerToken(info) {
 }
 
 /**
- * Values the KV cache holds per position, over all layers (keys and values: their widths × the
+ * Numbers the KV cache holds per position, over all layers (keys and values: their widths × the
  * layers), or null where the file does not tell. Per layer: the rows of `attn_k` and `attn_v`, or
- * of a fused `attn_qkv` less the query's (as many as the hidden size, its input width).
+ * of a fused `attn_qkv` less the query's (as many as its input width, the hidden size: true of
+ * Phi-2). Layers are the `blk.N.` indices up to the highest; one with neither form gives null.
  */
 export function kvValuesPerPosition(info) {
   const byName = new Map(info.tensors.map((t) => [t.name, t]));
+  let layers = 0;
+  for (const t of info.tensors) {
+    const m = /^blk\.(\d+)\./.exec(t.name);
+    if (m) layers = Math.max(layers, Number(m[1]) + 1);
+  }
   let sum = 0;
-  for (let l = 0; byName.has(`blk.${l}.attn_norm.weight`) || byName.has(`blk.${l}.attn_qkv.weight`) || byName.has(`blk.${l}.attn_k.weight`); l++) {
+  for (let l = 0; l < layers; l++) {
     const k = byName.get(`blk.${l}.attn_k.weight`);
     const v = byName.get(`blk.${l}.attn_v.weight`);
     const qkv = byName.get(`blk.${l}.attn_qkv.weight`);

@@ -10,6 +10,18 @@ export const median = (xs) => {
 const stat = (xs) => (xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length } : null);
 
 /**
+ * Bytes per value of an engine's KV cache in a run with these options: @x/phi2's f32, or f16
+ * with `kvCache: 'f16'` on cpu and wasm (on cuda that option rounds the values but keeps them
+ * in f32 tensors); node-llama-cpp's default f16 (3.21.1: keys and values F16); HF transformers
+ * fp16's. Null for an engine not known here.
+ */
+export function kvBytesPerValue(engineId, { backend, kvCache }) {
+  if (engineId === 'phi2') return kvCache === 'f16' && backend !== 'cuda' ? 2 : 4;
+  if (engineId === 'node-llama-cpp' || engineId === 'transformers') return 2;
+  return null;
+}
+
+/**
  * Per-run metrics of one engine's run (native child or browser page). `kv`: the values the KV
  * cache holds per position and the engine's bytes per value, for the share that counts a decode
  * step's cache reads too.
@@ -29,11 +41,13 @@ function runMetrics(r, bytesPerToken, bwGbPerS, fileBytes, kv) {
       m[`decode@${P}`] = ((p.generated - 1) / p.generateMs) * 1000;
       if (bytesPerToken && bwGbPerS) m[`share@${P}`] = (100 * m[`decode@${P}`] * bytesPerToken) / (bwGbPerS * 1e9);
       if (bytesPerToken && r.bandwidthBeside > 0) m[`shareBeside@${P}`] = (100 * m[`decode@${P}`] * bytesPerToken) / (r.bandwidthBeside * 1e9);
-      if (bytesPerToken && r.bandwidthBeside > 0 && kv) {
+      if (bytesPerToken && kv) {
         // The timed steps (generated − 1 of them) attend over P + 1 … P + generated − 1
-        // positions: P + generated / 2 on average.
+        // positions: P + generated / 2 on average. Against the bandwidth beside the run where
+        // there is one, else against the ceiling's (cuda: no probe beside the runs).
         const stepBytes = bytesPerToken + kv.values * kv.bytes * (P + p.generated / 2);
-        m[`shareKvBeside@${P}`] = (100 * m[`decode@${P}`] * stepBytes) / (r.bandwidthBeside * 1e9);
+        if (r.bandwidthBeside > 0) m[`shareKvBeside@${P}`] = (100 * m[`decode@${P}`] * stepBytes) / (r.bandwidthBeside * 1e9);
+        else if (bwGbPerS) m[`shareKv@${P}`] = (100 * m[`decode@${P}`] * stepBytes) / (bwGbPerS * 1e9);
       }
     }
   }
@@ -67,8 +81,9 @@ function metricRows(promptTokens, withShare, withRss) {
     rows.push([`decode@${P}`, `decode tok/s (after ${P})`, 'higher', 2]);
     if (withShare) {
       rows.push([`share@${P}`, `decode, % of bandwidth ceiling`, 'higher', 0]);
+      rows.push([`shareKv@${P}`, `decode, % of bandwidth ceiling, weights + KV-cache reads`, 'higher', 0]);
       rows.push([`shareBeside@${P}`, `decode, % of the bandwidth beside its run`, 'higher', 0]);
-      rows.push([`shareKvBeside@${P}`, `decode, % of the bandwidth beside its run, KV-cache reads counted`, 'higher', 0]);
+      rows.push([`shareKvBeside@${P}`, `decode, % of the bandwidth beside its run, weights + KV-cache reads`, 'higher', 0]);
     }
   }
   if (withRss) {
@@ -139,7 +154,7 @@ function describe(report) {
     lines.push(`memory read bandwidth: ${report.bandwidth.gbPerS.toFixed(2)} GB/s with ${report.bandwidth.threads} thread(s)${report.bandwidth.allCoresGbPerS ? `, ${report.bandwidth.allCoresGbPerS.toFixed(2)} GB/s with all ${m.cores} cores` : ''} (${report.bandwidth.method})`);
   }
   const md = report.model;
-  lines.push(`model: ${md.name}${md.synthetic ? ` (synthetic random weights, Phi-2 shapes, ${md.synthetic})` : ''}, ${md.sizeBytes ? `${(md.sizeBytes / 1e9).toFixed(2)} GB` : 'directory'}${md.types ? `, ${md.types}` : ''}${md.bytesPerToken ? `; ${(md.bytesPerToken / 1e9).toFixed(3)} GB of weights read per decode step` : ''}${md.kvValuesPerPosition ? `; KV cache: ${md.kvValuesPerPosition} values per position` : ''}`);
+  lines.push(`model: ${md.name}${md.synthetic ? ` (synthetic random weights, Phi-2 shapes, ${md.synthetic})` : ''}, ${md.sizeBytes ? `${(md.sizeBytes / 1e9).toFixed(2)} GB` : 'directory'}${md.types ? `, ${md.types}` : ''}${md.bytesPerToken ? `; ${(md.bytesPerToken / 1e9).toFixed(3)} GB of weights read per decode step` : ''}${md.kvValuesPerPosition ? `; KV cache per position: ${md.kvValuesPerPosition} numbers (keys + values, all layers)` : ''}`);
   if (report.bandwidth && md.bytesPerToken) lines.push(`decode ceiling at this bandwidth: ${((report.bandwidth.gbPerS * 1e9) / md.bytesPerToken).toFixed(2)} tok/s (bandwidth / weight bytes per step; KV-cache reads not counted)`);
   lines.push(`runs: ${o.runs} per engine, alternating, one process each; ${o.threads} threads; prompt ${o.promptTokens.join(', ')} tokens (ids, greedy), ${o.genTokens} generated tokens; load ${o.load}${o.warmup ? '; one short warm-up generation after each load' : ''}`);
   if (o.kvCache === 'f16') lines.push('KV cache: f16 for @x/phi2 (loadModel kvCache); node-llama-cpp keeps its default, f16');
@@ -152,7 +167,7 @@ const NOTES = [
   'decode tok/s = (generated − 1) / time from the first to the last token (each step: one forward pass of one token + sampling); end-of-text banned for @x/phi2 (logitBias), yielded and continued through for node-llama-cpp, ignore_eos for wllama, so every engine runs the same number of steps.',
   'peak RSS: getrusage maxRSS of the run\'s own process (Node and the SDK included), when the model is loaded (loadModel() resolved; node-llama-cpp: after createContext) and over the whole run (load + every generation: KV cache and activations too); ÷ model file size: the whole run\'s. The file is mapped, so its pages count once they are read. × columns: advantage of @x/phi2 (>1 = @x/phi2 faster or smaller).',
   'bandwidth beside the run: the read-bandwidth probe of the header again just before and just after each run, the better of the two; "% of the bandwidth beside its run" divides that run\'s decode by it (the header\'s ceiling is one measurement before all runs, and shared machines drift over minutes).',
-  'KV-cache reads counted: a decode step also reads the cached keys and values of every position so far; this share divides the weights plus those bytes (the values per position × the positions, the prompt plus half the generated tokens on average, × the engine\'s bytes per value: 4 for @x/phi2\'s default f32 cache, 2 with --kv-cache f16 on cpu and wasm, 2 for node-llama-cpp\'s and HF transformers\' f16 caches) by the bandwidth beside the run.',
+  'weights + KV-cache reads: a decode step also reads the cached keys and values of every position so far; this share is (weight bytes + those cache bytes per step) × decode tok/s ÷ the bandwidth beside the run (cuda: the ceiling\'s). Cache bytes per step = numbers per position (the header\'s) × positions (the prompt plus half the generated tokens, on average over the timed steps) × the engine\'s bytes per number: 4 for @x/phi2\'s default f32 cache, 2 with --kv-cache f16 on cpu and wasm, 2 for node-llama-cpp\'s and HF transformers\' f16 caches. (An engine that reads padding or masked positions of its cache too reads more than this counts.)',
   'model file mapped on 2 MB pages (Linux): FilePmdMapped of the model file\'s mappings in the run\'s process (/proc/self/smaps) over the file size, after the generations. Weights stream faster from 2 MB pages; the page cache has them where the file was read in large pieces (--load warm evicts the file and reads it back in 8 MB reads, so both engines start from the same state), not where it was written or faulted in small pieces.',
 ];
 
@@ -199,7 +214,8 @@ export function renderText(report, { markdown = false } = {}) {
   out.push('');
   // The note on the beside-run bandwidth only where a run has one (not with --no-bandwidth, cuda).
   const beside = native.some((s) => s.stats.bwBeside);
-  const notes = NOTES.filter((n) => beside || !(n.startsWith('bandwidth beside the run') || n.startsWith('KV-cache reads counted')));
+  const withKv = native.some((s) => o.promptTokens.some((P) => s.stats[`shareKvBeside@${P}`] || s.stats[`shareKv@${P}`]));
+  const notes = NOTES.filter((n) => (beside || !n.startsWith('bandwidth beside the run')) && (withKv || !n.startsWith('weights + KV-cache reads')));
   out.push(...notes.map((n) => (markdown ? `- ${n}` : `  ${n}`)));
   return out.join('\n');
 }
