@@ -280,8 +280,8 @@ export async function main(argv) {
     // Weight bytes one decode step reads: every tensor but the token embedding (one row of it);
     // KV-cache reads are not counted. Non-GGUF sources: the file size, an upper bound.
     bytesPerToken: gguf ? decodeBytesPerToken(gguf) : st.isFile() ? st.size : null,
-    // Values the KV cache holds per position (all layers' keys and values), which a decode step
-    // reads once for every position so far: the "KV-cache reads counted" share.
+    // Numbers the KV cache holds per position (all layers' keys and values), which a decode step
+    // reads once for every position so far: the "weights + KV-cache reads" share.
     kvValuesPerPosition: gguf ? kvValuesPerPosition(gguf) : null,
   };
   const needsGguf = opts.compare.length > 0 || opts.backend === 'wasm';

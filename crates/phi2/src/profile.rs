@@ -1,7 +1,7 @@
 //! Where a forward pass's time goes, phase by phase: opt-in, for finding what to make faster on a
 //! backend (the CUDA device above all, where issue 12's own kernels are to go where this shows
 //! they matter). On when the process starts with `PHI2_PROFILE=1`; off otherwise, and then a
-//! phase costs one relaxed atomic load.
+//! pass costs one relaxed atomic load (in [`Pass::start`]) and each phase a test of its `None`.
 //!
 //! Each phase of [`crate::Phi2::forward`] (and of a batch pass) is timed on the host's clock
 //! after waiting for the device ([`candle_core::Device::synchronize`]: a no-op on the CPU), so a
@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use candle_core::Device;
+
+/// How many [`Phase`]s there are.
+const N_PHASES: usize = 7;
 
 /// The phases of a forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +39,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [Phase::Embed, Phase::Project, Phase::Attend, Phase::Dense, Phase::Fc2, Phase::Residual, Phase::Head];
+    pub const ALL: [Phase; N_PHASES] = [Phase::Embed, Phase::Project, Phase::Attend, Phase::Dense, Phase::Fc2, Phase::Residual, Phase::Head];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -52,8 +55,8 @@ impl Phase {
 }
 
 /// Nanoseconds and calls per (kind of pass, phase); kind 0: one-token passes, 1: the others.
-static NANOS: [[AtomicU64; 7]; 2] = [const { [const { AtomicU64::new(0) }; 7] }; 2];
-static CALLS: [[AtomicU64; 7]; 2] = [const { [const { AtomicU64::new(0) }; 7] }; 2];
+static NANOS: [[AtomicU64; N_PHASES]; 2] = [const { [const { AtomicU64::new(0) }; N_PHASES] }; 2];
+static CALLS: [[AtomicU64; N_PHASES]; 2] = [const { [const { AtomicU64::new(0) }; N_PHASES] }; 2];
 /// Passes per kind, and their tokens.
 static PASSES: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 static TOKENS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
@@ -144,7 +147,7 @@ pub fn snapshot() -> Vec<PhaseTotal> {
 /// Sets every total back to zero.
 pub fn reset() {
     for kind in 0..2 {
-        for i in 0..7 {
+        for i in 0..N_PHASES {
             NANOS[kind][i].store(0, Relaxed);
             CALLS[kind][i].store(0, Relaxed);
         }

@@ -43,8 +43,9 @@ export const BYTE_TO_UNICODE: readonly string[] = (() => {
  * fresh Node process's loadModel, old and new builds alternating: median 241 → 202 ms).
  */
 const UNICODE_TO_BYTE: Int16Array = (() => {
-  const table = new Int16Array(0x144).fill(-1)
-  BYTE_TO_UNICODE.forEach((c, b) => (table[c.charCodeAt(0)] = b))
+  const codes = BYTE_TO_UNICODE.map((c) => c.charCodeAt(0))
+  const table = new Int16Array(Math.max(...codes) + 1).fill(-1)
+  codes.forEach((c, b) => (table[c] = b))
   return table
 })()
 
